@@ -1,0 +1,105 @@
+//! mckd-data: the AV-MNIST data layer of MCKD, in plain Rust (no tensors, no autodiff).
+//!
+//! * [`idx`]: MNIST idx readers (gzip or plain);
+//! * [`wav`]: 16-bit PCM mono WAV reader (FSDD);
+//! * [`mfcc`]: SMIL's 20x20 MFCC (librosa 0.7.0 semantics);
+//! * [`split`]: SMIL's file selection and pairing (`smil_split.json` or the rule);
+//! * [`avmnist`]: the 1,050 + 450 normalised samples and the missing-modality settings;
+//! * [`download`]: find or fetch the raw kit, verify sha256.
+//!
+//! Data folder convention: `data_dir` is the folder that *contains* `avmnist/`
+//! (`$MCKD_DATA_DIR`), holding `avmnist/mnist/*-idx?-ubyte.gz`, `avmnist/fsdd/*.wav` and
+//! optionally `avmnist/smil_split.json`.
+
+pub mod avmnist;
+pub mod download;
+pub mod error;
+mod hashes;
+pub mod idx;
+pub mod mfcc;
+pub mod split;
+pub mod wav;
+
+pub use avmnist::{
+    AudioSample, AvMnist, AvSample, ImageSample, MissingAudio, MissingVisual, load_avmnist,
+    load_avmnist_with,
+};
+pub use download::{DATA_DIR_ENV, ensure_avmnist};
+pub use error::{DataError, Result};
+pub use idx::{IdxImages, read_idx_images, read_idx_labels};
+pub use mfcc::{Mfcc, smil_mfcc};
+pub use split::{SmilSplit, TestSet, smil_split_from_rule};
+pub use wav::{Wav, read_wav};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The kit folder for tests: `$MCKD_DATA_DIR`, else `<repo>/../shared/data`. Panics with
+    /// a clear message if `avmnist/` is not there: these tests must not pass silently.
+    pub fn data_dir() -> PathBuf {
+        let dir = std::env::var_os("MCKD_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+        assert!(
+            dir.join("avmnist/fsdd").is_dir() && dir.join("avmnist/mnist").is_dir(),
+            "AV-MNIST kit not found: {} has no avmnist/mnist and avmnist/fsdd. Set \
+             MCKD_DATA_DIR to the folder that contains avmnist/ (the shared data kit).",
+            dir.display()
+        );
+        dir
+    }
+
+    /// `avmnist/reference_mfcc.json`, parsed once.
+    pub fn reference_json() -> &'static serde_json::Value {
+        static REF: OnceLock<serde_json::Value> = OnceLock::new();
+        REF.get_or_init(|| {
+            let p = data_dir().join("avmnist/reference_mfcc.json");
+            let text = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            serde_json::from_str(&text).expect("reference_mfcc.json parses")
+        })
+    }
+
+    /// A unique temporary folder removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let p = std::env::temp_dir().join(format!(
+                "mckd-data-{tag}-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// Write `bytes` to `name` (parents created) and return the full path.
+        pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(&p, bytes).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
