@@ -128,7 +128,7 @@ impl MckdTrainer {
 
     /// Whether the meta step runs after inner iteration `iteration` (1-based).
     pub fn is_meta_iteration(&self, iteration: usize) -> bool {
-        self.config.meta_interval > 0 && iteration % self.config.meta_interval == 0
+        self.config.meta_interval > 0 && iteration.is_multiple_of(self.config.meta_interval)
     }
 
     /// The inner step: task loss + α·CKD on a batch with missing modalities; updates the task
@@ -183,10 +183,7 @@ impl MckdTrainer {
         &mut self,
         model: MckdModel<T>,
         batch: &T::Batch,
-    ) -> (MckdModel<T>, f32)
-    where
-        T: Module,
-    {
+    ) -> (MckdModel<T>, f32) {
         let device = model.iwv.weights.val().device();
         let frozen = model.task.valid();
         let b = T::batch_size(batch);

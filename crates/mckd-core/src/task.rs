@@ -1,5 +1,6 @@
 //! The [`Task`] trait: what a task plugs into the MCKD method core.
 
+use burn::module::ModuleDisplay;
 use burn::prelude::*;
 
 use crate::modality::ModalitySet;
@@ -10,7 +11,7 @@ use crate::modality::ModalitySet;
 /// into `[batch, modalities, features]`, imputes missing ones (Eq. 2), concatenates them in
 /// modality order (Eq. 3) and calls [`decode`](Task::decode). A shared encoder (BraTS) is one
 /// module used for every modality; separate encoders (AV-MNIST) are picked by `modality`.
-pub trait Task: Module {
+pub trait Task: Module + ModuleDisplay {
     /// A batch of inputs and targets, on the task's device.
     type Batch;
     /// The decoder's output (logits).

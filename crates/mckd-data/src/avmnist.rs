@@ -456,7 +456,8 @@ fn mfccs_parallel(paths: &[PathBuf]) -> Result<Vec<Mfcc>> {
 /// Load with an explicit split and test set. See [`load_avmnist`].
 ///
 /// Checks before any decoding that every recording the split names exists, then that each
-/// image's MNIST label and each sound's leading digit equal the split's digit.
+/// image's MNIST label and each sound's leading digit equal the split's digit. With the
+/// environment variable `MCKD_DATA_TIMING` set, prints the load timings to stderr.
 pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) -> Result<AvMnist> {
     let t0 = Instant::now();
     let kit = KitPaths::checked(data_dir)?;

@@ -11,6 +11,8 @@
 //! (`$MCKD_DATA_DIR`), holding `avmnist/mnist/*-idx?-ubyte.gz`, `avmnist/fsdd/*.wav` and
 //! optionally `avmnist/smil_split.json`.
 
+#![warn(missing_docs)]
+
 pub mod avmnist;
 pub mod download;
 pub mod error;
@@ -21,10 +23,10 @@ pub mod split;
 pub mod wav;
 
 pub use avmnist::{
-    AudioSample, AvMnist, AvSample, ImageSample, MissingAudio, MissingVisual, load_avmnist,
-    load_avmnist_with,
+    AudioSample, AvMnist, AvSample, ImageSample, KitPaths, MissingAudio, MissingVisual,
+    load_avmnist, load_avmnist_with, normalise_image, normalise_mfcc,
 };
-pub use download::{DATA_DIR_ENV, ensure_avmnist};
+pub use download::{DATA_DIR_ENV, Sources, ensure_avmnist, ensure_avmnist_with, verify_avmnist};
 pub use error::{DataError, Result};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use mfcc::{Mfcc, smil_mfcc};

@@ -218,7 +218,7 @@ pub fn probs_to_labels(
     threshold: f32,
     convention: LabelConvention,
 ) -> Result<Vec<u8>> {
-    if probs.len() % 3 != 0 {
+    if !probs.len().is_multiple_of(3) {
         return Err(VolumeError::Invalid(format!(
             "probabilities have {} values, not a multiple of 3 channels",
             probs.len()

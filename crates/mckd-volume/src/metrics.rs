@@ -81,7 +81,10 @@ pub fn region_metrics(
             reference.len()
         )));
     }
-    if spacing.iter().any(|&s| !(s > 0.0) || !s.is_finite()) {
+    if spacing
+        .iter()
+        .any(|&s| s.is_nan() || s <= 0.0 || s.is_infinite())
+    {
         return Err(VolumeError::Invalid(format!(
             "voxel spacing {spacing:?} must be positive"
         )));
@@ -518,7 +521,14 @@ fn edt_squared(seeds: &[bool], dims: [usize; 3], spacing: [f64; 3]) -> Vec<f64> 
         .iter()
         .map(|&s| if s { 0.0 } else { f64::INFINITY })
         .collect();
-    let scratch = |n: usize| (vec![0.0f64; n], vec![0.0f64; n], vec![0usize; n], vec![0.0; n + 1]);
+    let scratch = |n: usize| {
+        (
+            vec![0.0f64; n],
+            vec![0.0f64; n],
+            vec![0usize; n],
+            vec![0.0; n + 1],
+        )
+    };
 
     // Axis i: contiguous rows.
     g.par_chunks_mut(di).for_each_init(
@@ -704,8 +714,16 @@ mod tests {
             let key = r.name().to_lowercase();
             let want_d = expected(&results[&key]["global_bin_dsc"]);
             let want_h = expected(&results[&key]["global_bin_hd95"]);
-            assert!(close(got.dice(r), want_d), "{name} {key} dice {} vs {want_d}", got.dice(r));
-            assert!(close(got.hd95(r), want_h), "{name} {key} hd95 {} vs {want_h}", got.hd95(r));
+            assert!(
+                close(got.dice(r), want_d),
+                "{name} {key} dice {} vs {want_d}",
+                got.dice(r)
+            );
+            assert!(
+                close(got.hd95(r), want_h),
+                "{name} {key} hd95 {} vs {want_h}",
+                got.hd95(r)
+            );
         }
     }
 
@@ -764,15 +782,20 @@ mod tests {
         let (labels, dims, h) = read_labels(&path, LabelConvention::Brats2018).unwrap();
         let pred = shift_axis0(&labels, dims);
         let t = std::time::Instant::now();
-        let m = evaluate_case(&pred, &labels, dims, h.spacing(), LabelConvention::Brats2018)
-            .unwrap();
+        let m = evaluate_case(
+            &pred,
+            &labels,
+            dims,
+            h.spacing(),
+            LabelConvention::Brats2018,
+        )
+        .unwrap();
         eprintln!("evaluate_case on the real case: {:?}", t.elapsed());
         check("real_case", &m, &json["real_case"]["results"]);
         // Full-grid worst case: a whole-volume prediction against the reference.
         let all = vec![2u8; labels.len()];
         let t = std::time::Instant::now();
-        let m = evaluate_case(&all, &labels, dims, [1.0; 3], LabelConvention::Brats2018)
-            .unwrap();
+        let m = evaluate_case(&all, &labels, dims, [1.0; 3], LabelConvention::Brats2018).unwrap();
         eprintln!("evaluate_case, whole-volume prediction: {:?}", t.elapsed());
         assert_eq!(m.dice_et, 0.0);
         assert_eq!(m.hd95_et, f64::INFINITY);
@@ -790,7 +813,11 @@ mod tests {
                 .filter(|(_, b)| **b)
                 .map(|(idx, _)| {
                     let q = crate::volume::ijk_of(dims, idx);
-                    [q[0] as f64 * sp[0], q[1] as f64 * sp[1], q[2] as f64 * sp[2]]
+                    [
+                        q[0] as f64 * sp[0],
+                        q[1] as f64 * sp[1],
+                        q[2] as f64 * sp[2],
+                    ]
                 })
                 .collect()
         };
@@ -819,7 +846,7 @@ mod tests {
         let dims = [13, 11, 9];
         for trial in 0..20 {
             let sp = [1.0, 0.7 + 0.1 * trial as f64, 2.5];
-            let mut blob = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let blob = |rng: &mut rand_chacha::ChaCha8Rng| {
                 let c = [rng.random_range(3.0..10.0), rng.random_range(3.0..8.0), 4.0];
                 let rad = rng.random_range(2.0..4.5f64);
                 let mut m = vec![false; voxel_count(dims)];
@@ -832,11 +859,15 @@ mod tests {
             };
             let p = blob(&mut rng);
             let r = blob(&mut rng);
-            let got = region_metrics(&p, &r, dims, sp.map(|s| s as f32), ).unwrap();
+            let got = region_metrics(&p, &r, dims, sp.map(|s| s as f32)).unwrap();
             let sp32 = sp.map(|s| f64::from(s as f32));
             if got.hd95.is_finite() {
                 let want = brute_hd95(&p, &r, dims, sp32);
-                assert!((got.hd95 - want).abs() < 1e-9, "trial {trial}: {} vs {want}", got.hd95);
+                assert!(
+                    (got.hd95 - want).abs() < 1e-9,
+                    "trial {trial}: {} vs {want}",
+                    got.hd95
+                );
             }
         }
     }
@@ -904,7 +935,10 @@ mod tests {
             hd95_wt: 5.0,
         };
         let means = mean_metrics(&[a, b]);
-        assert_eq!((means.et.dice, means.et.hd95, means.et.n_cases), (0.0, 373.0, 1));
+        assert_eq!(
+            (means.et.dice, means.et.hd95, means.et.n_cases),
+            (0.0, 373.0, 1)
+        );
         assert!((means.tc.dice - 0.8).abs() < 1e-12 && means.wt.hd95 == 4.0);
         let p = tmp.path().join("summary.json");
         write_summary_json(&p, &[("a".into(), a), ("b".into(), b)], &means).unwrap();

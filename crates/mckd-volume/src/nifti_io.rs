@@ -100,7 +100,7 @@ pub fn read_labels(
     let raw = read_raw(path)?;
     let mut labels = Vec::with_capacity(raw.values.len());
     for (pos, &v) in raw.values.iter().enumerate() {
-        let label = (v >= 0.0 && v <= 255.0 && v.fract() == 0.0)
+        let label = ((0.0..=255.0).contains(&v) && v.fract() == 0.0)
             .then_some(v as u8)
             .filter(|&l| convention.is_valid(l));
         match label {
@@ -315,7 +315,9 @@ pub(crate) fn write_nifti_bytes(
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| VolumeError::Invalid(format!("{} is not a file path", path.display())))?;
     let gz = file_name.ends_with(".gz");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{file_name}.tmp{}-{unique}", std::process::id()));
     let mut extender = [0u8; 4];
     extender[0] = u8::from(!between.is_empty() && looks_like_extensions(between));
     let result = (|| -> std::io::Result<()> {
@@ -482,7 +484,11 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
             "vox_offset = {vox_offset} points inside the 348-byte header"
         )));
     }
-    let expected = vox_offset + n * size;
+    let Some(expected) = n.checked_mul(size).and_then(|b| b.checked_add(vox_offset)) else {
+        return Err(header_err(format!(
+            "vox_offset {vox_offset} + {n} voxels × {size} bytes overflows"
+        )));
+    };
     if bytes.len() < expected {
         return Err(VolumeError::Truncated {
             path: path.to_path_buf(),
@@ -917,7 +923,7 @@ mod tests {
 
         // NaN voxel in a float32 image.
         let raw = small_header(dims, 16, 32);
-        let mut vals = vec![1.0f32; 8];
+        let mut vals = [1.0f32; 8];
         vals[5] = f32::NAN;
         let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let p = tmp.path().join("nan_t1.nii.gz");

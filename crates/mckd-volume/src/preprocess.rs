@@ -55,103 +55,251 @@ pub fn normalise(volume: &Volume) -> Volume {
 /// maximum would otherwise allocate `int(max)` counters, as numpy does).
 const DENSE_BINS_MAX: usize = 1 << 24;
 
-/// The clipping intensity of the reference histogram rule, if any.
-fn clip_value(data: &[f32], min: f64, max: f64) -> Option<f64> {
-    if !(max >= 1.0) || max <= min {
-        return None;
-    }
-    let nbins = max.trunc() as usize;
-    let width = (max - min) / nbins as f64;
-    let edge = |i: usize| {
-        if i == nbins {
-            max
-        } else {
-            min + i as f64 * width
+/// Integer-valued volumes whose value range is at most this wide take the fast path
+/// (one count per distinct value, then a lookup table).
+const FAST_RANGE_MAX: f64 = (1u32 << 20) as f64;
+
+/// numpy's equal-width binning of `[min, max]` into `int(max)` bins.
+struct Binning {
+    min: f64,
+    max: f64,
+    nbins: usize,
+    width: f64,
+    norm: f64,
+}
+
+impl Binning {
+    /// `None` when the reference rule cannot apply (`int(max) < 1` or a constant volume).
+    fn new(min: f64, max: f64) -> Option<Self> {
+        if max.is_nan() || max < 1.0 || max <= min {
+            return None;
         }
-    };
-    let norm = nbins as f64 / (max - min);
-    // Bin of one value, with numpy's correction for rounding at the edges.
-    let bin = |v: f32| {
-        let v = f64::from(v);
-        let mut idx = (((v - min) * norm) as usize).min(nbins - 1);
-        if v < edge(idx) {
+        let nbins = max.trunc() as usize;
+        Some(Self {
+            min,
+            max,
+            nbins,
+            width: (max - min) / nbins as f64,
+            norm: nbins as f64 / (max - min),
+        })
+    }
+
+    fn edge(&self, i: usize) -> f64 {
+        if i == self.nbins {
+            self.max
+        } else {
+            self.min + i as f64 * self.width
+        }
+    }
+
+    /// Bin of `v`, with numpy's correction for floating-point rounding at the edges.
+    #[inline]
+    fn bin(&self, v: f64) -> usize {
+        let mut idx = (((v - self.min) * self.norm) as usize).min(self.nbins - 1);
+        if v < self.edge(idx) {
             idx = idx.saturating_sub(1);
-        } else if idx + 1 < nbins && v >= edge(idx + 1) {
+        } else if idx + 1 < self.nbins && v >= self.edge(idx + 1) {
             idx += 1;
         }
         idx
-    };
-    let last = if nbins <= DENSE_BINS_MAX {
+    }
+
+    /// Lower edge of the last bin with at least [`CLIP_MIN_COUNT`] voxels.
+    fn clip_from_counts(&self, counts: &[u32]) -> Option<f64> {
+        counts
+            .iter()
+            .rposition(|&c| c as usize >= CLIP_MIN_COUNT)
+            .map(|i| self.edge(i))
+    }
+}
+
+/// The clipping intensity of the reference histogram rule, if any (general path).
+fn clip_value(data: &[f32], min: f64, max: f64) -> Option<f64> {
+    let b = Binning::new(min, max)?;
+    if b.nbins <= DENSE_BINS_MAX {
         let counts = data
             .par_chunks(1 << 16)
             .fold(
-                || vec![0u32; nbins],
+                || vec![0u32; b.nbins],
                 |mut acc, chunk| {
                     for &v in chunk {
-                        acc[bin(v)] += 1;
+                        acc[b.bin(f64::from(v))] += 1;
                     }
                     acc
                 },
             )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            .reduce_with(|mut a, c| {
+                a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
                 a
             })
             .unwrap_or_default();
-        counts.iter().rposition(|&c| c as usize >= CLIP_MIN_COUNT)
+        b.clip_from_counts(&counts)
     } else {
-        let mut bins: Vec<usize> = data.par_iter().map(|&v| bin(v)).collect();
+        let mut bins: Vec<usize> = data.par_iter().map(|&v| b.bin(f64::from(v))).collect();
         bins.par_sort_unstable();
-        bins.chunk_by(|a, b| a == b)
+        bins.chunk_by(|x, y| x == y)
             .rev()
             .find(|run| run.len() >= CLIP_MIN_COUNT)
-            .map(|run| run[0])
-    };
-    last.map(edge)
+            .map(|run| b.edge(run[0]))
+    }
 }
 
 /// Normalises one modality and reports the intermediate values.
+///
+/// Integer-valued volumes (every raw MRI and phantom) with a value range up to 2^20 take a
+/// fast path: one count per distinct value and a lookup table, same results.
 ///
 /// # Shapes
 /// Same `dims` in and out.
 pub fn normalise_with_stats(volume: &Volume) -> (Volume, NormStats) {
     let data = &volume.data;
-    let (min, max) = if data.is_empty() {
-        (0.0, 0.0)
+    if data.is_empty() {
+        return (
+            volume.clone(),
+            NormStats {
+                raw_min: 0.0,
+                raw_max: 0.0,
+                clip_value: None,
+                n_clipped: 0,
+                corner: 0.0,
+                n_foreground: 0,
+                mean: 0.0,
+                std: 0.0,
+            },
+        );
+    }
+    let (lo, hi, integral) = data
+        .par_iter()
+        .fold(
+            || (f32::INFINITY, f32::NEG_INFINITY, true),
+            |(lo, hi, int), &v| (lo.min(v), hi.max(v), int && (v as i32) as f32 == v),
+        )
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY, true),
+            |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 && b.2),
+        );
+    let (min, max) = (f64::from(lo), f64::from(hi));
+    if integral && max - min <= FAST_RANGE_MAX {
+        normalise_integral(volume, min, max)
     } else {
-        let (lo, hi) = data
-            .par_iter()
-            .fold(
-                || (f32::INFINITY, f32::NEG_INFINITY),
-                |(lo, hi), &v| (lo.min(v), hi.max(v)),
-            )
-            .reduce(
-                || (f32::INFINITY, f32::NEG_INFINITY),
-                |a, b| (a.0.min(b.0), a.1.max(b.1)),
-            );
-        (f64::from(lo), f64::from(hi))
-    };
-    let clip = clip_value(data, min, max);
-    // Values are f32, so comparing with the f32 clip is exact for every integer intensity.
+        normalise_general(volume, min, max)
+    }
+}
+
+/// The clipped value, comparing in `f32` (exact for integer intensities).
+#[inline]
+fn clipped(v: f32, clip: f32) -> f32 {
+    if v >= clip { clip } else { v }
+}
+
+/// Fast path for integer-valued volumes: counts per distinct value, lookup table.
+fn normalise_integral(volume: &Volume, min: f64, max: f64) -> (Volume, NormStats) {
+    let data = &volume.data;
+    let range = (max - min) as usize + 1;
+    let min_f32 = min as f32;
+    let offset = |v: f32| (v - min_f32) as usize;
+    let values = data
+        .par_chunks(1 << 16)
+        .fold(
+            || vec![0u32; range],
+            |mut acc, chunk| {
+                for &v in chunk {
+                    acc[offset(v)] += 1;
+                }
+                acc
+            },
+        )
+        .reduce_with(|mut a, c| {
+            a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_default();
+    let value_of = |r: usize| (min + r as f64) as f32;
+    let clip = Binning::new(min, max).and_then(|b| {
+        let mut counts = vec![0u32; b.nbins];
+        for (r, &c) in values.iter().enumerate() {
+            if c > 0 {
+                counts[b.bin(f64::from(value_of(r)))] += c;
+            }
+        }
+        b.clip_from_counts(&counts)
+    });
     let clip_f32 = clip.map_or(f32::INFINITY, |c| c as f32);
-    let clipped = |v: f32| if v >= clip_f32 { clip_f32 } else { v };
+    let corner = clipped(data[0], clip_f32);
+    let (mut n_clipped, mut n, mut sum) = (0usize, 0usize, 0.0f64);
+    for (r, &c) in values.iter().enumerate() {
+        let v = value_of(r);
+        if v >= clip_f32 {
+            n_clipped += c as usize;
+        }
+        let v = clipped(v, clip_f32);
+        if c > 0 && v != corner {
+            n += c as usize;
+            sum += f64::from(c) * f64::from(v);
+        }
+    }
+    let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+    let mut ss = 0.0f64;
+    for (r, &c) in values.iter().enumerate() {
+        let v = clipped(value_of(r), clip_f32);
+        if c > 0 && v != corner {
+            let d = f64::from(v) - mean;
+            ss += f64::from(c) * d * d;
+        }
+    }
+    let std = if n > 0 { (ss / n as f64).sqrt() } else { 0.0 };
+    let lut: Vec<f32> = (0..range)
+        .map(|r| z_score(clipped(value_of(r), clip_f32), corner, mean, std))
+        .collect();
+    let out: Vec<f32> = data.par_iter().map(|&v| lut[offset(v)]).collect();
+    (
+        Volume {
+            dims: volume.dims,
+            data: out,
+        },
+        NormStats {
+            raw_min: min,
+            raw_max: max,
+            clip_value: clip,
+            n_clipped,
+            corner: f64::from(corner),
+            n_foreground: n,
+            mean,
+            std,
+        },
+    )
+}
+
+#[inline]
+fn z_score(v: f32, corner: f32, mean: f64, std: f64) -> f32 {
+    if v == corner || std == 0.0 {
+        0.0
+    } else {
+        ((f64::from(v) - mean) / std) as f32
+    }
+}
+
+/// General path (any finite values).
+fn normalise_general(volume: &Volume, min: f64, max: f64) -> (Volume, NormStats) {
+    let data = &volume.data;
+    let clip = clip_value(data, min, max);
+    let clip_f32 = clip.map_or(f32::INFINITY, |c| c as f32);
     let n_clipped = if clip.is_some() {
         data.par_iter().filter(|&&v| v >= clip_f32).count()
     } else {
         0
     };
-    let corner = data.first().map_or(0.0, |&v| clipped(v));
-
+    let corner = clipped(data[0], clip_f32);
     let (n, sum) = data
         .par_iter()
-        .map(|&v| clipped(v))
+        .map(|&v| clipped(v, clip_f32))
         .filter(|&v| v != corner)
         .fold(|| (0usize, 0.0f64), |(n, s), v| (n + 1, s + f64::from(v)))
         .reduce(|| (0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     let mean = if n > 0 { sum / n as f64 } else { 0.0 };
     let ss: f64 = data
         .par_iter()
-        .map(|&v| clipped(v))
+        .map(|&v| clipped(v, clip_f32))
         .filter(|&v| v != corner)
         .map(|v| {
             let d = f64::from(v) - mean;
@@ -161,14 +309,7 @@ pub fn normalise_with_stats(volume: &Volume) -> (Volume, NormStats) {
     let std = if n > 0 { (ss / n as f64).sqrt() } else { 0.0 };
     let out: Vec<f32> = data
         .par_iter()
-        .map(|&v| {
-            let v = clipped(v);
-            if v == corner || std == 0.0 {
-                0.0
-            } else {
-                ((f64::from(v) - mean) / std) as f32
-            }
-        })
+        .map(|&v| z_score(clipped(v, clip_f32), corner, mean, std))
         .collect();
     (
         Volume {
@@ -249,6 +390,38 @@ mod tests {
                     .all(|(&raw, &zv)| raw != 0.0 || zv == 0.0)
             );
         }
+    }
+
+    #[test]
+    fn fast_integer_path_equals_general_path_and_sparse_histogram_works() {
+        let path = brats_sample_dir()
+            .join("Brats18_2013_2_1")
+            .join("Brats18_2013_2_1_t2.nii.gz");
+        let (vol, _) = read_volume(&path).unwrap();
+        let (min, max) = (0.0, 1478.0);
+        let (zf, sf) = normalise_integral(&vol, min, max);
+        let (zg, sg) = normalise_general(&vol, min, max);
+        assert_eq!(
+            (sf.clip_value, sf.n_clipped, sf.n_foreground, sf.corner),
+            (sg.clip_value, sg.n_clipped, sg.n_foreground, sg.corner)
+        );
+        assert!((sf.mean - sg.mean).abs() < 1e-9 && (sf.std - sg.std).abs() < 1e-9);
+        assert!(
+            zf.data
+                .iter()
+                .zip(&zg.data)
+                .all(|(a, b)| (a - b).abs() < 1e-6)
+        );
+        // Float volume with a huge maximum: sparse histogram (int(max) > 2^24 bins).
+        let mut data = vec![0.0f32; 1000];
+        data[100..200].iter_mut().for_each(|x| *x = 5.5);
+        data[200..260].iter_mut().for_each(|x| *x = 3.0e7);
+        data[260] = 3.2e7;
+        let (_, s) = normalise_with_stats(&Volume::new([10, 10, 10], data).unwrap());
+        // 3.0e7 and 3.2e7 are in different bins; the last with >= 50 voxels holds 3.0e7.
+        let clip = s.clip_value.unwrap();
+        assert!(clip <= 3.0e7 && clip > 3.0e7 - 2.0, "{clip}");
+        assert_eq!(s.n_clipped, 61);
     }
 
     #[test]

@@ -1,0 +1,18 @@
+//! Runs the `mckd avmnist` subcommands without the `mckd` binary:
+//! `cargo run --release -p mckd-avmnist --example reproduce -- reproduce --seeds 1`
+//! (also `train ...` and `eval ...`).
+
+use clap::Parser;
+use mckd_avmnist::AvmnistCommand;
+
+/// AV-MNIST (paper Table 2) with MCKD.
+#[derive(Debug, Parser)]
+#[command(name = "avmnist")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: AvmnistCommand,
+}
+
+fn main() -> anyhow::Result<()> {
+    mckd_avmnist::run(Cli::parse().cmd)
+}

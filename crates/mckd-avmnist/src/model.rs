@@ -1,0 +1,511 @@
+//! The AV-MNIST network: SMIL-style image and audio encoders and a two-layer classifier head.
+//!
+//! # Layers (PyTorch-equivalent; parameter counts are trainable weights + biases)
+//!
+//! Image encoder, input `[B, 1, 28, 28]`:
+//!
+//! | layer | output | params |
+//! |---|---|---|
+//! | `Conv2d(1, 20, 5)` (no padding) | `[B, 20, 24, 24]` | 520 |
+//! | `BatchNorm2d(20)` → ReLU → `MaxPool2d(2)` | `[B, 20, 12, 12]` | 40 |
+//! | `Conv2d(20, 50, 5)` (no padding) | `[B, 50, 8, 8]` | 25,050 |
+//! | `BatchNorm2d(50)` → ReLU → `MaxPool2d(2)` | `[B, 50, 4, 4]` | 100 |
+//! | flatten → `Linear(800, 128)` | `[B, 128]` | 102,528 |
+//! | `BatchNorm1d(128)` → ReLU → `Dropout(0.5)` | `[B, 128]` | 256 |
+//!
+//! Image encoder total: 128,494.
+//!
+//! Audio encoder, input `[B, 1, 20, 20]` (MFCC coefficients × frames):
+//!
+//! | layer | output | params |
+//! |---|---|---|
+//! | `Conv2d(1, 32, 3, padding=1)` | `[B, 32, 20, 20]` | 320 |
+//! | `BatchNorm2d(32)` → ReLU → `MaxPool2d(2)` | `[B, 32, 10, 10]` | 64 |
+//! | `Conv2d(32, 64, 3, padding=1)` | `[B, 64, 10, 10]` | 18,496 |
+//! | `BatchNorm2d(64)` → ReLU → `MaxPool2d(2)` | `[B, 64, 5, 5]` | 128 |
+//! | flatten → `Linear(1600, 128)` | `[B, 128]` | 204,928 |
+//! | `BatchNorm1d(128)` → ReLU → `Dropout(0.5)` | `[B, 128]` | 256 |
+//!
+//! Audio encoder total: 224,192.
+//!
+//! Head, input the fused `[B, 256]` = `[image 128 | audio 128]`:
+//!
+//! | layer | output | params |
+//! |---|---|---|
+//! | `Linear(256, 64)` → ReLU → `Dropout(0.5)` | `[B, 64]` | 16,448 |
+//! | `Linear(64, 10)` | `[B, 10]` logits | 650 |
+//!
+//! Head total: 17,098. Network total: **369,784** trainable parameters (+ 2 for the IWV of
+//! the MCKD wrapper). Batch norm: ε = 1e-5, momentum 0.1 (PyTorch defaults); the running
+//! statistics are buffers, not parameters (burn's `num_params` counts them too: +396 image,
+//! +448 audio, 370,628 in all). Initialisation: burn's defaults, which for `Conv2d`
+//! and `Linear` are PyTorch's (Kaiming-uniform with a = √5, uniform bias).
+//!
+//! # Dropout and determinism
+//!
+//! burn's `Dropout` draws from the backend's global random generator. [`SeededDropout`] draws
+//! its masks from its own ChaCha8 generator seeded per run, so a run's dropout depends on its
+//! seed only, and parameter initialisation ([`AvmnistNetConfig::init_seeded`]) seeds the device
+//! under a lock. (Even so, two MCKD runs trained in threads of one process were measured not
+//! to be reproducible; parallel runs are therefore child processes, see [`crate::cli`].)
+
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Flag, ModuleVisitor, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, relu};
+use mckd_core::fusion::zero_missing;
+use mckd_core::{ModalitySet, Task};
+use mckd_train::eval::Classifier;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Index of the image modality.
+pub const IMAGE: usize = 0;
+/// Index of the audio modality.
+pub const AUDIO: usize = 1;
+/// Modality names in fusion order.
+pub const MODALITY_NAMES: [&str; 2] = ["image", "audio"];
+/// Number of classes (digits).
+pub const NUM_CLASSES: usize = 10;
+
+/// A batch of AV-MNIST samples on one device.
+///
+/// Samples that lack a modality carry zeros in its place (and the encoder zeroes missing inputs
+/// again from the presence mask).
+#[derive(Debug, Clone)]
+pub struct AvBatch {
+    /// `[batch, 1, 28, 28]` images in `[-1, 1]`.
+    pub image: Tensor<4>,
+    /// `[batch, 1, 20, 20]` MFCCs, `[coefficient][frame]`.
+    pub audio: Tensor<4>,
+    /// `[batch]` digit labels.
+    pub labels: Tensor<1, Int>,
+}
+
+/// A dropout layer with its own seeded random generator (see the module doc).
+#[derive(Module, Debug)]
+pub struct SeededDropout {
+    /// Drop probability.
+    pub prob: f64,
+    /// Training flag (cleared by `Module::valid`).
+    pub training: Param<Flag>,
+    #[module(skip)]
+    rng: DropoutRng,
+}
+
+/// The shared generator of a network's dropout layers.
+#[derive(Debug, Clone)]
+pub struct DropoutRng(Arc<Mutex<ChaCha8Rng>>);
+
+impl DropoutRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
+    }
+}
+
+impl SeededDropout {
+    /// A dropout layer drawing from `rng`.
+    ///
+    /// # Panics
+    /// If `prob` is not in `[0, 1)` (a configuration bug; configs are checked before).
+    pub fn new(prob: f64, rng: DropoutRng) -> Self {
+        assert!((0.0..1.0).contains(&prob), "dropout probability {prob}");
+        Self {
+            prob,
+            training: Param::from_bool(true),
+            rng,
+        }
+    }
+
+    /// Zeroes each element with probability `prob` and scales the rest by `1 / (1 − prob)` in
+    /// training (autodiff device, flag set); the identity otherwise.
+    ///
+    /// # Shapes
+    /// - input, output: `[batch, features]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        if !self.training.val().is_enabled() || !x.device().is_autodiff() || self.prob == 0.0 {
+            return x;
+        }
+        let [b, f] = x.dims();
+        let keep = 1.0 - self.prob;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.0.lock().unwrap_or_else(|e| e.into_inner());
+            (0..b * f)
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let device = x.device().without_autodiff();
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, f]), &device);
+        x * mask.autodiff()
+    }
+}
+
+/// Configuration of [`AvmnistNet`].
+#[derive(Config, Debug)]
+pub struct AvmnistNetConfig {
+    /// Feature width of each encoder.
+    #[config(default = 128)]
+    pub features: usize,
+    /// Hidden width of the head.
+    #[config(default = 64)]
+    pub hidden: usize,
+    /// Dropout probability after each encoder and in the head.
+    #[config(default = 0.5)]
+    pub dropout: f64,
+}
+
+impl AvmnistNetConfig {
+    /// Initialises the network. Parameters come from burn's device generator (seed the device
+    /// first, see [`init_seeded`](Self::init_seeded)); dropout masks from `dropout_seed`.
+    pub fn init(&self, dropout_seed: u64, device: &Device) -> AvmnistNet {
+        let rng = DropoutRng::new(dropout_seed);
+        let f = self.features;
+        let image = ImageEncoder {
+            conv1: Conv2dConfig::new([1, 20], [5, 5]).init(device),
+            bn1: BatchNormConfig::new(20).init(device),
+            conv2: Conv2dConfig::new([20, 50], [5, 5]).init(device),
+            bn2: BatchNormConfig::new(50).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            fc: LinearConfig::new(800, f).init(device),
+            bn_fc: BatchNormConfig::new(f).init(device),
+            dropout: SeededDropout::new(self.dropout, rng.clone()),
+        };
+        let audio = AudioEncoder {
+            conv1: Conv2dConfig::new([1, 32], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            bn1: BatchNormConfig::new(32).init(device),
+            conv2: Conv2dConfig::new([32, 64], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            bn2: BatchNormConfig::new(64).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            fc: LinearConfig::new(1600, f).init(device),
+            bn_fc: BatchNormConfig::new(f).init(device),
+            dropout: SeededDropout::new(self.dropout, rng.clone()),
+        };
+        AvmnistNet {
+            image,
+            audio,
+            fc1: LinearConfig::new(2 * f, self.hidden).init(device),
+            head_dropout: SeededDropout::new(self.dropout, rng),
+            fc2: LinearConfig::new(self.hidden, NUM_CLASSES).init(device),
+            modalities: ModalitySet::new(MODALITY_NAMES),
+        }
+    }
+
+    /// Initialises the network deterministically from `seed`: the device generator is seeded
+    /// and the parameters drawn while holding a process-wide lock, so runs in parallel threads
+    /// do not interleave their draws. Dropout uses a generator derived from the same seed.
+    ///
+    /// burn initialises parameters lazily (at their first use); this forces every parameter to
+    /// be drawn here, in module order, so the values depend on `seed` alone.
+    pub fn init_seeded(&self, seed: u64, device: &Device) -> AvmnistNet {
+        static INIT_LOCK: Mutex<()> = Mutex::new(());
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        let net = self.init(seed ^ 0x5EED_D409_0A7E_0001, device);
+        net.visit(&mut Materialise);
+        net
+    }
+}
+
+/// Forces lazily initialised parameters to be drawn.
+struct Materialise;
+
+impl ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Image encoder (see the module doc for the layer list).
+#[derive(Module, Debug)]
+pub struct ImageEncoder {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    pool: MaxPool2d,
+    fc: Linear,
+    bn_fc: BatchNorm,
+    dropout: SeededDropout,
+}
+
+impl ImageEncoder {
+    /// # Shapes
+    /// - `x`: `[batch, 1, 28, 28]`
+    /// - output: `[batch, features]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self
+            .pool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [B, 20, 12, 12]
+        let x = self
+            .pool
+            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [B, 50, 4, 4]
+        let x: Tensor<2> = x.flatten(1, 3); // [B, 800]
+        self.dropout
+            .forward(relu(self.bn_fc.forward(self.fc.forward(x)))) // [B, F]
+    }
+}
+
+/// Audio encoder (see the module doc for the layer list).
+#[derive(Module, Debug)]
+pub struct AudioEncoder {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    pool: MaxPool2d,
+    fc: Linear,
+    bn_fc: BatchNorm,
+    dropout: SeededDropout,
+}
+
+impl AudioEncoder {
+    /// # Shapes
+    /// - `x`: `[batch, 1, 20, 20]`
+    /// - output: `[batch, features]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self
+            .pool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [B, 32, 10, 10]
+        let x = self
+            .pool
+            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [B, 64, 5, 5]
+        let x: Tensor<2> = x.flatten(1, 3); // [B, 1600]
+        self.dropout
+            .forward(relu(self.bn_fc.forward(self.fc.forward(x)))) // [B, F]
+    }
+}
+
+/// The AV-MNIST network: one encoder per modality (not shared) and a two-layer head over the
+/// concatenated features. Modalities: `image` (0), `audio` (1).
+#[derive(Module, Debug)]
+pub struct AvmnistNet {
+    /// Image encoder.
+    pub image: ImageEncoder,
+    /// Audio encoder.
+    pub audio: AudioEncoder,
+    fc1: Linear,
+    head_dropout: SeededDropout,
+    fc2: Linear,
+    #[module(skip)]
+    modalities: ModalitySet,
+}
+
+impl AvmnistNet {
+    /// Classifier head.
+    ///
+    /// # Shapes
+    /// - `fused`: `[batch, 2 × features]`
+    /// - output: `[batch, 10]` logits
+    pub fn head(&self, fused: Tensor<2>) -> Tensor<2> {
+        let x = self.head_dropout.forward(relu(self.fc1.forward(fused))); // [B, hidden]
+        self.fc2.forward(x) // [B, 10]
+    }
+}
+
+impl Task for AvmnistNet {
+    type Batch = AvBatch;
+    type Output = Tensor<2>;
+
+    fn modalities(&self) -> &ModalitySet {
+        &self.modalities
+    }
+
+    /// # Shapes
+    /// - `present`: `[batch]`; output: one `[batch, features]` level.
+    ///
+    /// # Panics
+    /// If `modality` is not 0 (image) or 1 (audio): an internal contract of the core.
+    fn encode(&self, batch: &AvBatch, modality: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+        let f = match modality {
+            IMAGE => self
+                .image
+                .forward(zero_missing(batch.image.clone(), present)),
+            AUDIO => self
+                .audio
+                .forward(zero_missing(batch.audio.clone(), present)),
+            m => panic!("AV-MNIST has 2 modalities, asked for modality {m}"),
+        };
+        vec![f]
+    }
+
+    /// # Shapes
+    /// - `fused`: one level `[batch, 2 × features]`; output `[batch, 10]`.
+    fn decode(&self, fused: Vec<Tensor<2>>) -> Tensor<2> {
+        let x = fused.into_iter().next().expect("one fused feature level");
+        // burn's Linear weight is [d_input, d_output].
+        assert_eq!(
+            x.dims()[1],
+            self.fc1.weight.dims()[0],
+            "fused width must be 2 × encoder features"
+        );
+        self.head(x)
+    }
+
+    /// Mean cross-entropy of the logits against the labels.
+    fn loss(&self, logits: Tensor<2>, batch: &AvBatch) -> Tensor<1> {
+        cross_entropy(logits, batch.labels.clone())
+    }
+
+    fn batch_size(batch: &AvBatch) -> usize {
+        batch.labels.dims()[0]
+    }
+}
+
+impl Classifier for AvmnistNet {
+    fn labels(batch: &AvBatch) -> Tensor<1, Int> {
+        batch.labels.clone()
+    }
+}
+
+/// Mean cross-entropy `−log softmax(logits)[label]`.
+///
+/// # Shapes
+/// - `logits`: `[batch, classes]`; `labels`: `[batch]`; output `[1]`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([b, 1]))
+        .mean()
+        .neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+
+    fn batch(b: usize, device: &Device) -> AvBatch {
+        AvBatch {
+            image: Tensor::ones([b, 1, 28, 28], device),
+            audio: Tensor::ones([b, 1, 20, 20], device) * 0.5,
+            labels: Tensor::from_data(
+                TensorData::new((0..b as i64).map(|i| i % 10).collect(), [b]),
+                device,
+            ),
+        }
+    }
+
+    #[test]
+    fn shapes_and_parameter_count() {
+        let device = Device::flex();
+        let net = AvmnistNetConfig::new().init_seeded(1, &device);
+        // burn's num_params also counts batch-norm running mean and variance (2 per channel);
+        // PyTorch's sum(p.numel() for p in model.parameters()) does not.
+        let buffers = |channels: &[usize]| 2 * channels.iter().sum::<usize>();
+        let counts = [
+            (
+                "image encoder",
+                net.image.num_params(),
+                128_494,
+                buffers(&[20, 50, 128]),
+            ),
+            (
+                "audio encoder",
+                net.audio.num_params(),
+                224_192,
+                buffers(&[32, 64, 128]),
+            ),
+            (
+                "head",
+                net.fc1.num_params() + net.fc2.num_params(),
+                16_448 + 650,
+                0,
+            ),
+            (
+                "total",
+                net.num_params(),
+                369_784,
+                buffers(&[20, 50, 128, 32, 64, 128]),
+            ),
+        ];
+        for (name, got, trainable, buf) in counts {
+            println!("{name:>14}: {trainable} trainable parameters (+ {buf} batch-norm buffers)");
+            assert_eq!(got, trainable + buf, "{name}");
+        }
+        let b = batch(3, &device);
+        let present = Tensor::<1>::ones([3], &device);
+        let fi = net.encode(&b, IMAGE, present.clone());
+        let fa = net.encode(&b, AUDIO, present);
+        assert_eq!(fi.len(), 1);
+        assert_eq!(fi[0].dims(), [3, 128]);
+        assert_eq!(fa[0].dims(), [3, 128]);
+        let logits = net.decode(vec![Tensor::cat(vec![fi[0].clone(), fa[0].clone()], 1)]);
+        assert_eq!(logits.dims(), [3, 10]);
+        let loss = net.loss(logits, &b);
+        assert_eq!(loss.dims(), [1]);
+        assert!(loss.into_scalar::<f32>().is_finite());
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_computed_value() {
+        // import torch; torch.nn.functional.cross_entropy(
+        //   torch.tensor([[1., 2., 0.5], [0., 0., 3.]]), torch.tensor([1, 0]))
+        // -> 1.7796
+        let device = Device::flex();
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0, 0.0, 3.0], [2, 3]),
+            &device,
+        );
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &device);
+        let v = cross_entropy(logits, labels).into_scalar::<f32>();
+        // By hand: sample 0: lse(1,2,.5) - 2 = 0.46436; sample 1: lse(0,0,3) - 0 = 3.09492.
+        assert!((v - 1.779_64).abs() < 1e-4, "{v}");
+    }
+
+    #[test]
+    fn missing_inputs_are_zeroed_and_init_is_seeded() {
+        let device = Device::flex();
+        let a = AvmnistNetConfig::new().init_seeded(7, &device);
+        let b = AvmnistNetConfig::new().init_seeded(7, &device);
+        let c = AvmnistNetConfig::new().init_seeded(8, &device);
+        let w = |n: &AvmnistNet| mckd_train::to_vec(n.fc1.weight.val());
+        assert_eq!(w(&a), w(&b));
+        assert_ne!(w(&a), w(&c));
+        // An absent sample's feature equals the feature of an all-zero input.
+        let bt = batch(2, &device);
+        let present = Tensor::<1>::from_floats([1.0f32, 0.0], &device);
+        let f = mckd_train::to_vec(a.valid().encode(&bt, AUDIO, present)[0].clone());
+        let zeros = AvBatch {
+            audio: Tensor::zeros([2, 1, 20, 20], &device),
+            ..bt
+        };
+        let z = mckd_train::to_vec(
+            a.valid().encode(&zeros, AUDIO, Tensor::ones([2], &device))[0].clone(),
+        );
+        assert_eq!(&f[128..], &z[128..]);
+        assert_ne!(&f[..128], &z[..128]);
+    }
+
+    #[test]
+    fn seeded_dropout_is_reproducible_and_off_in_inference() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::ones([4, 50], &device);
+        let d1 = SeededDropout::new(0.5, DropoutRng::new(3));
+        let d2 = SeededDropout::new(0.5, DropoutRng::new(3));
+        let a = mckd_train::to_vec(d1.forward(x.clone()));
+        let b = mckd_train::to_vec(d2.forward(x.clone()));
+        assert_eq!(a, b);
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        let kept = a.iter().filter(|&&v| v > 0.0).count();
+        assert!((60..=140).contains(&kept), "kept {kept} of 200");
+        let plain = Tensor::<2>::ones([4, 50], &Device::flex());
+        let v = mckd_train::to_vec(d1.valid().forward(plain));
+        assert!(v.iter().all(|&v| v == 1.0));
+    }
+}

@@ -1,0 +1,412 @@
+//! Reports of a reproduction: `results.json`, `table2.md` / `table2.csv`, the IWV series.
+
+use std::collections::BTreeMap;
+
+use mckd_train::report::{Results, Row, csv_table, iwv_map, json_f64, markdown_table};
+use mckd_train::run::RunDir;
+use mckd_train::stats::{mean_std, paired_t_test_greater};
+use mckd_train::train::log_csv;
+use serde_json::{Map, Value, json};
+
+use crate::experiment::{
+    ExperimentConfig, Method, Missing, PAPER_LOWERB_AUDIO, PAPER_LOWERB_IMAGE, PAPER_UPPERB,
+    Result, RunOutcome, Setting,
+};
+use crate::model::MODALITY_NAMES;
+
+fn names(mask: &[bool]) -> Vec<String> {
+    MODALITY_NAMES
+        .iter()
+        .zip(mask)
+        .filter(|(_, p)| **p)
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
+/// Outcomes of one (method, setting), ordered by seed.
+fn group(outcomes: &[RunOutcome], method: Method, setting: Option<Setting>) -> Vec<&RunOutcome> {
+    let mut v: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| o.spec.method == method && o.spec.setting == setting)
+        .collect();
+    v.sort_by_key(|o| o.spec.seed);
+    v
+}
+
+/// The paired one-tailed t-test MCKD > Baseline of a row over the seeds both ran:
+/// `(mean difference, t, p, pairs)`.
+pub fn row_t_test(outcomes: &[RunOutcome], setting: Setting) -> Option<(f64, f64, f64, usize)> {
+    let m = group(outcomes, Method::Mckd, Some(setting));
+    let b = group(outcomes, Method::Baseline, Some(setting));
+    let (mut a, mut c) = (vec![], vec![]);
+    for o in &m {
+        if let Some(x) = b.iter().find(|x| x.spec.seed == o.spec.seed) {
+            a.push(o.accuracy);
+            c.push(x.accuracy);
+        }
+    }
+    let diff = mean_std(&a).0 - mean_std(&c).0;
+    paired_t_test_greater(&a, &c).map(|(t, p)| (diff, t, p, a.len()))
+}
+
+/// `results.json` of a set of runs (schema of `mckd_train::report::Results`, task `avmnist`).
+///
+/// One row per (method, setting, evaluated subset) with the mean accuracy over seeds in
+/// `metrics.accuracy` (fraction), `metrics.accuracy_std`, and the per-seed values in
+/// `per_seed.accuracy` (seed order in `per_seed.seed`). `iwv` is the mean final IWV over all
+/// `mckd` runs; `iwv_final` (per setting and seed), `t_tests`, `paper` and `config` are extra.
+pub fn results(
+    outcomes: &[RunOutcome],
+    settings: &[Setting],
+    cfg: &ExperimentConfig,
+    wall_seconds: f64,
+) -> Results {
+    let mut rows = Vec::new();
+    let mut keys: Vec<(Method, Option<Setting>)> = Vec::new();
+    for m in [Method::LowerbImage, Method::LowerbAudio, Method::Upperb] {
+        keys.push((m, None));
+    }
+    for &s in settings {
+        keys.push((Method::Baseline, Some(s)));
+        keys.push((Method::Mckd, Some(s)));
+    }
+    for (method, setting) in keys {
+        let g = group(outcomes, method, setting);
+        if g.is_empty() {
+            continue;
+        }
+        for (k, (mask, _)) in g[0].subsets.iter().enumerate() {
+            let accs: Vec<f64> = g.iter().map(|o| o.subsets[k].1).collect();
+            if accs.iter().all(|a| a.is_nan()) {
+                continue;
+            }
+            let (mean, std) = mean_std(&accs);
+            let mut row = Row::new(method.name(), names(mask), "accuracy", mean);
+            row.metrics.insert("accuracy_std".into(), json_f64(std));
+            row.metrics.insert(
+                "headline".into(),
+                Value::Bool(*mask == g[0].spec.target_mask()),
+            );
+            row.setting = setting.map(|s| s.to_string());
+            let mut per = Map::new();
+            per.insert(
+                "seed".into(),
+                Value::Array(g.iter().map(|o| json!(o.spec.seed)).collect()),
+            );
+            per.insert(
+                "accuracy".into(),
+                Value::Array(accs.iter().map(|&a| json_f64(a)).collect()),
+            );
+            row.per_seed = Some(per);
+            rows.push(row);
+        }
+    }
+    let mckd: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| o.spec.method == Method::Mckd)
+        .collect();
+    let mean_iwv: Vec<f32> = (0..2)
+        .map(|i| {
+            let v: Vec<f64> = mckd.iter().map(|o| f64::from(o.iwv[i])).collect();
+            mean_std(&v).0 as f32
+        })
+        .collect();
+    let names_all: Vec<String> = MODALITY_NAMES.iter().map(|s| s.to_string()).collect();
+    let mut extra = Map::new();
+    let mut iwv_final = Map::new();
+    let mut tests = Map::new();
+    let mut paper = Map::new();
+    for &s in settings {
+        let per: Map<String, Value> = group(outcomes, Method::Mckd, Some(s))
+            .iter()
+            .map(|o| {
+                (
+                    o.spec.seed.to_string(),
+                    Value::Object(iwv_map(&names_all, &o.iwv)),
+                )
+            })
+            .collect();
+        iwv_final.insert(s.to_string(), Value::Object(per));
+        if let Some((diff, t, p, n)) = row_t_test(outcomes, s) {
+            tests.insert(
+                s.to_string(),
+                json!({"mean_difference": json_f64(diff), "t": json_f64(t), "p": json_f64(p), "pairs": n}),
+            );
+        }
+        paper.insert(format!("mckd_{s}"), json_f64(s.paper_mckd() / 100.0));
+    }
+    paper.insert("upperb".into(), json_f64(PAPER_UPPERB / 100.0));
+    paper.insert("lowerb_image".into(), json_f64(PAPER_LOWERB_IMAGE / 100.0));
+    paper.insert("lowerb_audio".into(), json_f64(PAPER_LOWERB_AUDIO / 100.0));
+    extra.insert("iwv_final".into(), Value::Object(iwv_final));
+    extra.insert("t_tests".into(), Value::Object(tests));
+    extra.insert("paper".into(), Value::Object(paper));
+    extra.insert(
+        "evaluation".into(),
+        Value::String(if cfg.validation_per_digit == 0 {
+            "test (450 samples)".into()
+        } else {
+            format!(
+                "validation ({} held-out training samples per digit)",
+                cfg.validation_per_digit
+            )
+        }),
+    );
+    extra.insert(
+        "percent_mapping".into(),
+        Value::String(cfg.mapping.describe()),
+    );
+    extra.insert("wall_seconds".into(), json_f64(wall_seconds));
+    extra.insert(
+        "run_seconds".into(),
+        json_f64(outcomes.iter().map(|o| o.seconds).sum()),
+    );
+    Results {
+        task: "avmnist".into(),
+        rows,
+        iwv: iwv_map(&names_all, &mean_iwv),
+        extra,
+    }
+}
+
+fn pct(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{:.2}", 100.0 * v)
+    }
+}
+
+fn cell(g: &[&RunOutcome]) -> (f64, f64, String) {
+    let accs: Vec<f64> = g.iter().map(|o| o.accuracy).collect();
+    let (m, s) = mean_std(&accs);
+    let text = if g.is_empty() {
+        "–".into()
+    } else if g.len() == 1 {
+        pct(m)
+    } else {
+        format!("{} ± {}", pct(m), pct(s))
+    };
+    (m, s, text)
+}
+
+/// `(markdown, csv)` of Table 2: per row the LowerB of the evaluated modality, UpperB,
+/// Baseline and MCKD (mean ± std over seeds, %) beside the paper, the MCKD − Baseline
+/// difference, the one-tailed paired t-test p-value, and the final IWV of `image`.
+pub fn table2(
+    outcomes: &[RunOutcome],
+    settings: &[Setting],
+    cfg: &ExperimentConfig,
+) -> (String, String) {
+    let seeds = {
+        let mut s: Vec<u64> = outcomes.iter().map(|o| o.spec.seed).collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    };
+    let upper = cell(&group(outcomes, Method::Upperb, None));
+    let low_img = cell(&group(outcomes, Method::LowerbImage, None));
+    let low_aud = cell(&group(outcomes, Method::LowerbAudio, None));
+    let header: Vec<String> = [
+        "Setting",
+        "pairs/digit",
+        "LowerB",
+        "LowerB (paper)",
+        "UpperB",
+        "UpperB (paper)",
+        "Baseline",
+        "MCKD",
+        "MCKD (paper)",
+        "MCKD − Baseline",
+        "p (paired, one-tailed)",
+        "IWV image (MCKD)",
+        "seeds IWV image largest",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let csv_header: Vec<String> = [
+        "setting",
+        "pairs_per_digit",
+        "lowerb_mean",
+        "lowerb_std",
+        "lowerb_paper",
+        "upperb_mean",
+        "upperb_std",
+        "upperb_paper",
+        "baseline_mean",
+        "baseline_std",
+        "mckd_mean",
+        "mckd_std",
+        "mckd_paper",
+        "mckd_minus_baseline",
+        "t",
+        "p_value",
+        "iwv_image_mean",
+        "seeds_iwv_image_largest",
+        "seeds",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut md_rows = Vec::new();
+    let mut csv_rows = Vec::new();
+    for &s in settings {
+        let (low, low_paper) = match s.missing {
+            Missing::Audio => (&low_img, PAPER_LOWERB_IMAGE),
+            Missing::Visual => (&low_aud, PAPER_LOWERB_AUDIO),
+        };
+        let mckd_g = group(outcomes, Method::Mckd, Some(s));
+        let base = cell(&group(outcomes, Method::Baseline, Some(s)));
+        let mckd = cell(&mckd_g);
+        let t = row_t_test(outcomes, s);
+        let iwv: Vec<f64> = mckd_g.iter().map(|o| f64::from(o.iwv[0])).collect();
+        let img_largest = mckd_g.iter().filter(|o| o.iwv[0] > o.iwv[1]).count();
+        let iwv_mean = mean_std(&iwv).0;
+        let fmt_opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".into(), f);
+        md_rows.push(vec![
+            s.to_string(),
+            cfg.mapping.per_digit(s.percent).to_string(),
+            low.2.clone(),
+            format!("{low_paper:.2}"),
+            upper.2.clone(),
+            format!("{PAPER_UPPERB:.2}"),
+            base.2.clone(),
+            mckd.2.clone(),
+            format!("{:.2}", s.paper_mckd()),
+            if mckd.0.is_nan() || base.0.is_nan() {
+                "–".into()
+            } else {
+                format!("{:+.2}", 100.0 * (mckd.0 - base.0))
+            },
+            fmt_opt(t.map(|x| x.2), &|p| format!("{p:.3}")),
+            if iwv.is_empty() {
+                "–".into()
+            } else {
+                format!("{iwv_mean:.3}")
+            },
+            format!("{img_largest}/{}", mckd_g.len()),
+        ]);
+        let f = |v: f64| {
+            if v.is_nan() {
+                String::new()
+            } else {
+                format!("{:.4}", 100.0 * v)
+            }
+        };
+        csv_rows.push(vec![
+            s.to_string(),
+            cfg.mapping.per_digit(s.percent).to_string(),
+            f(low.0),
+            f(low.1),
+            format!("{low_paper}"),
+            f(upper.0),
+            f(upper.1),
+            format!("{PAPER_UPPERB}"),
+            f(base.0),
+            f(base.1),
+            f(mckd.0),
+            f(mckd.1),
+            format!("{}", s.paper_mckd()),
+            f(mckd.0 - base.0),
+            t.map_or(String::new(), |x| format!("{:.4}", x.1)),
+            t.map_or(String::new(), |x| format!("{:.5}", x.2)),
+            if iwv.is_empty() {
+                String::new()
+            } else {
+                format!("{iwv_mean:.4}")
+            },
+            img_largest.to_string(),
+            mckd_g.len().to_string(),
+        ]);
+    }
+    let eval = if cfg.validation_per_digit == 0 {
+        "test = the 450 test samples (missing-audio rows: images only; missing-visual rows: \
+         audio only; UpperB: both)"
+            .to_string()
+    } else {
+        format!(
+            "VALIDATION mode: evaluated on {} held-out training samples per digit, not on test",
+            cfg.validation_per_digit
+        )
+    };
+    let md = format!(
+        "## Table 2 — AV-MNIST accuracy (%)\n\n\
+         Mean ± std over {seeds} seed(s), accuracy at the last epoch ({} epochs); {eval}. \
+         {}. LowerB = same network with the other modality always missing, trained on all \
+         1,050 training samples of the evaluated modality and tested on the 450 test samples \
+         (the paper's image LowerB was tested on all 10,000 MNIST test images with a smaller \
+         network). Baseline = non-dedicated training with α = 0; MCKD: α = {}, {:?} distance, \
+         {:?} IWV, meta step every {} iteration(s) on the paired training samples. p: one-tailed \
+         paired t-test MCKD > Baseline across seeds.\n\n{}",
+        cfg.epochs,
+        cfg.mapping.describe(),
+        cfg.alpha,
+        cfg.distance,
+        cfg.normalisation,
+        cfg.meta_interval,
+        markdown_table(&header, &md_rows)
+    );
+    (md, csv_table(&csv_header, &csv_rows))
+}
+
+/// `iwv_series.csv`: the normalised IWV after every iteration of every `mckd` run
+/// (`setting,seed,iteration,epoch,iwv_image,iwv_audio`), the data of paper Fig. 4b.
+pub fn iwv_series_csv(outcomes: &[RunOutcome]) -> String {
+    let mut out = String::from("setting,seed,iteration,epoch,iwv_image,iwv_audio\n");
+    let mut runs: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| o.spec.method == Method::Mckd)
+        .collect();
+    runs.sort_by_key(|o| (o.spec.setting.map(|s| s.to_string()), o.spec.seed));
+    for o in runs {
+        let s = o.spec.setting.map(|s| s.to_string()).unwrap_or_default();
+        for r in &o.log {
+            out.push_str(&format!(
+                "{s},{},{},{},{},{}\n",
+                o.spec.seed, r.iteration, r.epoch, r.iwv[0], r.iwv[1]
+            ));
+        }
+    }
+    out
+}
+
+/// Writes the plot data of a reproduction into the run folder: `iwv_series.csv` (IWV over
+/// iterations per setting and seed, paper Fig. 4b). The PNG (`iwv.png`) is left to the
+/// plotting crate: it reads this series. Returns the files written.
+pub fn write_plots(run_dir: &RunDir, outcomes: &[RunOutcome]) -> Result<Vec<std::path::PathBuf>> {
+    Ok(vec![run_dir.write(
+        "iwv_series.csv",
+        iwv_series_csv(outcomes).as_bytes(),
+    )?])
+}
+
+/// Writes `logs/<run>.csv` (the per-iteration `train_log` of one run).
+pub fn write_log(run_dir: &RunDir, outcome: &RunOutcome) -> Result<()> {
+    let names: Vec<String> = MODALITY_NAMES.iter().map(|s| s.to_string()).collect();
+    let logs = RunDir::create(&run_dir.file("logs"))?;
+    logs.write(
+        &format!("{}.csv", outcome.spec.label()),
+        log_csv(&outcome.log, &names).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Per-run summary (`runs.json`): seed, method, setting, accuracy, IWV, seconds.
+pub fn runs_json(outcomes: &[RunOutcome]) -> Value {
+    let v: Vec<BTreeMap<&str, Value>> = outcomes
+        .iter()
+        .map(|o| {
+            BTreeMap::from([
+                ("method", json!(o.spec.method.name())),
+                ("setting", json!(o.spec.setting.map(|s| s.to_string()))),
+                ("seed", json!(o.spec.seed)),
+                ("accuracy", json_f64(o.accuracy)),
+                ("iwv", json!(o.iwv)),
+                ("iterations", json!(o.iterations)),
+                ("seconds", json_f64(o.seconds)),
+            ])
+        })
+        .collect();
+    json!(v)
+}

@@ -1,0 +1,314 @@
+//! `mckd brats ...`: phantoms, train, eval, predict, demo. The lead wires [`BratsCommand`]
+//! into the `mckd` binary and calls [`run`].
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mckd_train::device::DeviceChoice;
+use mckd_train::run::RunDir;
+use mckd_volume::{LabelConvention, PhantomConfig, discover_cases, write_phantom_dataset};
+
+use crate::experiment::{
+    DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run,
+};
+use crate::infer::predict_files;
+
+/// BraTS subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum BratsCommand {
+    /// Writes seeded synthetic phantoms (BraTS layout, NIfTI) — the CPU default data set.
+    Phantoms(PhantomsArgs),
+    /// Trains MCKD or the Baseline on a cases folder; writes a run folder.
+    Train(TrainArgs),
+    /// Evaluates a run (and optionally a Baseline run) on all 15 modality subsets.
+    Eval(EvalArgs),
+    /// Predicts one case from any subset of modality files; writes a NIfTI label map.
+    Predict(PredictArgs),
+    /// Phantoms → MCKD and Baseline → evaluation table (under 15 minutes on 2 cores).
+    Demo(DemoArgs),
+}
+
+/// `mckd brats phantoms`.
+#[derive(clap::Args, Debug)]
+pub struct PhantomsArgs {
+    /// Output folder (one sub-folder per case).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of cases.
+    #[arg(long, default_value_t = 40)]
+    pub cases: usize,
+    /// Size per axis (voxels).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Label convention flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ConventionArg {
+    /// BraTS 2017–2021 (ET = 4).
+    Brats2018,
+    /// BraTS 2023+ (ET = 3).
+    Brats2023,
+}
+
+impl From<ConventionArg> for LabelConvention {
+    fn from(c: ConventionArg) -> Self {
+        match c {
+            ConventionArg::Brats2018 => LabelConvention::Brats2018,
+            ConventionArg::Brats2023 => LabelConvention::Brats2023,
+        }
+    }
+}
+
+/// `mckd brats train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Cases root: BraTS 2018 layout (`HGG|LGG/<case>/`) or a flat folder of case folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run folder [default: runs/<timestamp>-brats].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Method.
+    #[arg(long, value_enum, default_value_t = Method::Mckd)]
+    pub method: Method,
+    /// Inner iterations (overrides --epochs).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Epochs (passes of `batch` crops over the training cases) when --iterations is absent.
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    /// Crop size as D H W (the paper: 80 160 160), multiples of 8.
+    #[arg(long, num_args = 3, value_names = ["D", "H", "W"], default_values_t = [64, 64, 64])]
+    pub crop: Vec<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Initial learning rate (SGD Nesterov, cosine annealing).
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    /// UNet base width c (8 for CPU, 16 paper-like).
+    #[arg(long, default_value_t = 8)]
+    pub base: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    pub device: DeviceChoice,
+    /// A meta step every this many iterations (MCKD).
+    #[arg(long, default_value_t = 100)]
+    pub meta_interval: usize,
+    /// Weight α of the CKD loss (MCKD).
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+    /// Reuse this splits.json (e.g. the MCKD run's, for its Baseline).
+    #[arg(long)]
+    pub splits: Option<PathBuf>,
+    /// Label convention of the segmentations.
+    #[arg(long, value_enum, default_value_t = ConventionArg::Brats2018)]
+    pub convention: ConventionArg,
+    /// Sliding-window tile for evaluation as D H W [default: 80 160 160].
+    #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
+    pub tile: Option<Vec<usize>>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mckd brats eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The run to evaluate (its test split is used); results are written into it.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// A Baseline run to compare with (same splits).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Cases root, if it moved since training.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mckd brats predict`.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// Training run folder (config.json + model.bpk).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Flair volume.
+    #[arg(long)]
+    pub flair: Option<PathBuf>,
+    /// T1 volume.
+    #[arg(long)]
+    pub t1: Option<PathBuf>,
+    /// T1c (T1ce) volume.
+    #[arg(long)]
+    pub t1c: Option<PathBuf>,
+    /// T2 volume.
+    #[arg(long)]
+    pub t2: Option<PathBuf>,
+    /// Output label map (.nii.gz), written with the first input's header and affine.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tile D H W [default: the run's].
+    #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
+    pub tile: Option<Vec<usize>>,
+    /// Tile overlap [default: the run's, 1/3].
+    #[arg(long)]
+    pub overlap: Option<f32>,
+}
+
+/// `mckd brats demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder [default: runs/<timestamp>-brats].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A one-minute smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Iterations per method (overrides the preset).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Phantom cases (overrides the preset).
+    #[arg(long)]
+    pub cases: Option<usize>,
+    /// Phantom size per axis, a multiple of 8 (overrides the preset).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// UNet base width (overrides the preset).
+    #[arg(long)]
+    pub base: Option<usize>,
+    /// Meta interval of MCKD (overrides the preset).
+    #[arg(long)]
+    pub meta_interval: Option<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn ijk(dhw: &[usize]) -> [usize; 3] {
+    [dhw[2], dhw[1], dhw[0]]
+}
+
+/// Runs a BraTS subcommand.
+pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
+    match cmd {
+        BratsCommand::Phantoms(a) => {
+            let cfg = PhantomConfig {
+                size: [a.size; 3],
+                ..Default::default()
+            };
+            let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
+            println!("wrote {} phantoms of {}³ to {}", cases.len(), a.size, a.out.display());
+        }
+        BratsCommand::Train(a) => {
+            a.device.device()?;
+            let out = a.out.clone().unwrap_or_else(|| RunDir::default_path("brats"));
+            let run = RunDir::create(&out)?;
+            let mut cfg = TrainConfig::new(a.data.clone(), a.method);
+            cfg.crop = ijk(&a.crop);
+            cfg.batch = a.batch;
+            cfg.lr = a.lr;
+            cfg.base = a.base;
+            cfg.seed = a.seed;
+            cfg.meta_interval = a.meta_interval;
+            cfg.alpha = a.alpha;
+            cfg.convention = a.convention.into();
+            if let Some(t) = &a.tile {
+                cfg.infer.tile = ijk(t);
+            }
+            cfg.iterations = match a.iterations {
+                Some(n) => n,
+                None => {
+                    let n_cases = discover_cases(&a.data)?.len();
+                    let n_train = ((n_cases as f64) * cfg.fractions.train).round().max(1.0) as usize;
+                    a.epochs * n_train.div_ceil(a.batch.max(1))
+                }
+            };
+            let t0 = Instant::now();
+            let t = train_run(&cfg, &run, a.splits.as_deref(), a.quiet)?;
+            println!(
+                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step, {:.3} s/meta step); \
+                 IWV {:?}; run folder {}",
+                cfg.method.name(),
+                cfg.iterations,
+                t0.elapsed().as_secs_f64(),
+                t.seconds_per_inner,
+                t.seconds_per_meta,
+                t.model.iwv.normalised_values(),
+                out.display()
+            );
+        }
+        BratsCommand::Eval(a) => {
+            let cfg = TrainConfig::load(&a.run)?;
+            let mut runs = vec![(cfg.method, a.run.clone())];
+            if let Some(b) = &a.baseline {
+                runs.push((Method::Baseline, b.clone()));
+            }
+            let out = RunDir::create(&a.run)?;
+            let (report, _) = evaluate(&runs, a.data.as_deref(), &out, a.quiet)?;
+            println!("{}", report.markdown);
+            println!("written to {}", out.path().display());
+        }
+        BratsCommand::Predict(a) => {
+            let device = burn::prelude::Device::flex();
+            let (cfg, model) = load_model(&a.run, &device)?;
+            let mut infer = cfg.infer;
+            if let Some(t) = &a.tile {
+                infer.tile = ijk(t);
+            }
+            if let Some(o) = a.overlap {
+                infer.overlap = o;
+            }
+            let files = [a.flair, a.t1, a.t1c, a.t2];
+            let labels = predict_files(&model, &files, &a.out, &infer, cfg.convention, &device)?;
+            let tumour = labels.iter().filter(|&&l| l != 0).count();
+            println!("wrote {} ({tumour} tumour voxels)", a.out.display());
+        }
+        BratsCommand::Demo(a) => {
+            let mut d = DemoConfig::preset(a.quick);
+            d.seed = a.seed;
+            if let Some(v) = a.iterations {
+                d.iterations = v;
+            }
+            if let Some(v) = a.cases {
+                d.cases = v;
+            }
+            if let Some(v) = a.size {
+                d.size = v;
+            }
+            if let Some(v) = a.base {
+                d.base = v;
+            }
+            if let Some(v) = a.meta_interval {
+                d.meta_interval = v;
+            }
+            let out = a.out.clone().unwrap_or_else(|| RunDir::default_path("brats"));
+            let run = RunDir::create(&out)?;
+            let t0 = Instant::now();
+            let report = demo(&d, &run, a.quiet)?;
+            println!("{}", report.markdown);
+            if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {
+                println!("mean Dice over the subsets without t1c: {v}");
+            }
+            println!("IWV (MCKD): {}", serde_json::Value::Object(report.results.iwv.clone()));
+            println!(
+                "demo finished in {:.1} min; run folder {}",
+                t0.elapsed().as_secs_f64() / 60.0,
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

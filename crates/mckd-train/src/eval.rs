@@ -1,0 +1,80 @@
+//! Evaluation of a classification model over every modality subset.
+
+use burn::prelude::*;
+use mckd_core::{MckdModel, Task, all_subsets, mask_tensor};
+
+use crate::train::Source;
+
+/// A classification task: logits out, integer labels in the batch.
+pub trait Classifier: Task<Output = Tensor<2>> {
+    /// The labels of a batch.
+    fn labels(batch: &Self::Batch) -> Tensor<1, Int>;
+}
+
+/// Accuracy (fraction) of `model` on every sample of `source` with presence `mask` (the same
+/// for every sample; modalities a sample lacks are removed, and samples left with none are
+/// skipped). Runs in inference mode. Returns `(accuracy, samples counted)`.
+pub fn accuracy<T, S>(
+    model: &MckdModel<T>,
+    source: &S,
+    mask: &[bool],
+    batch_size: usize,
+    device: &Device,
+) -> (f64, usize)
+where
+    T: Classifier,
+    S: Source<Batch = T::Batch>,
+{
+    let model = model.valid();
+    let device = device.clone().without_autodiff();
+    let (mut correct, mut total) = (0usize, 0usize);
+    let usable: Vec<usize> = (0..source.len())
+        .filter(|&i| mask.iter().zip(source.available(i)).any(|(m, a)| *m && *a))
+        .collect();
+    for chunk in usable.chunks(batch_size.max(1)) {
+        let masks: Vec<Vec<bool>> = chunk
+            .iter()
+            .map(|&i| {
+                mask.iter()
+                    .zip(source.available(i))
+                    .map(|(m, a)| *m && *a)
+                    .collect()
+            })
+            .collect();
+        let batch = source.batch(chunk, &device);
+        let logits = model.forward(&batch, &mask_tensor(&masks, &device)).output;
+        let pred = crate::to_vec_int(logits.argmax(1).flatten::<1>(0, 1));
+        let labels = crate::to_vec_int(T::labels(&batch));
+        correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        total += chunk.len();
+    }
+    (
+        if total == 0 {
+            f64::NAN
+        } else {
+            correct as f64 / total as f64
+        },
+        total,
+    )
+}
+
+/// Accuracy for each of the 2^N − 1 subsets, in [`all_subsets`] order.
+pub fn accuracy_all_subsets<T, S>(
+    model: &MckdModel<T>,
+    source: &S,
+    batch_size: usize,
+    device: &Device,
+) -> Vec<(Vec<bool>, f64)>
+where
+    T: Classifier,
+    S: Source<Batch = T::Batch>,
+{
+    let n = model.task.modalities().len();
+    all_subsets(n)
+        .into_iter()
+        .map(|m| {
+            let (acc, _) = accuracy(model, source, &m, batch_size, device);
+            (m, acc)
+        })
+        .collect()
+}

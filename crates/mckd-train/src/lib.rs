@@ -1,0 +1,59 @@
+//! # mckd-train — training, evaluation and reports for MCKD tasks
+//!
+//! The layer between the method core ([`mckd_core`]) and the command line: the generic loop
+//! ([`train`]: non-dedicated inner steps, periodic meta steps, schedules, progress, logs),
+//! evaluation over every modality subset ([`eval`]), tables, statistics and `results.json`
+//! ([`report`], [`stats`]), run folders ([`run`]) and device choice
+//! ([`device`]). Tasks (AV-MNIST, BraTS, the synthetic demo) plug in through
+//! [`mckd_core::Task`] and [`train::Source`].
+
+pub mod device;
+pub mod eval;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod train;
+
+/// Values of a tensor as `f32` (host copy).
+pub fn to_vec<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+/// Values of an integer tensor as `i64` (host copy).
+pub fn to_vec_int<const D: usize>(t: burn::prelude::Tensor<D, burn::prelude::Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("i64 tensor data")
+}
+
+/// A progress bar with the house style (hidden when stderr is not a terminal or `quiet`).
+pub fn progress_bar(len: u64, message: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>24} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta} left)",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// Serialises seeded work inside one process.
+///
+/// burn seeds a backend's random generator process-wide (`Device::seed`), and weight
+/// initialisation and dropout draw from it. Two trainings on different threads of one process
+/// would interleave their draws and lose determinism, so every seeded training holds this guard
+/// from `seed` to its end. Independent runs in parallel belong in separate processes.
+pub fn rng_guard() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
