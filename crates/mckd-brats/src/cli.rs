@@ -8,9 +8,7 @@ use mckd_train::device::DeviceChoice;
 use mckd_train::run::RunDir;
 use mckd_volume::{LabelConvention, PhantomConfig, discover_cases, write_phantom_dataset};
 
-use crate::experiment::{
-    DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run,
-};
+use crate::experiment::{DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run};
 use crate::infer::predict_files;
 
 /// BraTS subcommands.
@@ -189,6 +187,15 @@ pub struct DemoArgs {
     /// Meta interval of MCKD (overrides the preset).
     #[arg(long)]
     pub meta_interval: Option<usize>,
+    /// Weight α of the CKD loss of MCKD [default: 0.1].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Learning rate (overrides the preset).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum (overrides the preset).
+    #[arg(long)]
+    pub momentum: Option<f64>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -210,11 +217,19 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
-            println!("wrote {} phantoms of {}³ to {}", cases.len(), a.size, a.out.display());
+            println!(
+                "wrote {} phantoms of {}³ to {}",
+                cases.len(),
+                a.size,
+                a.out.display()
+            );
         }
         BratsCommand::Train(a) => {
             a.device.device()?;
-            let out = a.out.clone().unwrap_or_else(|| RunDir::default_path("brats"));
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| RunDir::default_path("brats"));
             let run = RunDir::create(&out)?;
             let mut cfg = TrainConfig::new(a.data.clone(), a.method);
             cfg.crop = ijk(&a.crop);
@@ -232,7 +247,8 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
                 Some(n) => n,
                 None => {
                     let n_cases = discover_cases(&a.data)?.len();
-                    let n_train = ((n_cases as f64) * cfg.fractions.train).round().max(1.0) as usize;
+                    let n_train =
+                        ((n_cases as f64) * cfg.fractions.train).round().max(1.0) as usize;
                     a.epochs * n_train.div_ceil(a.batch.max(1))
                 }
             };
@@ -294,7 +310,19 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             if let Some(v) = a.meta_interval {
                 d.meta_interval = v;
             }
-            let out = a.out.clone().unwrap_or_else(|| RunDir::default_path("brats"));
+            if let Some(v) = a.lr {
+                d.lr = v;
+            }
+            if let Some(v) = a.alpha {
+                d.alpha = v;
+            }
+            if let Some(v) = a.momentum {
+                d.momentum = v;
+            }
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| RunDir::default_path("brats"));
             let run = RunDir::create(&out)?;
             let t0 = Instant::now();
             let report = demo(&d, &run, a.quiet)?;
@@ -302,7 +330,10 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {
                 println!("mean Dice over the subsets without t1c: {v}");
             }
-            println!("IWV (MCKD): {}", serde_json::Value::Object(report.results.iwv.clone()));
+            println!(
+                "IWV (MCKD): {}",
+                serde_json::Value::Object(report.results.iwv.clone())
+            );
             println!(
                 "demo finished in {:.1} min; run folder {}",
                 t0.elapsed().as_secs_f64() / 60.0,

@@ -73,7 +73,9 @@ impl CropSource {
         seed: u64,
     ) -> Result<Self> {
         if cases.is_empty() {
-            return Err(BratsError::Invalid("a crop source needs at least one case".into()));
+            return Err(BratsError::Invalid(
+                "a crop source needs at least one case".into(),
+            ));
         }
         check_spatial(dhw(crop.size))?;
         Ok(Self {
@@ -104,14 +106,22 @@ impl CropSource {
         let size = self.crop.size;
         let n = size.iter().product::<usize>();
         let b = case_indices.len();
-        let mut images = vec![Vec::with_capacity(b * n); N_MODALITIES];
+        let mut images: Vec<Vec<f32>> = (0..N_MODALITIES)
+            .map(|_| Vec::with_capacity(b * n))
+            .collect();
         let mut targets = Vec::with_capacity(b * 3 * n);
         let mut rng = self.rng.lock().expect("crop RNG lock");
         for &ci in case_indices {
             let case = &self.cases[ci % self.cases.len()];
             // Inputs were checked when the cases were loaded and the source was built.
-            let crop = random_crop(&case.images, &case.labels, &case.index, &self.crop, &mut *rng)
-                .expect("crop of a validated case");
+            let crop = random_crop(
+                &case.images,
+                &case.labels,
+                &case.index,
+                &self.crop,
+                &mut *rng,
+            )
+            .expect("crop of a validated case");
             for (m, img) in images.iter_mut().enumerate() {
                 img.extend_from_slice(&crop.image[m * n..(m + 1) * n]);
             }
@@ -193,9 +203,14 @@ mod tests {
             ..Default::default()
         };
         let device = Device::flex();
-        let src =
-            CropSource::new(cases.clone(), crop.clone(), LabelConvention::Brats2018, 10, 5)
-                .unwrap();
+        let src = CropSource::new(
+            cases.clone(),
+            crop.clone(),
+            LabelConvention::Brats2018,
+            10,
+            5,
+        )
+        .unwrap();
         let b = src.batch(&[0, 1, 3], &device);
         assert_eq!(b.images.len(), 4);
         assert_eq!(b.images[2].dims(), [3, 1, 8, 16, 24]);

@@ -214,7 +214,10 @@ pub fn predict_files(
     let labels = predict_labels(model, &vols, &present, cfg, convention, device)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
-            BratsError::Invalid(format!("cannot create the output folder {}: {e}", dir.display()))
+            BratsError::Invalid(format!(
+                "cannot create the output folder {}: {e}",
+                dir.display()
+            ))
         })?;
     }
     write_labels_like(out, &labels, &header)?;
@@ -260,7 +263,11 @@ mod tests {
                 for k in 0..tile[2] {
                     for j in 0..tile[1] {
                         let s = i0 + dims[0] * (j + dims[1] * k);
-                        out.extend(v.data[s..s + tile[0]].iter().map(|&x| if p { x } else { 0.0 }));
+                        out.extend(
+                            v.data[s..s + tile[0]]
+                                .iter()
+                                .map(|&x| if p { x } else { 0.0 }),
+                        );
                     }
                 }
                 out
@@ -309,7 +316,10 @@ mod tests {
                             (Some(x), None) | (None, Some(x)) => x,
                             (None, None) => unreachable!(),
                         };
-                        assert!((got - want).abs() < 1e-6, "c{c} ({i},{j},{k}): {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-6,
+                            "c{c} ({i},{j},{k}): {got} vs {want}"
+                        );
                         checked += 1;
                     }
                 }
@@ -319,7 +329,10 @@ mod tests {
         // Missing modalities are ignored: changing an absent one changes nothing.
         let mut vols2 = vols.clone();
         vols2[1] = volume(dims, 9);
-        assert_eq!(predict_probs(&model, &vols2, &present, &cfg, &device).unwrap(), probs);
+        assert_eq!(
+            predict_probs(&model, &vols2, &present, &cfg, &device).unwrap(),
+            probs
+        );
     }
 
     #[test]

@@ -380,10 +380,14 @@ mod tests {
         let device = Device::flex();
         let loss = segmentation_loss(tensor5(&X, &device), tensor5(&Y, &device));
         let v = loss.into_scalar::<f32>();
-        assert!((v - 1.659_880_0).abs() < 1e-5, "{v}");
+        assert!((v - 1.659_88).abs() < 1e-5, "{v}");
         // Perfect confident predictions: Dice → 1 − 2g/(2g+1), BCE → 0.
-        let big: Vec<f32> = Y.iter().map(|&y| if y > 0.5 { 200.0 } else { -200.0 }).collect();
-        let v = segmentation_loss(tensor5(&big, &device), tensor5(&Y, &device)).into_scalar::<f32>();
+        let big: Vec<f32> = Y
+            .iter()
+            .map(|&y| if y > 0.5 { 200.0 } else { -200.0 })
+            .collect();
+        let v =
+            segmentation_loss(tensor5(&big, &device), tensor5(&Y, &device)).into_scalar::<f32>();
         // channel sums of g: 1, 2, 1 → dice 1/3, 1/5, 1/3
         let expect = (1.0 / 3.0 + 1.0 / 5.0 + 1.0 / 3.0) / 3.0;
         assert!((v - expect).abs() < 1e-5, "{v} vs {expect}");
@@ -407,8 +411,7 @@ mod tests {
             let s: f32 = p.iter().sum::<f32>() + ys.iter().sum::<f32>();
             for k in 0..n {
                 let ddice = -2.0 * (ys[k] * (s + 1.0) - i) / ((s + 1.0) * (s + 1.0));
-                let expect =
-                    ddice * p[k] * (1.0 - p[k]) / 3.0 + (p[k] - ys[k]) / n as f32;
+                let expect = ddice * p[k] * (1.0 - p[k]) / 3.0 + (p[k] - ys[k]) / n as f32;
                 let got = g[c * n + k];
                 assert!((got - expect).abs() < 1e-6, "c{c} k{k}: {got} vs {expect}");
             }
@@ -420,7 +423,10 @@ mod tests {
         let device = Device::flex();
         device.seed(0);
         let spatial = [8, 24, 40];
-        let net = UNetConfig::new().with_base(4).with_spatial(spatial).init(&device);
+        let net = UNetConfig::new()
+            .with_base(4)
+            .with_spatial(spatial)
+            .init(&device);
         assert_eq!(net.num_params(), parameter_count(4));
         assert_eq!(parameter_count(4), 127_639);
         assert_eq!(parameter_count(8), 509_195);
@@ -429,12 +435,24 @@ mod tests {
         assert_eq!(c8.num_params(), 509_195);
         let b = 2;
         let images = (0..4)
-            .map(|_| Tensor::random([b, 1, 8, 24, 40], burn::tensor::Distribution::Default, &device))
+            .map(|_| {
+                Tensor::random(
+                    [b, 1, 8, 24, 40],
+                    burn::tensor::Distribution::Default,
+                    &device,
+                )
+            })
             .collect();
-        let batch = BratsBatch { images, targets: None };
+        let batch = BratsBatch {
+            images,
+            targets: None,
+        };
         let model = MckdModel::new(net, Normalisation::Softmax, 0, &device);
         let mask = mckd_core::mask_tensor(
-            &[vec![true, false, true, false], vec![false, false, false, true]],
+            &[
+                vec![true, false, true, false],
+                vec![false, false, false, true],
+            ],
             &device,
         );
         let fwd = model.forward(&batch, &mask);

@@ -138,8 +138,15 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     let m = &cases[0].modalities;
     let out = tmp.0.join("out/pred.nii.gz");
     let files = [Some(m[0].clone()), None, Some(m[2].clone()), None];
-    let labels =
-        predict_files(&model, &files, &out, &infer, LabelConvention::Brats2018, &device).unwrap();
+    let labels = predict_files(
+        &model,
+        &files,
+        &out,
+        &infer,
+        LabelConvention::Brats2018,
+        &device,
+    )
+    .unwrap();
     let (back, dims, header) = read_labels(&out, LabelConvention::Brats2018).unwrap();
     assert_eq!(back, labels);
     assert_eq!(dims, [24, 16, 16]);
@@ -151,26 +158,57 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     // A missing modality file.
     let missing = tmp.0.join("nope_t1ce.nii.gz");
     let files = [Some(m[0].clone()), None, Some(missing.clone()), None];
-    let err = predict_files(&model, &files, &out, &infer, LabelConvention::Brats2018, &device)
-        .unwrap_err();
+    let err = predict_files(
+        &model,
+        &files,
+        &out,
+        &infer,
+        LabelConvention::Brats2018,
+        &device,
+    )
+    .unwrap_err();
     assert!(matches!(err, BratsError::MissingInput { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("nope_t1ce.nii.gz") && msg.contains("t1c"), "{msg}");
+    assert!(
+        msg.contains("nope_t1ce.nii.gz") && msg.contains("t1c"),
+        "{msg}"
+    );
 
     // Modalities on different grids.
-    let files = [Some(m[0].clone()), None, None, Some(odd[0].modalities[3].clone())];
-    let msg = predict_files(&model, &files, &out, &infer, LabelConvention::Brats2018, &device)
-        .unwrap_err()
-        .to_string();
+    let files = [
+        Some(m[0].clone()),
+        None,
+        None,
+        Some(odd[0].modalities[3].clone()),
+    ];
+    let msg = predict_files(
+        &model,
+        &files,
+        &out,
+        &infer,
+        LabelConvention::Brats2018,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("shape mismatch"), "{msg}");
     assert!(msg.contains(&m[0].display().to_string()), "{msg}");
-    assert!(msg.contains(&odd[0].modalities[3].display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&odd[0].modalities[3].display().to_string()),
+        "{msg}"
+    );
 
     // No modality at all, and a run folder without config.
-    let msg = predict_files(&model, &[None, None, None, None], &out, &infer,
-        LabelConvention::Brats2018, &device)
-        .unwrap_err()
-        .to_string();
+    let msg = predict_files(
+        &model,
+        &[None, None, None, None],
+        &out,
+        &infer,
+        LabelConvention::Brats2018,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("at least one modality"), "{msg}");
     let msg = load_model(&tmp.0, &device).err().unwrap().to_string();
     assert!(msg.contains("config.json"), "{msg}");
@@ -201,9 +239,15 @@ fn tiny_train_and_evaluate_all_subsets() {
     assert!(b.log.iter().all(|r| r.meta_loss.is_none()));
     // The Baseline never moves its IWV.
     assert_eq!(b.log[0].iwv, b.log[3].iwv);
-    for f in ["config.json", "splits.json", "model.bpk", "train_log.csv", "plot_iwv.csv",
-        "plot_feature_gap.csv", "timing.json"]
-    {
+    for f in [
+        "config.json",
+        "splits.json",
+        "model.bpk",
+        "train_log.csv",
+        "plot_iwv.csv",
+        "plot_feature_gap.csv",
+        "timing.json",
+    ] {
         assert!(mckd.file(f).is_file(), "{f} missing");
     }
     assert_eq!(
@@ -215,7 +259,10 @@ fn tiny_train_and_evaluate_all_subsets() {
     assert_eq!(reloaded.iwv.raw_values(), t.model.iwv.raw_values());
 
     let (report, evals) = evaluate(
-        &[(Method::Mckd, mckd.path().to_path_buf()), (Method::Baseline, base.path().to_path_buf())],
+        &[
+            (Method::Mckd, mckd.path().to_path_buf()),
+            (Method::Baseline, base.path().to_path_buf()),
+        ],
         None,
         &mckd,
         true,
@@ -225,11 +272,25 @@ fn tiny_train_and_evaluate_all_subsets() {
     assert_eq!(report.results.rows.len(), 30);
     assert_eq!(report.results.task, "brats");
     let keys: Vec<&String> = report.results.rows[0].metrics.keys().collect();
-    assert_eq!(keys, ["dice_et", "dice_tc", "dice_wt", "hd95_et", "hd95_tc", "hd95_wt"]);
-    assert_eq!(report.markdown.matches("\n| ").count(), 15 + 3);
-    for f in ["table.md", "table.csv", "results.json", "plot_slice.json",
-        "eval/mckd/flair+t1+t1c+t2/summary.json", "eval/baseline/t1c/summary.json"]
-    {
+    assert_eq!(
+        keys,
+        [
+            "dice_et", "dice_tc", "dice_wt", "hd95_et", "hd95_tc", "hd95_wt"
+        ]
+    );
+    assert_eq!(
+        report.markdown.matches("\n| ").count(),
+        1 + 15 + 3,
+        "header, subsets, 2 averages, p-values"
+    );
+    for f in [
+        "table.md",
+        "table.csv",
+        "results.json",
+        "plot_slice.json",
+        "eval/mckd/flair+t1+t1c+t2/summary.json",
+        "eval/baseline/t1c/summary.json",
+    ] {
         assert!(mckd.file(f).is_file(), "{f} missing");
     }
     let v: serde_json::Value =

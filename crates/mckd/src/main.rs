@@ -24,6 +24,12 @@ enum Command {
     /// Synthetic three-modality demo: trains MCKD and the α = 0 Baseline, prints accuracy on
     /// every modality subset and the learned importance weights. Needs no data.
     Demo(DemoArgs),
+    /// AV-MNIST classification with missing audio or images (paper Table 2).
+    #[command(subcommand)]
+    Avmnist(mckd_avmnist::cli::AvmnistCommand),
+    /// BraTS 3D brain-tumour segmentation with missing MRI modalities (paper Table 1).
+    #[command(subcommand)]
+    Brats(mckd_brats::cli::BratsCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +101,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(args),
+        Command::Avmnist(cmd) => mckd_avmnist::cli::run(cmd),
+        Command::Brats(cmd) => mckd_brats::cli::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
