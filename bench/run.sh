@@ -64,10 +64,13 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 "${TORCH[@]}" --model sgemm >>"$LINES"
 
-# 4. Machine peak: cores × clock × FLOP/cycle. 32 fp32 FLOP/cycle/core = one 512-bit FMA per
-#    cycle (Zen 4 issues AVX-512 as 2×256-bit FMA pipes; an Intel core with two 512-bit FMA
-#    ports would reach 64). Override with MCKD_BENCH_FLOP_PER_CYCLE.
-FPC="${MCKD_BENCH_FLOP_PER_CYCLE:-32}"
+# 4. Machine peak: cores × clock × fp32 FLOP/cycle/core. One 512-bit FMA = 16 lanes × 2 FLOP =
+#    32; Zen 4 issues AVX-512 on two 256-bit FMA pipes (32 FLOP/cycle); Intel Xeon cores with
+#    AVX-512 have two 512-bit FMA ports (64 FLOP/cycle). Default: 64 on GenuineIntel with
+#    AVX-512, 32 otherwise; override with MCKD_BENCH_FLOP_PER_CYCLE. The PyTorch/MKL sgemm line
+#    below is a measured sanity check of the assumption.
+if grep -q GenuineIntel /proc/cpuinfo && grep -q avx512f /proc/cpuinfo; then DEFAULT_FPC=64; else DEFAULT_FPC=32; fi
+FPC="${MCKD_BENCH_FLOP_PER_CYCLE:-$DEFAULT_FPC}"
 MHZ="$(awk -F: '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo | tr -d ' ')"
 MODEL_NAME="$(awk -F: '/^model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 AVX512="$(grep -q avx512f /proc/cpuinfo && echo AVX-512 || echo no AVX-512)"

@@ -56,6 +56,9 @@ pub enum AvmnistError {
     /// The run folder failed (names the path).
     #[error(transparent)]
     Run(#[from] mckd_train::run::RunError),
+    /// A plot cannot be written.
+    #[error(transparent)]
+    Plot(#[from] mckd_plot::PlotError),
     /// A setting name that is not `audio_<P>` / `visual_<P>` with P in 5, 10, 15, 20.
     #[error(
         "unknown setting `{0}`: expected audio_5, audio_10, audio_15, audio_20, visual_5, \

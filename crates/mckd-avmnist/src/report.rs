@@ -371,14 +371,39 @@ pub fn iwv_series_csv(outcomes: &[RunOutcome]) -> String {
     out
 }
 
-/// Writes the plot data of a reproduction into the run folder: `iwv_series.csv` (IWV over
-/// iterations per setting and seed, paper Fig. 4b). The PNG (`iwv.png`) is left to the
-/// plotting crate: it reads this series. Returns the files written.
+/// Writes the plots of a reproduction into the run folder: `iwv_series.csv` (IWV over
+/// iterations per setting and seed) and `iwv.png` (paper Fig. 4b: the normalised weight of
+/// `image` over iterations, one line per setting, first seed of each). Returns the files.
 pub fn write_plots(run_dir: &RunDir, outcomes: &[RunOutcome]) -> Result<Vec<std::path::PathBuf>> {
-    Ok(vec![run_dir.write(
-        "iwv_series.csv",
-        iwv_series_csv(outcomes).as_bytes(),
-    )?])
+    let csv = run_dir.write("iwv_series.csv", iwv_series_csv(outcomes).as_bytes())?;
+    let mut runs: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| o.spec.method == Method::Mckd && o.spec.setting.is_some())
+        .collect();
+    runs.sort_by_key(|o| (o.spec.setting.map(|s| s.to_string()), o.spec.seed));
+    runs.dedup_by_key(|o| o.spec.setting.map(|s| s.to_string()));
+    let mut chart = mckd_plot::LineChart::new(
+        "MCKD importance weight of the image modality",
+        "iteration",
+        "normalised weight of image",
+    )
+    .y_range(0.0, 1.0);
+    for o in runs {
+        let name = format!(
+            "{} (seed {})",
+            o.spec.setting.map(|s| s.to_string()).unwrap_or_default(),
+            o.spec.seed
+        );
+        chart = chart.series(
+            name,
+            o.log
+                .iter()
+                .map(|r| (r.iteration as f64, f64::from(r.iwv[0]))),
+        );
+    }
+    let png = run_dir.file("iwv.png");
+    chart.save_png(&png)?;
+    Ok(vec![csv, png])
 }
 
 /// Writes `logs/<run>.csv` (the per-iteration `train_log` of one run).

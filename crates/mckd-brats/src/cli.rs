@@ -240,6 +240,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.meta_interval = a.meta_interval;
             cfg.alpha = a.alpha;
             cfg.convention = a.convention.into();
+            cfg.device = a.device;
             if let Some(t) = &a.tile {
                 cfg.infer.tile = ijk(t);
             }
@@ -278,7 +279,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             println!("written to {}", out.path().display());
         }
         BratsCommand::Predict(a) => {
-            let device = burn::prelude::Device::flex();
+            let device = TrainConfig::load(&a.run)?.device.device()?;
             let (cfg, model) = load_model(&a.run, &device)?;
             let mut infer = cfg.infer;
             if let Some(t) = &a.tile {

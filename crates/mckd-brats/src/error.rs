@@ -11,6 +11,9 @@ pub enum BratsError {
     /// The run folder cannot be written.
     #[error(transparent)]
     Run(#[from] mckd_train::run::RunError),
+    /// A plot cannot be written.
+    #[error(transparent)]
+    Plot(#[from] mckd_plot::PlotError),
     /// A checkpoint cannot be saved or loaded.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint {

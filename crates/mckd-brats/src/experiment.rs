@@ -19,6 +19,7 @@ use burn::prelude::*;
 use mckd_core::{
     MckdConfig, MckdModel, MckdTrainer, Normalisation, SubsetSampling, all_subsets, mask_tensor,
 };
+use mckd_train::device::DeviceChoice;
 use mckd_train::report::{Results, Row, csv_table, iwv_map, json_f64, markdown_table};
 use mckd_train::run::RunDir;
 use mckd_train::stats::paired_t_test_greater;
@@ -114,6 +115,9 @@ pub struct TrainConfig {
     pub fractions: SplitFractions,
     /// Sliding-window settings for evaluation and prediction.
     pub infer: InferConfig,
+    /// Compute device of training and evaluation.
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 impl TrainConfig {
@@ -141,6 +145,7 @@ impl TrainConfig {
             convention: LabelConvention::Brats2018,
             fractions: SplitFractions::default(),
             infer: InferConfig::default(),
+            device: DeviceChoice::Flex,
         }
     }
 
@@ -268,6 +273,37 @@ pub fn write_plots(run: &RunDir, data: &PlotData) -> Result<Vec<PathBuf>> {
         }
         written.push(run.write("plot_iwv.csv", iwv.as_bytes())?);
         written.push(run.write("plot_loss.csv", loss.as_bytes())?);
+        let mut chart = mckd_plot::LineChart::new(
+            "Importance weights during training",
+            "iteration",
+            "normalised weight",
+        )
+        .y_range(0.0, 1.0);
+        for (m, n) in names.iter().enumerate() {
+            chart = chart.series(
+                n.as_str(),
+                rows.iter()
+                    .map(|r| (r.iteration as f64, f64::from(r.iwv[m]))),
+            );
+        }
+        written.push(save_png(run, "iwv.png", |p| chart.save_png(p))?);
+        let losses = mckd_plot::LineChart::new("Training losses", "iteration", "loss")
+            .series(
+                "task loss",
+                rows.iter()
+                    .map(|r| (r.iteration as f64, f64::from(r.task_loss))),
+            )
+            .series(
+                "CKD loss",
+                rows.iter()
+                    .map(|r| (r.iteration as f64, f64::from(r.ckd_loss))),
+            )
+            .series(
+                "meta loss",
+                rows.iter()
+                    .filter_map(|r| r.meta_loss.map(|m| (r.iteration as f64, f64::from(m)))),
+            );
+        written.push(save_png(run, "loss.png", |p| losses.save_png(p))?);
     }
     if let Some(gaps) = data.feature_gap {
         let mut s = String::from("iteration,l1,cosine\n");
@@ -275,11 +311,84 @@ pub fn write_plots(run: &RunDir, data: &PlotData) -> Result<Vec<PathBuf>> {
             s.push_str(&format!("{},{},{}\n", g.iteration, g.l1, g.cosine));
         }
         written.push(run.write("plot_feature_gap.csv", s.as_bytes())?);
+        let chart = mckd_plot::LineChart::new(
+            "Generated vs real T1c bottleneck feature (meta-validation crops)",
+            "iteration",
+            "value",
+        )
+        .series(
+            "L1 distance",
+            gaps.iter().map(|g| (g.iteration as f64, f64::from(g.l1))),
+        )
+        .series(
+            "cosine similarity",
+            gaps.iter()
+                .map(|g| (g.iteration as f64, f64::from(g.cosine))),
+        );
+        written.push(save_png(run, "feature_gap.png", |p| chart.save_png(p))?);
     }
     if let Some(slice) = data.slice {
         written.push(run.write_json("plot_slice.json", slice)?);
+        let floats = |v: &Value| -> Vec<f32> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let labels = |v: &Value| -> Vec<u8> {
+            v.as_array()
+                .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect())
+                .unwrap_or_default()
+        };
+        let [w, h] = slice.size;
+        let (input_name, input) = slice
+            .inputs
+            .iter()
+            .next()
+            .map(|(n, v)| (n.clone(), floats(v)))
+            .unwrap_or_default();
+        let preds: Vec<(String, Vec<u8>)> = slice
+            .predictions
+            .iter()
+            .map(|(n, v)| (n.clone(), labels(v)))
+            .collect();
+        if input.len() == w * h {
+            let mut panels = vec![
+                mckd_plot::Panel::new(format!("{input_name} (k = {})", slice.k), &input, w, h),
+                mckd_plot::Panel::new("ground truth", &input, w, h)
+                    .with_labels(&slice.ground_truth),
+            ];
+            for (name, p) in &preds {
+                panels.push(
+                    mckd_plot::Panel::new(
+                        format!("{name} ({})", slice.subset.join("+")),
+                        &input,
+                        w,
+                        h,
+                    )
+                    .with_labels(p),
+                );
+            }
+            written.push(save_png(run, "overlay.png", |p| {
+                mckd_plot::overlay_png(p, &panels, 3)
+            })?);
+        }
     }
     Ok(written)
+}
+
+/// Writes one PNG into the run folder, mapping the plot error to [`BratsError::Plot`].
+fn save_png(
+    run: &RunDir,
+    name: &str,
+    draw: impl FnOnce(&Path) -> std::result::Result<(), mckd_plot::PlotError>,
+) -> Result<PathBuf> {
+    let path = run.file(name);
+    draw(&path)?;
+    Ok(path)
 }
 
 /// The outcome of a training run.
@@ -486,7 +595,10 @@ pub fn train_run(
         1,
         cfg.seed ^ 0x5eed_0002,
     )?;
-    let plain = Device::flex();
+    let plain = cfg
+        .device
+        .device()
+        .map_err(|e| BratsError::Invalid(e.to_string()))?;
     let device = plain.clone().autodiff();
     let probe_idx: Vec<usize> = (0..cfg.batch.min(probe_src.cases().len()).max(1)).collect();
     let probe = probe_src.crops(&probe_idx, &plain);
@@ -671,7 +783,10 @@ pub fn evaluate(
         .unwrap_or_else(|| cfg0.data.clone());
     let cases = discover_cases(&root)?;
     let test = load_named(&cases, &splits.test, cfg0.convention, quiet, "loading test")?;
-    let plain = Device::flex();
+    let plain = cfg0
+        .device
+        .device()
+        .map_err(|e| BratsError::Invalid(e.to_string()))?;
     let subsets = all_subsets(4);
     let mut evals = Vec::new();
     let mut slice: Option<SliceData> = None;

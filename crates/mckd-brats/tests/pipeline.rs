@@ -246,6 +246,9 @@ fn tiny_train_and_evaluate_all_subsets() {
         "train_log.csv",
         "plot_iwv.csv",
         "plot_feature_gap.csv",
+        "iwv.png",
+        "loss.png",
+        "feature_gap.png",
         "timing.json",
     ] {
         assert!(mckd.file(f).is_file(), "{f} missing");
@@ -288,6 +291,7 @@ fn tiny_train_and_evaluate_all_subsets() {
         "table.csv",
         "results.json",
         "plot_slice.json",
+        "overlay.png",
         "eval/mckd/flair+t1+t1c+t2/summary.json",
         "eval/baseline/t1c/summary.json",
     ] {
