@@ -56,10 +56,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
-use mckd_train::eval::Classifier;
+use mckd_train::eval::{Classifier, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -373,18 +373,6 @@ impl Classifier for AvmnistNet {
     }
 }
 
-/// Mean cross-entropy `−log softmax(logits)[label]`.
-///
-/// # Shapes
-/// - `logits`: `[batch, classes]`; `labels`: `[batch]`; output `[1]`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([b, 1]))
-        .mean()
-        .neg()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,22 +438,6 @@ mod tests {
         let loss = net.loss(logits, &b);
         assert_eq!(loss.dims(), [1]);
         assert!(loss.into_scalar::<f32>().is_finite());
-    }
-
-    #[test]
-    fn cross_entropy_matches_hand_computed_value() {
-        // import torch; torch.nn.functional.cross_entropy(
-        //   torch.tensor([[1., 2., 0.5], [0., 0., 3.]]), torch.tensor([1, 0]))
-        // -> 1.7796
-        let device = Device::flex();
-        let logits = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0, 0.0, 3.0], [2, 3]),
-            &device,
-        );
-        let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &device);
-        let v = cross_entropy(logits, labels).into_scalar::<f32>();
-        // By hand: sample 0: lse(1,2,.5) - 2 = 0.46436; sample 1: lse(0,0,3) - 0 = 3.09492.
-        assert!((v - 1.779_64).abs() < 1e-4, "{v}");
     }
 
     #[test]

@@ -5,6 +5,18 @@ use mckd_core::{MckdModel, Task, all_subsets, mask_tensor};
 
 use crate::train::Source;
 
+/// Mean cross-entropy `−log softmax(logits)[label]`, the task loss of classifiers.
+///
+/// # Shapes
+/// - `logits`: `[batch, classes]`; `labels`: `[batch]`; output `[1]`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    burn::tensor::activation::log_softmax(logits, 1)
+        .gather(1, labels.reshape([b, 1]))
+        .mean()
+        .neg()
+}
+
 /// A classification task: logits out, integer labels in the batch.
 pub trait Classifier: Task<Output = Tensor<2>> {
     /// The labels of a batch.
@@ -77,4 +89,25 @@ where
             (m, acc)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_hand_computed_value() {
+        // import torch; torch.nn.functional.cross_entropy(
+        //   torch.tensor([[1., 2., 0.5], [0., 0., 3.]]), torch.tensor([1, 0]))
+        // -> 1.7796
+        let device = Device::flex();
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0, 0.0, 3.0], [2, 3]),
+            &device,
+        );
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &device);
+        let v = cross_entropy(logits, labels).into_scalar::<f32>();
+        // By hand: sample 0: lse(1,2,.5) - 2 = 0.46436; sample 1: lse(0,0,3) - 0 = 3.09492.
+        assert!((v - 1.779_64).abs() < 1e-4, "{v}");
+    }
 }

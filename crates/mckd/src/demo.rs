@@ -10,10 +10,10 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::AdamConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
 use mckd_core::{MckdConfig, MckdModel, MckdTrainer, ModalitySet, Task};
-use mckd_train::eval::{Classifier, accuracy_all_subsets};
+use mckd_train::eval::{Classifier, accuracy_all_subsets, cross_entropy};
 use mckd_train::train::{LogRow, LoopConfig, LrSchedule, MaskGranularity, Source, train};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -271,15 +271,6 @@ impl Classifier for DemoNet {
     fn labels(batch: &DemoBatch) -> Tensor<1, Int> {
         batch.labels.clone()
     }
-}
-
-/// Mean cross-entropy of logits `[batch, classes]` against labels `[batch]`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([b, 1]))
-        .mean()
-        .neg()
 }
 
 /// The outcome of training one method.
