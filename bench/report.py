@@ -86,6 +86,8 @@ def main():
         if len(med) == 2:
             entry["time_ratio"] = round(med["mckd"][0] / med["torch"][0], 3)
             entry["rss_ratio"] = round(med["mckd"][1] / med["torch"][1], 3)
+            # Ratio of the fastest steps: less sensitive to other load on the machine.
+            entry["time_ratio_min"] = round(entry["mckd"]["min_ms"] / entry["torch"]["min_ms"], 3)
             ratios[(model, step)] = (entry["time_ratio"], entry["rss_ratio"])
         for side in ("mckd", "torch"):
             e = entry.get(side)

@@ -84,6 +84,6 @@ fi
 "$PY" "$HERE/report.py" "$LINES" "$HERE/results.json" \
   --peak-gflops "$PEAK" \
   --peak-note "$THREADS cores × ${MHZ} MHz × $FPC FLOP/cycle fp32" \
-  --machine "$MODEL_NAME, $(nproc) CPUs, $AVX512, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)" \
+  --machine "$MODEL_NAME, $(getconf _NPROCESSORS_ONLN) CPUs, $AVX512, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)" \
   --command "bench/run.sh --threads $THREADS --rounds $ROUNDS --avmnist-steps $AV_STEPS --unet-steps $UNET_STEPS" \
   --rounds "$ROUNDS" --note "$BUSY"

@@ -30,6 +30,9 @@ enum Command {
     /// BraTS 3D brain-tumour segmentation with missing MRI modalities (paper Table 1).
     #[command(subcommand)]
     Brats(mckd_brats::cli::BratsCommand),
+    /// Times our AV-MNIST and 3D-UNet MCKD training steps (median, min–max, peak RSS); the
+    /// side-by-side comparison with PyTorch is `bench/run.sh`.
+    Bench(mckd_bench::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +106,7 @@ fn main() {
         Command::Demo(args) => demo(args),
         Command::Avmnist(cmd) => mckd_avmnist::cli::run(cmd),
         Command::Brats(cmd) => mckd_brats::cli::run(cmd),
+        Command::Bench(args) => mckd_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
