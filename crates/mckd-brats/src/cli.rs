@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
     pub device: DeviceChoice,
+    /// Impute missing modalities in the skip connections too (the reference code imputes
+    /// only the bottleneck).
+    #[arg(long)]
+    pub impute_skips: bool,
     /// A meta step every this many iterations (MCKD).
     #[arg(long, default_value_t = 100)]
     pub meta_interval: usize,
@@ -241,6 +245,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.alpha = a.alpha;
             cfg.convention = a.convention.into();
             cfg.device = a.device;
+            cfg.impute_skips = a.impute_skips;
             if let Some(t) = &a.tile {
                 cfg.infer.tile = ijk(t);
             }

@@ -118,6 +118,10 @@ pub struct TrainConfig {
     /// Compute device of training and evaluation.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Impute missing modalities in the skip connections too (the reference imputes only the
+    /// bottleneck).
+    #[serde(default)]
+    pub impute_skips: bool,
 }
 
 impl TrainConfig {
@@ -146,6 +150,7 @@ impl TrainConfig {
             fractions: SplitFractions::default(),
             infer: InferConfig::default(),
             device: DeviceChoice::Flex,
+            impute_skips: false,
         }
     }
 
@@ -479,6 +484,7 @@ pub fn init_model(cfg: &TrainConfig, spatial: [usize; 3], device: &Device) -> Mc
     let net = UNetConfig::new()
         .with_base(cfg.base)
         .with_spatial(spatial)
+        .with_impute_skips(cfg.impute_skips)
         .init(device);
     MckdModel::new(net, Normalisation::Softmax, cfg.seed, device)
 }

@@ -70,6 +70,11 @@ pub struct UNetConfig {
     /// [`BratsUNet::with_spatial`]. Multiples of 8.
     #[config(default = "[64, 64, 64]")]
     pub spatial: [usize; 3],
+    /// Impute missing modalities in the skip connections too. The reference code imputes
+    /// (and weights in the meta step) only the bottleneck; its skips carry the features of
+    /// the zeroed inputs. Default: as the reference.
+    #[config(default = false)]
+    pub impute_skips: bool,
 }
 
 /// Conv → InstanceNorm → LeakyReLU, twice; the first convolution may be strided.
@@ -127,6 +132,8 @@ pub struct BratsUNet {
     base: usize,
     #[module(skip)]
     spatial: [usize; 3],
+    #[module(skip)]
+    impute_skips: bool,
 }
 
 /// A batch: one 1-channel volume per modality and (for training) the region targets.
@@ -189,6 +196,7 @@ impl UNetConfig {
             modalities: ModalitySet::new(MODALITIES),
             base: c,
             spatial: self.spatial,
+            impute_skips: self.impute_skips,
         }
     }
 }
@@ -323,6 +331,11 @@ impl Task for BratsUNet {
 
     fn distill_level(&self) -> usize {
         3
+    }
+
+    /// The bottleneck always; the skips only with `impute_skips`.
+    fn mckd_level(&self, level: usize) -> bool {
+        level == 3 || self.impute_skips
     }
 }
 

@@ -88,7 +88,14 @@ impl<T: Task> MckdModel<T> {
         let features = self.encode_all(batch, mask);
         let fused = features
             .iter()
-            .map(|f| fuse(impute(f.clone(), mask.clone())))
+            .enumerate()
+            .map(|(l, f)| {
+                if self.task.mckd_level(l) {
+                    fuse(impute(f.clone(), mask.clone()))
+                } else {
+                    fuse(f.clone())
+                }
+            })
             .collect();
         Forward {
             output: self.task.decode(fused),
@@ -173,7 +180,8 @@ impl MckdTrainer {
     }
 
     /// The first-order meta step on a meta-validation batch with every modality present: each
-    /// modality's features (every level) are scaled by its normalised weight, decoded, and the
+    /// modality's features (every level the task marks with [`Task::mckd_level`]) are scaled by
+    /// its normalised weight, decoded, and the
     /// task loss is backpropagated to the IWV alone, which its own Adam updates.
     ///
     /// The task network runs in inference mode here (running statistics, no dropout) and its
@@ -193,7 +201,14 @@ impl MckdTrainer {
         let weights = model.iwv.normalised();
         let fused = features
             .into_iter()
-            .map(|f| fuse(weight_features(f.autodiff(), weights.clone())))
+            .enumerate()
+            .map(|(l, f)| {
+                if frozen.mckd_level(l) {
+                    fuse(weight_features(f.autodiff(), weights.clone()))
+                } else {
+                    fuse(f.autodiff())
+                }
+            })
             .collect();
         let loss = frozen.loss(frozen.decode(fused), batch);
         let value = scalar(&loss);
@@ -348,6 +363,73 @@ mod tests {
                 "{a} vs {b}"
             );
         }
+    }
+
+    /// Two feature levels (the input itself and twice the input); level 0 is not an MCKD
+    /// level. The decoder returns the fused levels so the test can look at them.
+    #[derive(Module, Debug)]
+    struct TwoLevels {
+        #[module(skip)]
+        mods: ModalitySet,
+    }
+
+    impl Task for TwoLevels {
+        type Batch = ToyBatch;
+        type Output = Vec<Tensor<2>>;
+        fn modalities(&self) -> &ModalitySet {
+            &self.mods
+        }
+        fn encode(&self, batch: &ToyBatch, m: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+            let x = zero_missing(batch.x[m].clone(), present);
+            vec![x.clone(), x * 2.0]
+        }
+        fn decode(&self, fused: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
+            fused
+        }
+        fn loss(&self, out: Vec<Tensor<2>>, _: &ToyBatch) -> Tensor<1> {
+            out.into_iter()
+                .map(|t| t.sum())
+                .reduce(|a, b| a + b)
+                .unwrap()
+        }
+        fn batch_size(batch: &ToyBatch) -> usize {
+            batch.y.dims()[0]
+        }
+        fn mckd_level(&self, level: usize) -> bool {
+            level == 1
+        }
+    }
+
+    #[test]
+    fn only_mckd_levels_are_imputed() {
+        let device = Device::flex();
+        let (toy_model, batch) = toy(&device);
+        let model = MckdModel {
+            task: TwoLevels {
+                mods: ModalitySet::new(["a", "b"]),
+            },
+            iwv: toy_model.iwv,
+        };
+        // Sample 0 misses modality b: level 0 keeps the zeroed input, level 1 takes a's feature.
+        let mask = mask_tensor(
+            &[vec![true, false], vec![true, true], vec![true, true]],
+            &device,
+        );
+        let out = model.forward(&batch, &mask).output;
+        // x0[0] = [1, 0], x1[0] = [0, 2] (missing → zeros).
+        assert_eq!(
+            values(out[0].clone().narrow(0, 0, 1)),
+            vec![1.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            values(out[1].clone().narrow(0, 0, 1)),
+            vec![2.0, 0.0, 2.0, 0.0]
+        );
+        // Present samples pass through on both levels.
+        assert_eq!(
+            values(out[0].clone().narrow(0, 1, 1)),
+            vec![0.0, 1.0, 1.0, 1.0]
+        );
     }
 
     #[test]

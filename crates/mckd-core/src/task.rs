@@ -51,4 +51,14 @@ pub trait Task: Module + ModuleDisplay {
     fn distill_level(&self) -> usize {
         usize::MAX
     }
+
+    /// Whether level `level` takes part in MCKD's fusion: a missing modality's feature is
+    /// replaced by the mean of the present ones (Eq. 2), and the meta step scales it by the
+    /// modality's weight. A level that does not (e.g. a UNet skip connection in the reference
+    /// code, where only the bottleneck is imputed) is fused as encoded, the zeroed input's
+    /// feature included. Default: every level.
+    fn mckd_level(&self, level: usize) -> bool {
+        let _ = level;
+        true
+    }
 }
