@@ -41,6 +41,9 @@ pub struct PhantomsArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
+    #[arg(long)]
+    pub enhancing_patches: bool,
 }
 
 /// Label convention flag.
@@ -200,6 +203,9 @@ pub struct DemoArgs {
     /// SGD momentum (overrides the preset).
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
+    #[arg(long)]
+    pub enhancing_patches: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -218,6 +224,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         BratsCommand::Phantoms(a) => {
             let cfg = PhantomConfig {
                 size: [a.size; 3],
+                enhancing_patches: a.enhancing_patches,
                 ..Default::default()
             };
             let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
@@ -325,6 +332,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             if let Some(v) = a.momentum {
                 d.momentum = v;
             }
+            d.enhancing_patches = a.enhancing_patches;
             let out = a
                 .out
                 .clone()

@@ -1057,6 +1057,9 @@ pub struct DemoConfig {
     pub momentum: f64,
     /// Range of the phantoms' whole-tumour radius (fraction of the brain's semi-axis).
     pub tumour_radius: [f32; 2],
+    /// Patchy enhancing rims (see `PhantomConfig::enhancing_patches`).
+    #[serde(default)]
+    pub enhancing_patches: bool,
 }
 
 impl DemoConfig {
@@ -1074,6 +1077,7 @@ impl DemoConfig {
                 lr: 0.05,
                 momentum: 0.9,
                 tumour_radius: [0.45, 0.7],
+                enhancing_patches: false,
             }
         } else {
             Self {
@@ -1090,6 +1094,7 @@ impl DemoConfig {
                 momentum: 0.9,
                 // Larger tumours than the generator's default: less class imbalance.
                 tumour_radius: [0.45, 0.7],
+                enhancing_patches: false,
             }
         }
     }
@@ -1104,9 +1109,16 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
     let pcfg = PhantomConfig {
         size: [demo.size; 3],
         tumour_radius: demo.tumour_radius,
+        enhancing_patches: demo.enhancing_patches,
         ..Default::default()
     };
-    if discover_cases(&data).map(|c| c.len()).unwrap_or(0) != demo.cases {
+    // Reuse phantoms already in `out` only if they were made with the same settings.
+    let stamp = data.join("phantom_config.json");
+    let same = std::fs::read(&stamp)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<(PhantomConfig, u64)>(&b).ok())
+        .is_some_and(|(c, s)| c == pcfg && s == demo.seed);
+    if !same || discover_cases(&data).map(|c| c.len()).unwrap_or(0) != demo.cases {
         if !quiet {
             eprintln!(
                 "writing {} phantoms of {}³ to {}",
@@ -1116,6 +1128,7 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
             );
         }
         write_phantom_dataset(&data, demo.cases, &pcfg, demo.seed)?;
+        RunDir::create(&data)?.write_json("phantom_config.json", &(&pcfg, demo.seed))?;
     }
     let mut cfg = TrainConfig::new(data, Method::Mckd);
     cfg.base = demo.base;

@@ -46,6 +46,12 @@ pub struct PhantomConfig {
     pub contrast_jitter: f32,
     /// Range of the whole-tumour radius as a fraction of the brain's smallest semi-axis.
     pub tumour_radius: [f32; 2],
+    /// Make the enhancing rim patchy: where a smooth random field is negative the rim is
+    /// non-enhancing tumour (label 1, NCR/NET), which looks like the enhancing rim in Flair,
+    /// T1 and T2 and differs from it only in T1c. ET can then be told from the rest of the
+    /// core only by T1c, not by its place inside the edema.
+    #[serde(default)]
+    pub enhancing_patches: bool,
 }
 
 impl Default for PhantomConfig {
@@ -58,6 +64,7 @@ impl Default for PhantomConfig {
             intensity_jitter: 0.1,
             contrast_jitter: 0.05,
             tumour_radius: [0.3, 0.5],
+            enhancing_patches: false,
         }
     }
 }
@@ -82,11 +89,13 @@ pub enum Tissue {
     Necrosis = 6,
     /// Enhancing tumour (label 4).
     Enhancing = 7,
+    /// Non-enhancing tumour core in the rim (label 1; only with `enhancing_patches`).
+    NonEnhancing = 8,
 }
 
-/// Mean intensity of each tissue (rows: [`Tissue`] 0..=7) in each modality (columns:
+/// Mean intensity of each tissue (rows: [`Tissue`] 0..=8) in each modality (columns:
 /// Flair, T1, T1c, T2), before jitter, bias and noise.
-pub const TISSUE_INTENSITY: [[f32; 4]; 8] = [
+pub const TISSUE_INTENSITY: [[f32; 4]; 9] = [
     [0.0, 0.0, 0.0, 0.0],          // background
     [180.0, 650.0, 650.0, 250.0],  // skull / scalp
     [60.0, 180.0, 180.0, 1100.0],  // CSF
@@ -95,6 +104,7 @@ pub const TISSUE_INTENSITY: [[f32; 4]; 8] = [
     [680.0, 380.0, 390.0, 820.0],  // edema
     [470.0, 300.0, 200.0, 900.0],  // necrosis: dark in T1c
     [645.0, 395.0, 1050.0, 790.0], // enhancing: bright only in T1c
+    [645.0, 395.0, 390.0, 790.0],  // non-enhancing rim: the enhancing rim without the T1c
 ];
 
 /// A generated case.
@@ -176,6 +186,8 @@ struct Geometry {
     r_ncr: f32,
     lobes_core: Waves,
     lobes_edema: Waves,
+    /// Where negative, the rim does not enhance (`None`: the whole rim enhances).
+    patches: Option<Waves>,
 }
 
 const BRAIN_FRACTION: f32 = 0.86;
@@ -229,6 +241,10 @@ impl Geometry {
             r_ncr,
             lobes_core: Waves::new(rng, 3, (1.0, 3.0)),
             lobes_edema: Waves::new(rng, 3, (1.0, 3.0)),
+            // Drawn last so that the rest of a phantom is the same with and without patches.
+            patches: cfg
+                .enhancing_patches
+                .then(|| Waves::new(rng, 4, (0.25, 0.6))),
         }
     }
 
@@ -260,7 +276,10 @@ impl Geometry {
             return (Tissue::Necrosis, 0.0);
         }
         if rc < self.r_et {
-            return (Tissue::Enhancing, 0.0);
+            return match &self.patches {
+                Some(w) if w.at(p) < 0.0 => (Tissue::NonEnhancing, 0.0),
+                _ => (Tissue::Enhancing, 0.0),
+            };
         }
         if re < self.r_wt {
             return (Tissue::Edema, 0.0);
@@ -340,7 +359,7 @@ pub fn make_phantom(cfg: &PhantomConfig, seed: u64) -> Result<Phantom> {
         .iter()
         .map(|t| match t {
             Tissue::Edema => convention.ed(),
-            Tissue::Necrosis => convention.ncr(),
+            Tissue::Necrosis | Tissue::NonEnhancing => convention.ncr(),
             Tissue::Enhancing => convention.et(),
             _ => 0,
         })
@@ -522,6 +541,47 @@ mod tests {
             assert!(m(flair, &[Edema]) > 1.6 * m(flair, &brain), "seed {seed}");
             assert!(m(t2, &[Edema]) > 1.5 * m(t2, &brain), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn patchy_enhancement_differs_from_the_rim_only_in_t1c() {
+        use Tissue::*;
+        let plain = PhantomConfig::default();
+        let patchy = PhantomConfig {
+            enhancing_patches: true,
+            ..plain.clone()
+        };
+        let (mut et_total, mut net_total) = (0, 0);
+        for seed in 0..6 {
+            let a = make_phantom(&plain, seed).unwrap();
+            let b = make_phantom(&patchy, seed).unwrap();
+            assert_eq!(b, make_phantom(&patchy, seed).unwrap(), "deterministic");
+            // Same geometry: only rim voxels change, from enhancing to non-enhancing (NCR).
+            for ((ta, tb), (la, lb)) in a.tissue.iter().zip(&b.tissue).zip(a.seg.iter().zip(&b.seg))
+            {
+                if ta != tb {
+                    assert_eq!((*ta, *tb), (Enhancing, NonEnhancing));
+                    assert_eq!((*la, *lb), (4, 1));
+                }
+            }
+            let count = |t: Tissue| b.tissue.iter().filter(|&&x| x == t).count();
+            et_total += count(Enhancing);
+            net_total += count(NonEnhancing);
+            if count(Enhancing) >= 50 && count(NonEnhancing) >= 50 {
+                let m = |v: &Volume, t: Tissue| mean_where(v, &b.tissue, &[t]);
+                let [flair, t1, t1c, t2] = &b.modalities;
+                for v in [flair, t1, t2] {
+                    let (e, n) = (m(v, Enhancing), m(v, NonEnhancing));
+                    assert!((e - n).abs() < 0.1 * e, "seed {seed}: ET {e} vs NET {n}");
+                }
+                assert!(
+                    m(t1c, Enhancing) > 1.8 * m(t1c, NonEnhancing),
+                    "seed {seed}"
+                );
+            }
+        }
+        // Both parts of the rim occur over the seeds.
+        assert!(et_total > 500 && net_total > 500, "{et_total} {net_total}");
     }
 
     #[test]
