@@ -377,8 +377,10 @@ pub fn write_plots(run: &RunDir, data: &PlotData) -> Result<Vec<PathBuf>> {
                     .with_labels(p),
                 );
             }
+            // About 256 pixels per panel whatever the slice size.
+            let scale = (256 / w.max(1)).clamp(1, 8) as u32;
             written.push(save_png(run, "overlay.png", |p| {
-                mckd_plot::overlay_png(p, &panels, 3)
+                mckd_plot::overlay_png(p, &panels, scale)
             })?);
         }
     }
