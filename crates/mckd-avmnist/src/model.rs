@@ -172,30 +172,28 @@ impl AvmnistNetConfig {
     pub fn init(&self, dropout_seed: u64, device: &Device) -> AvmnistNet {
         let rng = DropoutRng::new(dropout_seed);
         let f = self.features;
-        let image = ImageEncoder {
-            conv1: Conv2dConfig::new([1, 20], [5, 5]).init(device),
-            bn1: BatchNormConfig::new(20).init(device),
-            conv2: Conv2dConfig::new([20, 50], [5, 5]).init(device),
-            bn2: BatchNormConfig::new(50).init(device),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            fc: LinearConfig::new(800, f).init(device),
-            bn_fc: BatchNormConfig::new(f).init(device),
-            dropout: SeededDropout::new(self.dropout, rng.clone()),
-        };
-        let audio = AudioEncoder {
-            conv1: Conv2dConfig::new([1, 32], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device),
-            bn1: BatchNormConfig::new(32).init(device),
-            conv2: Conv2dConfig::new([32, 64], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device),
-            bn2: BatchNormConfig::new(64).init(device),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            fc: LinearConfig::new(1600, f).init(device),
-            bn_fc: BatchNormConfig::new(f).init(device),
-            dropout: SeededDropout::new(self.dropout, rng.clone()),
-        };
+        let image = ConvEncoder::new(
+            &EncoderShape {
+                channels: [1, 20, 50],
+                kernel: 5,
+                padding: 0,
+                flat: 800,
+            },
+            f,
+            SeededDropout::new(self.dropout, rng.clone()),
+            device,
+        );
+        let audio = ConvEncoder::new(
+            &EncoderShape {
+                channels: [1, 32, 64],
+                kernel: 3,
+                padding: 1,
+                flat: 1600,
+            },
+            f,
+            SeededDropout::new(self.dropout, rng.clone()),
+            device,
+        );
         AvmnistNet {
             image,
             audio,
@@ -231,9 +229,11 @@ impl ModuleVisitor for Materialise {
     }
 }
 
-/// Image encoder (see the module doc for the layer list).
+/// A SMIL-style encoder: two (conv → batch norm → ReLU → 2×2 max-pool) stages, then
+/// linear → batch norm → ReLU → dropout. The image and audio encoders are two instances with
+/// different shapes (see the module doc for both layer lists).
 #[derive(Module, Debug)]
-pub struct ImageEncoder {
+pub struct ConvEncoder {
     conv1: Conv2d,
     bn1: BatchNorm,
     conv2: Conv2d,
@@ -244,48 +244,52 @@ pub struct ImageEncoder {
     dropout: SeededDropout,
 }
 
-impl ImageEncoder {
-    /// # Shapes
-    /// - `x`: `[batch, 1, 28, 28]`
-    /// - output: `[batch, features]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .pool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [B, 20, 12, 12]
-        let x = self
-            .pool
-            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [B, 50, 4, 4]
-        let x: Tensor<2> = x.flatten(1, 3); // [B, 800]
-        self.dropout
-            .forward(relu(self.bn_fc.forward(self.fc.forward(x)))) // [B, F]
+/// Shapes of a [`ConvEncoder`].
+struct EncoderShape {
+    /// Channels: input, after the first and after the second convolution.
+    channels: [usize; 3],
+    /// Square kernel size of both convolutions.
+    kernel: usize,
+    /// Zero padding of both convolutions.
+    padding: usize,
+    /// Flattened size after the second pooling (input of the linear layer).
+    flat: usize,
+}
+
+impl ConvEncoder {
+    fn new(shape: &EncoderShape, features: usize, dropout: SeededDropout, device: &Device) -> Self {
+        let [c0, c1, c2] = shape.channels;
+        let (k, p) = (shape.kernel, shape.padding);
+        let conv = |a, b| {
+            Conv2dConfig::new([a, b], [k, k])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .init(device)
+        };
+        Self {
+            conv1: conv(c0, c1),
+            bn1: BatchNormConfig::new(c1).init(device),
+            conv2: conv(c1, c2),
+            bn2: BatchNormConfig::new(c2).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            fc: LinearConfig::new(shape.flat, features).init(device),
+            bn_fc: BatchNormConfig::new(features).init(device),
+            dropout,
+        }
     }
-}
 
-/// Audio encoder (see the module doc for the layer list).
-#[derive(Module, Debug)]
-pub struct AudioEncoder {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    pool: MaxPool2d,
-    fc: Linear,
-    bn_fc: BatchNorm,
-    dropout: SeededDropout,
-}
-
-impl AudioEncoder {
     /// # Shapes
-    /// - `x`: `[batch, 1, 20, 20]`
+    /// - `x`: `[batch, 1, 28, 28]` (image) or `[batch, 1, 20, 20]` (audio)
     /// - output: `[batch, features]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        // image: [B, 20, 12, 12], audio: [B, 32, 10, 10]
         let x = self
             .pool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [B, 32, 10, 10]
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        // image: [B, 50, 4, 4], audio: [B, 64, 5, 5]
         let x = self
             .pool
-            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [B, 64, 5, 5]
-        let x: Tensor<2> = x.flatten(1, 3); // [B, 1600]
+            .forward(relu(self.bn2.forward(self.conv2.forward(x))));
+        let x: Tensor<2> = x.flatten(1, 3); // image [B, 800], audio [B, 1600]
         self.dropout
             .forward(relu(self.bn_fc.forward(self.fc.forward(x)))) // [B, F]
     }
@@ -296,9 +300,9 @@ impl AudioEncoder {
 #[derive(Module, Debug)]
 pub struct AvmnistNet {
     /// Image encoder.
-    pub image: ImageEncoder,
+    pub image: ConvEncoder,
     /// Audio encoder.
-    pub audio: AudioEncoder,
+    pub audio: ConvEncoder,
     fc1: Linear,
     head_dropout: SeededDropout,
     fc2: Linear,
