@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::Module;
 use clap::{Args, Subcommand, ValueEnum};
-use mckd_core::{Distance, MckdModel, Normalisation};
+use mckd_core::{Distance, MckdModel, Normalisation, present_names};
 use mckd_data::{AvMnist, SmilSplit};
 use mckd_train::device::DeviceChoice;
 use mckd_train::eval::accuracy;
@@ -494,7 +494,11 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
             outcomes[0]
                 .subsets
                 .iter()
-                .map(|(m, a)| format!("{} {:.2}", names_of(m), 100.0 * a))
+                .map(|(m, a)| format!(
+                    "{} {:.2}",
+                    present_names(&MODALITY_NAMES, m).join("+"),
+                    100.0 * a
+                ))
                 .collect::<Vec<_>>()
                 .join(", "),
             outcomes[0].iwv[0],
@@ -503,16 +507,6 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn names_of(mask: &[bool]) -> String {
-    MODALITY_NAMES
-        .iter()
-        .zip(mask)
-        .filter(|(_, p)| **p)
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .join("+")
 }
 
 /// `eval`: loads `config.json` + `model.bpk` of a `train` folder and evaluates every subset
@@ -550,10 +544,14 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for m in mckd_core::all_subsets(2) {
         let (acc, n) = accuracy(&model, &test, &m, 256, &device);
-        println!("{:<12} {:6.2} %  ({n} samples)", names_of(&m), 100.0 * acc);
+        println!(
+            "{:<12} {:6.2} %  ({n} samples)",
+            present_names(&MODALITY_NAMES, &m).join("+"),
+            100.0 * acc
+        );
         let mut row = Row::new(
             spec.method.name(),
-            names_of(&m).split('+').map(String::from).collect(),
+            present_names(&MODALITY_NAMES, &m),
             "accuracy",
             acc,
         );

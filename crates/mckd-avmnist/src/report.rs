@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use mckd_core::present_names;
 use mckd_train::report::{Results, Row, csv_table, iwv_map, json_f64, markdown_table};
 use mckd_train::run::RunDir;
 use mckd_train::stats::{mean_std, paired_t_test_greater};
@@ -13,15 +14,6 @@ use crate::experiment::{
     Result, RunOutcome, Setting,
 };
 use crate::model::MODALITY_NAMES;
-
-fn names(mask: &[bool]) -> Vec<String> {
-    MODALITY_NAMES
-        .iter()
-        .zip(mask)
-        .filter(|(_, p)| **p)
-        .map(|(n, _)| n.to_string())
-        .collect()
-}
 
 /// Outcomes of one (method, setting), ordered by seed.
 fn group(outcomes: &[RunOutcome], method: Method, setting: Option<Setting>) -> Vec<&RunOutcome> {
@@ -81,7 +73,12 @@ pub fn results(
                 continue;
             }
             let (mean, std) = mean_std(&accs);
-            let mut row = Row::new(method.name(), names(mask), "accuracy", mean);
+            let mut row = Row::new(
+                method.name(),
+                present_names(&MODALITY_NAMES, mask),
+                "accuracy",
+                mean,
+            );
             row.metrics.insert("accuracy_std".into(), json_f64(std));
             row.metrics.insert(
                 "headline".into(),

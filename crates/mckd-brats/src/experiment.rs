@@ -18,6 +18,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::prelude::*;
 use mckd_core::{
     MckdConfig, MckdModel, MckdTrainer, Normalisation, SubsetSampling, all_subsets, mask_tensor,
+    present_names,
 };
 use mckd_train::device::DeviceChoice;
 use mckd_train::report::{Results, Row, csv_table, iwv_map, json_f64, markdown_table};
@@ -738,22 +739,7 @@ pub struct MethodEval {
 
 /// Subset label from a mask: `flair+t1c`.
 pub fn subset_name(mask: &[bool]) -> String {
-    MODALITIES
-        .iter()
-        .zip(mask)
-        .filter(|(_, p)| **p)
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .join("+")
-}
-
-fn subset_names(mask: &[bool]) -> Vec<String> {
-    MODALITIES
-        .iter()
-        .zip(mask)
-        .filter(|(_, p)| **p)
-        .map(|(n, _)| n.to_string())
-        .collect()
+    present_names(&MODALITIES, mask).join("+")
 }
 
 /// The paper-style comparison of the evaluated methods.
@@ -901,7 +887,7 @@ fn slice_of(case: &LoadedCase, seg: &[u8]) -> SliceData {
         case: case.id.clone(),
         k,
         size: [di, dj],
-        subset: subset_names(&SLICE_SUBSET),
+        subset: present_names(&MODALITIES, &SLICE_SUBSET),
         inputs,
         ground_truth: seg[k * plane..(k + 1) * plane].to_vec(),
         predictions: Map::new(),
@@ -1011,7 +997,7 @@ pub fn make_report(evals: &[MethodEval]) -> Report {
             }
             results_rows.push(Row {
                 method: e.method.name().to_string(),
-                subset: subset_names(mask),
+                subset: present_names(&MODALITIES, mask),
                 metrics,
                 setting: None,
                 per_seed: None,

@@ -24,7 +24,9 @@ pub mod task;
 
 pub use ckd::{Distance, ckd_loss};
 pub use iwv::{Iwv, IwvConfig, Normalisation};
-pub use modality::{ModalitySet, SubsetSampling, all_subsets, mask_tensor, sample_subset};
+pub use modality::{
+    ModalitySet, SubsetSampling, all_subsets, mask_tensor, present_names, sample_subset,
+};
 pub use step::{MckdConfig, MckdModel, MckdTrainer, StepStats};
 pub use task::Task;
 

@@ -81,13 +81,18 @@ impl ModalitySet {
 
     /// Names of the present modalities of a mask, in fusion order.
     pub fn names_of(&self, mask: &[bool]) -> Vec<String> {
-        self.names
-            .iter()
-            .zip(mask)
-            .filter(|(_, p)| **p)
-            .map(|(n, _)| n.clone())
-            .collect()
+        present_names(&self.names, mask)
     }
+}
+
+/// Names of the present modalities of a mask, in the order of `names`.
+pub fn present_names<S: AsRef<str>>(names: &[S], mask: &[bool]) -> Vec<String> {
+    names
+        .iter()
+        .zip(mask)
+        .filter(|(_, p)| **p)
+        .map(|(n, _)| n.as_ref().to_string())
+        .collect()
 }
 
 /// All 2^N − 1 non-empty subsets of N modalities as presence masks, in a stable order: by number

@@ -1,5 +1,6 @@
 //! Tables and `results.json` of the demo (several seeds: mean ± std and a paired t-test).
 
+use mckd_core::present_names;
 use mckd_train::report::{Results, Row, iwv_map, json_f64, markdown_table, subset_label};
 use mckd_train::stats::{mean_std, paired_t_test_greater};
 use serde_json::{Map, Value};
@@ -14,16 +15,6 @@ pub struct SeedResult {
     pub mckd: MethodResult,
     /// Baseline (α = 0).
     pub baseline: MethodResult,
-}
-
-/// Names of the present modalities of a mask.
-fn names(mask: &[bool]) -> Vec<String> {
-    MODALITIES
-        .iter()
-        .zip(mask)
-        .filter(|(_, p)| **p)
-        .map(|(n, _)| n.to_string())
-        .collect()
 }
 
 /// Per-seed accuracies of one method on subset `s`.
@@ -52,7 +43,7 @@ pub fn results(seeds: &[SeedResult], extra: Map<String, Value>) -> Results {
             let (mean, std) = mean_std(&v);
             let mut row = Row::new(
                 method,
-                names(&seeds[0].mckd.accuracy[s].0),
+                present_names(&MODALITIES, &seeds[0].mckd.accuracy[s].0),
                 "accuracy",
                 mean,
             );
@@ -99,7 +90,7 @@ pub fn table(seeds: &[SeedResult]) -> String {
     let mut rows = Vec::new();
     for (s, (mask, _)) in subsets.iter().enumerate() {
         rows.push(row(
-            subset_label(&names(mask)),
+            subset_label(&present_names(&MODALITIES, mask)),
             &accs(seeds, true, s),
             &accs(seeds, false, s),
         ));
