@@ -18,6 +18,10 @@
 
 pub mod flops;
 
+/// The glibc allocator setting of `mckd-kernels` (re-exported so the `mckd` binary, which
+/// depends on this crate, can call it first thing in `main`).
+pub use mckd_kernels::tune_allocator;
+
 use std::time::Instant;
 
 use anyhow::{Context, bail};

@@ -101,6 +101,8 @@ fn non_negative(s: &str) -> Result<f64, String> {
 }
 
 fn main() {
+    // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
+    mckd_bench::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(args),

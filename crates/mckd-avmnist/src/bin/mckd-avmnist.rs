@@ -14,5 +14,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
+    mckd_kernels::tune_allocator();
     mckd_avmnist::run(Cli::parse().cmd)
 }

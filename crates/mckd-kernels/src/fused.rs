@@ -1,0 +1,780 @@
+//! Training-mode batch norm → ReLU (→ 2×2 max-pool, stride 2) as one op with its own backward.
+//!
+//! # Why
+//! In the AV-MNIST encoders these three layers cost about a third of a training step on burn's
+//! `flex` backend (bench/README.md): burn composes training batch norm from ~10 generic tensor
+//! ops (each a pass over memory and a fresh zeroed buffer), ReLU is two more passes, and `flex`
+//! runs 2-D max-pooling through its 3-D pooling with an index tensor. Here the forward is two
+//! passes over the input (per-channel statistics; normalise, activate and pool into the output)
+//! and the backward two more (per-channel gradient sums; the input gradient), with no index
+//! tensor: the backward recomputes each window's arg-max from the saved input, bit for bit as
+//! the forward did.
+//!
+//! # How
+//! [`FusedNormOps`] is a burn backend extension (`#[backend_extension(Flex, Autodiff)]`):
+//! the `Flex` implementation runs the kernels below on the tensors' `f32` storage (rayon over
+//! channels or planes); the `Autodiff<Flex>` implementation registers a hand-written backward
+//! step ([`BnReluPoolBackward`]) for the input, `gamma` and `beta`. The public functions check
+//! that the tensors live on the `flex` device in `f32`, and otherwise run burn's own layers
+//! (`batch_norm_train` → `relu` → `max_pool2d`), so the result never depends on the device
+//! having the kernel.
+//!
+//! # Semantics (identical to burn's layers, to rounding)
+//! - statistics over batch and space per channel; variance biased (as burn's
+//!   `batch_norm_train`, which is what the running variance is fed with);
+//! - `y = (x − mean) / √(var + ε) · γ + β`, output `max(y, 0)`, then the maximum of each 2×2
+//!   window at stride 2 (floor mode: an odd last row or column is dropped, as `MaxPool2d`);
+//! - gradient: the output gradient goes to the first maximum of its window (row-major scan)
+//!   when that maximum is positive (ReLU's derivative is 0 at 0), then through batch norm:
+//!   `dx = γ/σ · (g − mean(g) − x̂ · mean(g·x̂))`, `dγ = Σ g·x̂`, `dβ = Σ g`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension,
+};
+use burn::nn::pool::MaxPool2dConfig;
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use rayon::prelude::*;
+
+/// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedNormOps: Backend {
+    /// `x`: `[batch, channels, ...]` (with `pool`: `[batch, channels, H, W]`, H, W ≥ 2);
+    /// `gamma`, `beta`: `[channels]`. Returns the output (`[batch, channels, ⌊H/2⌋, ⌊W/2⌋]`
+    /// with `pool`, else `x`'s shape), and the batch mean and biased variance `[channels]`
+    /// (constants for autodiff).
+    fn bn_relu_pool_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        pool: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Output of [`batch_norm_relu_pool2d`] and [`batch_norm_relu`].
+#[derive(Debug, Clone)]
+pub struct BnReluOutput<const D: usize> {
+    /// The activated (and pooled) output.
+    pub output: Tensor<D>,
+    /// Batch mean per channel (detached), `[channels]`.
+    pub mean: Tensor<1>,
+    /// Biased batch variance per channel (detached), `[channels]`.
+    pub variance: Tensor<1>,
+}
+
+/// Training-mode batch norm → ReLU → `MaxPool2d(2)` (stride 2, floor mode), fused on `flex`.
+///
+/// # Shapes
+/// - `x`: `[batch, channels, H, W]`; `gamma`, `beta`: `[channels]`
+/// - output: `[batch, channels, ⌊H/2⌋, ⌊W/2⌋]`
+///
+/// # Panics
+/// If `gamma` or `beta` is not `[channels]` (an internal contract of the calling layer).
+pub fn batch_norm_relu_pool2d(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BnReluOutput<4> {
+    check_params(&x.dims(), &gamma, &beta);
+    let [_, _, h, w] = x.dims();
+    if h < 2 || w < 2 || !fused_available(&x, &gamma, &beta) {
+        return reference(x, gamma, beta, epsilon, true);
+    }
+    fused(x, gamma, beta, epsilon, true)
+}
+
+/// Training-mode batch norm → ReLU, fused on `flex` (any rank ≥ 2; statistics per channel =
+/// axis 1, over the batch and every further axis).
+///
+/// # Panics
+/// If `D < 2` or `gamma`/`beta` is not `[channels]` (internal contracts).
+pub fn batch_norm_relu<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BnReluOutput<D> {
+    assert!(D >= 2, "batch norm needs [batch, channels, ...]");
+    check_params(&x.dims(), &gamma, &beta);
+    if !fused_available(&x, &gamma, &beta) {
+        return reference(x, gamma, beta, epsilon, false);
+    }
+    fused(x, gamma, beta, epsilon, false)
+}
+
+fn check_params(dims: &[usize], gamma: &Tensor<1>, beta: &Tensor<1>) {
+    assert_eq!(
+        gamma.dims(),
+        [dims[1]],
+        "batch norm gamma must be [channels]"
+    );
+    assert_eq!(beta.dims(), [dims[1]], "batch norm beta must be [channels]");
+}
+
+/// The fused kernel exists for `f32` tensors on the `flex` device (with or without autodiff),
+/// and needs a non-empty input.
+fn fused_available<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tensor<1>) -> bool {
+    let device = x.device();
+    device.clone().without_autodiff() == Device::flex()
+        && gamma.device() == device
+        && beta.device() == device
+        && [x.dtype(), gamma.dtype(), beta.dtype()]
+            .iter()
+            .all(|&d| d == DType::F32)
+        && x.shape().num_elements() > 0
+}
+
+fn fused<const D: usize, const E: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    pool: bool,
+) -> BnReluOutput<E> {
+    let (output, mean, variance) = <Dispatch as FusedNormOps>::bn_relu_pool_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        pool,
+    );
+    BnReluOutput {
+        output: Tensor::from_dispatch(output),
+        mean: Tensor::from_dispatch(mean),
+        variance: Tensor::from_dispatch(variance),
+    }
+}
+
+/// burn's own layers, the reference the fused op is tested against (and the fallback).
+/// `E` is the output rank (= `D`; the pooled case is only reached with `D = 4`).
+pub fn reference<const D: usize, const E: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    pool: bool,
+) -> BnReluOutput<E> {
+    let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+    let y = relu(r.output);
+    let output: Tensor<E> = if pool {
+        let dims = to4(y.dims());
+        let y: Tensor<4> = y.reshape(dims);
+        let p = MaxPool2dConfig::new([2, 2]).init().forward(y);
+        let dims = p.dims();
+        p.reshape(rank::<4, E>(dims))
+    } else {
+        let dims = y.dims();
+        y.reshape(rank::<D, E>(dims))
+    };
+    BnReluOutput {
+        output,
+        mean: r.mean,
+        variance: r.variance,
+    }
+}
+
+/// The same dimensions at a rank known to be equal (`D = E`).
+fn rank<const D: usize, const E: usize>(dims: [usize; D]) -> [usize; E] {
+    assert_eq!(D, E, "output rank");
+    core::array::from_fn(|i| dims[i])
+}
+
+fn to4<const D: usize>(dims: [usize; D]) -> [usize; 4] {
+    assert_eq!(D, 4, "2-D pooling needs a [batch, channels, H, W] input");
+    [dims[0], dims[1], dims[2], dims[3]]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flex kernels.
+
+/// Layout of the op's input: `batch` × `channels` planes of `h × w` values (without pooling,
+/// `h` is the product of the spatial axes and `w` = 1).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    pool: bool,
+}
+
+impl Geometry {
+    fn of(shape: &[usize], pool: bool) -> Self {
+        assert!(shape.len() >= 2, "batch norm needs [batch, channels, ...]");
+        let spatial: usize = shape[2..].iter().product();
+        if pool {
+            assert_eq!(shape.len(), 4, "2-D pooling needs [batch, channels, H, W]");
+            assert!(shape[2] >= 2 && shape[3] >= 2, "2×2 pooling needs H, W ≥ 2");
+            Self {
+                batch: shape[0],
+                channels: shape[1],
+                h: shape[2],
+                w: shape[3],
+                pool,
+            }
+        } else {
+            Self {
+                batch: shape[0],
+                channels: shape[1],
+                h: spatial,
+                w: 1,
+                pool,
+            }
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_dims(&self) -> (usize, usize) {
+        if self.pool {
+            (self.h / 2, self.w / 2)
+        } else {
+            (self.h, self.w)
+        }
+    }
+
+    fn out_plane(&self) -> usize {
+        let (ho, wo) = self.out_dims();
+        ho * wo
+    }
+
+    /// Values per channel (the statistics' count).
+    fn count(&self) -> usize {
+        self.batch * self.plane()
+    }
+
+    /// The planes of channel `c`.
+    fn channel_planes<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> {
+        let (s, ch) = (self.plane(), self.channels);
+        (0..self.batch).map(move |b| &data[(b * ch + c) * s..][..s])
+    }
+}
+
+/// Per-channel affine map `y = x·a + b` of batch norm, computed once per channel so the
+/// forward and the backward see bit-identical `y` (and therefore the same arg-max).
+#[derive(Debug, Clone, Copy)]
+struct Affine {
+    mean: f32,
+    inv_std: f32,
+    a: f32,
+    b: f32,
+}
+
+impl Affine {
+    fn new(mean: f32, var: f32, gamma: f32, beta: f32, epsilon: f64) -> Self {
+        let inv_std = 1.0 / (var + epsilon as f32).sqrt();
+        let a = gamma * inv_std;
+        Self {
+            mean,
+            inv_std,
+            a,
+            b: beta - mean * a,
+        }
+    }
+
+    #[inline(always)]
+    fn y(&self, x: f32) -> f32 {
+        x * self.a + self.b
+    }
+
+    #[inline(always)]
+    fn xhat(&self, x: f32) -> f32 {
+        (x - self.mean) * self.inv_std
+    }
+}
+
+/// Index (0..4, row-major) and value of the first maximum of a 2×2 window.
+#[inline(always)]
+fn argmax4(v: [f32; 4]) -> (usize, f32) {
+    let mut best = (0, v[0]);
+    for (i, &y) in v.iter().enumerate().skip(1) {
+        if y > best.1 {
+            best = (i, y);
+        }
+    }
+    best
+}
+
+/// Sum with 16 independent f32 accumulators (vectorisable); the caller adds planes in f64.
+fn sum16(values: impl ExactSizeIterator<Item = f32>) -> f64 {
+    let mut acc = [0.0f32; 16];
+    for (i, v) in values.enumerate() {
+        acc[i % 16] += v;
+    }
+    acc.iter().map(|&a| f64::from(a)).sum()
+}
+
+fn plane_sum(p: &[f32]) -> f64 {
+    let mut acc = [0.0f32; 16];
+    let chunks = p.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().map(|&a| f64::from(a)).sum::<f64>() + sum16(rest.iter().copied())
+}
+
+fn plane_sq_dev(p: &[f32], mean: f32) -> f64 {
+    let mut acc = [0.0f32; 16];
+    let chunks = p.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            let d = v - mean;
+            *a += d * d;
+        }
+    }
+    acc.iter().map(|&a| f64::from(a)).sum::<f64>()
+        + sum16(rest.iter().map(|v| (v - mean) * (v - mean)))
+}
+
+/// Per-channel mean and biased variance (two passes, f32 lanes summed in f64).
+fn channel_stats(x: &[f32], g: Geometry) -> (Vec<f32>, Vec<f32>) {
+    let n = g.count() as f64;
+    let stats: Vec<(f32, f32)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = (g.channel_planes(x, c).map(plane_sum).sum::<f64>() / n) as f32;
+            let var = g
+                .channel_planes(x, c)
+                .map(|p| plane_sq_dev(p, mean))
+                .sum::<f64>()
+                / n;
+            (mean, var as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+fn affines(mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> Vec<Affine> {
+    (0..mean.len())
+        .map(|c| Affine::new(mean[c], var[c], gamma[c], beta[c], epsilon))
+        .collect()
+}
+
+/// Forward: `(output, mean, variance)`.
+fn forward_kernel(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    g: Geometry,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mean, var) = channel_stats(x, g);
+    let aff = affines(&mean, &var, gamma, beta, epsilon);
+    let (s, so) = (g.plane(), g.out_plane());
+    let mut out = vec![0.0f32; g.batch * g.channels * so];
+    out.par_chunks_mut(so).enumerate().for_each(|(p, o)| {
+        let f = aff[p % g.channels];
+        let xp = &x[p * s..][..s];
+        if g.pool {
+            let (ho, wo) = g.out_dims();
+            for oh in 0..ho {
+                let r0 = &xp[2 * oh * g.w..][..g.w];
+                let r1 = &xp[(2 * oh + 1) * g.w..][..g.w];
+                for (ow, o) in o[oh * wo..][..wo].iter_mut().enumerate() {
+                    let i = 2 * ow;
+                    let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
+                    *o = argmax4(v).1.max(0.0);
+                }
+            }
+        } else {
+            for (o, &v) in o.iter_mut().zip(xp) {
+                *o = f.y(v).max(0.0);
+            }
+        }
+    });
+    (out, mean, var)
+}
+
+/// Backward: `(dx, dgamma, dbeta)` given the saved input and statistics.
+#[allow(clippy::too_many_arguments)]
+fn backward_kernel(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+    grad: &[f32],
+    g: Geometry,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let aff = affines(mean, var, gamma, beta, epsilon);
+    let (s, so) = (g.plane(), g.out_plane());
+    let (ho, wo) = g.out_dims();
+    // Pass 1, per channel: Σ g and Σ g·x̂ over the positions that receive a gradient.
+    let sums: Vec<(f64, f64)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let f = aff[c];
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for b in 0..g.batch {
+                let p = b * g.channels + c;
+                let xp = &x[p * s..][..s];
+                let gp = &grad[p * so..][..so];
+                let (mut a, mut ax) = (0.0f32, 0.0f32);
+                if g.pool {
+                    for oh in 0..ho {
+                        for ow in 0..wo {
+                            let (k, v) = window(xp, g.w, oh, ow, f);
+                            if v > 0.0 {
+                                let gv = gp[oh * wo + ow];
+                                a += gv;
+                                ax += gv * f.xhat(xp[k]);
+                            }
+                        }
+                    }
+                } else {
+                    for (&xv, &gv) in xp.iter().zip(gp) {
+                        if f.y(xv) > 0.0 {
+                            a += gv;
+                            ax += gv * f.xhat(xv);
+                        }
+                    }
+                }
+                sg += f64::from(a);
+                sgx += f64::from(ax);
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let n = g.count() as f64;
+    // Pass 2, per plane: dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N).
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(s).enumerate().for_each(|(p, d)| {
+        let c = p % g.channels;
+        let f = aff[c];
+        let k = gamma[c] * f.inv_std;
+        let (m1, m2) = ((sums[c].0 / n) as f32, (sums[c].1 / n) as f32);
+        let xp = &x[p * s..][..s];
+        let gp = &grad[p * so..][..so];
+        if g.pool {
+            for (dv, &xv) in d.iter_mut().zip(xp) {
+                *dv = -k * (m1 + f.xhat(xv) * m2);
+            }
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let (i, v) = window(xp, g.w, oh, ow, f);
+                    if v > 0.0 {
+                        d[i] += k * gp[oh * wo + ow];
+                    }
+                }
+            }
+        } else {
+            for ((dv, &xv), &gv) in d.iter_mut().zip(xp).zip(gp) {
+                let gy = if f.y(xv) > 0.0 { gv } else { 0.0 };
+                *dv = k * (gy - m1 - f.xhat(xv) * m2);
+            }
+        }
+    });
+    let dgamma = sums.iter().map(|s| s.1 as f32).collect();
+    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    (dx, dgamma, dbeta)
+}
+
+/// Plane index and value of the first maximum of `y` over output window (oh, ow).
+#[inline(always)]
+fn window(xp: &[f32], w: usize, oh: usize, ow: usize, f: Affine) -> (usize, f32) {
+    let i0 = 2 * oh * w + 2 * ow;
+    let idx = [i0, i0 + 1, i0 + w, i0 + w + 1];
+    let (k, v) = argmax4(idx.map(|i| f.y(xp[i])));
+    (idx[k], v)
+}
+
+/// A contiguous `f32` copy-free view if possible (else a contiguous copy).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "the fused batch norm runs on f32 tensors"
+    );
+    if t.as_slice::<f32>().is_some() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn output_shape(shape: &[usize], g: Geometry) -> Vec<usize> {
+    if g.pool {
+        let (ho, wo) = g.out_dims();
+        vec![g.batch, g.channels, ho, wo]
+    } else {
+        shape.to_vec()
+    }
+}
+
+impl FusedNormOps for Flex {
+    fn bn_relu_pool_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+        pool: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.shape().to_vec();
+        let g = Geometry::of(&shape, pool);
+        let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
+        let (out, mean, var) = forward_kernel(slice(&x), slice(&gamma), slice(&beta), epsilon, g);
+        (
+            flex_tensor(out, output_shape(&shape, g)),
+            flex_tensor(mean, vec![g.channels]),
+            flex_tensor(var, vec![g.channels]),
+        )
+    }
+}
+
+/// The backward step of the fused op on `Autodiff<Flex>`: parents `[x, gamma, beta]`.
+#[derive(Debug)]
+struct BnReluPoolBackward;
+
+/// Saved for the backward: input, γ, β, batch mean and variance, ε, pooling.
+type SavedState = (
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    f64,
+    bool,
+);
+
+impl Backward<Flex, 3> for BnReluPoolBackward {
+    type State = SavedState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, gamma, beta, mean, var, epsilon, pool) = ops.state;
+        let shape = x.shape().to_vec();
+        let g = Geometry::of(&shape, pool);
+        let (dx, dgamma, dbeta) = backward_kernel(
+            slice(&x),
+            slice(&gamma),
+            slice(&beta),
+            slice(&mean),
+            slice(&var),
+            epsilon,
+            slice(&grad),
+            g,
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![g.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![g.channels]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
+    fn bn_relu_pool_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        pool: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prepared = BnReluPoolBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (xp, gp, bp) = (
+            contiguous(x.primitive()),
+            contiguous(gamma.primitive()),
+            contiguous(beta.primitive()),
+        );
+        let (out, mean, var) =
+            Flex::bn_relu_pool_train(xp.clone(), gp.clone(), bp.clone(), epsilon, pool);
+        let out = match prepared {
+            OpsKind::Tracked(prep) => {
+                prep.finish((xp, gp, bp, mean.clone(), var.clone(), epsilon, pool), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, Self::from_inner(mean), Self::from_inner(var))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, max_rel_error, random, values};
+
+    /// Forward, statistics and gradients (input, γ, β) of the fused op against burn's layers,
+    /// with a random upstream gradient and random γ, β (negative ones included, which flip the
+    /// pooling's arg-max from the input's maximum to its minimum).
+    fn check<const D: usize>(shape: [usize; D], pool: bool, seed: u64) {
+        let device = Device::flex().autodiff();
+        let c = shape[1];
+        let x = random(shape, seed, &device).mul_scalar(3.0).add_scalar(0.5);
+        let gamma = random([c], seed + 1, &device).mul_scalar(1.5);
+        let beta = random([c], seed + 2, &device).mul_scalar(0.5);
+        let run = |fused_op: bool| {
+            let (x, gamma, beta) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
+            let r: BnReluOutput<D> = match (fused_op, pool) {
+                (true, true) => {
+                    let o = batch_norm_relu_pool2d(
+                        x.clone().reshape(to4(shape)),
+                        gamma.clone(),
+                        beta.clone(),
+                        1e-5,
+                    );
+                    let dims = o.output.dims();
+                    BnReluOutput {
+                        output: o.output.reshape(rank::<4, D>(dims)),
+                        mean: o.mean,
+                        variance: o.variance,
+                    }
+                }
+                (true, false) => batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5),
+                (false, _) => reference(x.clone(), gamma.clone(), beta.clone(), 1e-5, pool),
+            };
+            let up = random(r.output.dims(), seed + 3, &device);
+            let grads = (r.output.clone() * up).sum().backward();
+            (
+                r,
+                x.grad(&grads).expect("dx"),
+                gamma.grad(&grads).expect("dgamma"),
+                beta.grad(&grads).expect("dbeta"),
+            )
+        };
+        let (ours, dx, dg, db) = run(true);
+        let (reference, rdx, rdg, rdb) = run(false);
+        let what = format!("{shape:?} pool {pool}");
+        assert_eq!(ours.output.dims(), reference.output.dims(), "{what}");
+        // Measured: ≤ 3e-7 everywhere (a few ulps; summation order differs).
+        let tol = 2e-6;
+        assert_close(
+            &ours.output,
+            &reference.output,
+            tol,
+            &format!("{what} output"),
+        );
+        assert_close(&ours.mean, &reference.mean, tol, &format!("{what} mean"));
+        assert_close(
+            &ours.variance,
+            &reference.variance,
+            tol,
+            &format!("{what} var"),
+        );
+        assert_close(&dx, &rdx, tol, &format!("{what} dx"));
+        assert_close(&dg, &rdg, tol, &format!("{what} dgamma"));
+        assert_close(&db, &rdb, tol, &format!("{what} dbeta"));
+    }
+
+    #[test]
+    fn pooled_matches_burn_on_our_shapes_and_odd_sizes() {
+        // The AV-MNIST encoders' shapes (small batch), then odd sizes (floor mode drops the
+        // last row / column), a single 2×2 window, batch 1, one channel.
+        for (i, shape) in [
+            [4, 20, 24, 24],
+            [3, 50, 8, 8],
+            [4, 32, 20, 20],
+            [2, 64, 10, 10],
+            [3, 5, 7, 9],
+            [2, 3, 2, 2],
+            [1, 4, 5, 4],
+            [5, 1, 3, 6],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check(shape, true, 10 * i as u64);
+        }
+    }
+
+    #[test]
+    fn unpooled_matches_burn_for_ranks_2_to_5() {
+        check([16, 128], false, 1);
+        check([5, 7], false, 2);
+        check([3, 4, 11], false, 3);
+        check([2, 6, 5, 3], false, 4);
+        check([2, 3, 3, 2, 5], false, 5);
+    }
+
+    #[test]
+    fn mean_and_variance_match_numbers_by_hand() {
+        // Channel 0 holds 1, 2, 3, 4 (mean 2.5, biased variance 1.25); channel 1 holds −1 × 4.
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                vec![1.0f32, 2.0, 3.0, 4.0, -1.0, -1.0, -1.0, -1.0],
+                [1, 2, 2, 2],
+            ),
+            &device,
+        );
+        let ones = Tensor::<1>::ones([2], &device);
+        let zeros = Tensor::<1>::zeros([2], &device);
+        let r = batch_norm_relu_pool2d(x, ones, zeros, 1e-5);
+        assert_eq!(values(&r.mean), vec![2.5, -1.0]);
+        assert_eq!(values(&r.variance), vec![1.25, 0.0]);
+        // Window max of (x − 2.5)/√1.25 is (4 − 2.5)/√(1.25 + 1e-5); channel 1 is all 0.
+        let out = values(&r.output);
+        assert!(
+            (out[0] - 1.5 / (1.25f32 + 1e-5).sqrt()).abs() < 1e-6,
+            "{out:?}"
+        );
+        assert_eq!(out[1], 0.0);
+    }
+
+    #[test]
+    fn the_comparison_can_fail() {
+        // A wrong ε changes the output beyond the tolerance: the check is not vacuous.
+        let device = Device::flex();
+        let x = random([2, 3, 4, 4], 7, &device);
+        let (g, b) = (Tensor::ones([3], &device), Tensor::zeros([3], &device));
+        let ours = batch_norm_relu_pool2d(x.clone(), g.clone(), b.clone(), 1e-1);
+        let reference: BnReluOutput<4> = reference(x, g, b, 1e-5, true);
+        assert!(max_rel_error(&ours.output, &reference.output) > 1e-3);
+    }
+
+    #[test]
+    fn no_gradient_without_autodiff_and_same_numbers_twice() {
+        let d = Device::flex().autodiff();
+        let t = random([2, 3, 4, 4], 1, &d);
+        assert!(fused_available(
+            &t,
+            &Tensor::ones([3], &d),
+            &Tensor::ones([3], &d)
+        ));
+        let device = Device::flex();
+        let x = random([3, 4, 6, 6], 3, &device);
+        let (g, b) = (Tensor::ones([4], &device), Tensor::zeros([4], &device));
+        let a = batch_norm_relu_pool2d(x.clone(), g.clone(), b.clone(), 1e-5);
+        let c = batch_norm_relu_pool2d(x, g, b, 1e-5);
+        assert_eq!(values(&a.output), values(&c.output), "deterministic");
+    }
+}

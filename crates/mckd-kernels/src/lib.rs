@@ -1,0 +1,30 @@
+//! # mckd-kernels — faster CPU layers for mckd's networks (issue 5)
+//!
+//! Drop-in replacements for the most expensive layers of our two training steps on burn's
+//! `flex` CPU backend, each tested against burn's own layers (forward and gradients) on random
+//! shapes, odd sizes included:
+//!
+//! * [`batch_norm_relu_pool2d`] / [`batch_norm_relu`]: training-mode batch norm → ReLU
+//!   (→ 2×2 max-pool) as **one** fused op with a hand-written backward, added to `flex` and
+//!   `Autodiff<flex>` through burn's backend-extension mechanism ([`fused`]). burn composes the
+//!   same layers from about ten generic tensor ops plus a pooling op with indices, each a pass
+//!   over memory and an allocation. On other devices (CUDA) or dtypes the functions fall back
+//!   to burn's own layers, so results never depend on whether the kernel exists.
+//! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
+//!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
+//! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
+//!
+//! Training numbers change at float-rounding level against burn's layers (different summation
+//! order); the tests state the tolerances.
+
+pub mod alloc;
+pub mod conv;
+pub mod fused;
+pub mod layers;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use alloc::tune_allocator;
+pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
+pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_pool2d};
+pub use layers::{bn_relu, bn_relu_maxpool2d};
