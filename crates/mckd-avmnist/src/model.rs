@@ -59,6 +59,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
+use mckd_kernels::{bn_relu, bn_relu_maxpool2d};
 use mckd_train::eval::{Classifier, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -280,18 +281,17 @@ impl ConvEncoder {
     /// # Shapes
     /// - `x`: `[batch, 1, 28, 28]` (image) or `[batch, 1, 20, 20]` (audio)
     /// - output: `[batch, features]`
+    ///
+    /// Batch norm → ReLU (→ pool) runs as one fused op in training (`mckd_kernels`, same
+    /// numbers as burn's three layers to float rounding); in eval mode through burn's layers.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         // image: [B, 20, 12, 12], audio: [B, 32, 10, 10]
-        let x = self
-            .pool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let x = bn_relu_maxpool2d(&self.bn1, &self.pool, self.conv1.forward(x));
         // image: [B, 50, 4, 4], audio: [B, 64, 5, 5]
-        let x = self
-            .pool
-            .forward(relu(self.bn2.forward(self.conv2.forward(x))));
+        let x = bn_relu_maxpool2d(&self.bn2, &self.pool, self.conv2.forward(x));
         let x: Tensor<2> = x.flatten(1, 3); // image [B, 800], audio [B, 1600]
         self.dropout
-            .forward(relu(self.bn_fc.forward(self.fc.forward(x)))) // [B, F]
+            .forward(bn_relu(&self.bn_fc, self.fc.forward(x))) // [B, F]
     }
 }
 
