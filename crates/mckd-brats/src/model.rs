@@ -48,6 +48,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
+use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1};
 use mckd_volume::MODALITIES;
 
 /// Number of output channels (ET, TC, WT).
@@ -110,6 +111,21 @@ impl ConvBlock {
         let x = self.act.forward(self.norm1.forward(self.conv1.forward(x)));
         self.act.forward(self.norm2.forward(self.conv2.forward(x)))
     }
+}
+
+/// A `ConvTranspose3d(kernel 2, stride 2)` layer as one GEMM + a voxel shuffle
+/// (`mckd_kernels`; burn's `flex` runs it as a scalar loop). Same weights and numbers (to
+/// float rounding) as `layer.forward(x)`.
+fn up(layer: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    debug_assert!(
+        layer.kernel_size == [2, 2, 2]
+            && layer.stride == [2, 2, 2]
+            && layer.padding == [0, 0, 0]
+            && layer.padding_out == [0, 0, 0]
+            && layer.dilation == [1, 1, 1]
+            && layer.groups == 1
+    );
+    conv_transpose3d_k2s2(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// The shared-encoder 3D UNet (see the module docs for the layer list).
@@ -254,13 +270,18 @@ impl BratsUNet {
     /// - output: logits `[batch, 3, D, H, W]`
     pub fn decoder(&self, fused: [Tensor<5>; 4]) -> Tensor<5> {
         let [f1, f2, f3, f4] = fused;
-        let x = self.up3.forward(f4); // [b, 4c, D/4, H/4, W/4]
+        let x = up(&self.up3, f4); // [b, 4c, D/4, H/4, W/4]
         let x = self.d3.forward(Tensor::cat(vec![x, f3], 1));
-        let x = self.up2.forward(x); // [b, 2c, D/2, H/2, W/2]
+        let x = up(&self.up2, x); // [b, 2c, D/2, H/2, W/2]
         let x = self.d2.forward(Tensor::cat(vec![x, f2], 1));
-        let x = self.up1.forward(x); // [b, c, D, H, W]
+        let x = up(&self.up1, x); // [b, c, D, H, W]
         let x = self.d1.forward(Tensor::cat(vec![x, f1], 1));
-        self.head.forward(x)
+        // The 1×1×1 head as a batched GEMM (same weights, no layout copies).
+        conv3d_1x1(
+            x,
+            self.head.weight.val(),
+            self.head.bias.as_ref().map(|b| b.val()),
+        )
     }
 }
 
