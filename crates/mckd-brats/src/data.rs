@@ -186,7 +186,9 @@ mod tests {
             seed,
         )
         .unwrap();
-        let images = p.modalities.map(|v| mckd_volume::normalise(&v));
+        let images = p
+            .modalities
+            .map(|v| mckd_volume::normalise_with(&v, mckd_volume::ClipRule::Scaled));
         TrainCase {
             id: format!("p{seed}"),
             index: ForegroundIndex::new(&p.seg, LabelConvention::Brats2018),

@@ -12,8 +12,8 @@ use burn::tensor::activation::sigmoid;
 use mckd_core::{MckdModel, mask_tensor};
 use mckd_volume::sliding::{DEFAULT_OVERLAP, DEFAULT_TILE};
 use mckd_volume::{
-    Header, LabelConvention, MODALITIES, Volume, normalise, probs_to_labels, read_volume,
-    sliding_window, write_labels_like,
+    ClipRule, Header, LabelConvention, MODALITIES, Volume, normalise_with, probs_to_labels,
+    read_volume, sliding_window, write_labels_like,
 };
 use serde::{Deserialize, Serialize};
 
@@ -185,7 +185,7 @@ pub fn read_inputs(files: &[Option<PathBuf>; 4]) -> Result<(Vec<Volume>, Vec<boo
             }
             Some(_) => {}
         }
-        vols.push(Some(normalise(&v)));
+        vols.push(Some(normalise_with(&v, ClipRule::Scaled)));
     }
     let Some((_, dims, header)) = first else {
         return Err(BratsError::Invalid(

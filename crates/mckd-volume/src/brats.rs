@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VolumeError};
 use crate::nifti_io::{read_labels, read_volume};
-use crate::preprocess::normalise;
+use crate::preprocess::{ClipRule, normalise_with};
 use crate::volume::{Header, Volume};
 
 /// Modality names in channel order (0 Flair, 1 T1, 2 T1c, 3 T2).
@@ -382,7 +382,7 @@ pub struct LoadedCase {
     pub dims: [usize; 3],
     /// Voxel spacing (mm) from the Flair header.
     pub spacing: [f32; 3],
-    /// Normalised modalities ([`crate::preprocess::normalise`]) in [`MODALITIES`] order.
+    /// Normalised modalities ([`load_case`]: [`ClipRule::Scaled`]) in [`MODALITIES`] order.
     pub modalities: [Volume; 4],
     /// Segmentation labels (validated against the convention), if the case has one.
     pub seg: Option<Vec<u8>>,
@@ -406,7 +406,8 @@ impl LoadedCase {
 
 /// Loads a case: reads the four modalities (in parallel), checks that every file has the
 /// same grid (a mismatch is an error naming both files), normalises each modality
-/// ([`crate::preprocess::normalise`]) and reads the segmentation with `convention`.
+/// ([`crate::preprocess::normalise_with`], [`ClipRule::Scaled`]: the reference on BraTS-sized
+/// volumes) and reads the segmentation with `convention`.
 ///
 /// # Shapes
 /// Every volume has `dims` (i, j, k); `seg: [dk, dj, di]` flattened.
@@ -416,7 +417,7 @@ pub fn load_case(case: &Case, convention: LabelConvention) -> Result<LoadedCase>
         .par_iter()
         .map(|p| {
             let (v, h) = read_volume(p)?;
-            Ok((normalise(&v), h))
+            Ok((normalise_with(&v, ClipRule::Scaled), h))
         })
         .collect();
     let mut vols = Vec::with_capacity(4);

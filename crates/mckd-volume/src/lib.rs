@@ -44,7 +44,7 @@ pub use nifti_io::{
     write_volume_like,
 };
 pub use phantom::{Phantom, PhantomConfig, make_phantom, write_phantom_dataset};
-pub use preprocess::normalise;
+pub use preprocess::{ClipRule, normalise, normalise_with};
 pub use sliding::sliding_window;
 pub use splits::{SplitFractions, Splits, make_splits};
 pub use volume::{Header, Volume};

@@ -14,6 +14,14 @@
 //! Edge cases the reference does not handle (it would raise or divide by zero):
 //! `int(max) < 1` or no bin with 50 voxels → no clipping; no foreground → all zeros;
 //! zero standard deviation → foreground becomes 0.
+//!
+//! The 50-voxel threshold was made for whole BraTS volumes (240×240×155 = 8,928,000 voxels).
+//! On small volumes it clips far more: on a 32³ phantom the last bin (1 intensity unit wide)
+//! with 50 voxels sits inside the white-matter peak, so 15–20 % of the brain, and the whole
+//! enhancing tumour, are clipped to one value and T1c loses its contrast. [`ClipRule::Scaled`]
+//! scales the threshold with the voxel count (`ceil(50 · n / 8,928,000)`, at least 1): exactly
+//! 50 on BraTS-sized volumes, the same *fraction* of the volume on any other size. The mckd
+//! BraTS pipeline uses it; [`normalise`] keeps the reference's fixed 50.
 
 use rayon::prelude::*;
 
@@ -21,6 +29,34 @@ use crate::volume::Volume;
 
 /// Minimum voxel count of the histogram bin that sets the clipping intensity.
 pub const CLIP_MIN_COUNT: usize = 50;
+
+/// Voxels of a whole BraTS volume (240×240×155), for which [`CLIP_MIN_COUNT`] was chosen.
+pub const BRATS_VOXELS: usize = 240 * 240 * 155;
+
+/// How many voxels the bin that sets the clipping intensity must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClipRule {
+    /// The reference: [`CLIP_MIN_COUNT`] voxels whatever the volume's size.
+    Reference,
+    /// [`CLIP_MIN_COUNT`] scaled by `voxels / BRATS_VOXELS` (rounded up, at least 1): the
+    /// reference on BraTS-sized volumes, the same fraction on others (see the module docs).
+    #[default]
+    Scaled,
+}
+
+impl ClipRule {
+    /// Minimum bin count for a volume of `voxels` voxels.
+    pub fn min_count(self, voxels: usize) -> usize {
+        match self {
+            Self::Reference => CLIP_MIN_COUNT,
+            Self::Scaled => {
+                let scaled =
+                    (CLIP_MIN_COUNT as u128 * voxels as u128).div_ceil(BRATS_VOXELS as u128);
+                (scaled as usize).max(1)
+            }
+        }
+    }
+}
 
 /// What [`normalise_with_stats`] computed (all in raw intensity units).
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +87,14 @@ pub fn normalise(volume: &Volume) -> Volume {
     normalise_with_stats(volume).0
 }
 
+/// Normalises one modality with the given [`ClipRule`].
+///
+/// # Shapes
+/// Same `dims` in and out.
+pub fn normalise_with(volume: &Volume, rule: ClipRule) -> Volume {
+    normalise_with_stats_rule(volume, rule).0
+}
+
 /// Dense histograms up to this many bins; a sparse count above (float volumes with a huge
 /// maximum would otherwise allocate `int(max)` counters, as numpy does).
 const DENSE_BINS_MAX: usize = 1 << 24;
@@ -66,11 +110,12 @@ struct Binning {
     nbins: usize,
     width: f64,
     norm: f64,
+    min_count: usize,
 }
 
 impl Binning {
     /// `None` when the reference rule cannot apply (`int(max) < 1` or a constant volume).
-    fn new(min: f64, max: f64) -> Option<Self> {
+    fn new(min: f64, max: f64, min_count: usize) -> Option<Self> {
         if max.is_nan() || max < 1.0 || max <= min {
             return None;
         }
@@ -81,6 +126,7 @@ impl Binning {
             nbins,
             width: (max - min) / nbins as f64,
             norm: nbins as f64 / (max - min),
+            min_count,
         })
     }
 
@@ -104,18 +150,18 @@ impl Binning {
         idx
     }
 
-    /// Lower edge of the last bin with at least [`CLIP_MIN_COUNT`] voxels.
+    /// Lower edge of the last bin with at least `min_count` voxels.
     fn clip_from_counts(&self, counts: &[u32]) -> Option<f64> {
         counts
             .iter()
-            .rposition(|&c| c as usize >= CLIP_MIN_COUNT)
+            .rposition(|&c| c as usize >= self.min_count)
             .map(|i| self.edge(i))
     }
 }
 
 /// The clipping intensity of the reference histogram rule, if any (general path).
-fn clip_value(data: &[f32], min: f64, max: f64) -> Option<f64> {
-    let b = Binning::new(min, max)?;
+fn clip_value(data: &[f32], min: f64, max: f64, min_count: usize) -> Option<f64> {
+    let b = Binning::new(min, max, min_count)?;
     if b.nbins <= DENSE_BINS_MAX {
         let counts = data
             .par_chunks(1 << 16)
@@ -139,12 +185,12 @@ fn clip_value(data: &[f32], min: f64, max: f64) -> Option<f64> {
         bins.par_sort_unstable();
         bins.chunk_by(|x, y| x == y)
             .rev()
-            .find(|run| run.len() >= CLIP_MIN_COUNT)
+            .find(|run| run.len() >= min_count)
             .map(|run| b.edge(run[0]))
     }
 }
 
-/// Normalises one modality and reports the intermediate values.
+/// Normalises one modality with the reference rule and reports the intermediate values.
 ///
 /// Integer-valued volumes (every raw MRI and phantom) with a value range up to 2^20 take a
 /// fast path: one count per distinct value and a lookup table, same results.
@@ -152,7 +198,13 @@ fn clip_value(data: &[f32], min: f64, max: f64) -> Option<f64> {
 /// # Shapes
 /// Same `dims` in and out.
 pub fn normalise_with_stats(volume: &Volume) -> (Volume, NormStats) {
+    normalise_with_stats_rule(volume, ClipRule::Reference)
+}
+
+/// [`normalise_with_stats`] with the given [`ClipRule`].
+pub fn normalise_with_stats_rule(volume: &Volume, rule: ClipRule) -> (Volume, NormStats) {
     let data = &volume.data;
+    let min_count = rule.min_count(data.len());
     if data.is_empty() {
         return (
             volume.clone(),
@@ -180,9 +232,9 @@ pub fn normalise_with_stats(volume: &Volume) -> (Volume, NormStats) {
         );
     let (min, max) = (f64::from(lo), f64::from(hi));
     if integral && max - min <= FAST_RANGE_MAX {
-        normalise_integral(volume, min, max)
+        normalise_integral(volume, min, max, min_count)
     } else {
-        normalise_general(volume, min, max)
+        normalise_general(volume, min, max, min_count)
     }
 }
 
@@ -193,7 +245,12 @@ fn clipped(v: f32, clip: f32) -> f32 {
 }
 
 /// Fast path for integer-valued volumes: counts per distinct value, lookup table.
-fn normalise_integral(volume: &Volume, min: f64, max: f64) -> (Volume, NormStats) {
+fn normalise_integral(
+    volume: &Volume,
+    min: f64,
+    max: f64,
+    min_count: usize,
+) -> (Volume, NormStats) {
     let data = &volume.data;
     let range = (max - min) as usize + 1;
     let min_f32 = min as f32;
@@ -215,7 +272,7 @@ fn normalise_integral(volume: &Volume, min: f64, max: f64) -> (Volume, NormStats
         })
         .unwrap_or_default();
     let value_of = |r: usize| (min + r as f64) as f32;
-    let clip = Binning::new(min, max).and_then(|b| {
+    let clip = Binning::new(min, max, min_count).and_then(|b| {
         let mut counts = vec![0u32; b.nbins];
         for (r, &c) in values.iter().enumerate() {
             if c > 0 {
@@ -280,9 +337,9 @@ fn z_score(v: f32, corner: f32, mean: f64, std: f64) -> f32 {
 }
 
 /// General path (any finite values).
-fn normalise_general(volume: &Volume, min: f64, max: f64) -> (Volume, NormStats) {
+fn normalise_general(volume: &Volume, min: f64, max: f64, min_count: usize) -> (Volume, NormStats) {
     let data = &volume.data;
-    let clip = clip_value(data, min, max);
+    let clip = clip_value(data, min, max, min_count);
     let clip_f32 = clip.map_or(f32::INFINITY, |c| c as f32);
     let n_clipped = if clip.is_some() {
         data.par_iter().filter(|&&v| v >= clip_f32).count()
@@ -399,8 +456,8 @@ mod tests {
             .join("Brats18_2013_2_1_t2.nii.gz");
         let (vol, _) = read_volume(&path).unwrap();
         let (min, max) = (0.0, 1478.0);
-        let (zf, sf) = normalise_integral(&vol, min, max);
-        let (zg, sg) = normalise_general(&vol, min, max);
+        let (zf, sf) = normalise_integral(&vol, min, max, CLIP_MIN_COUNT);
+        let (zg, sg) = normalise_general(&vol, min, max, CLIP_MIN_COUNT);
         assert_eq!(
             (sf.clip_value, sf.n_clipped, sf.n_foreground, sf.corner),
             (sg.clip_value, sg.n_clipped, sg.n_foreground, sg.corner)
@@ -443,5 +500,70 @@ mod tests {
         for (a, b) in z.data.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn scaled_rule_is_the_reference_on_brats_sized_volumes() {
+        assert_eq!(ClipRule::Scaled.min_count(BRATS_VOXELS), 50);
+        assert_eq!(ClipRule::Scaled.min_count(BRATS_VOXELS + 1), 51);
+        assert_eq!(ClipRule::Scaled.min_count(64 * 64 * 64), 2);
+        assert_eq!(ClipRule::Scaled.min_count(32 * 32 * 32), 1);
+        assert_eq!(ClipRule::Scaled.min_count(0), 1);
+        assert_eq!(ClipRule::Reference.min_count(10), 50);
+        // The real case is 240×240×155: both rules give the same volume.
+        let path = brats_sample_dir()
+            .join("Brats18_2013_2_1")
+            .join("Brats18_2013_2_1_t1ce.nii.gz");
+        let (vol, _) = read_volume(&path).unwrap();
+        assert_eq!(vol.data.len(), BRATS_VOXELS);
+        let (a, sa) = normalise_with_stats(&vol);
+        let (b, sb) = normalise_with_stats_rule(&vol, ClipRule::Scaled);
+        assert_eq!(sa, sb);
+        assert_eq!(a, b);
+    }
+
+    /// The reason for [`ClipRule::Scaled`]: on a 32³ phantom the fixed 50-voxel rule clips
+    /// the enhancing tumour down to white-matter brightness in T1c; the scaled rule keeps
+    /// it the brightest tissue.
+    #[test]
+    fn fixed_threshold_erases_t1c_enhancement_on_small_phantoms_scaled_keeps_it() {
+        use crate::phantom::{PhantomConfig, Tissue, make_phantom};
+        let p = make_phantom(
+            &PhantomConfig {
+                size: [32; 3],
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let t1c = &p.modalities[2];
+        let mean_of = |z: &Volume, t: Tissue| {
+            let v: Vec<f64> = z
+                .data
+                .iter()
+                .zip(&p.tissue)
+                .filter(|(_, tt)| **tt == t)
+                .map(|(x, _)| f64::from(*x))
+                .collect();
+            assert!(!v.is_empty(), "{t:?} missing");
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let (zr, sr) = normalise_with_stats(t1c);
+        let (zs, ss) = normalise_with_stats_rule(t1c, ClipRule::Scaled);
+        let fg = sr.n_foreground as f64;
+        assert!(
+            sr.n_clipped as f64 > 0.05 * fg,
+            "reference clipped {}",
+            sr.n_clipped
+        );
+        assert!(
+            (ss.n_clipped as f64) < 0.005 * fg,
+            "scaled clipped {}",
+            ss.n_clipped
+        );
+        let gap_r = mean_of(&zr, Tissue::Enhancing) - mean_of(&zr, Tissue::WhiteMatter);
+        let gap_s = mean_of(&zs, Tissue::Enhancing) - mean_of(&zs, Tissue::WhiteMatter);
+        assert!(gap_r < 0.3, "reference ET − WM = {gap_r}");
+        assert!(gap_s > 1.5, "scaled ET − WM = {gap_s}");
     }
 }
