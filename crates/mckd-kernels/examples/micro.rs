@@ -52,6 +52,39 @@ fn main() {
             "conv_transpose3d k2s2 {ci}->{co} @ {s}^3: burn {burn_ms:.1} ms, ours {ours_ms:.1} ms"
         );
     }
+    // UNet 3×3×3 convolutions at 64³ crops, c = 8 (batch 2): e1.conv2, e2.conv1 (stride 2),
+    // d1.conv1 (40 → 8 channels), e3.conv2 at 16³.
+    for (ci, co, s, stride) in [
+        (8, 8, 64, 1),
+        (8, 16, 64, 2),
+        (40, 8, 64, 1),
+        (32, 32, 16, 1),
+    ] {
+        let layer = Conv3dConfig::new([ci, co], [3, 3, 3])
+            .with_stride([stride; 3])
+            .with_padding(burn::nn::PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&device);
+        let x =
+            Tensor::<5>::random([2, ci, s, s, s], Distribution::Default, &device).require_grad();
+        let burn_ms = time(reps, || {
+            let _ = layer.forward(x.clone()).sum().backward();
+        });
+        let ours_ms = time(reps, || {
+            let _ = mckd_kernels::conv3d_layer(&layer, x.clone())
+                .sum()
+                .backward();
+        });
+        let burn_fwd = time(reps, || {
+            let _ = layer.forward(x.clone().detach());
+        });
+        let ours_fwd = time(reps, || {
+            let _ = mckd_kernels::conv3d_layer(&layer, x.clone().detach());
+        });
+        println!(
+            "conv3d k3 s{stride} {ci}->{co} @ {s}^3 fwd+bwd: burn {burn_ms:.0} ms, ours {ours_ms:.0} ms \
+             (forward only: burn {burn_fwd:.0}, ours {ours_fwd:.0})"
+        );
+    }
     let head = Conv3dConfig::new([8, 3], [1, 1, 1]).init(&device);
     let x = Tensor::<5>::random([2, 8, 64, 64, 64], Distribution::Default, &device).require_grad();
     let burn_ms = time(reps, || {

@@ -1,0 +1,1047 @@
+//! 3-D convolution (groups 1, dilation 1, any kernel, stride and symmetric padding) with
+//! GEMM-based forward **and backward** on `flex`.
+//!
+//! # Why
+//! burn's `flex` backend computes a convolution's weight gradient as a convolution of the
+//! input by the output gradient (burn-backend's generic `conv3d_weight_backward`): an
+//! im2col whose "kernel" is the whole output volume, built per input channel — most of the
+//! UNet step's time — and its input gradient through `conv_transpose3d`, a scalar loop.
+//! Here all three are tiled GEMMs over rows of the output (or input) volume, with the
+//! im2col tile built from the NCDHW tensor directly (no NDHWC copy):
+//!
+//! - forward, per batch item and tile: `Y[Cout, tile] = W[Cout, Cin·k³] × cols[Cin·k³, tile]`;
+//! - weight gradient: `dW += dY[Cout, tile] × cols[Cin·k³, tile]ᵀ`, partial sums per fixed
+//!   chunk of tiles added in a fixed order (the result does not depend on the thread count);
+//! - input gradient, per tile of *input* rows: `dX[Cin, tile] = W'[Cin, Cout·k³] ×
+//!   colsᵀ[Cout·k³, tile]` where `colsᵀ` gathers, for every input voxel and kernel offset,
+//!   the output-gradient voxel it contributed to (zero where the stride skips it) — a gather,
+//!   so tiles write disjoint parts of `dX` and need no atomics;
+//! - bias gradient: `Σ dY` per output channel.
+//!
+//! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias
+//! (computing only the gradients that are needed). Tested against burn's `conv3d` on random
+//! shapes: the UNet's k3/s1/p1 and k3/s2/p1, odd and non-cubic sizes, `Cin = 1`, and
+//! anisotropic kernels, strides and paddings.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig3d;
+use burn::nn::conv::Conv3d;
+use burn::prelude::*;
+use rayon::prelude::*;
+
+/// 3-D convolution with a GEMM backward, as a backend op.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv3dGemmOps: Backend {
+    /// `x`: `[batch, Cin, D, H, W]`, `weight`: `[Cout, Cin, kd, kh, kw]`, `bias`: `[Cout]`;
+    /// stride and symmetric zero padding per axis. Output `[batch, Cout, D', H', W']`.
+    fn conv3d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> FloatTensor<Self>;
+}
+
+/// `Conv3d` with stride and symmetric padding, dilation 1, groups 1, with bias; on the `flex`
+/// device in `f32` through the GEMM kernels here, elsewhere through burn's `conv3d`.
+///
+/// # Shapes
+/// - `x`: `[batch, Cin, D, H, W]`, `weight`: `[Cout, Cin, kd, kh, kw]`, `bias`: `[Cout]`
+/// - output: `[batch, Cout, (D + 2p − kd)/s + 1, …]`
+///
+/// # Panics
+/// If the shapes do not fit together or the padded input is smaller than the kernel
+/// (internal contracts of the calling layer).
+pub fn conv3d(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Tensor<1>,
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Tensor<5> {
+    let geometry = Geometry::new(&x.dims(), &weight.dims(), stride, padding);
+    assert_eq!(
+        bias.dims(),
+        [weight.dims()[0]],
+        "conv3d bias must be [Cout]"
+    );
+    let device = x.device();
+    let on_flex = device.clone().without_autodiff() == Device::flex()
+        && weight.device() == device
+        && bias.device() == device
+        && [x.dtype(), weight.dtype(), bias.dtype()]
+            .iter()
+            .all(|&d| d == DType::F32);
+    if !on_flex || geometry.b == 0 || geometry.pout() == 0 {
+        return reference(x, weight, bias, stride, padding);
+    }
+    Tensor::from_dispatch(<Dispatch as Conv3dGemmOps>::conv3d_gemm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
+/// burn's own `conv3d` (the reference in the tests and the fallback).
+pub fn reference(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Tensor<1>,
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Tensor<5> {
+    burn::tensor::module::conv3d(
+        x,
+        weight,
+        Some(bias),
+        burn::tensor::ops::ConvOptions::new(stride, padding, [1, 1, 1], 1),
+    )
+}
+
+/// A burn `Conv3d` layer through [`conv3d`] when it has the supported form (explicit or
+/// valid padding, dilation 1, groups 1, a bias); otherwise `layer.forward(x)`.
+pub fn conv3d_layer(layer: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let padding = match layer.padding {
+        PaddingConfig3d::Explicit(d, h, w) => Some([d, h, w]),
+        PaddingConfig3d::Valid => Some([0, 0, 0]),
+        PaddingConfig3d::Same => None,
+    };
+    match (padding, &layer.bias) {
+        (Some(padding), Some(bias)) if layer.dilation == [1, 1, 1] && layer.groups == 1 => {
+            conv3d(x, layer.weight.val(), bias.val(), layer.stride, padding)
+        }
+        _ => layer.forward(x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry and im2col.
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    b: usize,
+    ci: usize,
+    co: usize,
+    din: [usize; 3],
+    dout: [usize; 3],
+    k: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+    /// Floats per im2col tile (sets the tile size; the tests make it small).
+    budget: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], s: [usize; 3], p: [usize; 3]) -> Self {
+        assert!(
+            x.len() == 5 && w.len() == 5,
+            "conv3d wants 5-D input and weight"
+        );
+        assert_eq!(
+            x[1], w[1],
+            "conv3d: input channels {} vs weight {}",
+            x[1], w[1]
+        );
+        assert!(s.iter().all(|&v| v > 0), "conv3d stride must be positive");
+        let din = [x[2], x[3], x[4]];
+        let k = [w[2], w[3], w[4]];
+        let dout = core::array::from_fn(|a| {
+            assert!(
+                din[a] + 2 * p[a] >= k[a] && k[a] > 0,
+                "conv3d: padded input smaller than the kernel"
+            );
+            (din[a] + 2 * p[a] - k[a]) / s[a] + 1
+        });
+        Self {
+            b: x[0],
+            ci: x[1],
+            co: w[0],
+            din,
+            dout,
+            k,
+            s,
+            p,
+            budget: 131_072,
+        }
+    }
+
+    fn pin(&self) -> usize {
+        self.din.iter().product()
+    }
+
+    fn pout(&self) -> usize {
+        self.dout.iter().product()
+    }
+
+    fn kvol(&self) -> usize {
+        self.k.iter().product()
+    }
+
+    /// im2col column length of the forward / weight gradient (`Cin·kvol`).
+    fn kcol(&self) -> usize {
+        self.ci * self.kvol()
+    }
+
+    /// Rows (of `width` values) per tile so that a tile's columns take about `budget` floats
+    /// (128 Ki floats = 512 KiB by default: L2-sized).
+    fn rows_per_tile(&self, width: usize, col_len: usize) -> usize {
+        (self.budget / (width * col_len).max(1)).max(1)
+    }
+}
+
+/// `dst[t] = src[t·step + off]`, zero where that index falls outside `src`.
+#[inline]
+fn gather_strided(dst: &mut [f32], src: &[f32], step: usize, off: isize) {
+    let n = src.len() as isize;
+    let step_i = step as isize;
+    let lo = if off >= 0 {
+        0
+    } else {
+        (-off + step_i - 1) / step_i
+    };
+    let hi = if n - off <= 0 {
+        0
+    } else {
+        (n - off + step_i - 1) / step_i
+    };
+    let hi = (hi as usize).min(dst.len());
+    let lo = (lo as usize).min(hi);
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    if lo == hi {
+        return;
+    }
+    if step == 1 {
+        let start = (lo as isize + off) as usize;
+        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+    } else {
+        for (t, d) in dst[lo..hi].iter_mut().enumerate() {
+            *d = src[((lo + t) as isize * step_i + off) as usize];
+        }
+    }
+}
+
+/// `dst[t] = src[(t + off)/step]` where `t + off` is a non-negative multiple of `step` inside
+/// `src`, else zero (the transpose of [`gather_strided`]'s index map).
+#[inline]
+fn gather_transposed(dst: &mut [f32], src: &[f32], step: usize, off: isize) {
+    if step == 1 {
+        return gather_strided(dst, src, 1, off);
+    }
+    let step_i = step as isize;
+    for (t, d) in dst.iter_mut().enumerate() {
+        let num = t as isize + off;
+        *d = if num >= 0 && num % step_i == 0 && ((num / step_i) as usize) < src.len() {
+            src[(num / step_i) as usize]
+        } else {
+            0.0
+        };
+    }
+}
+
+/// For a same-size stride-1 convolution: `dst` over the tile rows `rows` (row = d·H + h, all
+/// W columns) gets `src[d + shift_d, h + shift_h, w + shift_w]`, zero outside `src`. Copies a
+/// whole run of rows of one depth plane at once (one long copy instead of one per row), then
+/// zeroes the rows and columns whose source falls outside.
+fn shift_copy(
+    dst: &mut [f32],
+    src: &[f32],
+    dims: [usize; 3],
+    rows: core::ops::Range<usize>,
+    shift: [isize; 3],
+) {
+    let [dd, hh, ww] = dims;
+    let (mut ri, mut r) = (0, rows.start);
+    while r < rows.end {
+        let d = r / hh;
+        let run_end = rows.end.min((d + 1) * hh);
+        let n_rows = run_end - r;
+        let seg = &mut dst[ri * ww..][..n_rows * ww];
+        let sd = d as isize + shift[0];
+        if sd < 0 || sd >= dd as isize {
+            seg.fill(0.0);
+        } else {
+            let h0 = (r % hh) as isize;
+            let plane = &src[sd as usize * hh * ww..][..hh * ww];
+            gather_strided(seg, plane, 1, (h0 + shift[1]) * ww as isize + shift[2]);
+            let cut = shift[2].unsigned_abs().min(ww);
+            for (k, row) in seg.chunks_exact_mut(ww).enumerate() {
+                let sh = h0 + k as isize + shift[1];
+                if sh < 0 || sh >= hh as isize {
+                    row.fill(0.0);
+                } else if shift[2] < 0 {
+                    row[..cut].fill(0.0);
+                } else if shift[2] > 0 {
+                    row[ww - cut..].fill(0.0);
+                }
+            }
+        }
+        ri += n_rows;
+        r = run_end;
+    }
+}
+
+impl Geometry {
+    /// Stride 1 and output size = input size (the UNet's 3×3×3, padding 1): the im2col is a
+    /// set of shifted copies ([`shift_copy`]).
+    fn same_size(&self) -> bool {
+        self.s == [1, 1, 1] && self.dout == self.din
+    }
+}
+
+/// Forward im2col of output rows `rows` (row = od·H' + oh) of one batch item:
+/// `cols[(ci, kd, kh, kw)][t]` row-major with `t` over the tile's output voxels.
+fn im2col(xb: &[f32], g: &Geometry, rows: core::ops::Range<usize>, cols: &mut [f32]) {
+    let [_, hi, wi] = g.din;
+    let [_, ho, wo] = g.dout;
+    let t = rows.len() * wo;
+    let pin = g.pin();
+    let mut j = 0;
+    for ci in 0..g.ci {
+        let xc = &xb[ci * pin..][..pin];
+        for kd in 0..g.k[0] {
+            for kh in 0..g.k[1] {
+                for kw in 0..g.k[2] {
+                    let dst = &mut cols[j * t..][..t];
+                    j += 1;
+                    if g.same_size() {
+                        let shift = [kd, kh, kw].map(|k| k as isize);
+                        let shift = core::array::from_fn(|a| shift[a] - g.p[a] as isize);
+                        shift_copy(dst, xc, g.din, rows.clone(), shift);
+                        continue;
+                    }
+                    for (ri, r) in rows.clone().enumerate() {
+                        let seg = &mut dst[ri * wo..][..wo];
+                        let id = (r / ho * g.s[0] + kd) as isize - g.p[0] as isize;
+                        let ih = (r % ho * g.s[1] + kh) as isize - g.p[1] as isize;
+                        if id < 0 || id >= g.din[0] as isize || ih < 0 || ih >= hi as isize {
+                            seg.fill(0.0);
+                        } else {
+                            let src = &xc[(id as usize * hi + ih as usize) * wi..][..wi];
+                            gather_strided(seg, src, g.s[2], kw as isize - g.p[2] as isize);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Input-gradient im2col of input rows `rows` (row = id·H + ih) of one batch item:
+/// `cols[(co, kd, kh, kw)][t]` = the output-gradient value that input voxel `t` contributed
+/// to through kernel offset (kd, kh, kw), or zero.
+fn im2col_transposed(dyb: &[f32], g: &Geometry, rows: core::ops::Range<usize>, cols: &mut [f32]) {
+    let [_, hi, wi] = g.din;
+    let [dout, ho, wo] = g.dout;
+    let t = rows.len() * wi;
+    let pout = g.pout();
+    let mut j = 0;
+    // Output index along an axis for input index i and kernel offset k, if any.
+    let out_index = |i: usize, k: usize, a: usize, n: usize| -> Option<usize> {
+        let num = (i + g.p[a]) as isize - k as isize;
+        let s = g.s[a] as isize;
+        (num >= 0 && num % s == 0 && ((num / s) as usize) < n).then(|| (num / s) as usize)
+    };
+    for co in 0..g.co {
+        let yc = &dyb[co * pout..][..pout];
+        for kd in 0..g.k[0] {
+            for kh in 0..g.k[1] {
+                for kw in 0..g.k[2] {
+                    let dst = &mut cols[j * t..][..t];
+                    j += 1;
+                    if g.same_size() {
+                        let shift = [kd, kh, kw].map(|k| k as isize);
+                        let shift = core::array::from_fn(|a| g.p[a] as isize - shift[a]);
+                        shift_copy(dst, yc, g.dout, rows.clone(), shift);
+                        continue;
+                    }
+                    for (ri, r) in rows.clone().enumerate() {
+                        let seg = &mut dst[ri * wi..][..wi];
+                        match (out_index(r / hi, kd, 0, dout), out_index(r % hi, kh, 1, ho)) {
+                            (Some(od), Some(oh)) => {
+                                let src = &yc[(od * ho + oh) * wo..][..wo];
+                                gather_transposed(seg, src, g.s[2], g.p[2] as isize - kw as isize);
+                            }
+                            _ => seg.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col scratch: reused across tiles and calls (not zeroed again; every
+    /// im2col writes all of its tile).
+    static SCRATCH: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `len` floats (contents unspecified, fully overwritten by
+/// the im2col functions).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (not expected): a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// A buffer of `len` floats that the caller fully overwrites (through `as_mut_ptr`) before
+/// turning it into a `Vec<f32>` with [`assume_init`]: no zero-filling pass.
+fn uninit_buffer(len: usize) -> Vec<core::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: capacity is `len`, and `MaybeUninit` elements need no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The buffer as initialised floats.
+///
+/// # Safety
+/// Every element must have been written.
+unsafe fn assume_init(v: Vec<core::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = core::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: same allocation, layout and length (MaybeUninit<f32> has f32's layout); every
+    // element is initialised (the caller's contract); `v` is not dropped.
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM.
+
+/// A row-major-ish matrix view: element (r, c) at `ptr[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
+/// A raw output pointer that may be sent to rayon tasks writing disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the pointer is only used by tasks that write pairwise disjoint elements of a
+// buffer that outlives the parallel loop (see each use).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; tasks never read through it.
+unsafe impl Sync for OutPtr {}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` on one thread (`accumulate`: add to `dst`).
+///
+/// # Safety
+/// Every element (r, c) of `dst` (r < m, c < n) must be valid for writes and not accessed by
+/// anyone else during the call; every element of `lhs` and `rhs` within their sizes must be
+/// valid for reads.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: guaranteed by the caller (see above); gemm reads and writes only within the
+    // m×n, m×k and k×n index ranges described by the strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Tiles of `rows` rows: (batch item, row range).
+fn tiles(batch: usize, rows: usize, per_tile: usize) -> Vec<(usize, core::ops::Range<usize>)> {
+    (0..batch)
+        .flat_map(|b| {
+            (0..rows)
+                .step_by(per_tile)
+                .map(move |r| (b, r..(r + per_tile).min(rows)))
+        })
+        .collect()
+}
+
+fn forward_kernel(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    let (pin, pout, kcol) = (g.pin(), g.pout(), g.kcol());
+    let wo = g.dout[2];
+    let mut y = uninit_buffer(g.b * g.co * pout);
+    let out = OutPtr(y.as_mut_ptr().cast::<f32>());
+    let per_tile = g.rows_per_tile(wo, kcol);
+    tiles(g.b, g.dout[0] * g.dout[1], per_tile)
+        .into_par_iter()
+        .for_each(|(b, rows)| {
+            let t = rows.len() * wo;
+            let col0 = rows.start * wo;
+            with_scratch(kcol * t, |cols| {
+                im2col(&x[b * g.ci * pin..][..g.ci * pin], g, rows, cols);
+                // SAFETY: this task writes y[b, co, col0..col0 + t] for every co — elements no
+                // other task writes (tiles partition (b, rows)); `y` outlives the loop and is
+                // not otherwise accessed during it. lhs (w: co × kcol) and rhs (cols: kcol × t)
+                // are whole slices of exactly those sizes.
+                unsafe {
+                    let dst = out.get().add(b * g.co * pout + col0);
+                    let lhs = Mat {
+                        ptr: w.as_ptr(),
+                        rs: kcol,
+                        cs: 1,
+                    };
+                    let rhs = Mat {
+                        ptr: cols.as_ptr(),
+                        rs: t,
+                        cs: 1,
+                    };
+                    gemm_f32(g.co, t, kcol, dst, pout, 1, false, lhs, rhs);
+                    for (co, &bv) in bias.iter().enumerate() {
+                        let row = core::slice::from_raw_parts_mut(dst.add(co * pout), t);
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            });
+        });
+    // SAFETY: the tiles partition (batch, output rows); each wrote all Cout rows of its
+    // columns with read_dst = false, so every element is written.
+    unsafe { assume_init(y) }
+}
+
+/// Weight gradient `[Cout, Cin·kvol]`: partial sums per fixed chunk of tiles, added in order.
+fn weight_grad_kernel(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (pin, pout, kcol) = (g.pin(), g.pout(), g.kcol());
+    let wo = g.dout[2];
+    let per_tile = g.rows_per_tile(wo, kcol);
+    let all = tiles(g.b, g.dout[0] * g.dout[1], per_tile);
+    // The chunking depends on the sizes only, never on the thread count (determinism).
+    let chunks = all.len().min(16);
+    let per_chunk = all.len().div_ceil(chunks.max(1));
+    let partials: Vec<Vec<f32>> = all
+        .par_chunks(per_chunk.max(1))
+        .map(|chunk| {
+            let mut dw = vec![0.0f32; g.co * kcol];
+            for (b, rows) in chunk {
+                let t = rows.len() * wo;
+                let col0 = rows.start * wo;
+                let dyb = &dy[b * g.co * pout..][..g.co * pout];
+                with_scratch(kcol * t, |cols| {
+                    im2col(&x[b * g.ci * pin..][..g.ci * pin], g, rows.clone(), cols);
+                    // SAFETY: dst is the local `dw` (co × kcol, row-major), lhs the (co × t)
+                    // block of dy[b] starting at column col0 (max index (co−1)·pout + col0 +
+                    // t − 1 < co·pout), rhs the transposed view of `cols` (t × kcol; cols has
+                    // kcol·t elements).
+                    unsafe {
+                        let lhs = Mat {
+                            ptr: dyb.as_ptr().add(col0),
+                            rs: pout,
+                            cs: 1,
+                        };
+                        let rhs = Mat {
+                            ptr: cols.as_ptr(),
+                            rs: 1,
+                            cs: t,
+                        };
+                        gemm_f32(g.co, kcol, t, dw.as_mut_ptr(), kcol, 1, true, lhs, rhs);
+                    }
+                });
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0.0f32; g.co * kcol];
+    for p in &partials {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+fn input_grad_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (pin, pout, kvol) = (g.pin(), g.pout(), g.kvol());
+    let wi = g.din[2];
+    let kt = g.co * kvol;
+    // W'[ci][(co, k)] = W[co][ci][k]
+    let mut w2 = vec![0.0f32; g.ci * kt];
+    for co in 0..g.co {
+        for ci in 0..g.ci {
+            for k in 0..kvol {
+                w2[ci * kt + co * kvol + k] = w[(co * g.ci + ci) * kvol + k];
+            }
+        }
+    }
+    let mut dx = uninit_buffer(g.b * g.ci * pin);
+    let out = OutPtr(dx.as_mut_ptr().cast::<f32>());
+    let per_tile = g.rows_per_tile(wi, kt);
+    tiles(g.b, g.din[0] * g.din[1], per_tile)
+        .into_par_iter()
+        .for_each(|(b, rows)| {
+            let t = rows.len() * wi;
+            let col0 = rows.start * wi;
+            with_scratch(kt * t, |cols| {
+                im2col_transposed(&dy[b * g.co * pout..][..g.co * pout], g, rows, cols);
+                // SAFETY: this task writes dx[b, ci, col0..col0 + t] for every ci — elements
+                // no other task writes (tiles partition (b, rows)); `dx` outlives the loop. lhs
+                // (w2: ci × kt) and rhs (cols: kt × t) are whole slices of those sizes.
+                unsafe {
+                    let dst = out.get().add(b * g.ci * pin + col0);
+                    let lhs = Mat {
+                        ptr: w2.as_ptr(),
+                        rs: kt,
+                        cs: 1,
+                    };
+                    let rhs = Mat {
+                        ptr: cols.as_ptr(),
+                        rs: t,
+                        cs: 1,
+                    };
+                    gemm_f32(g.ci, t, kt, dst, pin, 1, false, lhs, rhs);
+                }
+            });
+        });
+    // SAFETY: the tiles partition (batch, input rows); each wrote all Cin rows of its
+    // columns with read_dst = false, so every element is written.
+    unsafe { assume_init(dx) }
+}
+
+/// Input gradient for strided convolutions (col2im): per tile of whole output depth planes,
+/// `dcols[Cin·kvol, tile] = Wᵀ × dY[Cout, tile]`, scattered (added) into `dX`. Tiles that are
+/// not neighbours touch disjoint input planes when `kd ≤ 2·sd`, so the even tiles run in
+/// parallel, then the odd ones: no races, and a fixed order of additions (deterministic).
+fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    debug_assert!(g.k[0] <= 2 * g.s[0]);
+    let (pin, pout, kcol) = (g.pin(), g.pout(), g.kcol());
+    let [_, hi, wi] = g.din;
+    let [dout, ho, wo] = g.dout;
+    let plane = ho * wo;
+    let planes_per_tile = g.rows_per_tile(plane, kcol);
+    let all = tiles(g.b, dout, planes_per_tile);
+    let mut dx = vec![0.0f32; g.b * g.ci * pin];
+    let out = OutPtr(dx.as_mut_ptr());
+    for phase in 0..2 {
+        all.par_iter()
+            .filter(|(_, planes)| (planes.start / planes_per_tile) % 2 == phase)
+            .for_each(|(b, planes)| {
+                let t = planes.len() * plane;
+                let mut dcols = vec![0.0f32; kcol * t];
+                let col0 = planes.start * plane;
+                let dyb = &dy[b * g.co * pout..][..g.co * pout];
+                // SAFETY: dcols is local (kcol × t); lhs is Wᵀ read from `w` (element (j, co)
+                // at co·kcol + j < co·kcol); rhs is the (co × t) block of dy[b] at column col0.
+                unsafe {
+                    gemm_f32(
+                        kcol,
+                        t,
+                        g.co,
+                        dcols.as_mut_ptr(),
+                        t,
+                        1,
+                        false,
+                        Mat {
+                            ptr: w.as_ptr(),
+                            rs: 1,
+                            cs: kcol,
+                        },
+                        Mat {
+                            ptr: dyb.as_ptr().add(col0),
+                            rs: pout,
+                            cs: 1,
+                        },
+                    );
+                }
+                let mut j = 0;
+                for ci in 0..g.ci {
+                    // SAFETY: this task adds only into dx[b, ci, id, ·, ·] for input planes id
+                    // reached from its own output planes; tiles running concurrently (same
+                    // phase) are not neighbours, so with kd ≤ 2·sd their input planes are
+                    // disjoint, and other batch items are other memory. `dx` outlives the loop.
+                    let dxc = unsafe {
+                        core::slice::from_raw_parts_mut(out.get().add((b * g.ci + ci) * pin), pin)
+                    };
+                    for kd in 0..g.k[0] {
+                        for kh in 0..g.k[1] {
+                            for kw in 0..g.k[2] {
+                                let src = &dcols[j * t..][..t];
+                                j += 1;
+                                for (pi, od) in planes.clone().enumerate() {
+                                    let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                                    if id < 0 || id >= g.din[0] as isize {
+                                        continue;
+                                    }
+                                    for oh in 0..ho {
+                                        let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                                        if ih < 0 || ih >= hi as isize {
+                                            continue;
+                                        }
+                                        let row =
+                                            &mut dxc[(id as usize * hi + ih as usize) * wi..][..wi];
+                                        let seg = &src[(pi * ho + oh) * wo..][..wo];
+                                        for (ow, &v) in seg.iter().enumerate() {
+                                            let iw = (ow * g.s[2] + kw) as isize - g.p[2] as isize;
+                                            if iw >= 0 && (iw as usize) < wi {
+                                                row[iw as usize] += v;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    dx
+}
+
+fn bias_grad_kernel(dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let pout = g.pout();
+    (0..g.co)
+        .into_par_iter()
+        .map(|co| {
+            (0..g.b)
+                .map(|b| {
+                    let plane = &dy[(b * g.co + co) * pout..][..pout];
+                    let mut acc = [0.0f32; 16];
+                    for (i, v) in plane.iter().enumerate() {
+                        acc[i % 16] += v;
+                    }
+                    acc.iter().map(|&a| f64::from(a)).sum::<f64>()
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend implementations.
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "conv3d_gemm runs on f32 tensors");
+    if t.as_slice::<f32>().is_some() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl Conv3dGemmOps for Flex {
+    fn conv3d_gemm(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> FlexTensor {
+        let g = Geometry::new(
+            x.shape().as_slice(),
+            weight.shape().as_slice(),
+            stride,
+            padding,
+        );
+        let (x, w, b) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
+        let y = forward_kernel(slice(&x), slice(&w), slice(&b), &g);
+        let [d, h, wd] = g.dout;
+        flex_tensor(y, vec![g.b, g.co, d, h, wd])
+    }
+}
+
+#[derive(Debug)]
+struct Conv3dBackward;
+
+impl Backward<Flex, 3> for Conv3dBackward {
+    /// Input, weight, stride, padding.
+    type State = (FlexTensor, FlexTensor, [usize; 3], [usize; 3]);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w, stride, padding) = ops.state;
+        let g = Geometry::new(x.shape().as_slice(), w.shape().as_slice(), stride, padding);
+        if let Some(node) = node_w {
+            let dw = weight_grad_kernel(slice(&x), slice(&dy), &g);
+            grads.register::<Flex>(node.id, flex_tensor(dw, w.shape().to_vec()));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(
+                node.id,
+                flex_tensor(bias_grad_kernel(slice(&dy), &g), vec![g.co]),
+            );
+        }
+        if let Some(node) = node_x {
+            // Strided: scatter (the gather would multiply mostly zeros); else gather.
+            let dx = if g.s[0] > 1 && g.k[0] <= 2 * g.s[0] {
+                input_grad_scatter_kernel(slice(&w), slice(&dy), &g)
+            } else {
+                input_grad_kernel(slice(&w), slice(&dy), &g)
+            };
+            grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> Conv3dGemmOps for Autodiff<Flex, C> {
+    fn conv3d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> FloatTensor<Self> {
+        let prepared = Conv3dBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (xp, wp) = (contiguous(x.primitive()), contiguous(weight.primitive()));
+        let y = Flex::conv3d_gemm(
+            xp.clone(),
+            wp.clone(),
+            bias.into_primitive(),
+            stride,
+            padding,
+        );
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish((xp, wp, stride, padding), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, max_rel_error, random};
+
+    /// Forward and gradients of input, weight and bias against burn's `conv3d`.
+    fn check(x: [usize; 5], co: usize, k: [usize; 3], s: [usize; 3], p: [usize; 3], seed: u64) {
+        let device = Device::flex().autodiff();
+        let x = random(x, seed, &device);
+        let w = random([co, x.dims()[1], k[0], k[1], k[2]], seed + 1, &device).mul_scalar(0.3);
+        let b = random([co], seed + 2, &device);
+        let run = |ours: bool| {
+            let (x, w, b) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+            );
+            let y = if ours {
+                conv3d(x.clone(), w.clone(), b.clone(), s, p)
+            } else {
+                reference(x.clone(), w.clone(), b.clone(), s, p)
+            };
+            let up = random(y.dims(), seed + 3, &device);
+            let grads = (y.clone() * up).sum().backward();
+            (
+                y,
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            )
+        };
+        let (y, dx, dw, db) = run(true);
+        let (ry, rdx, rdw, rdb) = run(false);
+        let what = format!("x {:?} co {co} k {k:?} s {s:?} p {p:?}", x.dims());
+        assert_eq!(y.dims(), ry.dims(), "{what}");
+        let tol = 1e-5;
+        assert_close(&y, &ry, tol, &format!("{what} forward"));
+        assert_close(&dx, &rdx, tol, &format!("{what} dx"));
+        assert_close(&dw, &rdw, tol, &format!("{what} dweight"));
+        assert_close(&db, &rdb, tol, &format!("{what} dbias"));
+    }
+
+    #[test]
+    fn unet_convolutions_match_burn() {
+        // The UNet's 3×3×3 convolutions: stride 1 and 2, padding 1, Cin = 1 (first layer),
+        // the decoder's wide inputs, odd and non-cubic sizes.
+        check([2, 1, 8, 8, 8], 4, [3; 3], [1; 3], [1; 3], 1);
+        check([2, 4, 8, 6, 10], 8, [3; 3], [2; 3], [1; 3], 2);
+        check([1, 20, 4, 4, 4], 4, [3; 3], [1; 3], [1; 3], 3);
+        check([2, 3, 5, 7, 9], 5, [3; 3], [1; 3], [1; 3], 4);
+        check([3, 2, 5, 7, 9], 3, [3; 3], [2; 3], [1; 3], 5);
+        check([1, 2, 1, 1, 1], 2, [3; 3], [1; 3], [1; 3], 6);
+    }
+
+    #[test]
+    fn other_kernels_strides_and_paddings_match_burn() {
+        check([2, 3, 6, 5, 7], 4, [3, 1, 2], [1, 2, 3], [0, 1, 2], 7);
+        check([1, 2, 9, 4, 5], 3, [2, 2, 2], [2, 2, 2], [0, 0, 0], 8);
+        check([2, 5, 3, 3, 3], 2, [1, 1, 1], [1, 1, 1], [0, 0, 0], 9);
+        check([1, 2, 7, 8, 6], 2, [5, 3, 3], [3, 1, 2], [2, 0, 1], 10);
+    }
+
+    /// Many small tiles (both scatter phases, partial sums over several chunks): the kernels
+    /// called directly with a tiny tile budget against burn's autodiff.
+    #[test]
+    fn small_tiles_match_burn() {
+        let device = Device::flex().autodiff();
+        for (seed, (xs, co, st)) in [([2, 3, 9, 6, 5], 4, 2), ([3, 2, 7, 5, 6], 3, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 20 + seed as u64;
+            let x = random(xs, seed, &device).require_grad();
+            let w = random([co, xs[1], 3, 3, 3], seed + 1, &device).require_grad();
+            let b = random([co], seed + 2, &device).require_grad();
+            let y = reference(x.clone(), w.clone(), b.clone(), [st; 3], [1; 3]);
+            let up = random(y.dims(), seed + 3, &device);
+            let grads = (y.clone() * up.clone()).sum().backward();
+            let v = |t: &Tensor<5>| crate::testing::values(t);
+            let (xv, wv, bv, uv) = (v(&x), v(&w), crate::testing::values(&b), v(&up));
+            let mut g = Geometry::new(&xs, &w.dims(), [st; 3], [1; 3]);
+            g.budget = 40; // one output (or input) row per tile
+            let tensor = |vals: Vec<f32>, shape: [usize; 5]| {
+                Tensor::<5>::from_data(TensorData::new(vals, shape), &device)
+            };
+            let ours_y = tensor(forward_kernel(&xv, &wv, &bv, &g), y.dims());
+            assert_close(&ours_y, &y, 1e-5, "small tiles forward");
+            let dw = tensor(weight_grad_kernel(&xv, &uv, &g), w.dims());
+            assert_close(&dw, &w.grad(&grads).unwrap(), 1e-5, "small tiles dweight");
+            let rdx = x.grad(&grads).unwrap();
+            let dx = tensor(input_grad_kernel(&wv, &uv, &g), xs);
+            assert_close(&dx, &rdx, 1e-5, "small tiles dx (gather)");
+            if st > 1 {
+                let dx = tensor(input_grad_scatter_kernel(&wv, &uv, &g), xs);
+                assert_close(&dx, &rdx, 1e-5, "small tiles dx (scatter)");
+            }
+        }
+    }
+
+    /// Same inputs, same bits (forward and all gradients), also on a rayon pool of another size:
+    /// the weight-gradient partial sums do not depend on the thread count.
+    #[test]
+    fn same_numbers_on_any_thread_count() {
+        let run = || {
+            let device = Device::flex().autodiff();
+            let x = random([2, 3, 12, 10, 9], 30, &device).require_grad();
+            let w = random([4, 3, 3, 3, 3], 31, &device).require_grad();
+            let b = random([4], 32, &device).require_grad();
+            let y = conv3d(x.clone(), w.clone(), b.clone(), [1; 3], [1; 3]);
+            let up = random(y.dims(), 33, &device);
+            let grads = (y.clone() * up).sum().backward();
+            let v = crate::testing::values;
+            [
+                v(&y),
+                v(&x.grad(&grads).unwrap()),
+                v(&w.grad(&grads).unwrap()),
+            ]
+        };
+        let a = run();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let b = pool.install(run);
+        assert!(a == b, "results differ between runs / thread counts");
+    }
+
+    #[test]
+    fn gather_helpers_match_their_definitions() {
+        let src: Vec<f32> = (1..=7).map(|v| v as f32).collect();
+        for step in 1..4 {
+            for off in -4..5isize {
+                let mut a = vec![-1.0; 6];
+                gather_strided(&mut a, &src, step, off);
+                let mut b = vec![-1.0; 6];
+                gather_transposed(&mut b, &src, step, off);
+                for t in 0..6 {
+                    let i = t as isize * step as isize + off;
+                    let want = if (0..7).contains(&i) {
+                        src[i as usize]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(a[t], want, "strided step {step} off {off} t {t}");
+                    let num = t as isize + off;
+                    let s = step as isize;
+                    let want = if num >= 0 && num % s == 0 && num / s < 7 {
+                        src[(num / s) as usize]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(b[t], want, "transposed step {step} off {off} t {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_padding_is_detected() {
+        let device = Device::flex();
+        let x = random([1, 2, 5, 5, 5], 11, &device);
+        let w = random([2, 2, 3, 3, 3], 12, &device);
+        let b = random([2], 13, &device);
+        // Same output size, shifted window: must not pass the comparison.
+        let ours = conv3d(x.clone(), w.clone(), b.clone(), [1; 3], [1; 3]);
+        let shifted = reference(x.pad_like_shift(), w, b, [1; 3], [1; 3]);
+        assert!(max_rel_error(&ours, &shifted) > 1e-2);
+    }
+
+    trait Shift {
+        fn pad_like_shift(self) -> Self;
+    }
+
+    impl Shift for Tensor<5> {
+        /// The input rolled by one voxel along W.
+        fn pad_like_shift(self) -> Self {
+            let w = self.dims()[4];
+            Tensor::cat(
+                vec![self.clone().narrow(4, 1, w - 1), self.narrow(4, 0, 1)],
+                4,
+            )
+        }
+    }
+}
