@@ -206,6 +206,10 @@ pub struct DemoArgs {
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
+    /// Impute (and, in MCKD's meta step, weight) the skip connections too, not only the
+    /// bottleneck (the reference code's choice).
+    #[arg(long)]
+    pub impute_skips: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -323,6 +327,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             if let Some(v) = a.meta_interval {
                 d.meta_interval = v;
             }
+            d.impute_skips |= a.impute_skips;
             if let Some(v) = a.lr {
                 d.lr = v;
             }

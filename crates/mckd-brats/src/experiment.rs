@@ -1048,6 +1048,9 @@ pub struct DemoConfig {
     /// Patchy enhancing rims (see `PhantomConfig::enhancing_patches`).
     #[serde(default)]
     pub enhancing_patches: bool,
+    /// Impute and weight every feature level, not only the bottleneck (`TrainConfig::impute_skips`).
+    #[serde(default)]
+    pub impute_skips: bool,
 }
 
 impl DemoConfig {
@@ -1068,6 +1071,7 @@ impl DemoConfig {
             // Larger tumours than the generator's default: less class imbalance.
             tumour_radius: [0.45, 0.7],
             enhancing_patches: false,
+            impute_skips: false,
         };
         if quick {
             Self {
@@ -1120,6 +1124,7 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
     cfg.lr = demo.lr;
     cfg.alpha = demo.alpha;
     cfg.momentum = demo.momentum;
+    cfg.impute_skips = demo.impute_skips;
     cfg.probe_interval = (demo.iterations / 20).max(1);
     cfg.infer.tile = [demo.size.div_ceil(8) * 8; 3];
     let mckd_dir = RunDir::create(&out.path().join("mckd"))?;
