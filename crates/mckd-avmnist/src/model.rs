@@ -59,7 +59,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
-use mckd_kernels::{bn_relu, bn_relu_maxpool2d};
+use mckd_kernels::{bn_relu, bn_relu_maxpool2d, conv2d_layer};
 use mckd_train::eval::{Classifier, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -282,13 +282,14 @@ impl ConvEncoder {
     /// - `x`: `[batch, 1, 28, 28]` (image) or `[batch, 1, 20, 20]` (audio)
     /// - output: `[batch, features]`
     ///
-    /// Batch norm → ReLU (→ pool) runs as one fused op in training (`mckd_kernels`, same
-    /// numbers as burn's three layers to float rounding); in eval mode through burn's layers.
+    /// The convolutions run through `mckd_kernels::conv2d_layer` (tiled GEMM forward and
+    /// backward), batch norm → ReLU (→ pool) as one fused op in training (eval mode: burn's
+    /// layers); same numbers as burn's layers to float rounding.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         // image: [B, 20, 12, 12], audio: [B, 32, 10, 10]
-        let x = bn_relu_maxpool2d(&self.bn1, &self.pool, self.conv1.forward(x));
+        let x = bn_relu_maxpool2d(&self.bn1, &self.pool, conv2d_layer(&self.conv1, x));
         // image: [B, 50, 4, 4], audio: [B, 64, 5, 5]
-        let x = bn_relu_maxpool2d(&self.bn2, &self.pool, self.conv2.forward(x));
+        let x = bn_relu_maxpool2d(&self.bn2, &self.pool, conv2d_layer(&self.conv2, x));
         let x: Tensor<2> = x.flatten(1, 3); // image [B, 800], audio [B, 1600]
         self.dropout
             .forward(bn_relu(&self.bn_fc, self.fc.forward(x))) // [B, F]

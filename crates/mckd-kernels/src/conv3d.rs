@@ -30,8 +30,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::nn::PaddingConfig3d;
-use burn::nn::conv::Conv3d;
+use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::{PaddingConfig2d, PaddingConfig3d};
 use burn::prelude::*;
 use rayon::prelude::*;
 
@@ -118,6 +118,39 @@ pub fn conv3d_layer(layer: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     match (padding, &layer.bias) {
         (Some(padding), Some(bias)) if layer.dilation == [1, 1, 1] && layer.groups == 1 => {
             conv3d(x, layer.weight.val(), bias.val(), layer.stride, padding)
+        }
+        _ => layer.forward(x),
+    }
+}
+
+/// A burn `Conv2d` layer as a depth-1 [`conv3d`] (input `[B, C, 1, H, W]`, kernel
+/// `[Co, Ci, 1, kh, kw]`) when it has the supported form (symmetric explicit or valid padding,
+/// dilation 1, groups 1, a bias); otherwise `layer.forward(x)`. flex runs 2-D convolutions
+/// through its 3-D ones, so the same reasons apply.
+///
+/// # Shapes
+/// - `x`: `[batch, Cin, H, W]`, output `[batch, Cout, H', W']`
+pub fn conv2d_layer(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match layer.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([0, top, left])
+        }
+        PaddingConfig2d::Valid => Some([0, 0, 0]),
+        _ => None,
+    };
+    match (padding, &layer.bias) {
+        (Some(padding), Some(bias)) if layer.dilation == [1, 1] && layer.groups == 1 => {
+            let [b, ci, h, w] = x.dims();
+            let [co, wci, kh, kw] = layer.weight.dims();
+            let y = conv3d(
+                x.reshape([b, ci, 1, h, w]),
+                layer.weight.val().reshape([co, wci, 1, kh, kw]),
+                bias.val(),
+                [1, layer.stride[0], layer.stride[1]],
+                padding,
+            );
+            let [b, co, _, ho, wo] = y.dims();
+            y.reshape([b, co, ho, wo])
         }
         _ => layer.forward(x),
     }
@@ -921,6 +954,60 @@ mod tests {
         check([1, 2, 9, 4, 5], 3, [2, 2, 2], [2, 2, 2], [0, 0, 0], 8);
         check([2, 5, 3, 3, 3], 2, [1, 1, 1], [1, 1, 1], [0, 0, 0], 9);
         check([1, 2, 7, 8, 6], 2, [5, 3, 3], [3, 1, 2], [2, 0, 1], 10);
+    }
+
+    /// The AV-MNIST convolutions (5×5 valid, 3×3 padding 1) and a strided, anisotropic one
+    /// through `conv2d_layer`, against burn's `Conv2d` (forward and all gradients).
+    #[test]
+    fn conv2d_layers_match_burn() {
+        use burn::nn::PaddingConfig2d;
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        let cases = [
+            ([3, 1, 28, 28], 4, [5, 5], [1, 1], PaddingConfig2d::Valid),
+            ([3, 6, 12, 12], 5, [5, 5], [1, 1], PaddingConfig2d::Valid),
+            (
+                [2, 1, 20, 20],
+                4,
+                [3, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+            ),
+            (
+                [2, 7, 10, 9],
+                3,
+                [3, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+            ),
+            (
+                [2, 3, 11, 8],
+                2,
+                [3, 2],
+                [2, 3],
+                PaddingConfig2d::Explicit(2, 1, 2, 1),
+            ),
+        ];
+        for (i, (xs, co, k, st, pad)) in cases.into_iter().enumerate() {
+            device.seed(40 + i as u64);
+            let layer = Conv2dConfig::new([xs[1], co], k)
+                .with_stride(st)
+                .with_padding(pad)
+                .init(&device);
+            let x = random(xs, 50 + i as u64, &device).require_grad();
+            let y = conv2d_layer(&layer, x.clone());
+            let ry = layer.forward(x.clone());
+            let what = format!("conv2d case {i}");
+            assert_close(&y, &ry, 1e-5, &format!("{what} forward"));
+            let up = random(y.dims(), 60 + i as u64, &device);
+            let g = (y * up.clone()).sum().backward();
+            let rg = (ry * up).sum().backward();
+            assert_close(&x.grad(&g).unwrap(), &x.grad(&rg).unwrap(), 1e-5, &what);
+            let w = layer.weight.val();
+            assert_close(&w.grad(&g).unwrap(), &w.grad(&rg).unwrap(), 1e-5, &what);
+            let b = layer.bias.as_ref().unwrap().val();
+            assert_close(&b.grad(&g).unwrap(), &b.grad(&rg).unwrap(), 1e-5, &what);
+        }
     }
 
     /// Many small tiles (both scatter phases, partial sums over several chunks): the kernels

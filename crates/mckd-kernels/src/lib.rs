@@ -27,6 +27,6 @@ pub(crate) mod testing;
 
 pub use alloc::tune_allocator;
 pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
-pub use conv3d::conv3d_layer;
+pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_pool2d};
 pub use layers::{bn_relu, bn_relu_maxpool2d};
