@@ -210,6 +210,12 @@ pub struct DemoArgs {
     /// bottleneck (the reference code's choice).
     #[arg(long)]
     pub impute_skips: bool,
+    /// Learning rate of the IWV's Adam [default: 1e-2].
+    #[arg(long)]
+    pub iwv_lr: Option<f64>,
+    /// Weight decay of the IWV's Adam [default: 5e-4, the reference code's].
+    #[arg(long)]
+    pub iwv_weight_decay: Option<f64>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -328,6 +334,12 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
                 d.meta_interval = v;
             }
             d.impute_skips |= a.impute_skips;
+            if let Some(v) = a.iwv_lr {
+                d.iwv_lr = v;
+            }
+            if let Some(v) = a.iwv_weight_decay {
+                d.iwv_weight_decay = v;
+            }
             if let Some(v) = a.lr {
                 d.lr = v;
             }

@@ -1051,6 +1051,20 @@ pub struct DemoConfig {
     /// Impute and weight every feature level, not only the bottleneck (`TrainConfig::impute_skips`).
     #[serde(default)]
     pub impute_skips: bool,
+    /// Learning rate of the IWV's Adam.
+    #[serde(default = "default_iwv_lr")]
+    pub iwv_lr: f64,
+    /// Weight decay of the IWV's Adam.
+    #[serde(default = "default_iwv_weight_decay")]
+    pub iwv_weight_decay: f64,
+}
+
+fn default_iwv_lr() -> f64 {
+    1e-2
+}
+
+fn default_iwv_weight_decay() -> f64 {
+    5e-4
 }
 
 impl DemoConfig {
@@ -1072,6 +1086,8 @@ impl DemoConfig {
             tumour_radius: [0.45, 0.7],
             enhancing_patches: false,
             impute_skips: false,
+            iwv_lr: default_iwv_lr(),
+            iwv_weight_decay: default_iwv_weight_decay(),
         };
         if quick {
             Self {
@@ -1125,6 +1141,8 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
     cfg.alpha = demo.alpha;
     cfg.momentum = demo.momentum;
     cfg.impute_skips = demo.impute_skips;
+    cfg.iwv_lr = demo.iwv_lr;
+    cfg.iwv_weight_decay = demo.iwv_weight_decay;
     cfg.probe_interval = (demo.iterations / 20).max(1);
     cfg.infer.tile = [demo.size.div_ceil(8) * 8; 3];
     let mckd_dir = RunDir::create(&out.path().join("mckd"))?;
