@@ -48,7 +48,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
-use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, conv3d_layer};
+use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, conv3d_layer, instance_norm_leaky_relu};
 use mckd_volume::MODALITIES;
 
 /// Number of output channels (ET, TC, WT).
@@ -109,13 +109,14 @@ impl ConvBlock {
     /// `[batch, c_in, D, H, W]` → `[batch, c_out, D/s, H/s, W/s]`
     ///
     /// The convolutions run through `mckd_kernels::conv3d_layer` (tiled GEMM forward and
-    /// backward; same weights, numbers equal to burn's `Conv3d` to float rounding).
+    /// backward) and each instance norm + leaky ReLU as one fused op
+    /// (`mckd_kernels::instance_norm_leaky_relu`); same weights, numbers equal to burn's
+    /// layers to float rounding.
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = self
-            .act
-            .forward(self.norm1.forward(conv3d_layer(&self.conv1, x)));
-        self.act
-            .forward(self.norm2.forward(conv3d_layer(&self.conv2, x)))
+        let x = conv3d_layer(&self.conv1, x);
+        let x = instance_norm_leaky_relu(&self.norm1, &self.act, x);
+        let x = conv3d_layer(&self.conv2, x);
+        instance_norm_leaky_relu(&self.norm2, &self.act, x)
     }
 }
 

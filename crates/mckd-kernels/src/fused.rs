@@ -314,7 +314,7 @@ fn sum16(values: impl ExactSizeIterator<Item = f32>) -> f64 {
     acc.iter().map(|&a| f64::from(a)).sum()
 }
 
-fn plane_sum(p: &[f32]) -> f64 {
+pub(crate) fn plane_sum(p: &[f32]) -> f64 {
     let mut acc = [0.0f32; 16];
     let chunks = p.chunks_exact(16);
     let rest = chunks.remainder();
@@ -326,7 +326,7 @@ fn plane_sum(p: &[f32]) -> f64 {
     acc.iter().map(|&a| f64::from(a)).sum::<f64>() + sum16(rest.iter().copied())
 }
 
-fn plane_sq_dev(p: &[f32], mean: f32) -> f64 {
+pub(crate) fn plane_sq_dev(p: &[f32], mean: f32) -> f64 {
     let mut acc = [0.0f32; 16];
     let chunks = p.chunks_exact(16);
     let rest = chunks.remainder();

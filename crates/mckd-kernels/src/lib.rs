@@ -21,6 +21,7 @@ pub mod alloc;
 pub mod conv;
 pub mod conv3d;
 pub mod fused;
+pub mod instnorm;
 pub mod layers;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -29,4 +30,5 @@ pub use alloc::tune_allocator;
 pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
 pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_pool2d};
+pub use instnorm::instance_norm_leaky_relu;
 pub use layers::{bn_relu, bn_relu_maxpool2d};
