@@ -144,8 +144,8 @@ impl TrainConfig {
             seed: 0,
             alpha: 0.1,
             meta_interval: 100,
-            iwv_lr: 1e-2,
-            iwv_weight_decay: 5e-4,
+            iwv_lr: default_iwv_lr(),
+            iwv_weight_decay: default_iwv_weight_decay(),
             probe_interval: 25,
             convention: LabelConvention::Brats2018,
             fractions: SplitFractions::default(),
@@ -1059,12 +1059,14 @@ pub struct DemoConfig {
     pub iwv_weight_decay: f64,
 }
 
+/// The method core's IWV learning rate (one source for the demo and `TrainConfig`).
 fn default_iwv_lr() -> f64 {
-    1e-2
+    MckdConfig::new().iwv_lr
 }
 
+/// The method core's IWV weight decay (the reference code's 5e-4).
 fn default_iwv_weight_decay() -> f64 {
-    5e-4
+    MckdConfig::new().iwv_weight_decay
 }
 
 impl DemoConfig {
