@@ -206,8 +206,8 @@ pub struct DemoArgs {
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
-    /// Impute (and, in MCKD's meta step, weight) the skip connections too, not only the
-    /// bottleneck (the reference code's choice).
+    /// Impute (and, in MCKD's meta step, weight) the skip connections too; the default, as in
+    /// the reference code, is the bottleneck only.
     #[arg(long)]
     pub impute_skips: bool,
     /// Learning rate of the IWV's Adam [default: 1e-2].
