@@ -35,6 +35,8 @@ use burn::nn::{PaddingConfig2d, PaddingConfig3d};
 use burn::prelude::*;
 use rayon::prelude::*;
 
+use crate::flex_buf::{contiguous, flex_tensor, slice};
+
 /// 3-D convolution with a GEMM backward, as a backend op.
 #[backend_extension(Flex, Autodiff)]
 pub trait Conv3dGemmOps: Backend {
@@ -789,23 +791,6 @@ fn bias_grad_kernel(dy: &[f32], g: &Geometry) -> Vec<f32> {
 
 // ---------------------------------------------------------------------------------------------
 // Backend implementations.
-
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "conv3d_gemm runs on f32 tensors");
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
 
 impl Conv3dGemmOps for Flex {
     fn conv3d_gemm(

@@ -42,6 +42,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
 
+use crate::flex_buf::{contiguous, flex_tensor, slice};
+
 /// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedNormOps: Backend {
@@ -491,28 +493,6 @@ fn window(xp: &[f32], w: usize, oh: usize, ow: usize, f: Affine) -> (usize, f32)
     let idx = [i0, i0 + 1, i0 + w, i0 + w + 1];
     let (k, v) = argmax4(idx.map(|i| f.y(xp[i])));
     (idx[k], v)
-}
-
-/// A contiguous `f32` copy-free view if possible (else a contiguous copy).
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "the fused batch norm runs on f32 tensors"
-    );
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn output_shape(shape: &[usize], g: Geometry) -> Vec<usize> {

@@ -23,6 +23,8 @@ use burn::nn::{InstanceNorm, LeakyRelu};
 use burn::prelude::*;
 use rayon::prelude::*;
 
+use crate::flex_buf::{contiguous, flex_tensor, slice};
+
 use crate::fused::{plane_sq_dev, plane_sum};
 
 /// Fused instance norm → leaky ReLU, as a backend op.
@@ -189,27 +191,6 @@ fn backward_kernel(
     }
     let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
     (dx, to32(dgamma), to32(dbeta))
-}
-
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "the fused instance norm runs on f32 tensors"
-    );
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// The forward on contiguous tensors, with the per-plane statistics for the backward.
