@@ -84,6 +84,34 @@ mod tests {
     use burn::nn::PaddingConfig3d;
     use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
 
+    /// Input, weight and bias gradients of `ours` and `reference` (tolerance 1e-5) under one
+    /// random upstream gradient (seeded by `upstream_seed`), so every output position matters.
+    fn assert_gradients_match(
+        ours: Tensor<5>,
+        reference: Tensor<5>,
+        upstream_seed: u64,
+        x: &Tensor<5>,
+        weight: &Tensor<5>,
+        bias: &Tensor<1>,
+    ) {
+        let g = random(ours.dims(), upstream_seed, &ours.device());
+        let gr = (reference * g.clone()).sum().backward();
+        let go = (ours * g).sum().backward();
+        assert_close(&x.grad(&go).unwrap(), &x.grad(&gr).unwrap(), 1e-5, "dx");
+        assert_close(
+            &weight.grad(&go).unwrap(),
+            &weight.grad(&gr).unwrap(),
+            1e-5,
+            "dweight",
+        );
+        assert_close(
+            &bias.grad(&go).unwrap(),
+            &bias.grad(&gr).unwrap(),
+            1e-5,
+            "dbias",
+        );
+    }
+
     /// Forward and the gradients of input, weight and bias against burn's layer.
     #[test]
     fn transposed_conv_matches_burn_forward_and_gradients() {
@@ -112,24 +140,14 @@ mod tests {
             );
             assert_eq!(ours.dims(), [b, co, 2 * d, 2 * h, 2 * w]);
             assert_close(&ours, &reference, 1e-5, "forward");
-            // A random upstream gradient, so every output position matters.
-            let g = random(ours.dims(), seed as u64 + 200, &device);
-            let gr = (reference * g.clone()).sum().backward();
-            let go = (ours * g).sum().backward();
-            assert_close(&x.grad(&go).unwrap(), &x.grad(&gr).unwrap(), 1e-5, "dx");
-            let wv = layer.weight.val();
-            assert_close(
-                &wv.grad(&go).unwrap(),
-                &wv.grad(&gr).unwrap(),
-                1e-5,
-                "dweight",
-            );
-            let bv = layer.bias.as_ref().unwrap().val();
-            assert_close(
-                &bv.grad(&go).unwrap(),
-                &bv.grad(&gr).unwrap(),
-                1e-5,
-                "dbias",
+            let bias = layer.bias.as_ref().unwrap().val();
+            assert_gradients_match(
+                ours,
+                reference,
+                seed as u64 + 200,
+                &x,
+                &layer.weight.val(),
+                &bias,
             );
         }
     }
@@ -154,23 +172,14 @@ mod tests {
                 layer.bias.as_ref().map(|p| p.val()),
             );
             assert_close(&ours, &reference, 1e-5, "forward");
-            let g = random(ours.dims(), seed as u64 + 400, &device);
-            let gr = (reference * g.clone()).sum().backward();
-            let go = (ours * g).sum().backward();
-            assert_close(&x.grad(&go).unwrap(), &x.grad(&gr).unwrap(), 1e-5, "dx");
-            let wv = layer.weight.val();
-            assert_close(
-                &wv.grad(&go).unwrap(),
-                &wv.grad(&gr).unwrap(),
-                1e-5,
-                "dweight",
-            );
-            let bv = layer.bias.as_ref().unwrap().val();
-            assert_close(
-                &bv.grad(&go).unwrap(),
-                &bv.grad(&gr).unwrap(),
-                1e-5,
-                "dbias",
+            let bias = layer.bias.as_ref().unwrap().val();
+            assert_gradients_match(
+                ours,
+                reference,
+                seed as u64 + 400,
+                &x,
+                &layer.weight.val(),
+                &bias,
             );
         }
     }
