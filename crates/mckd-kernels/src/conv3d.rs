@@ -776,14 +776,7 @@ fn bias_grad_kernel(dy: &[f32], g: &Geometry) -> Vec<f32> {
         .into_par_iter()
         .map(|co| {
             (0..g.b)
-                .map(|b| {
-                    let plane = &dy[(b * g.co + co) * pout..][..pout];
-                    let mut acc = [0.0f32; 16];
-                    for (i, v) in plane.iter().enumerate() {
-                        acc[i % 16] += v;
-                    }
-                    acc.iter().map(|&a| f64::from(a)).sum::<f64>()
-                })
+                .map(|b| crate::fused::plane_sum(&dy[(b * g.co + co) * pout..][..pout]))
                 .sum::<f64>() as f32
         })
         .collect()

@@ -58,6 +58,19 @@ pub trait FusedNormOps: Backend {
         epsilon: f64,
         pool: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Inference-mode batch norm (the given running `mean` and `var`, `[channels]`, treated as
+    /// constants) → ReLU → optional 2×2 max-pool; same shapes as
+    /// [`bn_relu_pool_train`](Self::bn_relu_pool_train). Differentiable in `x`, `gamma`, `beta`.
+    fn bn_relu_pool_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        pool: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// Output of [`batch_norm_relu_pool2d`] and [`batch_norm_relu`].
@@ -110,6 +123,107 @@ pub fn batch_norm_relu<const D: usize>(
         return reference(x, gamma, beta, epsilon, false);
     }
     fused(x, gamma, beta, epsilon, false)
+}
+
+/// Inference-mode batch norm with the given (running) statistics → ReLU → `MaxPool2d(2)`
+/// (stride 2, floor mode), fused on `flex`; `mean` and `var` are constants (no gradient).
+///
+/// # Shapes
+/// - `x`: `[batch, channels, H, W]`; `gamma`, `beta`, `mean`, `var`: `[channels]`
+/// - output: `[batch, channels, ⌊H/2⌋, ⌊W/2⌋]`
+///
+/// # Panics
+/// If a parameter is not `[channels]` (an internal contract of the calling layer).
+pub fn batch_norm_relu_pool2d_eval(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<4> {
+    check_params(&x.dims(), &gamma, &beta);
+    check_params(&x.dims(), &mean, &var);
+    let [_, _, h, w] = x.dims();
+    if h < 2 || w < 2 || !eval_available(&x, [&gamma, &beta, &mean, &var]) {
+        return reference_eval(x, gamma, beta, mean, var, epsilon, true);
+    }
+    fused_eval(x, gamma, beta, mean, var, epsilon, true)
+}
+
+/// Inference-mode batch norm with the given (running) statistics → ReLU, fused on `flex` (any
+/// rank ≥ 2; channel axis 1); `mean` and `var` are constants.
+///
+/// # Panics
+/// If `D < 2` or a parameter is not `[channels]` (internal contracts).
+pub fn batch_norm_relu_eval<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    assert!(D >= 2, "batch norm needs [batch, channels, ...]");
+    check_params(&x.dims(), &gamma, &beta);
+    check_params(&x.dims(), &mean, &var);
+    if !eval_available(&x, [&gamma, &beta, &mean, &var]) {
+        return reference_eval(x, gamma, beta, mean, var, epsilon, false);
+    }
+    fused_eval(x, gamma, beta, mean, var, epsilon, false)
+}
+
+fn eval_available<const D: usize>(x: &Tensor<D>, params: [&Tensor<1>; 4]) -> bool {
+    fused_available(x, params[0], params[1])
+        && params[2..]
+            .iter()
+            .all(|p| p.device() == x.device() && p.dtype() == DType::F32)
+}
+
+fn fused_eval<const D: usize, const E: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    epsilon: f64,
+    pool: bool,
+) -> Tensor<E> {
+    Tensor::from_dispatch(<Dispatch as FusedNormOps>::bn_relu_pool_eval(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        mean.detach().into_dispatch(),
+        var.detach().into_dispatch(),
+        epsilon,
+        pool,
+    ))
+}
+
+/// burn's own layers in inference mode (`batch_norm` with the given statistics → `relu` →
+/// `max_pool2d`): the reference of the eval op's tests and its fallback.
+pub fn reference_eval<const D: usize, const E: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    epsilon: f64,
+    pool: bool,
+) -> Tensor<E> {
+    let y = relu(burn::tensor::module::batch_norm(
+        x, gamma, beta, mean, var, epsilon,
+    ));
+    if pool {
+        let dims = to4(y.dims());
+        let y: Tensor<4> = y.reshape(dims);
+        let p = MaxPool2dConfig::new([2, 2]).init().forward(y);
+        let dims = p.dims();
+        p.reshape(rank::<4, E>(dims))
+    } else {
+        let dims = y.dims();
+        y.reshape(rank::<D, E>(dims))
+    }
 }
 
 fn check_params(dims: &[usize], gamma: &Tensor<1>, beta: &Tensor<1>) {
@@ -376,6 +490,11 @@ fn forward_kernel(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mean, var) = channel_stats(x, g);
     let aff = affines(&mean, &var, gamma, beta, epsilon);
+    (apply_kernel(x, &aff, g), mean, var)
+}
+
+/// `max(x·a + b, 0)` per channel (then the 2×2 window maxima with pooling).
+fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> Vec<f32> {
     let (s, so) = (g.plane(), g.out_plane());
     let mut out = vec![0.0f32; g.batch * g.channels * so];
     out.par_chunks_mut(so).enumerate().for_each(|(p, o)| {
@@ -398,7 +517,7 @@ fn forward_kernel(
             }
         }
     });
-    (out, mean, var)
+    out
 }
 
 /// Backward: `(dx, dgamma, dbeta)` given the saved input and statistics.
@@ -412,6 +531,7 @@ fn backward_kernel(
     epsilon: f64,
     grad: &[f32],
     g: Geometry,
+    train: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let aff = affines(mean, var, gamma, beta, epsilon);
     let (s, so) = (g.plane(), g.out_plane());
@@ -453,13 +573,18 @@ fn backward_kernel(
         })
         .collect();
     let n = g.count() as f64;
-    // Pass 2, per plane: dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N).
+    // Pass 2, per plane: dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N) in training; with fixed
+    // (running) statistics only γ/σ · g.
     let mut dx = vec![0.0f32; x.len()];
     dx.par_chunks_mut(s).enumerate().for_each(|(p, d)| {
         let c = p % g.channels;
         let f = aff[c];
         let k = gamma[c] * f.inv_std;
-        let (m1, m2) = ((sums[c].0 / n) as f32, (sums[c].1 / n) as f32);
+        let (m1, m2) = if train {
+            ((sums[c].0 / n) as f32, (sums[c].1 / n) as f32)
+        } else {
+            (0.0, 0.0)
+        };
         let xp = &x[p * s..][..s];
         let gp = &grad[p * so..][..so];
         if g.pool {
@@ -522,13 +647,36 @@ impl FusedNormOps for Flex {
             flex_tensor(var, vec![g.channels]),
         )
     }
+
+    fn bn_relu_pool_eval(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+        pool: bool,
+    ) -> FlexTensor {
+        let shape = x.shape().to_vec();
+        let g = Geometry::of(&shape, pool);
+        let [x, gamma, beta, mean, var] = [&x, &gamma, &beta, &mean, &var].map(contiguous);
+        let aff = affines(
+            slice(&mean),
+            slice(&var),
+            slice(&gamma),
+            slice(&beta),
+            epsilon,
+        );
+        flex_tensor(apply_kernel(slice(&x), &aff, g), output_shape(&shape, g))
+    }
 }
 
 /// The backward step of the fused op on `Autodiff<Flex>`: parents `[x, gamma, beta]`.
 #[derive(Debug)]
 struct BnReluPoolBackward;
 
-/// Saved for the backward: input, γ, β, batch mean and variance, ε, pooling.
+/// Saved for the backward: input, γ, β, mean and variance (of the batch in training, the
+/// running ones in inference), ε, pooling, training.
 type SavedState = (
     FlexTensor,
     FlexTensor,
@@ -536,6 +684,7 @@ type SavedState = (
     FlexTensor,
     FlexTensor,
     f64,
+    bool,
     bool,
 );
 
@@ -550,7 +699,7 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, gamma, beta, mean, var, epsilon, pool) = ops.state;
+        let (x, gamma, beta, mean, var, epsilon, pool, train) = ops.state;
         let shape = x.shape().to_vec();
         let g = Geometry::of(&shape, pool);
         let (dx, dgamma, dbeta) = backward_kernel(
@@ -562,6 +711,7 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
             epsilon,
             slice(&grad),
             g,
+            train,
         );
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, flex_tensor(dx, shape));
@@ -596,11 +746,43 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
             Flex::bn_relu_pool_train(xp.clone(), gp.clone(), bp.clone(), epsilon, pool);
         let out = match prepared {
             OpsKind::Tracked(prep) => {
-                prep.finish((xp, gp, bp, mean.clone(), var.clone(), epsilon, pool), out)
+                let state = (xp, gp, bp, mean.clone(), var.clone(), epsilon, pool, true);
+                prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         (out, Self::from_inner(mean), Self::from_inner(var))
+    }
+
+    fn bn_relu_pool_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        pool: bool,
+    ) -> FloatTensor<Self> {
+        // The statistics are constants: only x, γ and β are parents.
+        let prepared = BnReluPoolBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let [xp, gp, bp, mp, vp] =
+            [&x, &gamma, &beta, &mean, &var].map(|t| contiguous(t.primitive()));
+        let out = Flex::bn_relu_pool_eval(
+            xp.clone(),
+            gp.clone(),
+            bp.clone(),
+            mp.clone(),
+            vp.clone(),
+            epsilon,
+            pool,
+        );
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish((xp, gp, bp, mp, vp, epsilon, pool, false), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 }
 
@@ -703,6 +885,105 @@ mod tests {
         check([3, 4, 11], false, 3);
         check([2, 6, 5, 3], false, 4);
         check([2, 3, 3, 2, 5], false, 5);
+    }
+
+    /// The inference op (given statistics) against burn's `batch_norm` → `relu` (→ pool):
+    /// forward and the gradients of input, γ and β.
+    fn check_eval<const D: usize>(shape: [usize; D], pool: bool, seed: u64) {
+        let device = Device::flex().autodiff();
+        let c = shape[1];
+        let x = random(shape, seed, &device).mul_scalar(3.0).add_scalar(0.5);
+        let gamma = random([c], seed + 1, &device).mul_scalar(1.5);
+        let beta = random([c], seed + 2, &device).mul_scalar(0.5);
+        let mean = random([c], seed + 4, &device);
+        let var = random([c], seed + 5, &device).abs().add_scalar(0.05);
+        let run = |fused_op: bool| {
+            let (x, gamma, beta) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
+            let (m, v) = (mean.clone(), var.clone());
+            let out: Tensor<D> = match (fused_op, pool) {
+                (true, true) => {
+                    let o = batch_norm_relu_pool2d_eval(
+                        x.clone().reshape(to4(shape)),
+                        gamma.clone(),
+                        beta.clone(),
+                        m,
+                        v,
+                        1e-5,
+                    );
+                    let dims = o.dims();
+                    o.reshape(rank::<4, D>(dims))
+                }
+                (true, false) => {
+                    batch_norm_relu_eval(x.clone(), gamma.clone(), beta.clone(), m, v, 1e-5)
+                }
+                (false, _) => {
+                    reference_eval(x.clone(), gamma.clone(), beta.clone(), m, v, 1e-5, pool)
+                }
+            };
+            let up = random(out.dims(), seed + 3, &device);
+            let grads = (out.clone() * up).sum().backward();
+            (
+                out,
+                x.grad(&grads).expect("dx"),
+                gamma.grad(&grads).expect("dgamma"),
+                beta.grad(&grads).expect("dbeta"),
+            )
+        };
+        let (out, dx, dg, db) = run(true);
+        let (rout, rdx, rdg, rdb) = run(false);
+        let what = format!("eval {shape:?} pool {pool}");
+        let tol = 2e-6;
+        assert_close(&out, &rout, tol, &format!("{what} output"));
+        assert_close(&dx, &rdx, tol, &format!("{what} dx"));
+        assert_close(&dg, &rdg, tol, &format!("{what} dgamma"));
+        assert_close(&db, &rdb, tol, &format!("{what} dbeta"));
+        // Without autodiff (the meta step's encoders): the same forward.
+        let plain = Device::flex();
+        let to = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &plain);
+        let xp = Tensor::<D>::from_data(x.to_data(), &plain);
+        let o: Tensor<D> = if pool {
+            let o = batch_norm_relu_pool2d_eval(
+                xp.reshape(to4(shape)),
+                to(&gamma),
+                to(&beta),
+                to(&mean),
+                to(&var),
+                1e-5,
+            );
+            let dims = o.dims();
+            o.reshape(rank::<4, D>(dims))
+        } else {
+            batch_norm_relu_eval(xp, to(&gamma), to(&beta), to(&mean), to(&var), 1e-5)
+        };
+        assert_eq!(
+            values(&o),
+            values(&out),
+            "{what}: autodiff and plain differ"
+        );
+    }
+
+    #[test]
+    fn eval_matches_burn_on_our_shapes_and_odd_sizes() {
+        for (i, shape) in [
+            [4, 20, 24, 24],
+            [3, 50, 8, 8],
+            [2, 64, 10, 10],
+            [3, 5, 7, 9],
+            [2, 3, 2, 2],
+            [5, 1, 3, 6],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check_eval(shape, true, 100 + 10 * i as u64);
+        }
+        check_eval([16, 128], false, 200);
+        check_eval([3, 4, 11], false, 210);
+        check_eval([2, 3, 3, 2, 5], false, 220);
     }
 
     #[test]

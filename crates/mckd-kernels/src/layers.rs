@@ -8,7 +8,10 @@ use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_pool2d};
+use crate::fused::{
+    BnReluOutput, batch_norm_relu, batch_norm_relu_eval, batch_norm_relu_pool2d,
+    batch_norm_relu_pool2d_eval,
+};
 
 /// Whether `bn` runs in training mode on `x`'s device — the same rule as `BatchNorm::forward`
 /// (an autodiff device and the layer's training flag set).
@@ -42,8 +45,9 @@ pub fn is_plain_2x2(pool: &MaxPool2d) -> bool {
         && pool.padding == PaddingConfig2d::Valid
 }
 
-/// `pool(relu(bn(x)))`: in training with a plain 2×2 pool, the fused op and the running
-/// statistics' update; otherwise exactly burn's three modules.
+/// `pool(relu(bn(x)))` with a plain 2×2 pool: in training the fused op and the running
+/// statistics' update, in inference the fused op with the running statistics; other pools
+/// run burn's three modules.
 ///
 /// # Shapes
 /// - `x`: `[batch, channels, H, W]`; output `[batch, channels, ⌊H/2⌋, ⌊W/2⌋]` (2×2 pool)
@@ -56,13 +60,25 @@ pub fn bn_relu_maxpool2d(bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tens
         } = batch_norm_relu_pool2d(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
         update_running_stats(bn, mean, variance);
         output
+    } else if is_plain_2x2(pool) {
+        let (mean, var) = running_stats(bn, &x.device());
+        batch_norm_relu_pool2d_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
     } else {
         pool.forward(relu(bn.forward(x)))
     }
 }
 
-/// `relu(bn(x))`: in training the fused op and the running statistics' update; otherwise
-/// exactly burn's modules.
+/// `bn`'s running mean and variance on `device` (as `BatchNorm::forward` reads them in
+/// inference).
+fn running_stats(bn: &BatchNorm, device: &Device) -> (Tensor<1>, Tensor<1>) {
+    (
+        bn.running_mean.value().to_device(device),
+        bn.running_var.value().to_device(device),
+    )
+}
+
+/// `relu(bn(x))`: in training the fused op and the running statistics' update, in inference
+/// the fused op with the running statistics.
 ///
 /// # Shapes
 /// - `x`: `[batch, channels, ...]`, output the same
@@ -76,7 +92,8 @@ pub fn bn_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         update_running_stats(bn, mean, variance);
         output
     } else {
-        relu(bn.forward(x))
+        let (mean, var) = running_stats(bn, &x.device());
+        batch_norm_relu_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
     }
 }
 
@@ -135,7 +152,8 @@ mod tests {
                 .iter()
                 .any(|&v| v != 0.0)
         );
-        // Eval mode: burn's modules on both sides (running statistics equal to rounding).
+        // Eval mode: the fused inference op against burn's modules (running statistics
+        // equal to rounding).
         let (bn_ours, bn_ref) = (bn_ours.valid(), bn_ref.valid());
         let x = random([2, 6, 4, 4], 60, &device.clone().without_autodiff());
         let a = bn_relu_maxpool2d(&bn_ours, &pool, x.clone());
