@@ -700,74 +700,99 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             .filter(|(_, planes)| (planes.start / planes_per_tile) % 2 == phase)
             .for_each(|(b, planes)| {
                 let t = planes.len() * plane;
-                let mut dcols = vec![0.0f32; kcol * t];
                 let col0 = planes.start * plane;
                 let dyb = &dy[b * g.co * pout..][..g.co * pout];
-                // SAFETY: dcols is local (kcol × t); lhs is Wᵀ read from `w` (element (j, co)
-                // at co·kcol + j < co·kcol); rhs is the (co × t) block of dy[b] at column col0.
-                unsafe {
-                    gemm_f32(
-                        kcol,
-                        t,
-                        g.co,
-                        dcols.as_mut_ptr(),
-                        t,
-                        1,
-                        false,
-                        Mat {
-                            ptr: w.as_ptr(),
-                            rs: 1,
-                            cs: kcol,
-                        },
-                        Mat {
-                            ptr: dyb.as_ptr().add(col0),
-                            rs: pout,
-                            cs: 1,
-                        },
-                    );
-                }
-                let mut j = 0;
-                for ci in 0..g.ci {
-                    // SAFETY: this task adds only into dx[b, ci, id, ·, ·] for input planes id
-                    // reached from its own output planes; tiles running concurrently (same
-                    // phase) are not neighbours, so with kd ≤ 2·sd their input planes are
-                    // disjoint, and other batch items are other memory. `dx` outlives the loop.
-                    let dxc = unsafe {
-                        core::slice::from_raw_parts_mut(out.get().add((b * g.ci + ci) * pin), pin)
-                    };
-                    for kd in 0..g.k[0] {
-                        for kh in 0..g.k[1] {
-                            for kw in 0..g.k[2] {
-                                let src = &dcols[j * t..][..t];
-                                j += 1;
-                                for (pi, od) in planes.clone().enumerate() {
-                                    let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
-                                    if id < 0 || id >= g.din[0] as isize {
-                                        continue;
-                                    }
-                                    for oh in 0..ho {
-                                        let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
-                                        if ih < 0 || ih >= hi as isize {
+                with_scratch(kcol * t, |dcols| {
+                    // SAFETY: dcols is this thread's scratch (kcol × t, fully written: read_dst
+                    // false); lhs is Wᵀ read from `w` (element (j, co) at co·kcol + j < co·kcol);
+                    // rhs is the (co × t) block of dy[b] at column col0.
+                    unsafe {
+                        gemm_f32(
+                            kcol,
+                            t,
+                            g.co,
+                            dcols.as_mut_ptr(),
+                            t,
+                            1,
+                            false,
+                            Mat {
+                                ptr: w.as_ptr(),
+                                rs: 1,
+                                cs: kcol,
+                            },
+                            Mat {
+                                ptr: dyb.as_ptr().add(col0),
+                                rs: pout,
+                                cs: 1,
+                            },
+                        );
+                    }
+                    let mut j = 0;
+                    for ci in 0..g.ci {
+                        // SAFETY: this task adds only into dx[b, ci, id, ·, ·] for input planes id
+                        // reached from its own output planes; tiles running concurrently (same
+                        // phase) are not neighbours, so with kd ≤ 2·sd their input planes are
+                        // disjoint, and other batch items are other memory. `dx` outlives the loop.
+                        let dxc = unsafe {
+                            core::slice::from_raw_parts_mut(
+                                out.get().add((b * g.ci + ci) * pin),
+                                pin,
+                            )
+                        };
+                        for kd in 0..g.k[0] {
+                            for kh in 0..g.k[1] {
+                                for kw in 0..g.k[2] {
+                                    let src = &dcols[j * t..][..t];
+                                    j += 1;
+                                    for (pi, od) in planes.clone().enumerate() {
+                                        let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                                        if id < 0 || id >= g.din[0] as isize {
                                             continue;
                                         }
-                                        let row =
-                                            &mut dxc[(id as usize * hi + ih as usize) * wi..][..wi];
-                                        let seg = &src[(pi * ho + oh) * wo..][..wo];
-                                        for (ow, &v) in seg.iter().enumerate() {
-                                            let iw = (ow * g.s[2] + kw) as isize - g.p[2] as isize;
-                                            if iw >= 0 && (iw as usize) < wi {
-                                                row[iw as usize] += v;
+                                        for oh in 0..ho {
+                                            let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                                            if ih < 0 || ih >= hi as isize {
+                                                continue;
                                             }
+                                            let row = &mut dxc
+                                                [(id as usize * hi + ih as usize) * wi..][..wi];
+                                            let seg = &src[(pi * ho + oh) * wo..][..wo];
+                                            let off = kw as isize - g.p[2] as isize;
+                                            scatter_add_row(row, seg, g.s[2], off);
                                         }
                                     }
                                 }
                             }
                         }
                     }
-                }
+                });
             });
     }
     dx
+}
+
+/// `row[ow·step + off] += seg[ow]` for every `ow` whose index falls inside `row` (the
+/// transpose of [`gather_strided`]).
+#[inline]
+fn scatter_add_row(row: &mut [f32], seg: &[f32], step: usize, off: isize) {
+    let (n, s) = (row.len() as isize, step as isize);
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let hi = if n - off <= 0 {
+        0
+    } else {
+        (n - off + s - 1) / s
+    };
+    let hi = (hi as usize).min(seg.len());
+    let lo = (lo as usize).min(hi);
+    if step == 1 {
+        let start = (lo as isize + off) as usize;
+        let dst = &mut row[start..start + (hi - lo)];
+        dst.iter_mut().zip(&seg[lo..hi]).for_each(|(d, v)| *d += v);
+    } else {
+        for (i, v) in seg[lo..hi].iter().enumerate() {
+            row[((lo + i) as isize * s + off) as usize] += v;
+        }
+    }
 }
 
 fn bias_grad_kernel(dy: &[f32], g: &Geometry) -> Vec<f32> {
@@ -834,8 +859,11 @@ impl Backward<Flex, 3> for Conv3dBackward {
             );
         }
         if let Some(node) = node_x {
-            // Strided: scatter (the gather would multiply mostly zeros); else gather.
-            let dx = if g.s[0] > 1 && g.k[0] <= 2 * g.s[0] {
+            // Scatter (col2im) when it is race-free (kd ≤ 2·sd) and strided (the gather
+            // would multiply mostly zeros) or its columns are smaller than the gather's
+            // (depth-1 kernels: the AV-MNIST convolutions); else gather.
+            let scatter = g.k[0] <= 2 * g.s[0] && (g.s[0] > 1 || g.ci * g.pout() <= g.co * g.pin());
+            let dx = if scatter {
                 input_grad_scatter_kernel(slice(&w), slice(&dy), &g)
             } else {
                 input_grad_kernel(slice(&w), slice(&dy), &g)
@@ -959,6 +987,13 @@ mod tests {
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
             ),
             (
+                [3, 5, 10, 10],
+                8,
+                [3, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+            ),
+            (
                 [2, 3, 11, 8],
                 2,
                 [3, 2],
@@ -1022,6 +1057,40 @@ mod tests {
                 let dx = tensor(input_grad_scatter_kernel(&wv, &uv, &g), xs);
                 assert_close(&dx, &rdx, 1e-5, "small tiles dx (scatter)");
             }
+        }
+    }
+
+    /// The scatter (col2im) input gradient with one output plane per tile (both phases), for
+    /// kernels with kd ≤ 2·sd at stride 1 (kd = 1, 2) and 2, against burn's autodiff.
+    #[test]
+    fn scatter_input_gradient_matches_burn_with_small_tiles() {
+        let device = Device::flex().autodiff();
+        for (i, (xs, co, k, st, p)) in [
+            ([2, 2, 7, 5, 6], 5, [2, 3, 1], [1, 1, 1], [1, 1, 0]),
+            ([1, 3, 6, 4, 5], 4, [1, 3, 3], [1, 2, 1], [0, 1, 1]),
+            ([2, 2, 9, 5, 4], 3, [3, 2, 3], [2, 1, 2], [1, 0, 1]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = 70 + 4 * i as u64;
+            let x = random(xs, seed, &device).require_grad();
+            let w = random([co, xs[1], k[0], k[1], k[2]], seed + 1, &device).require_grad();
+            let b = random([co], seed + 2, &device);
+            let y = reference(x.clone(), w.clone(), b, st, p);
+            let up = random(y.dims(), seed + 3, &device);
+            let grads = (y * up.clone()).sum().backward();
+            let v = crate::testing::values;
+            let mut g = Geometry::new(&xs, &w.dims(), st, p);
+            g.budget = 1;
+            let dx = input_grad_scatter_kernel(&v(&w), &v(&up), &g);
+            let dx = Tensor::<5>::from_data(TensorData::new(dx, xs), &device);
+            assert_close(
+                &dx,
+                &x.grad(&grads).unwrap(),
+                1e-5,
+                &format!("scatter case {i}"),
+            );
         }
     }
 
