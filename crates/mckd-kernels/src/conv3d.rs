@@ -35,7 +35,7 @@ use burn::nn::{PaddingConfig2d, PaddingConfig3d};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::flex_buf::{contiguous, flex_tensor, slice};
+use crate::flex_buf::{assume_init_f32, contiguous, flex_tensor, slice, uninit_f32};
 
 /// 3-D convolution with a GEMM backward, as a backend op.
 #[backend_extension(Flex, Autodiff)]
@@ -437,27 +437,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// A buffer of `len` floats that the caller fully overwrites (through `as_mut_ptr`) before
-/// turning it into a `Vec<f32>` with [`assume_init`]: no zero-filling pass.
-fn uninit_buffer(len: usize) -> Vec<core::mem::MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: capacity is `len`, and `MaybeUninit` elements need no initialisation.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// The buffer as initialised floats.
-///
-/// # Safety
-/// Every element must have been written.
-unsafe fn assume_init(v: Vec<core::mem::MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = core::mem::ManuallyDrop::new(v);
-    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
-    // SAFETY: same allocation, layout and length (MaybeUninit<f32> has f32's layout); every
-    // element is initialised (the caller's contract); `v` is not dropped.
-    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
-}
-
 // ---------------------------------------------------------------------------------------------
 // GEMM.
 
@@ -547,7 +526,7 @@ fn tiles(batch: usize, rows: usize, per_tile: usize) -> Vec<(usize, core::ops::R
 fn forward_kernel(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
     let (pin, pout, kcol) = (g.pin(), g.pout(), g.kcol());
     let wo = g.dout[2];
-    let mut y = uninit_buffer(g.b * g.co * pout);
+    let mut y = uninit_f32(g.b * g.co * pout);
     let out = OutPtr(y.as_mut_ptr().cast::<f32>());
     let per_tile = g.rows_per_tile(wo, kcol);
     tiles(g.b, g.dout[0] * g.dout[1], per_tile)
@@ -583,7 +562,7 @@ fn forward_kernel(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> 
         });
     // SAFETY: the tiles partition (batch, output rows); each wrote all Cout rows of its
     // columns with read_dst = false, so every element is written.
-    unsafe { assume_init(y) }
+    unsafe { assume_init_f32(y) }
 }
 
 /// Weight gradient `[Cout, Cin·kvol]`: partial sums per fixed chunk of tiles, added in order.
@@ -647,7 +626,7 @@ fn input_grad_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             }
         }
     }
-    let mut dx = uninit_buffer(g.b * g.ci * pin);
+    let mut dx = uninit_f32(g.b * g.ci * pin);
     let out = OutPtr(dx.as_mut_ptr().cast::<f32>());
     let per_tile = g.rows_per_tile(wi, kt);
     tiles(g.b, g.din[0] * g.din[1], per_tile)
@@ -678,7 +657,7 @@ fn input_grad_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         });
     // SAFETY: the tiles partition (batch, input rows); each wrote all Cin rows of its
     // columns with read_dst = false, so every element is written.
-    unsafe { assume_init(dx) }
+    unsafe { assume_init_f32(dx) }
 }
 
 /// Input gradient for strided convolutions (col2im): per tile of whole output depth planes,

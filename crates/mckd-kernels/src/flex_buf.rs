@@ -26,3 +26,24 @@ pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
 pub(crate) fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
+
+/// A buffer of `len` floats that the caller fully overwrites (through `as_mut_ptr`) before
+/// turning it into a `Vec<f32>` with [`assume_init_f32`]: no zero-filling pass.
+pub(crate) fn uninit_f32(len: usize) -> Vec<core::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: capacity is `len`, and `MaybeUninit` elements need no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The buffer as initialised floats.
+///
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn assume_init_f32(v: Vec<core::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = core::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: same allocation, layout and length (MaybeUninit<f32> has f32's layout); every
+    // element is initialised (the caller's contract); `v` is not dropped.
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}

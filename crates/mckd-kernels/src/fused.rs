@@ -6,9 +6,9 @@
 //! ops (each a pass over memory and a fresh zeroed buffer), ReLU is two more passes, and `flex`
 //! runs 2-D max-pooling through its 3-D pooling with an index tensor. Here the forward is two
 //! passes over the input (per-channel statistics; normalise, activate and pool into the output)
-//! and the backward two more (per-channel gradient sums; the input gradient), with no index
-//! tensor: the backward recomputes each window's arg-max from the saved input, bit for bit as
-//! the forward did.
+//! and the backward two more (per-channel gradient sums; the input gradient). Instead of an
+//! index tensor the forward keeps one byte per pooled output (the window position of the
+//! first maximum, or "no gradient" where ReLU cuts it) for the backward.
 //!
 //! # How
 //! [`FusedNormOps`] is a burn backend extension (`#[backend_extension(Flex, Autodiff)]`):
@@ -42,7 +42,9 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
 
-use crate::flex_buf::{contiguous, flex_tensor, slice};
+use std::sync::Arc;
+
+use crate::flex_buf::{assume_init_f32, contiguous, flex_tensor, slice, uninit_f32};
 
 /// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
 #[backend_extension(Flex, Autodiff)]
@@ -480,50 +482,78 @@ fn affines(mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64)
         .collect()
 }
 
-/// Forward: `(output, mean, variance)`.
+/// Forward: `(output, window codes, mean, variance)` (codes: see [`apply_kernel`]).
 fn forward_kernel(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     epsilon: f64,
     g: Geometry,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
     let (mean, var) = channel_stats(x, g);
     let aff = affines(&mean, &var, gamma, beta, epsilon);
-    (apply_kernel(x, &aff, g), mean, var)
+    let (out, codes) = apply_kernel(x, &aff, g);
+    (out, codes, mean, var)
 }
 
-/// `max(x·a + b, 0)` per channel (then the 2×2 window maxima with pooling).
-fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> Vec<f32> {
+/// `max(x·a + b, 0)` per channel (then the 2×2 window maxima with pooling). With pooling also
+/// returns each window's code for the backward: the position (0..4, row-major) of its first
+/// maximum when that maximum is positive, else [`NO_GRAD`]; without pooling no codes.
+fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> (Vec<f32>, Vec<u8>) {
     let (s, so) = (g.plane(), g.out_plane());
-    let mut out = vec![0.0f32; g.batch * g.channels * so];
-    out.par_chunks_mut(so).enumerate().for_each(|(p, o)| {
-        let f = aff[p % g.channels];
-        let xp = &x[p * s..][..s];
-        if g.pool {
-            let (ho, wo) = g.out_dims();
-            for oh in 0..ho {
-                let r0 = &xp[2 * oh * g.w..][..g.w];
-                let r1 = &xp[(2 * oh + 1) * g.w..][..g.w];
-                for (ow, o) in o[oh * wo..][..wo].iter_mut().enumerate() {
-                    let i = 2 * ow;
-                    let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
-                    *o = argmax4(v).1.max(0.0);
+    let n_out = g.batch * g.channels * so;
+    let mut out = uninit_f32(n_out);
+    let mut codes = vec![0u8; if g.pool { n_out } else { 0 }];
+    if g.pool {
+        let (ho, wo) = g.out_dims();
+        out.par_chunks_mut(so)
+            .zip(codes.par_chunks_mut(so))
+            .enumerate()
+            .for_each(|(p, (o, cd))| {
+                let f = aff[p % g.channels];
+                let xp = &x[p * s..][..s];
+                for oh in 0..ho {
+                    let r0 = &xp[2 * oh * g.w..][..g.w];
+                    let r1 = &xp[(2 * oh + 1) * g.w..][..g.w];
+                    let o = &mut o[oh * wo..][..wo];
+                    let cd = &mut cd[oh * wo..][..wo];
+                    for ow in 0..wo {
+                        let i = 2 * ow;
+                        let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
+                        let (k, m) = argmax4(v);
+                        o[ow].write(m.max(0.0));
+                        cd[ow] = if m > 0.0 { k as u8 } else { NO_GRAD };
+                    }
                 }
+            });
+    } else {
+        out.par_chunks_mut(s).enumerate().for_each(|(p, o)| {
+            let f = aff[p % g.channels];
+            for (o, &v) in o.iter_mut().zip(&x[p * s..][..s]) {
+                o.write(f.y(v).max(0.0));
             }
-        } else {
-            for (o, &v) in o.iter_mut().zip(xp) {
-                *o = f.y(v).max(0.0);
-            }
-        }
-    });
-    out
+        });
+    }
+    // SAFETY: the planes partition `out` and each loop wrote every element of its plane.
+    (unsafe { assume_init_f32(out) }, codes)
 }
 
-/// Backward: `(dx, dgamma, dbeta)` given the saved input and statistics.
+/// Window code of an output that passes no gradient (its maximum is ≤ 0: ReLU's zero side).
+const NO_GRAD: u8 = 4;
+
+/// Offset in the input plane (row width `w`) of window code `k` (0..4) from the window's
+/// top-left corner.
+#[inline(always)]
+fn code_offset(k: u8, w: usize) -> usize {
+    (k as usize & 1) + (k as usize >> 1) * w
+}
+
+/// Backward: `(dx, dgamma, dbeta)` given the saved input, statistics and (with pooling) the
+/// forward's window codes.
 #[allow(clippy::too_many_arguments)]
 fn backward_kernel(
     x: &[f32],
+    codes: &[u8],
     gamma: &[f32],
     beta: &[f32],
     mean: &[f32],
@@ -536,46 +566,51 @@ fn backward_kernel(
     let aff = affines(mean, var, gamma, beta, epsilon);
     let (s, so) = (g.plane(), g.out_plane());
     let (ho, wo) = g.out_dims();
-    // Pass 1, per channel: Σ g and Σ g·x̂ over the positions that receive a gradient.
-    let sums: Vec<(f64, f64)> = (0..g.channels)
+    assert_eq!(codes.len(), if g.pool { grad.len() } else { 0 });
+    // Pass 1, per plane: Σ g and Σ g·x̂ over the positions that receive a gradient (f32),
+    // then per channel over the batch in order (f64).
+    let per_plane: Vec<(f32, f32)> = (0..g.batch * g.channels)
         .into_par_iter()
-        .map(|c| {
-            let f = aff[c];
-            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            for b in 0..g.batch {
-                let p = b * g.channels + c;
-                let xp = &x[p * s..][..s];
-                let gp = &grad[p * so..][..so];
-                let (mut a, mut ax) = (0.0f32, 0.0f32);
-                if g.pool {
-                    for oh in 0..ho {
-                        for ow in 0..wo {
-                            let (k, v) = window(xp, g.w, oh, ow, f);
-                            if v > 0.0 {
-                                let gv = gp[oh * wo + ow];
-                                a += gv;
-                                ax += gv * f.xhat(xp[k]);
-                            }
-                        }
-                    }
-                } else {
-                    for (&xv, &gv) in xp.iter().zip(gp) {
-                        if f.y(xv) > 0.0 {
-                            a += gv;
-                            ax += gv * f.xhat(xv);
+        .map(|p| {
+            let f = aff[p % g.channels];
+            let xp = &x[p * s..][..s];
+            let gp = &grad[p * so..][..so];
+            let (mut a, mut ax) = (0.0f32, 0.0f32);
+            if g.pool {
+                let cp = &codes[p * so..][..so];
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let o = oh * wo + ow;
+                        if cp[o] != NO_GRAD {
+                            let i = 2 * oh * g.w + 2 * ow + code_offset(cp[o], g.w);
+                            a += gp[o];
+                            ax += gp[o] * f.xhat(xp[i]);
                         }
                     }
                 }
-                sg += f64::from(a);
-                sgx += f64::from(ax);
+            } else {
+                for (&xv, &gv) in xp.iter().zip(gp) {
+                    if f.y(xv) > 0.0 {
+                        a += gv;
+                        ax += gv * f.xhat(xv);
+                    }
+                }
             }
-            (sg, sgx)
+            (a, ax)
+        })
+        .collect();
+    let sums: Vec<(f64, f64)> = (0..g.channels)
+        .map(|c| {
+            (0..g.batch).fold((0.0f64, 0.0f64), |(sg, sgx), b| {
+                let (a, ax) = per_plane[b * g.channels + c];
+                (sg + f64::from(a), sgx + f64::from(ax))
+            })
         })
         .collect();
     let n = g.count() as f64;
     // Pass 2, per plane: dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N) in training; with fixed
     // (running) statistics only γ/σ · g.
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = uninit_f32(x.len());
     dx.par_chunks_mut(s).enumerate().for_each(|(p, d)| {
         let c = p % g.channels;
         let f = aff[c];
@@ -589,35 +624,31 @@ fn backward_kernel(
         let gp = &grad[p * so..][..so];
         if g.pool {
             for (dv, &xv) in d.iter_mut().zip(xp) {
-                *dv = -k * (m1 + f.xhat(xv) * m2);
+                dv.write(-k * (m1 + f.xhat(xv) * m2));
             }
+            // SAFETY: every element was written just above.
+            let d = unsafe { &mut *(d as *mut [core::mem::MaybeUninit<f32>] as *mut [f32]) };
+            let cp = &codes[p * so..][..so];
             for oh in 0..ho {
                 for ow in 0..wo {
-                    let (i, v) = window(xp, g.w, oh, ow, f);
-                    if v > 0.0 {
-                        d[i] += k * gp[oh * wo + ow];
+                    let o = oh * wo + ow;
+                    if cp[o] != NO_GRAD {
+                        d[2 * oh * g.w + 2 * ow + code_offset(cp[o], g.w)] += k * gp[o];
                     }
                 }
             }
         } else {
             for ((dv, &xv), &gv) in d.iter_mut().zip(xp).zip(gp) {
                 let gy = if f.y(xv) > 0.0 { gv } else { 0.0 };
-                *dv = k * (gy - m1 - f.xhat(xv) * m2);
+                dv.write(k * (gy - m1 - f.xhat(xv) * m2));
             }
         }
     });
+    // SAFETY: the planes partition `dx` and each wrote every element of its plane.
+    let dx = unsafe { assume_init_f32(dx) };
     let dgamma = sums.iter().map(|s| s.1 as f32).collect();
     let dbeta = sums.iter().map(|s| s.0 as f32).collect();
     (dx, dgamma, dbeta)
-}
-
-/// Plane index and value of the first maximum of `y` over output window (oh, ow).
-#[inline(always)]
-fn window(xp: &[f32], w: usize, oh: usize, ow: usize, f: Affine) -> (usize, f32) {
-    let i0 = 2 * oh * w + 2 * ow;
-    let idx = [i0, i0 + 1, i0 + w, i0 + w + 1];
-    let (k, v) = argmax4(idx.map(|i| f.y(xp[i])));
-    (idx[k], v)
 }
 
 fn output_shape(shape: &[usize], g: Geometry) -> Vec<usize> {
@@ -629,6 +660,47 @@ fn output_shape(shape: &[usize], g: Geometry) -> Vec<usize> {
     }
 }
 
+/// The training forward on flex tensors: output, window codes, batch mean and variance.
+fn train_flex(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+    pool: bool,
+) -> (FlexTensor, Vec<u8>, FlexTensor, FlexTensor) {
+    let shape = x.shape().to_vec();
+    let g = Geometry::of(&shape, pool);
+    let [x, gamma, beta] = [x, gamma, beta].map(contiguous);
+    let (out, codes, mean, var) =
+        forward_kernel(slice(&x), slice(&gamma), slice(&beta), epsilon, g);
+    (
+        flex_tensor(out, output_shape(&shape, g)),
+        codes,
+        flex_tensor(mean, vec![g.channels]),
+        flex_tensor(var, vec![g.channels]),
+    )
+}
+
+/// The inference forward on flex tensors: output and window codes.
+fn eval_flex(
+    [x, gamma, beta, mean, var]: [&FlexTensor; 5],
+    epsilon: f64,
+    pool: bool,
+) -> (FlexTensor, Vec<u8>) {
+    let shape = x.shape().to_vec();
+    let g = Geometry::of(&shape, pool);
+    let [x, gamma, beta, mean, var] = [x, gamma, beta, mean, var].map(contiguous);
+    let aff = affines(
+        slice(&mean),
+        slice(&var),
+        slice(&gamma),
+        slice(&beta),
+        epsilon,
+    );
+    let (out, codes) = apply_kernel(slice(&x), &aff, g);
+    (flex_tensor(out, output_shape(&shape, g)), codes)
+}
+
 impl FusedNormOps for Flex {
     fn bn_relu_pool_train(
         x: FlexTensor,
@@ -637,15 +709,8 @@ impl FusedNormOps for Flex {
         epsilon: f64,
         pool: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let shape = x.shape().to_vec();
-        let g = Geometry::of(&shape, pool);
-        let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
-        let (out, mean, var) = forward_kernel(slice(&x), slice(&gamma), slice(&beta), epsilon, g);
-        (
-            flex_tensor(out, output_shape(&shape, g)),
-            flex_tensor(mean, vec![g.channels]),
-            flex_tensor(var, vec![g.channels]),
-        )
+        let (out, _, mean, var) = train_flex(&x, &gamma, &beta, epsilon, pool);
+        (out, mean, var)
     }
 
     fn bn_relu_pool_eval(
@@ -657,17 +722,7 @@ impl FusedNormOps for Flex {
         epsilon: f64,
         pool: bool,
     ) -> FlexTensor {
-        let shape = x.shape().to_vec();
-        let g = Geometry::of(&shape, pool);
-        let [x, gamma, beta, mean, var] = [&x, &gamma, &beta, &mean, &var].map(contiguous);
-        let aff = affines(
-            slice(&mean),
-            slice(&var),
-            slice(&gamma),
-            slice(&beta),
-            epsilon,
-        );
-        flex_tensor(apply_kernel(slice(&x), &aff, g), output_shape(&shape, g))
+        eval_flex([&x, &gamma, &beta, &mean, &var], epsilon, pool).0
     }
 }
 
@@ -675,18 +730,22 @@ impl FusedNormOps for Flex {
 #[derive(Debug)]
 struct BnReluPoolBackward;
 
-/// Saved for the backward: input, γ, β, mean and variance (of the batch in training, the
-/// running ones in inference), ε, pooling, training.
-type SavedState = (
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    f64,
-    bool,
-    bool,
-);
+/// Saved for the backward.
+#[derive(Debug, Clone)]
+struct SavedState {
+    /// Input, γ, β (contiguous).
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    /// Mean and biased variance: of the batch in training, the running ones in inference.
+    mean: FlexTensor,
+    var: FlexTensor,
+    /// The forward's window codes (pooling only; see [`apply_kernel`]).
+    codes: Arc<[u8]>,
+    epsilon: f64,
+    pool: bool,
+    train: bool,
+}
 
 impl Backward<Flex, 3> for BnReluPoolBackward {
     type State = SavedState;
@@ -699,19 +758,20 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, gamma, beta, mean, var, epsilon, pool, train) = ops.state;
-        let shape = x.shape().to_vec();
-        let g = Geometry::of(&shape, pool);
+        let st = ops.state;
+        let shape = st.x.shape().to_vec();
+        let g = Geometry::of(&shape, st.pool);
         let (dx, dgamma, dbeta) = backward_kernel(
-            slice(&x),
-            slice(&gamma),
-            slice(&beta),
-            slice(&mean),
-            slice(&var),
-            epsilon,
+            slice(&st.x),
+            &st.codes,
+            slice(&st.gamma),
+            slice(&st.beta),
+            slice(&st.mean),
+            slice(&st.var),
+            st.epsilon,
             slice(&grad),
             g,
-            train,
+            st.train,
         );
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, flex_tensor(dx, shape));
@@ -737,16 +797,21 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
-        let (xp, gp, bp) = (
-            contiguous(x.primitive()),
-            contiguous(gamma.primitive()),
-            contiguous(beta.primitive()),
-        );
-        let (out, mean, var) =
-            Flex::bn_relu_pool_train(xp.clone(), gp.clone(), bp.clone(), epsilon, pool);
+        let [xp, gp, bp] = [&x, &gamma, &beta].map(|t| contiguous(t.primitive()));
+        let (out, codes, mean, var) = train_flex(&xp, &gp, &bp, epsilon, pool);
         let out = match prepared {
             OpsKind::Tracked(prep) => {
-                let state = (xp, gp, bp, mean.clone(), var.clone(), epsilon, pool, true);
+                let state = SavedState {
+                    x: xp,
+                    gamma: gp,
+                    beta: bp,
+                    mean: mean.clone(),
+                    var: var.clone(),
+                    codes: codes.into(),
+                    epsilon,
+                    pool,
+                    train: true,
+                };
                 prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
@@ -770,17 +835,22 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
             .stateful();
         let [xp, gp, bp, mp, vp] =
             [&x, &gamma, &beta, &mean, &var].map(|t| contiguous(t.primitive()));
-        let out = Flex::bn_relu_pool_eval(
-            xp.clone(),
-            gp.clone(),
-            bp.clone(),
-            mp.clone(),
-            vp.clone(),
-            epsilon,
-            pool,
-        );
+        let (out, codes) = eval_flex([&xp, &gp, &bp, &mp, &vp], epsilon, pool);
         match prepared {
-            OpsKind::Tracked(prep) => prep.finish((xp, gp, bp, mp, vp, epsilon, pool, false), out),
+            OpsKind::Tracked(prep) => {
+                let state = SavedState {
+                    x: xp,
+                    gamma: gp,
+                    beta: bp,
+                    mean: mp,
+                    var: vp,
+                    codes: codes.into(),
+                    epsilon,
+                    pool,
+                    train: false,
+                };
+                prep.finish(state, out)
+            }
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
