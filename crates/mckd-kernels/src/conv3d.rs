@@ -18,6 +18,10 @@
 //!   so tiles write disjoint parts of `dX` and need no atomics;
 //! - bias gradient: `Σ dY` per output channel.
 //!
+//! 3×3×3 convolutions with stride 1 and padding 1 (the UNet's same-size layers) whose rows
+//! are a multiple of 16 voxels run without im2col on AVX-512 CPUs ([`crate::direct3`]):
+//! forward and input gradient always, the weight gradient when `Cout` is a multiple of 8.
+//!
 //! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias
 //! (computing only the gradients that are needed). Tested against burn's `conv3d` on random
 //! shapes: the UNet's k3/s1/p1 and k3/s2/p1, odd and non-cubic sizes, `Cin = 1`, and
@@ -331,6 +335,15 @@ impl Geometry {
     /// set of shifted copies ([`shift_copy`]).
     fn same_size(&self) -> bool {
         self.s == [1, 1, 1] && self.dout == self.din
+    }
+
+    /// A 3×3×3, stride-1, padding-1 convolution that the direct kernel runs on this CPU
+    /// ([`crate::direct3`]).
+    fn direct(&self) -> bool {
+        self.k == [3, 3, 3]
+            && self.s == [1, 1, 1]
+            && self.p == [1, 1, 1]
+            && crate::direct3::supported(self.din[2])
     }
 }
 
@@ -804,7 +817,19 @@ impl Conv3dGemmOps for Flex {
             padding,
         );
         let (x, w, b) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
-        let y = forward_kernel(slice(&x), slice(&w), slice(&b), &g);
+        let y = if g.direct() {
+            crate::direct3::conv3x3x3_same(
+                slice(&x),
+                slice(&w),
+                Some(slice(&b)),
+                g.b,
+                g.ci,
+                g.co,
+                g.din,
+            )
+        } else {
+            forward_kernel(slice(&x), slice(&w), slice(&b), &g)
+        };
         let [d, h, wd] = g.dout;
         flex_tensor(y, vec![g.b, g.co, d, h, wd])
     }
@@ -828,7 +853,18 @@ impl Backward<Flex, 3> for Conv3dBackward {
         let (x, w, stride, padding) = ops.state;
         let g = Geometry::new(x.shape().as_slice(), w.shape().as_slice(), stride, padding);
         if let Some(node) = node_w {
-            let dw = weight_grad_kernel(slice(&x), slice(&dy), &g);
+            let dw = if g.direct() && g.co.is_multiple_of(8) {
+                crate::direct3::conv3x3x3_same_weight_grad(
+                    slice(&x),
+                    slice(&dy),
+                    g.b,
+                    g.ci,
+                    g.co,
+                    g.din,
+                )
+            } else {
+                weight_grad_kernel(slice(&x), slice(&dy), &g)
+            };
             grads.register::<Flex>(node.id, flex_tensor(dw, w.shape().to_vec()));
         }
         if let Some(node) = node_b {
@@ -842,7 +878,16 @@ impl Backward<Flex, 3> for Conv3dBackward {
             // would multiply mostly zeros) or its columns are smaller than the gather's
             // (depth-1 kernels: the AV-MNIST convolutions); else gather.
             let scatter = g.k[0] <= 2 * g.s[0] && (g.s[0] > 1 || g.ci * g.pout() <= g.co * g.pin());
-            let dx = if scatter {
+            let dx = if g.direct() {
+                crate::direct3::conv3x3x3_same_input_grad(
+                    slice(&dy),
+                    slice(&w),
+                    g.b,
+                    g.ci,
+                    g.co,
+                    g.din,
+                )
+            } else if scatter {
                 input_grad_scatter_kernel(slice(&w), slice(&dy), &g)
             } else {
                 input_grad_kernel(slice(&w), slice(&dy), &g)
@@ -931,6 +976,24 @@ mod tests {
         check([2, 3, 5, 7, 9], 5, [3; 3], [1; 3], [1; 3], 4);
         check([3, 2, 5, 7, 9], 3, [3; 3], [2; 3], [1; 3], 5);
         check([1, 2, 1, 1, 1], 2, [3; 3], [1; 3], [1; 3], 6);
+    }
+
+    /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
+    /// 32, 48 (a 32- and a 16-wide tile), Cout below, at and above a block of 8 (the direct
+    /// weight gradient needs a multiple of 8: 8 and 16 here, else the GEMM one), depths that
+    /// are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
+    #[test]
+    fn direct_convolutions_match_burn() {
+        assert!(
+            !cfg!(target_arch = "x86_64") || crate::direct3::supported(16),
+            "this machine should run the direct kernel"
+        );
+        check([2, 1, 5, 3, 16], 8, [3; 3], [1; 3], [1; 3], 40);
+        check([1, 3, 6, 5, 32], 5, [3; 3], [1; 3], [1; 3], 41);
+        check([2, 4, 3, 2, 48], 11, [3; 3], [1; 3], [1; 3], 42);
+        check([1, 20, 2, 4, 16], 8, [3; 3], [1; 3], [1; 3], 43);
+        check([1, 8, 9, 1, 64], 16, [3; 3], [1; 3], [1; 3], 44);
+        check([2, 40, 3, 3, 16], 8, [3; 3], [1; 3], [1; 3], 45);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod conv;
 pub mod conv3d;
+mod direct3;
 mod flex_buf;
 pub mod fused;
 pub mod instnorm;
