@@ -10,6 +10,7 @@ use mckd_volume::{LabelConvention, PhantomConfig, discover_cases, write_phantom_
 
 use crate::experiment::{DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run};
 use crate::infer::predict_files;
+use crate::seeds::demo_seeds;
 
 /// BraTS subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -216,9 +217,14 @@ pub struct DemoArgs {
     /// Weight decay of the IWV's Adam [default: 5e-4, the reference code's].
     #[arg(long)]
     pub iwv_weight_decay: Option<f64>,
-    /// Seed.
+    /// Seed (with `--seeds`, the first seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run the demo for this many seeds (`seed-<s>/` each; finished seeds with the same
+    /// settings are reused) and write `seeds_summary.md`/`.json`: mean ± std across seeds and
+    /// the paired t-test of MCKD > Baseline.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -356,6 +362,17 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
                 .unwrap_or_else(|| RunDir::default_path("brats"));
             let run = RunDir::create(&out)?;
             let t0 = Instant::now();
+            if a.seeds != 1 {
+                let summary = demo_seeds(&d, a.seeds, &run, a.quiet)?;
+                println!("{}", summary.markdown);
+                println!(
+                    "{} seeds finished in {:.1} min; run folder {}",
+                    a.seeds,
+                    t0.elapsed().as_secs_f64() / 60.0,
+                    out.display()
+                );
+                return Ok(());
+            }
             let report = demo(&d, &run, a.quiet)?;
             println!("{}", report.markdown);
             if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {

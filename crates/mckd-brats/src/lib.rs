@@ -9,6 +9,7 @@
 //! * [`infer`]: sliding-window prediction on any modality subset, label maps, NIfTI output.
 //! * [`experiment`]: training runs, evaluation of all 15 subsets, the paper-style table,
 //!   plot data, the demo.
+//! * [`seeds`]: the demo over several seeds and its summary (mean ± std, paired t-test).
 //! * [`cli`]: the `mckd brats ...` subcommands ([`cli::BratsCommand`], [`cli::run`]).
 //!
 //! Axis order: volumes are NIfTI (i, j, k) with i fastest (see `mckd-volume`); tensors are
@@ -20,6 +21,7 @@ pub mod error;
 pub mod experiment;
 pub mod infer;
 pub mod model;
+pub mod seeds;
 
 pub use cli::{BratsCommand, run};
 pub use error::BratsError;

@@ -15,7 +15,12 @@ fn temp(name: &str) -> PathBuf {
 
 #[test]
 fn bad_arguments_fail_with_a_message() {
+    let seeds_dir = temp("seeds0");
+    let seeds_out = seeds_dir.to_str().unwrap();
     for args in [
+        vec![
+            "brats", "demo", "--quick", "--seeds", "0", "--out", seeds_out,
+        ],
         vec!["demo", "--alpha", "-1"],
         vec!["demo", "--meta-interval", "0"],
         vec!["demo", "--noise", "1,2"],
@@ -30,6 +35,7 @@ fn bad_arguments_fail_with_a_message() {
             "{args:?}: {err}"
         );
     }
+    let _ = std::fs::remove_dir_all(&seeds_dir);
 }
 
 #[test]

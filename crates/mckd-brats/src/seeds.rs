@@ -1,0 +1,436 @@
+//! The phantom demo over several seeds, and its summary across seeds.
+//!
+//! One demo on 8 test phantoms moves by several Dice points from seed to seed (phantoms,
+//! split, initialisation and subset sampling all follow the seed), so a claim about MCKD vs
+//! the Baseline needs several seeds. [`demo_seeds`] runs the demo for seeds `s, s+1, …` into
+//! `seed-<s>/` (a seed whose folder already holds the results of the same settings is reused,
+//! so an interrupted run resumes), then [`summarise`] reads every `seed-*/results.json` and
+//! writes `seeds_summary.md` and `seeds_summary.json`: per seed the mean Dice over the 7
+//! subsets without t1c (the regions averaged, as in the demo's table) for both methods, the
+//! difference per region, the final IWV; across seeds mean ± std, the one-tailed paired t-test
+//! of MCKD > Baseline, and in how many seeds MCKD is ahead and the IWV ends highest on t1c.
+
+use std::path::{Path, PathBuf};
+
+use mckd_train::report::{Results, json_f64, markdown_table};
+use mckd_train::run::RunDir;
+use mckd_train::stats::{mean_std, paired_t_test_greater};
+use mckd_volume::MODALITIES;
+use serde_json::{Map, Value, json};
+
+use crate::error::{BratsError, Result};
+use crate::experiment::{DemoConfig, T1C, demo};
+
+/// The regions in table order (metric keys `dice_et`, `dice_tc`, `dice_wt`).
+const REGIONS: [&str; 3] = ["et", "tc", "wt"];
+
+/// One seed's numbers, read back from its `results.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedResult {
+    /// The seed.
+    pub seed: u64,
+    /// Mean Dice (fraction) over the subsets without t1c, per region `[ET, TC, WT]`, MCKD.
+    pub mckd: [f64; 3],
+    /// The same for the Baseline.
+    pub baseline: [f64; 3],
+    /// Final normalised IWV in modality order (flair, t1, t1c, t2).
+    pub iwv: [f64; 4],
+    /// Wall time of the seed's demo (s).
+    pub wall_seconds: f64,
+}
+
+impl SeedResult {
+    /// Regions averaged, MCKD.
+    pub fn mckd_mean(&self) -> f64 {
+        self.mckd.iter().sum::<f64>() / 3.0
+    }
+
+    /// Regions averaged, Baseline.
+    pub fn baseline_mean(&self) -> f64 {
+        self.baseline.iter().sum::<f64>() / 3.0
+    }
+
+    /// Index of the modality with the largest final weight.
+    pub fn top_modality(&self) -> usize {
+        (0..4)
+            .max_by(|&a, &b| self.iwv[a].total_cmp(&self.iwv[b]))
+            .unwrap_or(0)
+    }
+
+    /// Reads a demo's `results.json`.
+    pub fn read(path: &Path, seed: u64) -> Result<Self> {
+        let bad = |problem: String| BratsError::Config {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let r: Results =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a results file: {e}")))?;
+        let mut sums = [[0.0f64; 3]; 2];
+        let mut counts = [[0usize; 3]; 2];
+        for row in &r.rows {
+            let m = match row.method.as_str() {
+                "mckd" => 0,
+                "baseline" => 1,
+                _ => continue,
+            };
+            if row.subset.iter().any(|s| s == MODALITIES[T1C]) {
+                continue;
+            }
+            for (k, region) in REGIONS.iter().enumerate() {
+                // NaN (both masks empty on every case) is stored as null and skipped, as the
+                // demo's own averages do.
+                if let Some(v) = row
+                    .metrics
+                    .get(&format!("dice_{region}"))
+                    .and_then(Value::as_f64)
+                {
+                    sums[m][k] += v;
+                    counts[m][k] += 1;
+                }
+            }
+        }
+        let mean = |m: usize| -> Result<[f64; 3]> {
+            let mut out = [0.0; 3];
+            for k in 0..3 {
+                if counts[m][k] == 0 {
+                    return Err(bad(format!(
+                        "no {} Dice of the {} method on a subset without t1c",
+                        REGIONS[k].to_uppercase(),
+                        ["mckd", "baseline"][m]
+                    )));
+                }
+                out[k] = sums[m][k] / counts[m][k] as f64;
+            }
+            Ok(out)
+        };
+        let mut iwv = [f64::NAN; 4];
+        for (i, name) in MODALITIES.iter().enumerate() {
+            iwv[i] = r
+                .iwv
+                .get(*name)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad(format!("no IWV value for {name}")))?;
+        }
+        Ok(Self {
+            seed,
+            mckd: mean(0)?,
+            baseline: mean(1)?,
+            iwv,
+            wall_seconds: r
+                .extra
+                .get("wall_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The summary across seeds.
+#[derive(Debug, Clone)]
+pub struct SeedsSummary {
+    /// Per seed, in seed order.
+    pub seeds: Vec<SeedResult>,
+    /// `seeds_summary.md` content.
+    pub markdown: String,
+    /// `seeds_summary.json` content.
+    pub json: Value,
+}
+
+/// The folder of one seed inside a multi-seed demo folder.
+pub fn seed_dir(out: &Path, seed: u64) -> PathBuf {
+    out.join(format!("seed-{seed}"))
+}
+
+/// Whether `dir` holds a finished demo of exactly `cfg` (its `results.json` records the
+/// demo settings).
+fn finished_with(dir: &Path, cfg: &DemoConfig) -> bool {
+    let Ok(bytes) = std::fs::read(dir.join("results.json")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return false;
+    };
+    serde_json::to_value(cfg).is_ok_and(|want| v.get("demo") == Some(&want))
+}
+
+/// Runs the demo for `seeds` seeds starting at `cfg.seed`, each into `seed-<s>/` of `out`
+/// (finished seeds with the same settings are reused), then writes the summary.
+pub fn demo_seeds(cfg: &DemoConfig, seeds: u64, out: &RunDir, quiet: bool) -> Result<SeedsSummary> {
+    if seeds == 0 {
+        return Err(BratsError::Invalid("--seeds must be at least 1".into()));
+    }
+    let mut dirs = Vec::new();
+    for seed in cfg.seed..cfg.seed + seeds {
+        let dir = seed_dir(out.path(), seed);
+        let mut c = cfg.clone();
+        c.seed = seed;
+        if finished_with(&dir, &c) {
+            if !quiet {
+                eprintln!("seed {seed}: reusing {}", dir.display());
+            }
+        } else {
+            if !quiet {
+                eprintln!("seed {seed}: running the demo into {}", dir.display());
+            }
+            demo(&c, &RunDir::create(&dir)?, quiet)?;
+        }
+        dirs.push((seed, dir));
+    }
+    let summary = summarise(&dirs)?;
+    out.write("seeds_summary.md", summary.markdown.as_bytes())?;
+    out.write_json("seeds_summary.json", &summary.json)?;
+    Ok(summary)
+}
+
+/// Summarises finished demo folders `(seed, folder)`.
+pub fn summarise(dirs: &[(u64, PathBuf)]) -> Result<SeedsSummary> {
+    let seeds = dirs
+        .iter()
+        .map(|(s, d)| SeedResult::read(&d.join("results.json"), *s))
+        .collect::<Result<Vec<_>>>()?;
+    let pct = |v: f64| format!("{:.2}", 100.0 * v);
+    let signed = |v: f64| format!("{:+.2}", 100.0 * v);
+    let header: Vec<String> = [
+        "seed",
+        "MCKD",
+        "Baseline",
+        "MCKD − Baseline",
+        "Δ ET",
+        "Δ TC",
+        "Δ WT",
+        "IWV end (flair, t1, t1c, t2)",
+        "wall (min)",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut rows = Vec::new();
+    for s in &seeds {
+        let top = s.top_modality();
+        let iwv = (0..4)
+            .map(|i| {
+                let v = format!("{:.3}", s.iwv[i]);
+                if i == top { format!("**{v}**") } else { v }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(vec![
+            s.seed.to_string(),
+            pct(s.mckd_mean()),
+            pct(s.baseline_mean()),
+            signed(s.mckd_mean() - s.baseline_mean()),
+            signed(s.mckd[0] - s.baseline[0]),
+            signed(s.mckd[1] - s.baseline[1]),
+            signed(s.mckd[2] - s.baseline[2]),
+            iwv,
+            format!("{:.1}", s.wall_seconds / 60.0),
+        ]);
+    }
+    let m: Vec<f64> = seeds.iter().map(SeedResult::mckd_mean).collect();
+    let b: Vec<f64> = seeds.iter().map(SeedResult::baseline_mean).collect();
+    let d: Vec<f64> = m.iter().zip(&b).map(|(x, y)| x - y).collect();
+    let ms = |v: &[f64]| {
+        let (mean, sd) = mean_std(v);
+        format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * sd)
+    };
+    let region_diff = |k: usize| -> Vec<f64> {
+        seeds
+            .iter()
+            .map(|s| s.mckd[k] - s.baseline[k])
+            .collect::<Vec<_>>()
+    };
+    let iwv_mean = (0..4)
+        .map(|i| {
+            format!(
+                "{:.3}",
+                mean_std(&seeds.iter().map(|s| s.iwv[i]).collect::<Vec<_>>()).0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let walls: Vec<f64> = seeds.iter().map(|s| s.wall_seconds / 60.0).collect();
+    rows.push(vec![
+        "mean ± std".into(),
+        ms(&m),
+        ms(&b),
+        ms(&d),
+        ms(&region_diff(0)),
+        ms(&region_diff(1)),
+        ms(&region_diff(2)),
+        iwv_mean,
+        format!("{:.1}", mean_std(&walls).0),
+    ]);
+    let test = paired_t_test_greater(&m, &b);
+    let ahead = d.iter().filter(|&&x| x > 0.0).count();
+    let t1c_top = seeds.iter().filter(|s| s.top_modality() == T1C).count();
+    let n = seeds.len();
+    let mut markdown = String::from(
+        "Mean Dice (%) over the 7 subsets without t1c (ET, TC, WT averaged), per seed.\n\n",
+    );
+    markdown.push_str(&markdown_table(&header, &rows));
+    markdown.push('\n');
+    markdown.push_str(&match test {
+        Some((t, p)) => format!(
+            "One-tailed paired t-test across seeds, MCKD > Baseline: t = {t:.2}, p = {p:.3}. "
+        ),
+        None => "One seed: no test across seeds. ".into(),
+    });
+    markdown.push_str(&format!(
+        "MCKD ahead in {ahead}/{n} seeds; the IWV ends highest on t1c in {t1c_top}/{n} seeds.\n"
+    ));
+    let json = json!({
+        "seeds": seeds.iter().map(|s| json!({
+            "seed": s.seed,
+            "mckd": {"mean": json_f64(s.mckd_mean()), "dice_et": json_f64(s.mckd[0]),
+                     "dice_tc": json_f64(s.mckd[1]), "dice_wt": json_f64(s.mckd[2])},
+            "baseline": {"mean": json_f64(s.baseline_mean()), "dice_et": json_f64(s.baseline[0]),
+                         "dice_tc": json_f64(s.baseline[1]), "dice_wt": json_f64(s.baseline[2])},
+            "iwv": MODALITIES.iter().zip(s.iwv).map(|(k, v)| ((*k).to_string(), json_f64(v)))
+                .collect::<Map<String, Value>>(),
+            "wall_seconds": json_f64(s.wall_seconds),
+        })).collect::<Vec<_>>(),
+        "difference_mean": json_f64(mean_std(&d).0),
+        "difference_std": json_f64(mean_std(&d).1),
+        "t_test_mckd_gt_baseline": test.map(|(t, p)| json!({"t": json_f64(t), "p": json_f64(p)})),
+        "seeds_mckd_ahead": ahead,
+        "seeds_iwv_top_t1c": t1c_top,
+    });
+    Ok(SeedsSummary {
+        seeds,
+        markdown,
+        json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mckd_train::report::Row;
+
+    /// A scratch folder removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("mckd-seeds-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A results file with the given per-subset Dice for both methods (the same value in every
+    /// region of a subset, except that subsets with t1c get 0.99 so that they must be skipped).
+    fn write_results(dir: &Path, mckd: f64, baseline: f64, iwv: [f32; 4]) {
+        let mut rows = Vec::new();
+        for (method, v) in [("mckd", mckd), ("baseline", baseline)] {
+            for mask in mckd_core::all_subsets(4) {
+                let subset = mckd_core::present_names(&MODALITIES, &mask);
+                let value = if mask[T1C] { 0.99 } else { v };
+                let mut row = Row::new(method, subset, "dice_et", value);
+                row.metrics.insert("dice_tc".into(), json_f64(value));
+                // WT 0.1 higher, and one NaN region that must be skipped.
+                let wt = if mask == [true, false, false, false] {
+                    f64::NAN
+                } else {
+                    value + 0.1
+                };
+                row.metrics.insert("dice_wt".into(), json_f64(wt));
+                rows.push(row);
+            }
+        }
+        let names: Vec<String> = MODALITIES.iter().map(|s| s.to_string()).collect();
+        let mut extra = Map::new();
+        extra.insert("wall_seconds".into(), json_f64(120.0));
+        let r = Results {
+            task: "brats".into(),
+            rows,
+            iwv: mckd_train::report::iwv_map(&names, &iwv),
+            extra,
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("results.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn summary_averages_the_subsets_without_t1c_and_tests_across_seeds() {
+        let tmp = Scratch::new("summary");
+        let cases = [
+            (0u64, 0.60, 0.50, [0.1, 0.2, 0.6, 0.1]),
+            (1, 0.55, 0.52, [0.4, 0.2, 0.3, 0.1]),
+            (2, 0.40, 0.45, [0.1, 0.1, 0.7, 0.1]),
+        ];
+        let mut dirs = Vec::new();
+        for (seed, m, b, w) in cases {
+            let d = seed_dir(tmp.path(), seed);
+            write_results(&d, m, b, w);
+            dirs.push((seed, d));
+        }
+        let s = summarise(&dirs).unwrap();
+        // ET and TC are the subset value, WT the value + 0.1: the t1c subsets (0.99) and the
+        // NaN are skipped.
+        assert!((s.seeds[0].mckd[0] - 0.60).abs() < 1e-12);
+        assert!((s.seeds[0].mckd[2] - 0.70).abs() < 1e-12);
+        assert!((s.seeds[0].mckd_mean() - (0.6 + 0.6 + 0.7) / 3.0).abs() < 1e-12);
+        assert!((s.seeds[2].baseline_mean() - (0.45 + 0.45 + 0.55) / 3.0).abs() < 1e-12);
+        // Differences 0.10, 0.03, −0.05: mean 0.02667, sd 0.07506 → t = 0.6153 (2 dof),
+        // one-tailed p = 0.3005 (scipy.stats.ttest_rel(..., alternative='greater')).
+        let json = &s.json;
+        let t = json["t_test_mckd_gt_baseline"]["t"].as_f64().unwrap();
+        let p = json["t_test_mckd_gt_baseline"]["p"].as_f64().unwrap();
+        assert!((t - 0.6153).abs() < 1e-3, "t = {t}");
+        assert!((p - 0.3005).abs() < 1e-3, "p = {p}");
+        assert_eq!(json["seeds_mckd_ahead"], 2);
+        assert_eq!(json["seeds_iwv_top_t1c"], 2);
+        assert!(
+            s.markdown.contains("| 0 | 63.33 | 53.33 | +10.00 |"),
+            "{}",
+            s.markdown
+        );
+        assert!(s.markdown.contains("MCKD ahead in 2/3 seeds"));
+        assert!(s.markdown.contains("**0.600**"), "top IWV in bold");
+    }
+
+    #[test]
+    fn a_broken_results_file_is_named_in_the_error() {
+        let tmp = Scratch::new("broken");
+        let d = seed_dir(tmp.path(), 3);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("results.json"), b"{ not json").unwrap();
+        let err = summarise(&[(3, d.clone())]).unwrap_err().to_string();
+        assert!(
+            err.contains("seed-3") && err.contains("results.json"),
+            "{err}"
+        );
+        let missing = summarise(&[(4, seed_dir(tmp.path(), 4))])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("seed-4"), "{missing}");
+    }
+
+    #[test]
+    fn finished_seeds_are_reused_only_with_the_same_settings() {
+        let tmp = Scratch::new("reuse");
+        let cfg = DemoConfig::preset(true);
+        let d = tmp.path().join("s");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut v = json!({"task": "brats", "rows": [], "iwv": {}});
+        v["demo"] = serde_json::to_value(&cfg).unwrap();
+        std::fs::write(d.join("results.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(finished_with(&d, &cfg));
+        let mut other = cfg.clone();
+        other.alpha = 0.05;
+        assert!(!finished_with(&d, &other));
+        assert!(!finished_with(&tmp.path().join("none"), &cfg));
+    }
+}
