@@ -411,16 +411,13 @@ impl Affine {
     }
 }
 
-/// Index (0..4, row-major) and value of the first maximum of a 2×2 window.
+/// Index (0..4, row-major) and value of the first maximum of a 2×2 window (branch-free:
+/// the first maximum of each row, then of the two; ties keep the earlier index).
 #[inline(always)]
 fn argmax4(v: [f32; 4]) -> (usize, f32) {
-    let mut best = (0, v[0]);
-    for (i, &y) in v.iter().enumerate().skip(1) {
-        if y > best.1 {
-            best = (i, y);
-        }
-    }
-    best
+    let (i01, v01) = if v[1] > v[0] { (1, v[1]) } else { (0, v[0]) };
+    let (i23, v23) = if v[3] > v[2] { (3, v[3]) } else { (2, v[2]) };
+    if v23 > v01 { (i23, v23) } else { (i01, v01) }
 }
 
 /// Sum with 16 independent f32 accumulators (vectorisable); the caller adds planes in f64.
@@ -432,30 +429,37 @@ fn sum16(values: impl ExactSizeIterator<Item = f32>) -> f64 {
     acc.iter().map(|&a| f64::from(a)).sum()
 }
 
-pub(crate) fn plane_sum(p: &[f32]) -> f64 {
-    let mut acc = [0.0f32; 16];
-    let chunks = p.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v;
+crate::simd::multiversion! {
+    /// Sum of a plane: 16 f32 lanes (element `k` into lane `k mod 16` for the whole chunks),
+    /// added in f64, plus the tail.
+    pub(crate) fn plane_sum(p: &[f32]) -> f64 {
+        let mut acc = [0.0f32; 16];
+        let chunks = p.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
         }
+        acc.iter().map(|&a| f64::from(a)).sum::<f64>() + sum16(rest.iter().copied())
     }
-    acc.iter().map(|&a| f64::from(a)).sum::<f64>() + sum16(rest.iter().copied())
 }
 
-pub(crate) fn plane_sq_dev(p: &[f32], mean: f32) -> f64 {
-    let mut acc = [0.0f32; 16];
-    let chunks = p.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            let d = v - mean;
-            *a += d * d;
+crate::simd::multiversion! {
+    /// `Σ (v − mean)²` of a plane, in the lanes of [`plane_sum`].
+    pub(crate) fn plane_sq_dev(p: &[f32], mean: f32) -> f64 {
+        let mut acc = [0.0f32; 16];
+        let chunks = p.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                let d = v - mean;
+                *a += d * d;
+            }
         }
+        acc.iter().map(|&a| f64::from(a)).sum::<f64>()
+            + sum16(rest.iter().map(|v| (v - mean) * (v - mean)))
     }
-    acc.iter().map(|&a| f64::from(a)).sum::<f64>()
-        + sum16(rest.iter().map(|v| (v - mean) * (v - mean)))
 }
 
 /// Per-channel mean and biased variance (two passes, f32 lanes summed in f64).

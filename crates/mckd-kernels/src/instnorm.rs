@@ -23,7 +23,7 @@ use burn::nn::{InstanceNorm, LeakyRelu};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::flex_buf::{contiguous, flex_tensor, slice};
+use crate::flex_buf::{assume_init_f32, contiguous, flex_tensor, slice, uninit_f32};
 
 use crate::fused::{plane_sq_dev, plane_sum};
 
@@ -115,6 +115,62 @@ fn affine(stats: (f32, f32), gamma: f32, beta: f32) -> (f32, f32) {
     (a, beta - stats.0 * a)
 }
 
+crate::simd::multiversion! {
+    /// Normalise and activate one plane: `y = x·a + b`, output `y` or `slope·y` below 0.
+    fn apply_plane(o: &mut [core::mem::MaybeUninit<f32>], xs: &[f32], a: f32, b: f32, slope: f32) {
+        for (o, &v) in o.iter_mut().zip(xs) {
+            let y = v * a + b;
+            o.write(if y >= 0.0 { y } else { slope * y });
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// One plane's `Σ g_y` and `Σ g_y·x̂` in 8 lanes (element `k` into lane `k mod 8`).
+    fn grad_sums_plane(
+        xs: &[f32],
+        gs: &[f32],
+        a: f32,
+        b: f32,
+        mean: f32,
+        inv_std: f32,
+        slope: f32,
+    ) -> ([f32; 8], [f32; 8]) {
+        let (mut sg, mut sgx) = ([0.0f32; 8], [0.0f32; 8]);
+        let term = |v: f32, g: f32| {
+            let gy = if v * a + b >= 0.0 { g } else { slope * g };
+            (gy, gy * ((v - mean) * inv_std))
+        };
+        let (xc, gc) = (xs.chunks_exact(8), gs.chunks_exact(8));
+        let (xr, gr) = (xc.remainder(), gc.remainder());
+        for (x8, g8) in xc.zip(gc) {
+            for l in 0..8 {
+                let (t1, t2) = term(x8[l], g8[l]);
+                sg[l] += t1;
+                sgx[l] += t2;
+            }
+        }
+        for (l, (&v, &g)) in xr.iter().zip(gr).enumerate() {
+            let (t1, t2) = term(v, g);
+            sg[l] += t1;
+            sgx[l] += t2;
+        }
+        (sg, sgx)
+    }
+}
+
+crate::simd::multiversion! {
+    /// One plane's input gradient `k·(g_y − m1 − x̂·m2)`; `c` = [a, b, mean, 1/σ, slope, k,
+    /// m1, m2].
+    fn dx_plane(d: &mut [core::mem::MaybeUninit<f32>], xs: &[f32], gs: &[f32], c: [f32; 8]) {
+        let [a, b, mean, inv_std, slope, k, m1, m2] = c;
+        for ((d, &v), &g) in d.iter_mut().zip(xs).zip(gs) {
+            let gy = if v * a + b >= 0.0 { g } else { slope * g };
+            d.write(k * (gy - m1 - (v - mean) * inv_std * m2));
+        }
+    }
+}
+
 fn forward_kernel(
     x: &[f32],
     gamma: &[f32],
@@ -124,19 +180,17 @@ fn forward_kernel(
     p: Planes,
 ) -> (Vec<f32>, Vec<(f32, f32)>) {
     let stats = plane_stats(x, p, epsilon);
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = uninit_f32(x.len());
     out.par_chunks_mut(p.size)
         .zip(x.par_chunks(p.size))
         .enumerate()
         .for_each(|(i, (o, xs))| {
             let c = i % p.channels;
             let (a, b) = affine(stats[i], gamma[c], beta[c]);
-            for (o, &v) in o.iter_mut().zip(xs) {
-                let y = v * a + b;
-                *o = if y >= 0.0 { y } else { slope * y };
-            }
+            apply_plane(o, xs, a, b, slope);
         });
-    (out, stats)
+    // SAFETY: the planes partition `out` and each wrote all of its elements.
+    (unsafe { assume_init_f32(out) }, stats)
 }
 
 fn backward_kernel(
@@ -157,18 +211,13 @@ fn backward_kernel(
             let c = i % p.channels;
             let (a, b) = affine(stats[i], gamma[c], beta[c]);
             let (mean, inv_std) = stats[i];
-            let (mut sg, mut sgx) = ([0.0f32; 8], [0.0f32; 8]);
-            for (k, (&v, &g)) in xs.iter().zip(gs).enumerate() {
-                let gy = if v * a + b >= 0.0 { g } else { slope * g };
-                sg[k % 8] += gy;
-                sgx[k % 8] += gy * ((v - mean) * inv_std);
-            }
+            let (sg, sgx) = grad_sums_plane(xs, gs, a, b, mean, inv_std, slope);
             let f = |s: [f32; 8]| s.iter().map(|&v| f64::from(v)).sum::<f64>();
             (f(sg), f(sgx))
         })
         .collect();
     let n = p.size as f64;
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = uninit_f32(x.len());
     dx.par_chunks_mut(p.size)
         .zip(x.par_chunks(p.size).zip(grad.par_chunks(p.size)))
         .enumerate()
@@ -178,11 +227,10 @@ fn backward_kernel(
             let (mean, inv_std) = stats[i];
             let k = gamma[c] * inv_std;
             let (m1, m2) = ((sums[i].0 / n) as f32, (sums[i].1 / n) as f32);
-            for ((d, &v), &g) in d.iter_mut().zip(xs).zip(gs) {
-                let gy = if v * a + b >= 0.0 { g } else { slope * g };
-                *d = k * (gy - m1 - (v - mean) * inv_std * m2);
-            }
+            dx_plane(d, xs, gs, [a, b, mean, inv_std, slope, k, m1, m2]);
         });
+    // SAFETY: the planes partition `dx` and each wrote all of its elements.
+    let dx = unsafe { assume_init_f32(dx) };
     let mut dgamma = vec![0.0f64; p.channels];
     let mut dbeta = vec![0.0f64; p.channels];
     for (i, &(sg, sgx)) in sums.iter().enumerate() {

@@ -25,6 +25,7 @@ mod flex_buf;
 pub mod fused;
 pub mod instnorm;
 pub mod layers;
+mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
 
