@@ -96,27 +96,27 @@ pub(crate) fn conv3x3x3_same(
                         let lb = if wd - w0 >= 32 { 32 } else { 16 };
                         for cb in (0..co).step_by(CB) {
                             let base = q * pplane + r * wp + w0;
-                            let mut acc = [0.0f32; 32 * CB];
-                            // SAFETY: `supported` checked AVX-512F; the slices cover
-                            // every index the kernel reads (see `Tile`).
+                            // Output rows y[bi, o, d0 + q, r, w0..w0 + lb] of the block's
+                            // channels (a junk row for channels past Cout) and their biases.
+                            let mut junk = [0.0f32; 32];
+                            let mut rows = [junk.as_mut_ptr(); CB];
+                            let mut bv = [0.0f32; CB];
+                            for o in cb..(cb + CB).min(co) {
+                                let off = (bi * co + o) * vol + (d0 + q) * plane + r * wd + w0;
+                                // SAFETY: within `y` (off + lb ≤ its length).
+                                rows[o - cb] = unsafe { out.get().add(off) };
+                                bv[o - cb] = bias.map_or(0.0, |bs| bs[o]);
+                            }
+                            // SAFETY: `supported` checked AVX-512F; the slices cover every
+                            // index the kernel reads (see `tile`); it writes `lb` floats to
+                            // each row: this task's own elements of `y` (tasks partition
+                            // (batch, depth planes); `y` outlives the loop) or `junk`.
                             unsafe {
                                 if lb == 32 {
-                                    tile::<2>(pad, &wt, &geo, base, cb, &mut acc);
+                                    tile::<2>(pad, &wt, &geo, base, cb, rows, bv);
                                 } else {
-                                    tile::<1>(pad, &wt, &geo, base, cb, &mut acc);
+                                    tile::<1>(pad, &wt, &geo, base, cb, rows, bv);
                                 }
-                            }
-                            for o in cb..(cb + CB).min(co) {
-                                let bv = bias.map_or(0.0, |bs| bs[o]);
-                                let off = (bi * co + o) * vol + (d0 + q) * plane + r * wd + w0;
-                                // SAFETY: y[bi, o, d0 + q, r, w0..w0 + lb]: written by this
-                                // task only (tasks partition (batch, depth planes)); `y`
-                                // outlives the loop.
-                                let dst = unsafe {
-                                    core::slice::from_raw_parts_mut(out.get().add(off), lb)
-                                };
-                                let a = &acc[(o - cb) * 32..][..lb];
-                                dst.iter_mut().zip(a).for_each(|(d, &v)| *d = v + bv);
                             }
                         }
                         w0 += lb;
@@ -331,13 +331,14 @@ struct Tile {
     wp: usize,
 }
 
-/// `acc[o·32 + l] = Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for `l < LB`
-/// (`LB` = 16·`V`), `o < 8`.
+/// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
+/// `l < 16·V`, `o < 8`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F. `pad` must hold `geo.ci` channels of `geo.pchan` floats
-/// with `base + 2·pplane + 2·wp + 2 + LB ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
-/// `cb + 8 ≤ cpad`.
+/// with `base + 2·pplane + 2·wp + 2 + 16·V ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
+/// `cb + 8 ≤ cpad`; every `rows[o]` must be valid for writing `16·V` floats that nobody
+/// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const V: usize>(
@@ -346,7 +347,8 @@ unsafe fn tile<const V: usize>(
     geo: &Tile,
     base: usize,
     cb: usize,
-    acc: &mut [f32; 32 * CB],
+    rows: [*mut f32; CB],
+    bias: [f32; CB],
 ) {
     use core::arch::x86_64::*;
     assert!(
@@ -355,6 +357,9 @@ unsafe fn tile<const V: usize>(
     );
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
     let mut a = [[_mm512_setzero_ps(); V]; CB];
+    for (ao, &bv) in a.iter_mut().zip(&bias) {
+        *ao = [_mm512_set1_ps(bv); V];
+    }
     for c in 0..geo.ci {
         // SAFETY (all pointer reads below): within the bounds asserted above.
         let pc = unsafe { pad.as_ptr().add(c * geo.pchan + base) };
@@ -378,10 +383,10 @@ unsafe fn tile<const V: usize>(
             }
         }
     }
-    for (o, ao) in a.iter().enumerate() {
+    for (ao, &row) in a.iter().zip(&rows) {
         for (v, &av) in ao.iter().enumerate() {
-            // SAFETY: o·32 + 16·v + 16 ≤ 32·CB.
-            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(o * 32 + 16 * v), av) };
+            // SAFETY: 16·v + 16 ≤ 16·V floats of `row` (the caller's contract).
+            unsafe { _mm512_storeu_ps(row.add(16 * v), av) };
         }
     }
 }
@@ -393,7 +398,8 @@ unsafe fn tile<const V: usize>(
     _: &Tile,
     _: usize,
     _: usize,
-    _: &mut [f32; 32 * CB],
+    _: [*mut f32; CB],
+    _: [f32; CB],
 ) {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
