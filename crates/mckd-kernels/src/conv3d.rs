@@ -687,6 +687,7 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let all = tiles(g.b, dout, planes_per_tile);
     let mut dx = vec![0.0f32; g.b * g.ci * pin];
     let out = OutPtr(dx.as_mut_ptr());
+    let short_rows = g.s[2] == 1 && wi <= 16 && wo <= 16 && crate::simd::avx512();
     for phase in 0..2 {
         all.par_iter()
             .filter(|(_, planes)| (planes.start / planes_per_tile) % 2 == phase)
@@ -731,6 +732,15 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                                 pin,
                             )
                         };
+                        if short_rows {
+                            let kvol = g.kvol();
+                            let dc = &dcols[j * t..][..kvol * t];
+                            j += kvol;
+                            // SAFETY: `short_rows` checked AVX-512F, unit stride along W and
+                            // rows of ≤ 16 floats.
+                            unsafe { col2im_short_rows(dxc, dc, t, g, planes.clone()) };
+                            continue;
+                        }
                         for kd in 0..g.k[0] {
                             for kh in 0..g.k[1] {
                                 for kw in 0..g.k[2] {
@@ -761,6 +771,79 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             });
     }
     dx
+}
+
+/// [`input_grad_scatter_kernel`]'s scatter of one input channel for rows of ≤ 16 floats and
+/// unit stride along W: per destination row, one masked load, the `kw` shifted source rows
+/// added in registers, one store. For every element the additions come in the same
+/// (kd, kh, kw) order as the general loop, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `g.s[2] == 1`, `W ≤ 16` and `W' ≤ 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn col2im_short_rows(
+    dxc: &mut [f32],
+    dc: &[f32],
+    t: usize,
+    g: &Geometry,
+    planes: core::ops::Range<usize>,
+) {
+    use core::arch::x86_64::*;
+    let [di, hi, wi] = g.din;
+    let [_, ho, wo] = g.dout;
+    assert!(g.s[2] == 1 && wi <= 16 && wo <= 16 && dc.len() >= g.kvol() * t);
+    assert!(dxc.len() >= di * hi * wi && t >= planes.len() * ho * wo);
+    let row_mask: __mmask16 = ((1u32 << wi) - 1) as __mmask16;
+    for kd in 0..g.k[0] {
+        for kh in 0..g.k[1] {
+            for (pi, od) in planes.clone().enumerate() {
+                let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                if id < 0 || id >= di as isize {
+                    continue;
+                }
+                for oh in 0..ho {
+                    let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                    if ih < 0 || ih >= hi as isize {
+                        continue;
+                    }
+                    let row = dxc[(id as usize * hi + ih as usize) * wi..][..wi].as_mut_ptr();
+                    // SAFETY: `row` has wi floats; the mask covers exactly those lanes.
+                    let mut acc = unsafe { _mm512_maskz_loadu_ps(row_mask, row) };
+                    for kw in 0..g.k[2] {
+                        let j = (kd * g.k[1] + kh) * g.k[2] + kw;
+                        let seg = dc[j * t + (pi * ho + oh) * wo..][..wo].as_ptr();
+                        // Lane iw takes seg[iw − off] for iw − off in 0..W' and iw in 0..W.
+                        let off = kw as isize - g.p[2] as isize;
+                        let lo = off.max(0) as u32;
+                        let hi_l = (wo as isize + off).min(wi as isize).max(0) as u32;
+                        if hi_l <= lo {
+                            continue;
+                        }
+                        let mask = (((1u32 << hi_l) - 1) & !((1u32 << lo) - 1)) as __mmask16;
+                        // SAFETY: only the masked lanes are read: seg[iw − off] with
+                        // iw − off in 0..W' (inside `seg`); the base pointer of the load is
+                        // formed with wrapping arithmetic and never dereferenced elsewhere.
+                        let v = unsafe { _mm512_maskz_loadu_ps(mask, seg.wrapping_offset(-off)) };
+                        acc = _mm512_add_ps(acc, v);
+                    }
+                    // SAFETY: as for the load.
+                    unsafe { _mm512_mask_storeu_ps(row, row_mask, acc) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn col2im_short_rows(
+    _: &mut [f32],
+    _: &[f32],
+    _: usize,
+    _: &Geometry,
+    _: core::ops::Range<usize>,
+) {
+    unreachable!("x86-64 only (guarded by simd::avx512)")
 }
 
 /// `row[ow·step + off] += seg[ow]` for every `ow` whose index falls inside `row` (the
