@@ -27,17 +27,10 @@ const CB: usize = 8;
 /// Output depth planes per task (scratch: `(PLANES + 2)` padded input planes per channel).
 const PLANES: usize = 4;
 
-/// Whether the direct kernel runs on this CPU for rows of `w` voxels.
+/// Whether the direct kernel runs on this CPU for rows of `w` voxels (AVX-512 present and
+/// not switched off by `MCKD_KERNELS_BASELINE`, see [`crate::simd::avx512`]).
 pub(crate) fn supported(w: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        w.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = w;
-        false
-    }
+    w.is_multiple_of(16) && crate::simd::avx512()
 }
 
 /// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), stride 1, padding 1:

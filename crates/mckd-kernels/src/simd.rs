@@ -6,7 +6,10 @@
 //! on its own), so the results are bit-identical.
 
 /// Whether the CPU has AVX-512F/VL/BW/DQ, AVX2 and FMA, and `MCKD_KERNELS_BASELINE` is
-/// unset (set it to compare against the baseline build: same bits). Checked once.
+/// unset. Setting it runs the baseline build of the [`multiversion!`] functions (same bits)
+/// and the general paths instead of the AVX-512-only kernels (the direct 3×3×3 convolution,
+/// the short-row col2im, the vectorised pooling), e.g. to test those paths on this machine.
+/// Checked once.
 #[inline]
 pub(crate) fn avx512() -> bool {
     static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
