@@ -183,8 +183,10 @@ fn pad_planes(
 
 /// The weight gradient of [`conv3x3x3_same`], `[Cout, Cin, 27]`: per task (batch item, 4
 /// depth planes) `dW_t[o, c, k] = Σ_voxels dy[o, v] · x[c, v + off(k)]` with 8 output
-/// channels × 3 kw offsets in registers (16 lanes each, summed across lanes at the end), then
-/// the task partials added in task order (independent of the thread count).
+/// channels × 3 kw offsets in registers (16 lanes each, summed across lanes at the end),
+/// sweeping blocks of ~256 voxels (rows) through every input channel and offset so the
+/// block's `dy` stays in L1; then the task partials added in task order (independent of the
+/// thread count).
 ///
 /// # Panics
 /// If `co` is not a multiple of 8 or [`supported`] is false for `dims[2]`.
@@ -217,20 +219,53 @@ pub(crate) fn conv3x3x3_same_weight_grad(
             with_pad_scratch(ci * pchan, |pad| {
                 pad_planes(x, bi, ci, dims, d0, np, pad);
                 let dyb = &dy[bi * co * vol..][..co * vol];
+                // Lane accumulators of every (c, output block, kd, kh): 8 × 3 vectors each,
+                // carried across blocks of rows so that a block's dy rows stay in L1 while
+                // every input channel and offset uses them. Each lane still sums its products
+                // in (plane, row, column) order.
+                let nob = co / CB;
+                let slot = CB * 3 * 16;
+                let mut accm = vec![0.0f32; ci * nob * 9 * slot];
+                let rb = (256 / wd).max(1);
+                for q in 0..np {
+                    for r0 in (0..h).step_by(rb) {
+                        let rows = r0..(r0 + rb).min(h);
+                        for c in 0..ci {
+                            let pc = &pad[c * pchan..][..pchan];
+                            for obi in 0..nob {
+                                for k2 in 0..9 {
+                                    let at = ((c * nob + obi) * 9 + k2) * slot;
+                                    let acc = &mut accm[at..at + slot];
+                                    let (kd, kh) = (k2 / 3, k2 % 3);
+                                    // SAFETY: `supported` checked AVX-512F; bounds in the
+                                    // callee's asserts.
+                                    unsafe {
+                                        wgrad_rows(
+                                            pc,
+                                            dyb,
+                                            dims,
+                                            [d0, q],
+                                            rows.clone(),
+                                            obi * CB,
+                                            [kd, kh],
+                                            acc,
+                                        )
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
                 for c in 0..ci {
-                    let pc = &pad[c * pchan..][..pchan];
-                    for ob in (0..co).step_by(CB) {
-                        for kd in 0..3 {
-                            for kh in 0..3 {
-                                let mut sums = [[0.0f32; 3]; CB];
-                                // SAFETY: `supported` checked AVX-512F; bounds in the callee's
-                                // asserts.
-                                unsafe {
-                                    wgrad_tile(pc, dyb, [d, h, wd], d0, np, ob, [kd, kh], &mut sums)
-                                };
-                                for (o, s3) in sums.iter().enumerate() {
-                                    let at = ((ob + o) * ci + c) * 27 + kd * 9 + kh * 3;
-                                    dw[at..at + 3].copy_from_slice(s3);
+                    for obi in 0..nob {
+                        for k2 in 0..9 {
+                            let at = ((c * nob + obi) * 9 + k2) * slot;
+                            for o in 0..CB {
+                                for kw in 0..3 {
+                                    let lanes = &accm[at + (o * 3 + kw) * 16..][..16];
+                                    let to = ((obi * CB + o) * ci + c) * 27 + k2 * 3 + kw;
+                                    // SAFETY: `supported` checked AVX-512F.
+                                    dw[to] = unsafe { reduce16(lanes) };
                                 }
                             }
                         }
@@ -247,70 +282,94 @@ pub(crate) fn conv3x3x3_same_weight_grad(
     dw
 }
 
-/// `sums[o][kw] = Σ_{q < np, r < H, w < W} dy[ob + o, d0 + q, r, w] · pc[q + kd, r + kh,
-/// w + kw]` (the padded channel `pc` of one input channel).
+/// `acc[(o·3 + kw)·16 + l] += Σ_{r ∈ rows, w ≡ l (mod 16)} dy[ob + o, d0 + q, r, w] ·
+/// pc[q + kd, r + kh, w + kw]` (the padded channel `pc` of one input channel), lane by lane
+/// in row and column order.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `W` a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_tile(
+unsafe fn wgrad_rows(
     pc: &[f32],
     dyb: &[f32],
     [d, h, wd]: [usize; 3],
-    d0: usize,
-    np: usize,
+    [d0, q]: [usize; 2],
+    rows: core::ops::Range<usize>,
     ob: usize,
     [kd, kh]: [usize; 2],
-    sums: &mut [[f32; 3]; CB],
+    acc: &mut [f32],
 ) {
     use core::arch::x86_64::*;
     let (plane, vol) = (h * wd, d * h * wd);
     let (wp, pplane) = (wd + 2, (h + 2) * (wd + 2));
-    assert!(wd.is_multiple_of(16) && d0 + np <= d);
+    assert!(wd.is_multiple_of(16) && d0 + q < d && rows.end <= h && acc.len() >= CB * 48);
     assert!((ob + CB) * vol <= dyb.len());
-    assert!((np - 1 + kd) * pplane + (h - 1 + kh) * wp + wd + 2 <= pc.len());
+    assert!(rows.is_empty() || (q + kd) * pplane + (rows.end - 1 + kh) * wp + wd + 2 <= pc.len());
     let mut a = [[_mm512_setzero_ps(); 3]; CB];
-    for q in 0..np {
-        for r in 0..h {
-            // SAFETY (pointer reads below): dy rows of channels ob..ob+8 at plane d0 + q, row r
-            // (asserted in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
-            // w + kw + 16 ≤ W + 2.
-            let xrow = unsafe { pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp) };
-            let yoff = (d0 + q) * plane + r * wd;
-            for w in (0..wd).step_by(16) {
-                let x0 = unsafe { _mm512_loadu_ps(xrow.add(w)) };
-                let x1 = unsafe { _mm512_loadu_ps(xrow.add(w + 1)) };
-                let x2 = unsafe { _mm512_loadu_ps(xrow.add(w + 2)) };
-                for (o, ao) in a.iter_mut().enumerate() {
-                    let g = unsafe { _mm512_loadu_ps(dyb.as_ptr().add((ob + o) * vol + yoff + w)) };
-                    ao[0] = _mm512_fmadd_ps(g, x0, ao[0]);
-                    ao[1] = _mm512_fmadd_ps(g, x1, ao[1]);
-                    ao[2] = _mm512_fmadd_ps(g, x2, ao[2]);
-                }
+    for (o, ao) in a.iter_mut().enumerate() {
+        for (kw, v) in ao.iter_mut().enumerate() {
+            // SAFETY: (o·3 + kw)·16 + 16 ≤ 48·CB ≤ acc.len().
+            *v = unsafe { _mm512_loadu_ps(acc.as_ptr().add((o * 3 + kw) * 16)) };
+        }
+    }
+    for r in rows {
+        // SAFETY (pointer reads below): dy rows of channels ob..ob+8 at plane d0 + q, row r
+        // (asserted in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
+        // w + kw + 16 ≤ W + 2.
+        let xrow = unsafe { pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp) };
+        let yoff = (d0 + q) * plane + r * wd;
+        for w in (0..wd).step_by(16) {
+            let x0 = unsafe { _mm512_loadu_ps(xrow.add(w)) };
+            let x1 = unsafe { _mm512_loadu_ps(xrow.add(w + 1)) };
+            let x2 = unsafe { _mm512_loadu_ps(xrow.add(w + 2)) };
+            for (o, ao) in a.iter_mut().enumerate() {
+                let g = unsafe { _mm512_loadu_ps(dyb.as_ptr().add((ob + o) * vol + yoff + w)) };
+                ao[0] = _mm512_fmadd_ps(g, x0, ao[0]);
+                ao[1] = _mm512_fmadd_ps(g, x1, ao[1]);
+                ao[2] = _mm512_fmadd_ps(g, x2, ao[2]);
             }
         }
     }
-    for (s3, ao) in sums.iter_mut().zip(&a) {
-        for (sv, &av) in s3.iter_mut().zip(ao) {
-            *sv = _mm512_reduce_add_ps(av);
+    for (o, ao) in a.iter().enumerate() {
+        for (kw, &v) in ao.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add((o * 3 + kw) * 16), v) };
         }
     }
 }
 
+/// The sum of 16 lanes (`_mm512_reduce_add_ps`).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce16(lanes: &[f32]) -> f32 {
+    use core::arch::x86_64::*;
+    assert!(lanes.len() >= 16);
+    // SAFETY: 16 floats.
+    _mm512_reduce_add_ps(unsafe { _mm512_loadu_ps(lanes.as_ptr()) })
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_tile(
+unsafe fn wgrad_rows(
     _: &[f32],
     _: &[f32],
     _: [usize; 3],
-    _: usize,
-    _: usize,
+    _: [usize; 2],
+    _: core::ops::Range<usize>,
     _: usize,
     _: [usize; 2],
-    _: &mut [[f32; 3]; CB],
+    _: &mut [f32],
 ) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn reduce16(_: &[f32]) -> f32 {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
