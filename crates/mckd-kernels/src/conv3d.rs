@@ -19,7 +19,7 @@
 //! - bias gradient: `Σ dY` per output channel.
 //!
 //! 3×3×3 convolutions with stride 1 and padding 1 (the UNet's same-size layers) whose rows
-//! are a multiple of 16 voxels run without im2col on AVX-512 CPUs ([`crate::direct3`]):
+//! are a multiple of 16 voxels run without im2col on AVX-512 CPUs (module `direct3`):
 //! forward and input gradient always, the weight gradient when `Cout` is a multiple of 8.
 //!
 //! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias

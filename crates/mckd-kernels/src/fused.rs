@@ -14,7 +14,7 @@
 //! [`FusedNormOps`] is a burn backend extension (`#[backend_extension(Flex, Autodiff)]`):
 //! the `Flex` implementation runs the kernels below on the tensors' `f32` storage (rayon over
 //! channels or planes); the `Autodiff<Flex>` implementation registers a hand-written backward
-//! step ([`BnReluPoolBackward`]) for the input, `gamma` and `beta`. The public functions check
+//! step (`BnReluPoolBackward`) for the input, `gamma` and `beta`. The public functions check
 //! that the tensors live on the `flex` device in `f32`, and otherwise run burn's own layers
 //! (`batch_norm_train` → `relu` → `max_pool2d`), so the result never depends on the device
 //! having the kernel.

@@ -9,10 +9,18 @@
 //!   `Autodiff<flex>` through burn's backend-extension mechanism ([`fused`]). burn composes the
 //!   same layers from about ten generic tensor ops plus a pooling op with indices, each a pass
 //!   over memory and an allocation. On other devices (CUDA) or dtypes the functions fall back
-//!   to burn's own layers, so results never depend on whether the kernel exists.
+//!   to burn's own layers, so results never depend on whether the kernel exists. The same op
+//!   with given (running) statistics serves inference mode (`fused::batch_norm_relu_eval`,
+//!   `fused::batch_norm_relu_pool2d_eval`; [`bn_relu`] and [`bn_relu_maxpool2d`] pick it).
+//! * [`conv3d_layer`] / [`conv2d_layer`]: convolutions with GEMM forward and backward
+//!   ([`conv3d`]); 3×3×3 stride-1 layers run a direct AVX-512 kernel without im2col.
+//! * [`instance_norm_leaky_relu`]: the UNet blocks' instance norm → leaky ReLU, fused.
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
+//!
+//! The AVX-512 paths are chosen at run time; `MCKD_KERNELS_BASELINE=1` switches them off
+//! (the general paths then run, e.g. to test them on an AVX-512 machine).
 //!
 //! Training numbers change at float-rounding level against burn's layers (different summation
 //! order); the tests state the tolerances.
