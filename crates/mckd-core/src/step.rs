@@ -154,7 +154,8 @@ impl MckdTrainer {
         let task_loss = model.task.loss(fwd.output, batch);
         let level = model.distill_index(fwd.features.len());
         let distilled = fwd.features[level].clone();
-        let weights = model.iwv.normalised();
+        // The ratio is detached in the CKD loss: no graph node for it.
+        let weights = model.iwv.normalised_detached();
         let (loss, ckd_value) = if self.config.alpha > 0.0 {
             let ckd = ckd_loss(distilled, mask.clone(), weights, self.config.distance);
             let value = scalar(&ckd);
