@@ -214,7 +214,8 @@ pub struct DemoArgs {
     /// Learning rate of the IWV's Adam [default: 1e-2].
     #[arg(long)]
     pub iwv_lr: Option<f64>,
-    /// Weight decay of the IWV's Adam [default: 5e-4, the reference code's].
+    /// Weight decay of the IWV's Adam [default: 0 in the demo; `brats train` uses the reference
+    /// code's 5e-4].
     #[arg(long)]
     pub iwv_weight_decay: Option<f64>,
     /// Seed (with `--seeds`, the first seed).
