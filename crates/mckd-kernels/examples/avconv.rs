@@ -2,23 +2,14 @@
 //! mckd-kernels: forward alone (no autodiff) and forward + backward, min of N runs.
 //! `RAYON_NUM_THREADS=1 cargo run --release -p mckd-kernels --example avconv [-- reps]`
 
-use std::time::Instant;
+mod common;
+
+use common::time;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn main() {
     mckd_kernels::tune_allocator();

@@ -2,7 +2,9 @@
 //! at the shapes of our networks, min of N runs.
 //! `cargo run --release -p mckd-kernels --example micro [-- reps]`
 
-use std::time::Instant;
+mod common;
+
+use common::time;
 
 use burn::nn::BatchNormConfig;
 use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
@@ -10,17 +12,6 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::relu;
-
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn main() {
     mckd_kernels::tune_allocator();
