@@ -1,7 +1,9 @@
 //! Buffer helpers shared by the `flex` kernels: contiguous `f32` views in, owned tensors out.
 
-use burn::backend::DType;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::grads::Gradients;
 use burn::backend::flex::FlexTensor;
+use burn::backend::{DType, Flex};
 use burn::tensor::TensorData;
 
 /// A contiguous `f32` tensor: the same buffer when it already is one, else a contiguous copy.
@@ -46,4 +48,25 @@ pub(crate) unsafe fn assume_init_f32(v: Vec<core::mem::MaybeUninit<f32>>) -> Vec
     // SAFETY: same allocation, layout and length (MaybeUninit<f32> has f32's layout); every
     // element is initialised (the caller's contract); `v` is not dropped.
     unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}
+
+/// Registers the gradients of a per-channel norm op whose parents are `[x, γ, β]` (`None`
+/// for a parent that needs no gradient): `dx` of `x`'s shape, `dγ` and `dβ` per channel.
+pub(crate) fn register_norm_grads(
+    grads: &mut Gradients,
+    parents: [Option<NodeId>; 3],
+    (dx, dgamma, dbeta): (Vec<f32>, Vec<f32>, Vec<f32>),
+    x_shape: Vec<usize>,
+) {
+    let channels = vec![dgamma.len()];
+    let [x, gamma, beta] = parents;
+    for (node, values, shape) in [
+        (x, dx, x_shape),
+        (gamma, dgamma, channels.clone()),
+        (beta, dbeta, channels),
+    ] {
+        if let Some(id) = node {
+            grads.register::<Flex>(id, flex_tensor(values, shape));
+        }
+    }
 }

@@ -44,7 +44,9 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
-use crate::flex_buf::{assume_init_f32, contiguous, flex_tensor, slice, uninit_f32};
+use crate::flex_buf::{
+    assume_init_f32, contiguous, flex_tensor, register_norm_grads, slice, uninit_f32,
+};
 
 /// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
 #[backend_extension(Flex, Autodiff)]
@@ -850,7 +852,7 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+        let parents = ops.parents.map(|n| n.map(|n| n.id));
         let grad = contiguous(&grads.consume::<Flex>(&ops.node));
         let st = ops.state;
         let shape = st.x.shape().to_vec();
@@ -867,15 +869,7 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
             g,
             st.train,
         );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![g.channels]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![g.channels]));
-        }
+        register_norm_grads(grads, parents, (dx, dgamma, dbeta), shape);
     }
 }
 

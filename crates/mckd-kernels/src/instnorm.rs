@@ -23,7 +23,9 @@ use burn::nn::{InstanceNorm, LeakyRelu};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::flex_buf::{assume_init_f32, contiguous, flex_tensor, slice, uninit_f32};
+use crate::flex_buf::{
+    assume_init_f32, contiguous, flex_tensor, register_norm_grads, slice, uninit_f32,
+};
 
 use crate::fused::{plane_sq_dev, plane_sum};
 
@@ -288,7 +290,7 @@ impl Backward<Flex, 3> for InstanceNormActBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+        let parents = ops.parents.map(|n| n.map(|n| n.id));
         let grad = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, gamma, beta, stats, slope) = ops.state;
         let shape = x.shape().to_vec();
@@ -302,15 +304,7 @@ impl Backward<Flex, 3> for InstanceNormActBackward {
             slice(&grad),
             p,
         );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![p.channels]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![p.channels]));
-        }
+        register_norm_grads(grads, parents, (dx, dgamma, dbeta), shape);
     }
 }
 
