@@ -384,7 +384,7 @@ mod tests {
         assert!((s.seeds[0].mckd_mean() - (0.6 + 0.6 + 0.7) / 3.0).abs() < 1e-12);
         assert!((s.seeds[2].baseline_mean() - (0.45 + 0.45 + 0.55) / 3.0).abs() < 1e-12);
         // Differences 0.10, 0.03, −0.05: mean 0.02667, sd 0.07506 → t = 0.6153 (2 dof),
-        // one-tailed p = 0.3005 (scipy.stats.ttest_rel(..., alternative='greater')).
+        // one-tailed p = 0.3005 (Student's t with 2 dof: P(T > t) = (1 − t/√(t² + 2)) / 2).
         let json = &s.json;
         let t = json["t_test_mckd_gt_baseline"]["t"].as_f64().unwrap();
         let p = json["t_test_mckd_gt_baseline"]["p"].as_f64().unwrap();
