@@ -106,6 +106,10 @@ pub struct TrainArgs {
     /// only the bottleneck).
     #[arg(long)]
     pub impute_skips: bool,
+    /// Distil every level of the UNet, the skips too, with the CKD loss averaged over the
+    /// levels (the reference code distils only the bottleneck).
+    #[arg(long)]
+    pub distill_skips: bool,
     /// A meta step every this many iterations (MCKD).
     #[arg(long, default_value_t = 100)]
     pub meta_interval: usize,
@@ -208,10 +212,16 @@ pub struct DemoArgs {
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
-    /// Impute (and, in MCKD's meta step, weight) the skip connections too; the default, as in
-    /// the reference code, is the bottleneck only.
-    #[arg(long)]
-    pub impute_skips: bool,
+    /// Impute (and, in MCKD's meta step, weight) the skip connections too (`--impute-skips` or
+    /// `--impute-skips true|false`; overrides the preset). The reference code does it at the
+    /// bottleneck only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub impute_skips: Option<bool>,
+    /// Distil every level of the UNet, the skips too, with the CKD loss averaged over the
+    /// levels (`--distill-skips` or `--distill-skips true|false`; overrides the preset). The
+    /// reference code distils the bottleneck only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub distill_skips: Option<bool>,
     /// Learning rate of the IWV's Adam [default: 1e-2].
     #[arg(long)]
     pub iwv_lr: Option<f64>,
@@ -271,6 +281,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.convention = a.convention.into();
             cfg.device = a.device;
             cfg.impute_skips = a.impute_skips;
+            cfg.distill_skips = a.distill_skips;
             if let Some(t) = &a.tile {
                 cfg.infer.tile = ijk(t);
             }
@@ -324,40 +335,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             println!("wrote {} ({tumour} tumour voxels)", a.out.display());
         }
         BratsCommand::Demo(a) => {
-            let mut d = DemoConfig::preset(a.quick);
-            d.seed = a.seed;
-            if let Some(v) = a.iterations {
-                d.iterations = v;
-            }
-            if let Some(v) = a.cases {
-                d.cases = v;
-            }
-            if let Some(v) = a.size {
-                d.size = v;
-            }
-            if let Some(v) = a.base {
-                d.base = v;
-            }
-            if let Some(v) = a.meta_interval {
-                d.meta_interval = v;
-            }
-            d.impute_skips |= a.impute_skips;
-            if let Some(v) = a.iwv_lr {
-                d.iwv_lr = v;
-            }
-            if let Some(v) = a.iwv_weight_decay {
-                d.iwv_weight_decay = v;
-            }
-            if let Some(v) = a.lr {
-                d.lr = v;
-            }
-            if let Some(v) = a.alpha {
-                d.alpha = v;
-            }
-            if let Some(v) = a.momentum {
-                d.momentum = v;
-            }
-            d.enhancing_patches = a.enhancing_patches;
+            let d = demo_config(&a);
             let out = a
                 .out
                 .clone()
@@ -392,4 +370,86 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The demo settings: the preset (quick or standard) with the options given on the command line.
+fn demo_config(a: &DemoArgs) -> DemoConfig {
+    let mut d = DemoConfig::preset(a.quick);
+    d.seed = a.seed;
+    if let Some(v) = a.iterations {
+        d.iterations = v;
+    }
+    if let Some(v) = a.cases {
+        d.cases = v;
+    }
+    if let Some(v) = a.size {
+        d.size = v;
+    }
+    if let Some(v) = a.base {
+        d.base = v;
+    }
+    if let Some(v) = a.meta_interval {
+        d.meta_interval = v;
+    }
+    if let Some(v) = a.impute_skips {
+        d.impute_skips = v;
+    }
+    if let Some(v) = a.distill_skips {
+        d.distill_skips = v;
+    }
+    if let Some(v) = a.iwv_lr {
+        d.iwv_lr = v;
+    }
+    if let Some(v) = a.iwv_weight_decay {
+        d.iwv_weight_decay = v;
+    }
+    if let Some(v) = a.lr {
+        d.lr = v;
+    }
+    if let Some(v) = a.alpha {
+        d.alpha = v;
+    }
+    if let Some(v) = a.momentum {
+        d.momentum = v;
+    }
+    d.enhancing_patches = a.enhancing_patches;
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: BratsCommand,
+    }
+
+    fn demo_args(args: &[&str]) -> Result<DemoConfig, clap::Error> {
+        let cli = Cli::try_parse_from(["brats", "demo"].iter().chain(args))?;
+        match cli.cmd {
+            BratsCommand::Demo(a) => Ok(demo_config(&a)),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn skip_options_override_the_preset_both_ways() {
+        let preset = DemoConfig::preset(false);
+        let d = demo_args(&[]).unwrap();
+        assert_eq!(
+            (d.impute_skips, d.distill_skips),
+            (preset.impute_skips, preset.distill_skips)
+        );
+        let d = demo_args(&["--impute-skips", "--distill-skips"]).unwrap();
+        assert!(d.impute_skips && d.distill_skips);
+        let d = demo_args(&["--impute-skips", "false", "--distill-skips=false"]).unwrap();
+        assert!(!d.impute_skips && !d.distill_skips);
+        let d = demo_args(&["--distill-skips", "--seed", "3"]).unwrap();
+        assert!(d.distill_skips && d.seed == 3);
+        assert_eq!(d.impute_skips, preset.impute_skips);
+        assert!(demo_args(&["--impute-skips", "maybe"]).is_err());
+    }
 }

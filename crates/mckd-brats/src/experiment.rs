@@ -123,6 +123,9 @@ pub struct TrainConfig {
     /// bottleneck).
     #[serde(default)]
     pub impute_skips: bool,
+    /// Distil every feature level, the skips too (the reference distils only the bottleneck).
+    #[serde(default)]
+    pub distill_skips: bool,
 }
 
 impl TrainConfig {
@@ -152,6 +155,7 @@ impl TrainConfig {
             infer: InferConfig::default(),
             device: DeviceChoice::Flex,
             impute_skips: false,
+            distill_skips: false,
         }
     }
 
@@ -488,6 +492,7 @@ pub fn init_model(cfg: &TrainConfig, spatial: [usize; 3], device: &Device) -> Mc
         .with_base(cfg.base)
         .with_spatial(spatial)
         .with_impute_skips(cfg.impute_skips)
+        .with_distill_skips(cfg.distill_skips)
         .init(device);
     MckdModel::new(net, Normalisation::Softmax, cfg.seed, device)
 }
@@ -1051,6 +1056,9 @@ pub struct DemoConfig {
     /// Impute and weight every feature level, not only the bottleneck (`TrainConfig::impute_skips`).
     #[serde(default)]
     pub impute_skips: bool,
+    /// Distil every feature level, not only the bottleneck (`TrainConfig::distill_skips`).
+    #[serde(default)]
+    pub distill_skips: bool,
     /// Learning rate of the IWV's Adam.
     #[serde(default = "default_iwv_lr")]
     pub iwv_lr: f64,
@@ -1092,6 +1100,7 @@ impl DemoConfig {
             tumour_radius: [0.45, 0.7],
             enhancing_patches: false,
             impute_skips: false,
+            distill_skips: false,
             iwv_lr: default_iwv_lr(),
             // No IWV weight decay: the reference's 5e-4 outweighs the bottleneck-only meta
             // gradient here and holds the IWV at its start (crate README).
@@ -1149,6 +1158,7 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
     cfg.alpha = demo.alpha;
     cfg.momentum = demo.momentum;
     cfg.impute_skips = demo.impute_skips;
+    cfg.distill_skips = demo.distill_skips;
     cfg.iwv_lr = demo.iwv_lr;
     cfg.iwv_weight_decay = demo.iwv_weight_decay;
     cfg.probe_interval = (demo.iterations / 20).max(1);

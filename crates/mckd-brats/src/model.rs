@@ -4,7 +4,8 @@
 //! features of the four modalities are fused at every level by channel concatenation in
 //! modality order (Flair, T1, T1c, T2; a missing modality's feature is imputed by the core,
 //! Eq. 2), and one decoder produces three sigmoid logits (ET, TC, WT; `mckd-volume`'s channel
-//! order). The CKD loss distils the bottleneck (level 4).
+//! order). The CKD loss distils the bottleneck (level 4; every level with
+//! `UNetConfig::distill_skips`).
 //!
 //! # Layers (base width `c`; default 8 on CPU, 16 is paper-like)
 //!
@@ -76,6 +77,10 @@ pub struct UNetConfig {
     /// the zeroed inputs. Default: as the reference.
     #[config(default = false)]
     pub impute_skips: bool,
+    /// Distil every level (the skips too), the CKD loss averaged over the four levels. The
+    /// reference distils only the bottleneck. Default: as the reference.
+    #[config(default = false)]
+    pub distill_skips: bool,
 }
 
 /// Conv → InstanceNorm → LeakyReLU, twice; the first convolution may be strided.
@@ -157,6 +162,8 @@ pub struct BratsUNet {
     spatial: [usize; 3],
     #[module(skip)]
     impute_skips: bool,
+    #[module(skip)]
+    distill_skips: bool,
 }
 
 /// A batch: one 1-channel volume per modality and (for training) the region targets.
@@ -220,6 +227,7 @@ impl UNetConfig {
             base: c,
             spatial: self.spatial,
             impute_skips: self.impute_skips,
+            distill_skips: self.distill_skips,
         }
     }
 }
@@ -359,6 +367,15 @@ impl Task for BratsUNet {
 
     fn distill_level(&self) -> usize {
         3
+    }
+
+    /// The bottleneck; every level with `distill_skips`.
+    fn distill_levels(&self, levels: usize) -> Vec<usize> {
+        if self.distill_skips {
+            (0..levels).collect()
+        } else {
+            vec![self.distill_level()]
+        }
     }
 
     /// The bottleneck always; the skips only with `impute_skips`.
@@ -509,5 +526,75 @@ mod tests {
             ]
         );
         assert!(check_spatial([8, 12, 16]).is_err());
+    }
+
+    #[test]
+    fn distill_skips_averages_the_ckd_loss_over_every_level() {
+        // The inner step's CKD value against ckd_loss applied to each level of the features
+        // the network computes for the same batch (before the step changes the weights).
+        use mckd_core::{Distance, MckdConfig, MckdTrainer, ckd_loss};
+        let device = Device::flex().autodiff();
+        let spatial = [8, 8, 16];
+        let b = 2;
+        let images: Vec<Tensor<5>> = (0..4)
+            .map(|m| {
+                device.seed(10 + m);
+                Tensor::random(
+                    [b, 1, 8, 8, 16],
+                    burn::tensor::Distribution::Normal(0.0, 1.0),
+                    &device,
+                )
+            })
+            .collect();
+        let targets = Tensor::random(
+            [b, 3, 8, 8, 16],
+            burn::tensor::Distribution::Bernoulli(0.3),
+            &device,
+        );
+        let batch = BratsBatch {
+            images,
+            targets: Some(targets),
+        };
+        let mask = mckd_core::mask_tensor(&vec![vec![true, false, true, true]; b], &device);
+        let step = |distill_skips: bool| {
+            device.seed(0);
+            let net = UNetConfig::new()
+                .with_base(2)
+                .with_spatial(spatial)
+                .with_distill_skips(distill_skips)
+                .init(&device);
+            let model = MckdModel::new(net, Normalisation::Softmax, 0, &device);
+            let w = model.iwv.normalised_detached();
+            let per_level: Vec<f32> = model
+                .encode_all(&batch, &mask)
+                .into_iter()
+                .map(|f| {
+                    let v = ckd_loss(f.detach(), mask.clone(), w.clone(), Distance::L1);
+                    v.into_scalar::<f32>()
+                })
+                .collect();
+            let mut trainer = MckdTrainer::new(MckdConfig::new(), task_optimiser());
+            let (_, stats) = trainer.inner_step(model, &batch, &mask, 1e-3);
+            (stats.ckd_loss, per_level)
+        };
+        let (bottleneck, levels) = step(false);
+        assert_eq!(levels.len(), 4);
+        assert!(levels.iter().all(|&v| v > 0.0));
+        let rel = |a: f32, b: f32| (a - b).abs() / b.abs();
+        assert!(
+            rel(bottleneck, levels[3]) < 1e-4,
+            "{bottleneck} vs {levels:?}"
+        );
+        let (all, _) = step(true);
+        let mean = levels.iter().sum::<f32>() / 4.0;
+        assert!(rel(all, mean) < 1e-4, "{all} vs mean of {levels:?}");
+        assert!(
+            rel(all, levels[3]) > 1e-2,
+            "the levels must differ for the test to bite"
+        );
+    }
+
+    fn task_optimiser() -> burn::optim::ModuleOptimizer {
+        burn::optim::SgdConfig::new().init()
     }
 }

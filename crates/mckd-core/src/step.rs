@@ -102,11 +102,6 @@ impl<T: Task> MckdModel<T> {
             features,
         }
     }
-
-    /// Index of the distilled level among `levels`.
-    fn distill_index(&self, levels: usize) -> usize {
-        self.task.distill_level().min(levels - 1)
-    }
 }
 
 /// Drives the two optimisers of MCKD: the task optimiser in the inner step and the IWV's own
@@ -152,22 +147,33 @@ impl MckdTrainer {
     ) -> (MckdModel<T>, StepStats) {
         let fwd = model.forward(batch, mask);
         let task_loss = model.task.loss(fwd.output, batch);
-        let level = model.distill_index(fwd.features.len());
-        let distilled = fwd.features[level].clone();
+        let levels = model.task.distill_levels(fwd.features.len());
+        assert!(
+            !levels.is_empty() && levels.iter().all(|&l| l < fwd.features.len()),
+            "distill_levels must name existing feature levels"
+        );
         // The ratio is detached in the CKD loss: no graph node for it.
         let weights = model.iwv.normalised_detached();
-        let (loss, ckd_value) = if self.config.alpha > 0.0 {
-            let ckd = ckd_loss(distilled, mask.clone(), weights, self.config.distance);
-            let value = scalar(&ckd);
-            (task_loss.clone() + ckd * self.config.alpha, value)
+        let track = self.config.alpha > 0.0;
+        let ckd = levels
+            .iter()
+            .map(|&l| {
+                let f = fwd.features[l].clone();
+                let f = if track { f } else { f.detach() };
+                ckd_loss(f, mask.clone(), weights.clone(), self.config.distance)
+            })
+            .reduce(|a, b| a + b)
+            .expect("at least one distilled level");
+        let ckd = if levels.len() > 1 {
+            ckd / levels.len() as f64
         } else {
-            let ckd = ckd_loss(
-                distilled.detach(),
-                mask.clone(),
-                weights,
-                self.config.distance,
-            );
-            (task_loss.clone(), scalar(&ckd))
+            ckd
+        };
+        let ckd_value = scalar(&ckd);
+        let loss = if track {
+            task_loss.clone() + ckd * self.config.alpha
+        } else {
+            task_loss.clone()
         };
         let stats = StepStats {
             task_loss: scalar(&task_loss),
@@ -430,6 +436,75 @@ mod tests {
         assert_eq!(
             values(out[0].clone().narrow(0, 1, 1)),
             vec![0.0, 1.0, 1.0, 1.0]
+        );
+    }
+
+    /// The toy's linear encoders with two feature levels, `h` and `2h`; `all` distils both.
+    #[derive(Module, Debug)]
+    struct ToyTwoLevels {
+        toy: Toy,
+        #[module(skip)]
+        all: bool,
+    }
+
+    impl Task for ToyTwoLevels {
+        type Batch = ToyBatch;
+        type Output = Tensor<2>;
+        fn modalities(&self) -> &ModalitySet {
+            &self.toy.mods
+        }
+        fn encode(&self, batch: &ToyBatch, m: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+            let h = self.toy.encode(batch, m, present).remove(0);
+            vec![h.clone(), h * 2.0]
+        }
+        fn decode(&self, fused: Vec<Tensor<2>>) -> Tensor<2> {
+            self.toy.decode(vec![fused[1].clone()])
+        }
+        fn loss(&self, logits: Tensor<2>, batch: &ToyBatch) -> Tensor<1> {
+            self.toy.loss(logits, batch)
+        }
+        fn batch_size(batch: &ToyBatch) -> usize {
+            Toy::batch_size(batch)
+        }
+        fn distill_levels(&self, levels: usize) -> Vec<usize> {
+            if self.all {
+                (0..levels).collect()
+            } else {
+                vec![levels - 1]
+            }
+        }
+    }
+
+    #[test]
+    fn ckd_over_several_levels_is_their_mean() {
+        // Level 1 is twice level 0, so its L1 distances are twice level 0's: the mean over
+        // both levels is 3/4 of level 1's alone.
+        let device = Device::flex().autodiff();
+        let mask = mask_tensor(
+            &[vec![true, true], vec![true, false], vec![true, true]],
+            &device,
+        );
+        let run = |all: bool| {
+            let (model, batch) = toy(&device);
+            let model = MckdModel {
+                task: ToyTwoLevels {
+                    toy: model.task,
+                    all,
+                },
+                iwv: model.iwv,
+            };
+            let mut trainer = MckdTrainer::new(MckdConfig::new(), SgdConfig::new().init());
+            trainer.inner_step(model, &batch, &mask, 0.1).1
+        };
+        let last = run(false);
+        let both = run(true);
+        assert!(last.ckd_loss > 0.0);
+        assert_eq!(both.task_loss, last.task_loss);
+        assert!(
+            (both.ckd_loss - 0.75 * last.ckd_loss).abs() < 1e-6 * last.ckd_loss,
+            "{} vs 0.75 × {}",
+            both.ckd_loss,
+            last.ckd_loss
         );
     }
 

@@ -52,6 +52,13 @@ pub trait Task: Module + ModuleDisplay {
         usize::MAX
     }
 
+    /// The feature levels distilled by the CKD loss, among `levels` levels; the inner step
+    /// averages the CKD loss over them (so α keeps its scale). Default: [`Task::distill_level`]
+    /// alone (clamped to the last level).
+    fn distill_levels(&self, levels: usize) -> Vec<usize> {
+        vec![self.distill_level().min(levels.saturating_sub(1))]
+    }
+
     /// Whether level `level` takes part in MCKD's fusion: a missing modality's feature is
     /// replaced by the mean of the present ones (Eq. 2), and the meta step scales it by the
     /// modality's weight. A level that does not (e.g. a UNet skip connection in the reference
