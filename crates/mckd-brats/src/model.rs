@@ -577,6 +577,8 @@ mod tests {
             let (_, stats) = trainer.inner_step(model, &batch, &mask, 1e-3);
             (stats.ckd_loss, per_level)
         };
+        // Each check against the same network's own levels (other tests may draw from the
+        // device's generator between seeding and initialisation).
         let (bottleneck, levels) = step(false);
         assert_eq!(levels.len(), 4);
         assert!(levels.iter().all(|&v| v > 0.0));
@@ -585,11 +587,11 @@ mod tests {
             rel(bottleneck, levels[3]) < 1e-4,
             "{bottleneck} vs {levels:?}"
         );
-        let (all, _) = step(true);
+        let (all, levels) = step(true);
         let mean = levels.iter().sum::<f32>() / 4.0;
         assert!(rel(all, mean) < 1e-4, "{all} vs mean of {levels:?}");
         assert!(
-            rel(all, levels[3]) > 1e-2,
+            rel(mean, levels[3]) > 1e-2,
             "the levels must differ for the test to bite"
         );
     }

@@ -484,8 +484,11 @@ mod tests {
             &[vec![true, true], vec![true, false], vec![true, true]],
             &device,
         );
+        // One network for both runs (another test may draw from the device's generator
+        // between seeding and initialisation).
+        let (model, batch) = toy(&device);
         let run = |all: bool| {
-            let (model, batch) = toy(&device);
+            let model = model.clone();
             let model = MckdModel {
                 task: ToyTwoLevels {
                     toy: model.task,
