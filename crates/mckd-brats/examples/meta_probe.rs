@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mckd_brats::data::{CropSource, TrainCase};
 use mckd_brats::experiment::load_model;
-use mckd_brats::model::BratsBatch;
+use mckd_brats::model::{BratsBatch, BratsUNet};
 use mckd_core::fusion::{fuse, weight_features};
 use mckd_core::{Task, mask_tensor};
 use mckd_volume::{CropConfig, MODALITIES, Splits, discover_cases, load_case};
@@ -40,6 +40,24 @@ fn channel_losses(logits: Tensor<5>, targets: Tensor<5>) -> Vec<Tensor<1>> {
             dice / c as f64 + bce
         })
         .collect()
+}
+
+/// The meta step's forward: every MCKD level of `features` (all modalities present, plain
+/// tensors) scaled by the weights `w` (tracked), fused and decoded by the frozen network.
+fn weighted_decode(frozen: &BratsUNet, features: &[Tensor<3>], w: &Tensor<1>) -> Tensor<5> {
+    let fused = features
+        .iter()
+        .enumerate()
+        .map(|(l, f)| {
+            let f = f.clone().autodiff();
+            if frozen.mckd_level(l) {
+                fuse(weight_features(f, w.clone()))
+            } else {
+                fuse(f)
+            }
+        })
+        .collect();
+    frozen.decode(fused)
 }
 
 fn vals(t: Tensor<1>) -> Vec<f32> {
@@ -117,19 +135,10 @@ fn probe(run: &Path) {
             for c in 0..4 {
                 let w = Tensor::<1>::from_data(TensorData::new(w0.clone(), [n]), &device)
                     .require_grad();
-                let fused = features
-                    .iter()
-                    .enumerate()
-                    .map(|(l, f)| {
-                        let f = f.clone().autodiff();
-                        if frozen.mckd_level(l) {
-                            fuse(weight_features(f, w.clone()))
-                        } else {
-                            fuse(f)
-                        }
-                    })
-                    .collect();
-                let parts = channel_losses(frozen.decode(fused), targets.clone().autodiff());
+                let parts = channel_losses(
+                    weighted_decode(&frozen, &features, &w),
+                    targets.clone().autodiff(),
+                );
                 let loss = if c < 3 {
                     parts[c].clone()
                 } else {
@@ -150,22 +159,13 @@ fn probe(run: &Path) {
         for (features, targets) in &cached {
             let w =
                 Tensor::<1>::from_data(TensorData::new(w0.to_vec(), [n]), &device).require_grad();
-            let fused = features
-                .iter()
-                .enumerate()
-                .map(|(l, f)| {
-                    let f = f.clone().autodiff();
-                    if frozen.mckd_level(l) {
-                        fuse(weight_features(f, w.clone()))
-                    } else {
-                        fuse(f)
-                    }
-                })
-                .collect();
-            let loss = channel_losses(frozen.decode(fused), targets.clone().autodiff())
-                .into_iter()
-                .reduce(|a, b| a + b)
-                .expect("3");
+            let loss = channel_losses(
+                weighted_decode(&frozen, features, &w),
+                targets.clone().autodiff(),
+            )
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .expect("3");
             let grads = loss.backward();
             for (a, g) in acc.iter_mut().zip(vals(w.grad(&grads).expect("grad"))) {
                 *a += g as f64 / cached.len() as f64;
