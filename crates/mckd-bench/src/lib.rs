@@ -146,12 +146,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if model == Model::All {
         return run_children();
     }
-    configure_threads(args.threads)?;
-    let series = match model {
-        Model::Avmnist => bench_avmnist(&args)?,
-        Model::Unet => bench_unet(&args)?,
+    if args.threads == 0 {
+        bail!("--threads must be positive");
+    }
+    let series = mckd_kernels::run_on_pool(Some(args.threads), || match model {
+        Model::Avmnist => bench_avmnist(&args),
+        Model::Unet => bench_unet(&args),
         Model::All => unreachable!("handled above"),
-    };
+    })
+    .map_err(anyhow::Error::msg)??;
     let rss = peak_rss_mib()?;
     for mut s in series {
         s.peak_rss_mib = rss;
@@ -185,26 +188,6 @@ fn run_children() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sets the rayon pool (used by burn's `flex` kernels and by `gemm`) to `threads` threads.
-fn configure_threads(threads: usize) -> anyhow::Result<()> {
-    if threads == 0 {
-        bail!("--threads must be positive");
-    }
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-    {
-        Ok(()) => Ok(()),
-        // The global pool exists already (a caller used rayon first): it must match.
-        Err(_) if rayon::current_num_threads() == threads => Ok(()),
-        Err(e) => bail!(
-            "cannot set {threads} threads ({e}); the rayon pool already has {}: \
-             set RAYON_NUM_THREADS={threads} instead",
-            rayon::current_num_threads()
-        ),
-    }
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`).

@@ -339,6 +339,30 @@ impl Geometry {
 
     /// A 3×3×3, stride-1, padding-1 convolution that the direct kernel runs on this CPU
     /// ([`crate::direct3`]).
+    /// The direct 2-D kernel's sizes, for depth-1 stride-1 convolutions (`conv2d_layer`)
+    /// with padding below the kernel size, on AVX-512.
+    fn direct2d(&self) -> Option<crate::direct2::Conv2d> {
+        let c = crate::direct2::Conv2d {
+            b: self.b,
+            ci: self.ci,
+            co: self.co,
+            h: self.din[1],
+            w: self.din[2],
+            kh: self.k[1],
+            kw: self.k[2],
+            ph: self.p[1],
+            pw: self.p[2],
+        };
+        let ok = self.din[0] == 1
+            && self.k[0] == 1
+            && self.p[0] == 0
+            && self.s == [1, 1, 1]
+            && self.p[1] < self.k[1]
+            && self.p[2] < self.k[2]
+            && crate::direct2::supported(&c);
+        ok.then_some(c)
+    }
+
     fn direct(&self) -> bool {
         self.k == [3, 3, 3]
             && self.s == [1, 1, 1]
@@ -910,6 +934,11 @@ impl Conv3dGemmOps for Flex {
                 g.co,
                 g.din,
             )
+        } else if let Some(c) = g.direct2d().filter(|c| c.ci >= 8) {
+            // With one input channel (the first layers) a sample's tile has only k² taps and
+            // the GEMM path was faster (examples/avconv.rs): direct from 8 input channels.
+            let packed = crate::direct2::pack_weights(slice(&w), g.co, g.ci, c.kh, c.kw, false);
+            crate::direct2::conv2d(slice(&x), &packed, Some(slice(&b)), &c)
         } else {
             forward_kernel(slice(&x), slice(&w), slice(&b), &g)
         };
@@ -970,6 +999,23 @@ impl Backward<Flex, 3> for Conv3dBackward {
                     g.co,
                     g.din,
                 )
+            } else if let Some(c) = g
+                .direct2d()
+                .filter(|c| c.kh - c.ph <= 2 && c.kw - c.pw <= 2)
+            {
+                // dx = dy (padded by k − 1 − p) convolved with the flipped, transposed kernel.
+                let (ho, wo) = c.out();
+                let t = crate::direct2::Conv2d {
+                    ci: c.co,
+                    co: c.ci,
+                    h: ho,
+                    w: wo,
+                    ph: c.kh - 1 - c.ph,
+                    pw: c.kw - 1 - c.pw,
+                    ..c
+                };
+                let packed = crate::direct2::pack_weights(slice(&w), g.co, g.ci, c.kh, c.kw, true);
+                crate::direct2::conv2d(slice(&dy), &packed, None, &t)
             } else if scatter {
                 input_grad_scatter_kernel(slice(&w), slice(&dy), &g)
             } else {
@@ -1131,6 +1177,32 @@ mod tests {
                 [3, 2],
                 [2, 3],
                 PaddingConfig2d::Explicit(2, 1, 2, 1),
+            ),
+            // Cin ≥ 8: the direct kernel (direct2.rs) on AVX-512. The two AV-MNIST conv2
+            // layers; 17 and 70 output channels (a part-filled vector; blocks of 4 + 1
+            // vectors); a 2×3 kernel (flipped unevenly in the input gradient, which runs
+            // direct when k − p ≤ 2); tiles spanning output rows with a tail.
+            ([3, 20, 12, 12], 50, [5, 5], [1, 1], PaddingConfig2d::Valid),
+            (
+                [2, 32, 10, 10],
+                64,
+                [3, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+            ),
+            (
+                [2, 9, 7, 11],
+                17,
+                [3, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+            ),
+            (
+                [2, 8, 6, 5],
+                70,
+                [2, 3],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
             ),
         ];
         for (i, (xs, co, k, st, pad)) in cases.into_iter().enumerate() {

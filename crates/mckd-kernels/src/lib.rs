@@ -18,6 +18,10 @@
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
+//! * [`select_rows`]: a batch-axis row gather whose backward adds whole rows (burn's
+//!   `select` backward is element by element on `flex`).
+//! * [`run_on_pool`]: runs a whole job on a worker of rayon's pool, so the kernels' parallel
+//!   calls start on the calling thread instead of being handed to a sleeping worker.
 //!
 //! The AVX-512 paths are chosen at run time; `MCKD_KERNELS_BASELINE=1` switches them off
 //! (the general paths then run, e.g. to test them on an AVX-512 machine).
@@ -28,11 +32,14 @@
 pub mod alloc;
 pub mod conv;
 pub mod conv3d;
+mod direct2;
 mod direct3;
 mod flex_buf;
 pub mod fused;
 pub mod instnorm;
 pub mod layers;
+pub mod pool;
+pub mod rows;
 mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -43,3 +50,5 @@ pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_pool2d};
 pub use instnorm::instance_norm_leaky_relu;
 pub use layers::{bn_relu, bn_relu_maxpool2d};
+pub use pool::run_on_pool;
+pub use rows::select_rows;

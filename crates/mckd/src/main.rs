@@ -102,12 +102,17 @@ fn non_negative(s: &str) -> Result<f64, String> {
 
 fn main() {
     // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
-    mckd_bench::tune_allocator();
+    mckd_kernels::tune_allocator();
     let cli = Cli::parse();
+    // Each job runs on a worker of the kernels' thread pool (see mckd_kernels::pool); the
+    // benchmark sizes its pool itself (`--threads`).
+    let on_pool = |job: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
+        mckd_kernels::run_on_pool(None, job).map_err(anyhow::Error::msg)?
+    };
     let result = match cli.command {
-        Command::Demo(args) => demo(args),
-        Command::Avmnist(cmd) => mckd_avmnist::cli::run(cmd),
-        Command::Brats(cmd) => mckd_brats::cli::run(cmd),
+        Command::Demo(args) => on_pool(Box::new(|| demo(args))),
+        Command::Avmnist(cmd) => on_pool(Box::new(|| mckd_avmnist::cli::run(cmd))),
+        Command::Brats(cmd) => on_pool(Box::new(|| mckd_brats::cli::run(cmd))),
         Command::Bench(args) => mckd_bench::run(args),
     };
     if let Err(e) = result {

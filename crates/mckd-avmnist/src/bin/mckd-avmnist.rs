@@ -16,5 +16,7 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
     mckd_kernels::tune_allocator();
-    mckd_avmnist::run(Cli::parse().cmd)
+    let cmd = Cli::parse().cmd;
+    // The whole job on a worker of the kernels' thread pool (see mckd_kernels::pool).
+    mckd_kernels::run_on_pool(None, || mckd_avmnist::run(cmd)).map_err(anyhow::Error::msg)?
 }
