@@ -974,6 +974,11 @@ impl Backward<Flex, 3> for Conv3dBackward {
                     g.co,
                     g.din,
                 )
+            } else if let Some(c) = g
+                .direct2d()
+                .filter(|c| c.ci >= 8 && crate::direct2::weight_grad_supported(c))
+            {
+                crate::direct2::conv2d_weight_grad(slice(&x), slice(&dy), &c)
             } else {
                 weight_grad_kernel(slice(&x), slice(&dy), &g)
             };
@@ -1178,7 +1183,7 @@ mod tests {
                 [2, 3],
                 PaddingConfig2d::Explicit(2, 1, 2, 1),
             ),
-            // Cin ≥ 8: the direct kernel (direct2.rs) on AVX-512. The two AV-MNIST conv2
+            // Cin ≥ 8: the direct kernels (direct2.rs) on AVX-512. The two AV-MNIST conv2
             // layers; 17 and 70 output channels (a part-filled vector; blocks of 4 + 1
             // vectors); a 2×3 kernel (flipped unevenly in the input gradient, which runs
             // direct when k − p ≤ 2); tiles spanning output rows with a tail.
@@ -1204,6 +1209,9 @@ mod tests {
                 [1, 1],
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
             ),
+            // A 3×5 kernel, 17 channels: the direct weight gradient (5-wide kernels) with a
+            // part-filled vector and 3 kernel rows.
+            ([2, 8, 9, 7], 17, [3, 5], [1, 1], PaddingConfig2d::Valid),
         ];
         for (i, (xs, co, k, st, pad)) in cases.into_iter().enumerate() {
             device.seed(40 + i as u64);

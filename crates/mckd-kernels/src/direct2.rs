@@ -328,3 +328,176 @@ unsafe fn tile<const V: usize, const NX: usize>(
         }
     }
 }
+
+/// The weight gradient `[co][ci][kh][kw]` of the convolution `c` of `x` (`[b][ci][h][w]`) with
+/// output gradient `dy` (`[b][co][h'][w']`), for 5-wide kernels ([`weight_grad_supported`]).
+///
+/// One task per (input channel, kernel row): registers hold `16·V` output channels × the `kw`
+/// taps of the row; for every sample and output pixel they take `V` vectors of `dy` (from a
+/// `[pixel][co_pad]` copy) and `kw` broadcast inputs. Each weight's sum runs over samples,
+/// then pixels, in order: the result does not depend on the thread count.
+///
+/// # Panics
+/// If the sizes do not match `c` or the shape is not supported (internal contracts).
+pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> {
+    assert!(
+        weight_grad_supported(c),
+        "direct weight gradient not available for {c:?}"
+    );
+    assert_eq!(x.len(), c.b * c.ci * c.h * c.w, "direct conv: input size");
+    let (ho, wo) = c.out();
+    let (pixels, cp) = (ho * wo, c.co_pad());
+    assert_eq!(
+        dy.len(),
+        c.b * c.co * pixels,
+        "direct conv: output gradient size"
+    );
+    // dy as [b][pixel][co_pad] (zeros in the padding lanes).
+    let mut dyt = vec![0.0f32; c.b * pixels * cp];
+    if pixels > 0 {
+        dyt.par_chunks_mut(pixels * cp)
+            .enumerate()
+            .for_each(|(b, t)| {
+                for o in 0..c.co {
+                    for (p, &v) in dy[(b * c.co + o) * pixels..][..pixels].iter().enumerate() {
+                        t[p * cp + o] = v;
+                    }
+                }
+            });
+    }
+    let plane = c.hp() * c.wp();
+    let padded: Vec<f32>;
+    let xp: &[f32] = if c.ph == 0 && c.pw == 0 {
+        x
+    } else {
+        let mut all = vec![0.0f32; c.b * c.ci * plane];
+        all.par_chunks_mut(c.ci * plane)
+            .enumerate()
+            .for_each(|(b, dst)| {
+                let mut buf = Vec::new();
+                pad_planes(&x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w], c, &mut buf);
+                dst.copy_from_slice(&buf);
+            });
+        padded = all;
+        &padded
+    };
+    // Per (ci, ky): [kx][co_pad].
+    let rows: Vec<Vec<f32>> = (0..c.ci * c.kh)
+        .into_par_iter()
+        .map(|t| {
+            let mut out = vec![0.0f32; c.kw * cp];
+            // SAFETY: avx512() was checked by `weight_grad_supported`; the sizes were checked
+            // above (see `wgrad_row` for the index ranges).
+            unsafe { wgrad_row(xp, &dyt, c, t / c.kh, t % c.kh, &mut out) };
+            out
+        })
+        .collect();
+    let mut dw = vec![0.0f32; c.co * c.ci * c.kh * c.kw];
+    for (t, row) in rows.iter().enumerate() {
+        let (i, ky) = (t / c.kh, t % c.kh);
+        for kx in 0..c.kw {
+            for o in 0..c.co {
+                dw[((o * c.ci + i) * c.kh + ky) * c.kw + kx] = row[kx * cp + o];
+            }
+        }
+    }
+    dw
+}
+
+/// Whether [`conv2d_weight_grad`] serves this shape on this CPU: 5-wide kernels (the image
+/// encoder's conv2). Each task sweeps the whole output gradient once; with 3-wide kernels
+/// (12 accumulators against 4 vector loads per pixel) that traffic outweighed the GEMM path
+/// (`examples/avconv.rs`, audio conv2 forward + backward 8.9 → 10.6 ms).
+pub(crate) fn weight_grad_supported(c: &Conv2d) -> bool {
+    supported(c) && c.kw == 5
+}
+
+/// One (input channel `i`, kernel row `ky`) of the weight gradient into `out[kx][co_pad]`.
+///
+/// # Safety
+/// AVX-512F; `xp` is `[b][ci][hp][wp]`, `dyt` `[b][pixel][co_pad]`, `out` `kw·co_pad` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wgrad_row(xp: &[f32], dyt: &[f32], c: &Conv2d, i: usize, ky: usize, out: &mut [f32]) {
+    let cp = c.co_pad();
+    let mut v0 = 0;
+    while v0 < cp / LANES {
+        let v = (cp / LANES - v0).min(4);
+        // SAFETY: as the caller's; v0 + V ≤ cp/16.
+        unsafe {
+            match v {
+                4 => wgrad_tile::<4, 5>(xp, dyt, c, i, ky, v0, out),
+                3 => wgrad_tile::<3, 5>(xp, dyt, c, i, ky, v0, out),
+                2 => wgrad_tile::<2, 5>(xp, dyt, c, i, ky, v0, out),
+                _ => wgrad_tile::<1, 5>(xp, dyt, c, i, ky, v0, out),
+            }
+        }
+        v0 += v;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_row(_: &[f32], _: &[f32], _: &Conv2d, _: usize, _: usize, _: &mut [f32]) {
+    unreachable!("supported() is false off x86-64")
+}
+
+/// `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row `ky`.
+///
+/// # Safety
+/// As [`wgrad_row`]; `KW == c.kw`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+// `acc[v][kx]` is indexed by both loop counters (a register tile the compiler unrolls).
+#[allow(clippy::needless_range_loop)]
+unsafe fn wgrad_tile<const V: usize, const KW: usize>(
+    xp: &[f32],
+    dyt: &[f32],
+    c: &Conv2d,
+    i: usize,
+    ky: usize,
+    v0: usize,
+    out: &mut [f32],
+) {
+    use core::arch::x86_64::*;
+    let (ho, wo) = c.out();
+    let (pixels, cp) = (ho * wo, c.co_pad());
+    let (hp, wp) = (c.hp(), c.wp());
+    let plane = hp * wp;
+    debug_assert_eq!(KW, c.kw);
+    let mut acc = [[_mm512_setzero_ps(); KW]; V];
+    let mut g = [_mm512_setzero_ps(); V];
+    // SAFETY: input offsets ((b·ci + i)·plane + (y + ky)·wp + x + kx) < b·ci·plane for
+    // y < ho, x < wo, kx < kw (the window lies inside the padded plane); dyt offsets
+    // (b·pixels + p)·cp + (v0 + v)·16 + 15 < b·pixels·cp; out offsets kx·cp + (v0 + v)·16 + 15
+    // < kw·cp.
+    unsafe {
+        for b in 0..c.b {
+            let xb = xp.as_ptr().add((b * c.ci + i) * plane + ky * wp);
+            let db = dyt.as_ptr().add(b * pixels * cp + v0 * LANES);
+            for y in 0..ho {
+                let xr = xb.add(y * wp);
+                let dr = db.add(y * wo * cp);
+                for x in 0..wo {
+                    let dp = dr.add(x * cp);
+                    for (v, gv) in g.iter_mut().enumerate() {
+                        *gv = _mm512_loadu_ps(dp.add(v * LANES));
+                    }
+                    let xs = xr.add(x);
+                    for kx in 0..KW {
+                        let xv = _mm512_set1_ps(*xs.add(kx));
+                        for v in 0..V {
+                            acc[v][kx] = _mm512_fmadd_ps(g[v], xv, acc[v][kx]);
+                        }
+                    }
+                }
+            }
+        }
+        let o = out.as_mut_ptr().add(v0 * LANES);
+        for (v, row) in acc.iter().enumerate() {
+            for (kx, &a) in row.iter().enumerate() {
+                _mm512_storeu_ps(o.add(kx * cp + v * LANES), a);
+            }
+        }
+    }
+}
