@@ -529,6 +529,12 @@ mod tests {
     #[test]
     fn compact_forward_of_missing_samples_equals_the_full_forward() {
         use rand::Rng;
+        let max_diff = |a: &[f32], b: &[f32]| -> f32 {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
         let device = Device::flex().autodiff();
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let b = 12;
@@ -567,11 +573,7 @@ mod tests {
                     mckd_train::to_vec(full.clone()),
                     mckd_train::to_vec(compact.clone()),
                 );
-                let dev = vf
-                    .iter()
-                    .zip(&vc)
-                    .map(|(a, c)| (a - c).abs())
-                    .fold(0.0, f32::max);
+                let dev = max_diff(&vf, &vc);
                 assert!(dev <= 1e-5, "{what}: features differ by {dev}");
                 let grads_full = (full * w.clone()).sum().backward();
                 let grads_compact = (compact * w).sum().backward();
@@ -616,11 +618,7 @@ mod tests {
                         mckd_train::to_vec(gc.unwrap()),
                     );
                     let scale = gf.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                    let dev = gf
-                        .iter()
-                        .zip(&gc)
-                        .map(|(a, c)| (a - c).abs())
-                        .fold(0.0, f32::max);
+                    let dev = max_diff(&gf, &gc);
                     assert!(
                         dev <= 1e-4 * scale,
                         "{what}: {name} gradient differs by {dev} (scale {scale})"
@@ -639,11 +637,7 @@ mod tests {
                     ),
                 ] {
                     let (rf, rc) = (mckd_train::to_vec(rf), mckd_train::to_vec(rc));
-                    let dev = rf
-                        .iter()
-                        .zip(&rc)
-                        .map(|(a, c)| (a - c).abs())
-                        .fold(0.0, f32::max);
+                    let dev = max_diff(&rf, &rc);
                     assert!(
                         dev <= 1e-5,
                         "{what}: {name} running statistics differ by {dev}"
@@ -653,11 +647,7 @@ mod tests {
                 let inf_x = x.inner();
                 let full = mckd_train::to_vec(ef.valid().forward(inf_x.clone()));
                 let compact = mckd_train::to_vec(ec.valid().forward_present(inf_x, present));
-                let dev = full
-                    .iter()
-                    .zip(&compact)
-                    .map(|(a, c)| (a - c).abs())
-                    .fold(0.0, f32::max);
+                let dev = max_diff(&full, &compact);
                 assert!(dev <= 1e-5, "{what}: inference features differ by {dev}");
             }
         }

@@ -1212,6 +1212,14 @@ mod tests {
             // A 3×5 kernel, 17 channels: the direct weight gradient (5-wide kernels) with a
             // part-filled vector and 3 kernel rows.
             ([2, 8, 9, 7], 17, [3, 5], [1, 1], PaddingConfig2d::Valid),
+            // 5×5 with padding 2: the padded planes of the direct forward and weight gradient.
+            (
+                [2, 8, 7, 6],
+                9,
+                [5, 5],
+                [1, 1],
+                PaddingConfig2d::Explicit(2, 2, 2, 2),
+            ),
         ];
         for (i, (xs, co, k, st, pad)) in cases.into_iter().enumerate() {
             device.seed(40 + i as u64);

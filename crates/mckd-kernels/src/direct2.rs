@@ -141,6 +141,8 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
             let input: &[f32] = if c.ph == 0 && c.pw == 0 {
                 xs
             } else {
+                plane_buf.clear();
+                plane_buf.resize(c.ci * c.hp() * c.wp(), 0.0);
                 pad_planes(xs, c, plane_buf);
                 plane_buf
             };
@@ -153,11 +155,10 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
     y
 }
 
-/// Copies a sample's planes into a zero-bordered buffer `[ci][hp][wp]`.
-fn pad_planes(xs: &[f32], c: &Conv2d, buf: &mut Vec<f32>) {
+/// Copies a sample's planes into the interior of `buf` (`[ci][hp][wp]`, zero-filled by the
+/// caller: the border stays zero).
+fn pad_planes(xs: &[f32], c: &Conv2d, buf: &mut [f32]) {
     let (hp, wp) = (c.hp(), c.wp());
-    buf.clear();
-    buf.resize(c.ci * hp * wp, 0.0);
     for i in 0..c.ci {
         for r in 0..c.h {
             let src = &xs[(i * c.h + r) * c.w..][..c.w];
@@ -374,9 +375,7 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
         all.par_chunks_mut(c.ci * plane)
             .enumerate()
             .for_each(|(b, dst)| {
-                let mut buf = Vec::new();
-                pad_planes(&x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w], c, &mut buf);
-                dst.copy_from_slice(&buf);
+                pad_planes(&x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w], c, dst)
             });
         padded = all;
         &padded
