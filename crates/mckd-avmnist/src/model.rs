@@ -59,7 +59,10 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
 use mckd_core::{ModalitySet, Task};
-use mckd_kernels::{bn_relu, bn_relu_maxpool2d, conv2d_layer, select_rows};
+use mckd_kernels::{
+    bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted, conv2d_layer,
+    select_rows,
+};
 use mckd_train::eval::{Classifier, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -299,15 +302,14 @@ impl ConvEncoder {
     /// zeroed inputs, computing each layer once for all of them.
     ///
     /// Zeroed samples are identical, so every layer gives them identical values, and batch
-    /// norm, the one op that mixes samples, sees `k` equal rows. The convolutions and the
-    /// linear layer run on the compact batch (the present samples, then one zero sample);
-    /// before each batch norm the compact rows are expanded to the full batch (the zero
-    /// sample's row repeated `k` times), and after it compacted again. The batch statistics,
-    /// running statistics, dropout mask and output are those of [`forward`](Self::forward)
-    /// (missing rows included); in the backward the expansion sums the `k` rows' gradients into
-    /// the zero sample's row, and the copies' gradients enter the per-row layers only through
-    /// that sum, which is what the full batch's backward computes for them. Only the float
-    /// rounding of the weight gradients' sums differs (tested against `forward`).
+    /// norm, the one op that mixes samples, sees `k` equal rows. Every layer runs on the
+    /// compact batch (the present samples, then one zero sample); the batch norms count the
+    /// zero row `k` times (`mckd_kernels::bn_relu_counted`), so their statistics are the full
+    /// batch's, and the output is expanded to the full batch (the zero row repeated) before
+    /// dropout. The batch statistics, running statistics, dropout mask and output are those of
+    /// [`forward`](Self::forward) (missing rows included); the backward gives the zero row the
+    /// sum of the `k` copies' gradients, which is what reaches the per-row layers in the full
+    /// batch's backward. Only the float rounding of sums differs (tested against `forward`).
     ///
     /// With the AV-MNIST missing rates most samples lack one modality, so its encoder runs on
     /// a few rows instead of the whole batch.
@@ -324,10 +326,13 @@ impl ConvEncoder {
         let Some(first_missing) = present.iter().position(|&p| !p) else {
             return self.forward(x);
         };
-        // Compact batch: the present samples in order, then the first missing (zero) sample.
+        // Compact batch: the present samples in order, then the first missing (zero) sample,
+        // which stands for all k missing ones in the batch norms.
         let mut rows: Vec<usize> = (0..b).filter(|&i| present[i]).collect();
         let zero_row = rows.len();
         rows.push(first_missing);
+        let mut counts = vec![1; rows.len()];
+        counts[zero_row] = b - zero_row;
         // Full batch from the compact one: a present sample's compact row, else the zero row.
         let mut next = 0;
         let expand: Vec<usize> = present
@@ -342,12 +347,12 @@ impl ConvEncoder {
             })
             .collect();
         let x = select_rows(x, &rows);
-        let x = select_rows(conv2d_layer(&self.conv1, x), &expand);
-        let x = select_rows(bn_relu_maxpool2d(&self.bn1, &self.pool, x), &rows);
-        let x = select_rows(conv2d_layer(&self.conv2, x), &expand);
-        let x = select_rows(bn_relu_maxpool2d(&self.bn2, &self.pool, x), &rows);
-        let x = select_rows(self.fc.forward(x.flatten(1, 3)), &expand); // [B, F]
-        self.dropout.forward(bn_relu(&self.bn_fc, x))
+        let x =
+            bn_relu_maxpool2d_counted(&self.bn1, &self.pool, conv2d_layer(&self.conv1, x), &counts);
+        let x =
+            bn_relu_maxpool2d_counted(&self.bn2, &self.pool, conv2d_layer(&self.conv2, x), &counts);
+        let x = bn_relu_counted(&self.bn_fc, self.fc.forward(x.flatten(1, 3)), &counts);
+        self.dropout.forward(select_rows(x, &expand)) // [B, F]
     }
 }
 

@@ -55,12 +55,16 @@ pub trait FusedNormOps: Backend {
     /// `gamma`, `beta`: `[channels]`. Returns the output (`[batch, channels, ⌊H/2⌋, ⌊W/2⌋]`
     /// with `pool`, else `x`'s shape), and the batch mean and biased variance `[channels]`
     /// (constants for autodiff).
+    ///
+    /// With `counts`, row `r` of the batch stands for `counts[r]` identical samples (see
+    /// [`batch_norm_relu_counted`]); `None` is a count of 1 for every row.
     fn bn_relu_pool_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
         pool: bool,
+        counts: Option<Arc<[f32]>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Inference-mode batch norm (the given running `mean` and `var`, `[channels]`, treated as
@@ -107,7 +111,7 @@ pub fn batch_norm_relu_pool2d(
     if h < 2 || w < 2 || !fused_available(&x, &gamma, &beta) {
         return reference(x, gamma, beta, epsilon, true);
     }
-    fused(x, gamma, beta, epsilon, true)
+    fused(x, gamma, beta, epsilon, true, None)
 }
 
 /// Training-mode batch norm → ReLU, fused on `flex` (any rank ≥ 2; statistics per channel =
@@ -126,7 +130,63 @@ pub fn batch_norm_relu<const D: usize>(
     if !fused_available(&x, &gamma, &beta) {
         return reference(x, gamma, beta, epsilon, false);
     }
-    fused(x, gamma, beta, epsilon, false)
+    fused(x, gamma, beta, epsilon, false, None)
+}
+
+/// Training-mode batch norm → ReLU (→ `MaxPool2d(2)` with `pool`) of a **counted** batch: row
+/// `r` of `x` stands for `counts[r]` identical samples.
+///
+/// The result is that of expanding the batch (row `r` repeated `counts[r]` times), running
+/// [`batch_norm_relu_pool2d`] / [`batch_norm_relu`] and keeping one row per group: the same
+/// batch statistics, each row's output, and as each row's gradient the sum of its copies'
+/// gradients — without the copies' work. Used where a batch holds many identical samples (the
+/// zeroed inputs of a missing modality).
+///
+/// # Shapes
+/// - `x`: `[rows, channels, ...]` (with `pool`: `[rows, channels, H, W]`); `counts`: `rows`
+/// - output: `x`'s shape (with `pool`: `[rows, channels, ⌊H/2⌋, ⌊W/2⌋]`)
+///
+/// # Panics
+/// If `counts` does not hold one count ≥ 1 per row, or a parameter is not `[channels]`
+/// (internal contracts).
+pub fn batch_norm_relu_counted<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    pool: bool,
+    counts: &[usize],
+) -> BnReluOutput<D> {
+    assert!(D >= 2, "batch norm needs [batch, channels, ...]");
+    check_params(&x.dims(), &gamma, &beta);
+    assert!(
+        counts.len() == x.dims()[0] && counts.iter().all(|&c| c >= 1),
+        "batch norm: one count ≥ 1 per row"
+    );
+    let small = pool && (D != 4 || x.dims()[2] < 2 || x.dims()[3] < 2);
+    if small || !fused_available(&x, &gamma, &beta) {
+        // Expand, run the plain op, keep each group's first row.
+        let (expand, first) = expand_counts(counts);
+        let r = reference::<D, D>(crate::select_rows(x, &expand), gamma, beta, epsilon, pool);
+        return BnReluOutput {
+            output: crate::select_rows(r.output, &first),
+            ..r
+        };
+    }
+    let counts: Arc<[f32]> = counts.iter().map(|&c| c as f32).collect();
+    fused(x, gamma, beta, epsilon, pool, Some(counts))
+}
+
+/// For counts per row: the rows of the expanded batch (row `r` repeated `counts[r]` times) and
+/// the position of each row's first copy in it.
+pub(crate) fn expand_counts(counts: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut expand = Vec::with_capacity(counts.iter().sum());
+    let mut first = Vec::with_capacity(counts.len());
+    for (r, &c) in counts.iter().enumerate() {
+        first.push(expand.len());
+        expand.extend(std::iter::repeat_n(r, c));
+    }
+    (expand, first)
 }
 
 /// Inference-mode batch norm with the given (running) statistics → ReLU → `MaxPool2d(2)`
@@ -258,6 +318,7 @@ fn fused<const D: usize, const E: usize>(
     beta: Tensor<1>,
     epsilon: f64,
     pool: bool,
+    counts: Option<Arc<[f32]>>,
 ) -> BnReluOutput<E> {
     let (output, mean, variance) = <Dispatch as FusedNormOps>::bn_relu_pool_train(
         x.into_dispatch(),
@@ -265,6 +326,7 @@ fn fused<const D: usize, const E: usize>(
         beta.into_dispatch(),
         epsilon,
         pool,
+        counts,
     );
     BnReluOutput {
         output: Tensor::from_dispatch(output),
@@ -368,9 +430,10 @@ impl Geometry {
         ho * wo
     }
 
-    /// Values per channel (the statistics' count).
-    fn count(&self) -> usize {
-        self.batch * self.plane()
+    /// Values per channel (the statistics' count), rows weighted by `counts`.
+    fn count(&self, counts: Option<&[f32]>) -> f64 {
+        let rows = counts.map_or(self.batch as f64, |w| w.iter().map(|&v| f64::from(v)).sum());
+        rows * self.plane() as f64
     }
 
     /// The planes of channel `c`.
@@ -464,16 +527,20 @@ crate::simd::multiversion! {
     }
 }
 
-/// Per-channel mean and biased variance (two passes, f32 lanes summed in f64).
-fn channel_stats(x: &[f32], g: Geometry) -> (Vec<f32>, Vec<f32>) {
-    let n = g.count() as f64;
+/// Per-channel mean and biased variance (two passes, f32 lanes summed in f64); with `counts`,
+/// row `b` weighs `counts[b]`.
+fn channel_stats(x: &[f32], g: Geometry, counts: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let n = g.count(counts);
+    let weight = |b: usize| counts.map_or(1.0, |w| f64::from(w[b]));
     let stats: Vec<(f32, f32)> = (0..g.channels)
         .into_par_iter()
         .map(|c| {
-            let mean = (g.channel_planes(x, c).map(plane_sum).sum::<f64>() / n) as f32;
+            let sum = g.channel_planes(x, c).enumerate();
+            let mean = (sum.map(|(b, p)| weight(b) * plane_sum(p)).sum::<f64>() / n) as f32;
             let var = g
                 .channel_planes(x, c)
-                .map(|p| plane_sq_dev(p, mean))
+                .enumerate()
+                .map(|(b, p)| weight(b) * plane_sq_dev(p, mean))
                 .sum::<f64>()
                 / n;
             (mean, var as f32)
@@ -495,8 +562,9 @@ fn forward_kernel(
     beta: &[f32],
     epsilon: f64,
     g: Geometry,
+    counts: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
-    let (mean, var) = channel_stats(x, g);
+    let (mean, var) = channel_stats(x, g, counts);
     let aff = affines(&mean, &var, gamma, beta, epsilon);
     let (out, codes) = apply_kernel(x, &aff, g);
     (out, codes, mean, var)
@@ -646,6 +714,10 @@ fn code_offset(k: u8, w: usize) -> usize {
 
 /// Backward: `(dx, dgamma, dbeta)` given the saved input, statistics and (with pooling) the
 /// forward's window codes.
+///
+/// With `counts` (training), row `b` stands for `counts[b]` identical samples and its incoming
+/// gradient is already the sum of theirs; its `dx` is the sum of theirs:
+/// `γ/σ · (g_b − counts[b]·(Σg/N + x̂·Σg·x̂/N))` with `N` the weighted count.
 #[allow(clippy::too_many_arguments)]
 fn backward_kernel(
     x: &[f32],
@@ -658,6 +730,7 @@ fn backward_kernel(
     grad: &[f32],
     g: Geometry,
     train: bool,
+    counts: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let aff = affines(mean, var, gamma, beta, epsilon);
     let (s, so) = (g.plane(), g.out_plane());
@@ -703,7 +776,7 @@ fn backward_kernel(
             })
         })
         .collect();
-    let n = g.count() as f64;
+    let n = g.count(counts);
     // Pass 2, per plane: dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N) in training; with fixed
     // (running) statistics only γ/σ · g.
     let mut dx = uninit_f32(x.len());
@@ -712,7 +785,8 @@ fn backward_kernel(
         let f = aff[c];
         let k = gamma[c] * f.inv_std;
         let (m1, m2) = if train {
-            ((sums[c].0 / n) as f32, (sums[c].1 / n) as f32)
+            let w = counts.map_or(1.0, |w| f64::from(w[p / g.channels]));
+            ((w * sums[c].0 / n) as f32, (w * sums[c].1 / n) as f32)
         } else {
             (0.0, 0.0)
         };
@@ -763,12 +837,16 @@ fn train_flex(
     beta: &FlexTensor,
     epsilon: f64,
     pool: bool,
+    counts: Option<&[f32]>,
 ) -> (FlexTensor, Vec<u8>, FlexTensor, FlexTensor) {
     let shape = x.shape().to_vec();
     let g = Geometry::of(&shape, pool);
+    if let Some(w) = counts {
+        assert_eq!(w.len(), g.batch, "batch norm: one count per row");
+    }
     let [x, gamma, beta] = [x, gamma, beta].map(contiguous);
     let (out, codes, mean, var) =
-        forward_kernel(slice(&x), slice(&gamma), slice(&beta), epsilon, g);
+        forward_kernel(slice(&x), slice(&gamma), slice(&beta), epsilon, g, counts);
     (
         flex_tensor(out, output_shape(&shape, g)),
         codes,
@@ -804,8 +882,9 @@ impl FusedNormOps for Flex {
         beta: FlexTensor,
         epsilon: f64,
         pool: bool,
+        counts: Option<Arc<[f32]>>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (out, _, mean, var) = train_flex(&x, &gamma, &beta, epsilon, pool);
+        let (out, _, mean, var) = train_flex(&x, &gamma, &beta, epsilon, pool, counts.as_deref());
         (out, mean, var)
     }
 
@@ -841,6 +920,8 @@ struct SavedState {
     epsilon: f64,
     pool: bool,
     train: bool,
+    /// Row counts of a counted batch (training only).
+    counts: Option<Arc<[f32]>>,
 }
 
 impl Backward<Flex, 3> for BnReluPoolBackward {
@@ -868,6 +949,7 @@ impl Backward<Flex, 3> for BnReluPoolBackward {
             slice(&grad),
             g,
             st.train,
+            st.counts.as_deref(),
         );
         register_norm_grads(grads, parents, (dx, dgamma, dbeta), shape);
     }
@@ -880,13 +962,14 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
         pool: bool,
+        counts: Option<Arc<[f32]>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let prepared = BnReluPoolBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
         let [xp, gp, bp] = [&x, &gamma, &beta].map(|t| contiguous(t.primitive()));
-        let (out, codes, mean, var) = train_flex(&xp, &gp, &bp, epsilon, pool);
+        let (out, codes, mean, var) = train_flex(&xp, &gp, &bp, epsilon, pool, counts.as_deref());
         let out = match prepared {
             OpsKind::Tracked(prep) => {
                 let state = SavedState {
@@ -899,6 +982,7 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
                     epsilon,
                     pool,
                     train: true,
+                    counts,
                 };
                 prep.finish(state, out)
             }
@@ -936,6 +1020,7 @@ impl<C: CheckpointStrategy> FusedNormOps for Autodiff<Flex, C> {
                     epsilon,
                     pool,
                     train: false,
+                    counts: None,
                 };
                 prep.finish(state, out)
             }
@@ -1013,6 +1098,75 @@ mod tests {
         assert_close(&dx, &rdx, tol, &format!("{what} dx"));
         assert_close(&dg, &rdg, tol, &format!("{what} dgamma"));
         assert_close(&db, &rdb, tol, &format!("{what} dbeta"));
+    }
+
+    /// A counted batch against the expanded one: row r repeated counts[r] times through
+    /// burn's layers, the output's first copy of each row kept (so the sum of the copies'
+    /// upstream gradients reaches that copy, as in `ConvEncoder::forward_present`). Output,
+    /// statistics and the gradients of x (summed over copies), γ and β agree; pooled and
+    /// unpooled. (The expanded path is also the counted op's fallback off `flex`.)
+    fn check_counted<const D: usize>(shape: [usize; D], counts: &[usize], pool: bool, seed: u64) {
+        let device = Device::flex().autodiff();
+        let c = shape[1];
+        let x = random(shape, seed, &device).mul_scalar(2.0).add_scalar(0.3);
+        let gamma = random([c], seed + 1, &device).mul_scalar(1.5);
+        let beta = random([c], seed + 2, &device).mul_scalar(0.5);
+        let run = |counted: bool| {
+            let (x, gamma, beta) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
+            let r = if counted {
+                batch_norm_relu_counted(x.clone(), gamma.clone(), beta.clone(), 1e-5, pool, counts)
+            } else {
+                let (expand, first) = expand_counts(counts);
+                let xe = crate::select_rows(x.clone(), &expand);
+                let r = reference::<D, D>(xe, gamma.clone(), beta.clone(), 1e-5, pool);
+                BnReluOutput {
+                    output: crate::select_rows(r.output, &first),
+                    ..r
+                }
+            };
+            let up = random(r.output.dims(), seed + 3, &device);
+            let grads = (r.output.clone() * up).sum().backward();
+            let g = |t: &Tensor<D>| t.grad(&grads).expect("gradient");
+            let (dx, dg, db) = (
+                g(&x),
+                gamma.grad(&grads).unwrap(),
+                beta.grad(&grads).unwrap(),
+            );
+            (r, dx, dg, db)
+        };
+        let (ours, dx, dg, db) = run(true);
+        let (theirs, rdx, rdg, rdb) = run(false);
+        let what = format!("counted {shape:?} {counts:?} pool {pool}");
+        assert_close(
+            &ours.output,
+            &theirs.output,
+            2e-6,
+            &format!("{what} output"),
+        );
+        assert_close(&ours.mean, &theirs.mean, 2e-6, &format!("{what} mean"));
+        assert_close(
+            &ours.variance,
+            &theirs.variance,
+            2e-6,
+            &format!("{what} var"),
+        );
+        assert_close(&dx, &rdx, 2e-5, &format!("{what} dx"));
+        assert_close(&dg, &rdg, 2e-5, &format!("{what} dgamma"));
+        assert_close(&db, &rdb, 2e-5, &format!("{what} dbeta"));
+    }
+
+    #[test]
+    fn counted_batch_matches_the_expanded_batch() {
+        check_counted([4, 3, 6, 5], &[1, 3, 1, 2], true, 70);
+        check_counted([3, 5, 9, 8], &[1, 1, 7], true, 71);
+        check_counted([5, 4, 7], &[2, 1, 1, 4, 1], false, 72);
+        check_counted([2, 6], &[1, 9], false, 73);
+        check_counted([1, 2, 4, 4], &[6], true, 74);
+        check_counted([3, 2, 1, 6], &[2, 2, 1], false, 75);
     }
 
     #[test]

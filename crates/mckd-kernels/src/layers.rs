@@ -9,8 +9,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::fused::{
-    BnReluOutput, batch_norm_relu, batch_norm_relu_eval, batch_norm_relu_pool2d,
-    batch_norm_relu_pool2d_eval,
+    BnReluOutput, batch_norm_relu, batch_norm_relu_counted, batch_norm_relu_eval,
+    batch_norm_relu_pool2d, batch_norm_relu_pool2d_eval,
 };
 
 /// Whether `bn` runs in training mode on `x`'s device — the same rule as `BatchNorm::forward`
@@ -66,6 +66,57 @@ pub fn bn_relu_maxpool2d(bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tens
     } else {
         pool.forward(relu(bn.forward(x)))
     }
+}
+
+/// [`bn_relu_maxpool2d`] of a counted batch: row `r` of `x` stands for `counts[r]` identical
+/// samples (see [`crate::fused::batch_norm_relu_counted`]); the batch statistics and the
+/// running statistics' update are those of the expanded batch. In inference every row is
+/// normalised on its own, so the counts do not matter.
+///
+/// # Shapes
+/// - `x`: `[rows, channels, H, W]`, `counts`: `rows`; output as [`bn_relu_maxpool2d`]
+pub fn bn_relu_maxpool2d_counted(
+    bn: &BatchNorm,
+    pool: &MaxPool2d,
+    x: Tensor<4>,
+    counts: &[usize],
+) -> Tensor<4> {
+    if !is_training(bn, &x.device()) {
+        return bn_relu_maxpool2d(bn, pool, x);
+    }
+    if !is_plain_2x2(pool) {
+        let (expand, first) = crate::fused::expand_counts(counts);
+        let y = bn_relu_maxpool2d(bn, pool, crate::select_rows(x, &expand));
+        return crate::select_rows(y, &first);
+    }
+    let BnReluOutput {
+        output,
+        mean,
+        variance,
+    } = batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, true, counts);
+    update_running_stats(bn, mean, variance);
+    output
+}
+
+/// [`bn_relu`] of a counted batch (see [`bn_relu_maxpool2d_counted`]).
+///
+/// # Shapes
+/// - `x`: `[rows, channels, ...]`, `counts`: `rows`; output the same as `x`
+pub fn bn_relu_counted<const D: usize>(
+    bn: &BatchNorm,
+    x: Tensor<D>,
+    counts: &[usize],
+) -> Tensor<D> {
+    if !is_training(bn, &x.device()) {
+        return bn_relu(bn, x);
+    }
+    let BnReluOutput {
+        output,
+        mean,
+        variance,
+    } = batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, false, counts);
+    update_running_stats(bn, mean, variance);
+    output
 }
 
 /// `bn`'s running mean and variance on `device` (as `BatchNorm::forward` reads them in
