@@ -32,12 +32,11 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::AdamConfig;
-use burn::optim::decay::WeightDecayConfig;
 use burn::prelude::*;
 use indicatif::ProgressBar;
 use mckd_core::{Distance, MckdConfig, MckdModel, MckdTrainer, Normalisation, SubsetSampling};
 use mckd_data::{AvMnist, AvSample};
+use mckd_kernels::FusedAdamConfig;
 use mckd_train::eval::accuracy;
 use mckd_train::train::{
     LogRow, LoopConfig, LrSchedule, MaskGranularity, Source, iterations_per_epoch,
@@ -541,10 +540,8 @@ pub fn run_one(
         .with_iwv_lr(cfg.iwv_lr)
         .with_iwv_weight_decay(cfg.iwv_weight_decay)
         .with_sampling(prep.sampling);
-    let optim = AdamConfig::new()
-        .with_epsilon(cfg.adam_epsilon as f32)
-        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
-        .init();
+    // burn's Adam, one pass per parameter (same bits; mckd_kernels::adam).
+    let optim = FusedAdamConfig::new(cfg.adam_epsilon as f32, Some(cfg.weight_decay as f32)).init();
     let mut trainer = MckdTrainer::new(mckd_cfg, optim);
     let loop_cfg = LoopConfig {
         epochs: cfg.epochs,

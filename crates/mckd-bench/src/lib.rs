@@ -26,9 +26,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::{ModuleVisitor, Param};
-use burn::optim::decay::WeightDecayConfig;
+use burn::optim::SgdConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, SgdConfig};
 use burn::prelude::*;
 use mckd_avmnist::model::{AvBatch, AvmnistNetConfig};
 use mckd_brats::data::batch_from_buffers;
@@ -279,10 +278,7 @@ pub fn avmnist_setup(
 ) -> (MckdModel<mckd_avmnist::AvmnistNet>, MckdTrainer) {
     let net = AvmnistNetConfig::new().init_seeded(seed, device);
     let model = MckdModel::new(net, Normalisation::Softmax, seed, device);
-    let optim = AdamConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-2)))
-        .init();
+    let optim = mckd_kernels::FusedAdamConfig::new(1e-8, Some(1e-2)).init();
     let trainer = MckdTrainer::new(MckdConfig::new().with_iwv_weight_decay(1e-2), optim);
     (model, trainer)
 }

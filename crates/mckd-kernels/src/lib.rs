@@ -20,6 +20,7 @@
 //! * [`instance_norm_leaky_relu`]: the UNet blocks' instance norm → leaky ReLU, fused.
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
+//! * [`FusedAdam`]: burn's Adam as one pass per parameter tensor (same bits).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
 //! * [`select_rows`]: a batch-axis row gather whose backward adds whole rows (burn's
 //!   `select` backward is element by element on `flex`).
@@ -32,6 +33,7 @@
 //! Training numbers change at float-rounding level against burn's layers (different summation
 //! order); the tests state the tolerances.
 
+pub mod adam;
 pub mod alloc;
 pub mod conv;
 pub mod conv3d;
@@ -47,6 +49,7 @@ mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use adam::{FusedAdam, FusedAdamConfig};
 pub use alloc::tune_allocator;
 pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
 pub use conv3d::{conv2d_layer, conv3d_layer};

@@ -7,8 +7,6 @@
 //! the noise `σ` growing from `strong` to `weak`. Everything is drawn from one seed.
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::optim::AdamConfig;
-use burn::optim::decay::WeightDecayConfig;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
@@ -297,10 +295,7 @@ pub fn run_method(
     let net = DemoNet::new(cfg, &ad);
     let model = MckdModel::new(net, cfg.method.normalisation, cfg.seed, &ad);
     let method = cfg.method.clone().with_alpha(alpha);
-    let optim = AdamConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-4)))
-        .init();
+    let optim = mckd_kernels::FusedAdamConfig::new(1e-8, Some(1e-4)).init();
     let mut trainer = MckdTrainer::new(method, optim);
     let loop_cfg = LoopConfig {
         epochs: cfg.epochs,
