@@ -53,13 +53,10 @@ pub fn is_plain_2x2(pool: &MaxPool2d) -> bool {
 /// - `x`: `[batch, channels, H, W]`; output `[batch, channels, ⌊H/2⌋, ⌊W/2⌋]` (2×2 pool)
 pub fn bn_relu_maxpool2d(bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     if is_training(bn, &x.device()) && is_plain_2x2(pool) {
-        let BnReluOutput {
-            output,
-            mean,
-            variance,
-        } = batch_norm_relu_pool2d(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-        update_running_stats(bn, mean, variance);
-        output
+        with_running_update(
+            bn,
+            batch_norm_relu_pool2d(x, bn.gamma.val(), bn.beta.val(), bn.epsilon),
+        )
     } else if is_plain_2x2(pool) {
         let (mean, var) = running_stats(bn, &x.device());
         batch_norm_relu_pool2d_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
@@ -89,13 +86,10 @@ pub fn bn_relu_maxpool2d_counted(
         let y = bn_relu_maxpool2d(bn, pool, crate::select_rows(x, &expand));
         return crate::select_rows(y, &first);
     }
-    let BnReluOutput {
-        output,
-        mean,
-        variance,
-    } = batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, true, counts);
-    update_running_stats(bn, mean, variance);
-    output
+    with_running_update(
+        bn,
+        batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, true, counts),
+    )
 }
 
 /// [`bn_relu`] of a counted batch (see [`bn_relu_maxpool2d_counted`]).
@@ -110,13 +104,17 @@ pub fn bn_relu_counted<const D: usize>(
     if !is_training(bn, &x.device()) {
         return bn_relu(bn, x);
     }
-    let BnReluOutput {
-        output,
-        mean,
-        variance,
-    } = batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, false, counts);
-    update_running_stats(bn, mean, variance);
-    output
+    with_running_update(
+        bn,
+        batch_norm_relu_counted(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, false, counts),
+    )
+}
+
+/// The output of a training-mode op, after feeding its batch statistics to `bn`'s running
+/// statistics.
+fn with_running_update<const D: usize>(bn: &BatchNorm, r: BnReluOutput<D>) -> Tensor<D> {
+    update_running_stats(bn, r.mean, r.variance);
+    r.output
 }
 
 /// `bn`'s running mean and variance on `device` (as `BatchNorm::forward` reads them in
@@ -135,13 +133,10 @@ fn running_stats(bn: &BatchNorm, device: &Device) -> (Tensor<1>, Tensor<1>) {
 /// - `x`: `[batch, channels, ...]`, output the same
 pub fn bn_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     if is_training(bn, &x.device()) {
-        let BnReluOutput {
-            output,
-            mean,
-            variance,
-        } = batch_norm_relu(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-        update_running_stats(bn, mean, variance);
-        output
+        with_running_update(
+            bn,
+            batch_norm_relu(x, bn.gamma.val(), bn.beta.val(), bn.epsilon),
+        )
     } else {
         let (mean, var) = running_stats(bn, &x.device());
         batch_norm_relu_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
@@ -159,6 +154,47 @@ mod tests {
     /// Two training steps through our layer and through burn's modules: outputs, gradients of
     /// the input and of γ and β, and the running statistics agree; in eval mode both paths are
     /// burn's own and agree exactly.
+    /// The counted layers against the expanded batch through the plain layers: outputs and
+    /// running statistics, with the fused 2×2 pool, a pool the fused op does not serve (3×3,
+    /// stride 1: expand, plain layer, compact) and the unpooled `bn_relu_counted`.
+    #[test]
+    fn counted_layers_match_the_expanded_batch() {
+        let device = Device::flex().autodiff();
+        let counts = [1usize, 3, 2];
+        let (expand, first) = crate::fused::expand_counts(&counts);
+        let x = random([3, 4, 6, 6], 90, &device).mul_scalar(2.0);
+        for pool in [
+            MaxPool2dConfig::new([2, 2]).init(),
+            MaxPool2dConfig::new([3, 3]).with_strides([1, 1]).init(),
+        ] {
+            let (a, b) = (
+                BatchNormConfig::new(4).init(&device),
+                BatchNormConfig::new(4).init(&device),
+            );
+            let ours = bn_relu_maxpool2d_counted(&a, &pool, x.clone(), &counts);
+            let full = bn_relu_maxpool2d(&b, &pool, crate::select_rows(x.clone(), &expand));
+            let what = format!("pool {:?}", pool.kernel_size);
+            assert_close(&ours, &crate::select_rows(full, &first), 2e-6, &what);
+            let run = |bn: &BatchNorm| bn.running_var.value();
+            assert_close(&run(&a), &run(&b), 2e-6, &format!("{what} running var"));
+        }
+        let y = random([3, 5], 91, &device);
+        let (a, b) = (
+            BatchNormConfig::new(5).init(&device),
+            BatchNormConfig::new(5).init(&device),
+        );
+        let ours = bn_relu_counted(&a, y.clone(), &counts);
+        let full = bn_relu(&b, crate::select_rows(y, &expand));
+        assert_close(
+            &ours,
+            &crate::select_rows(full, &first),
+            2e-6,
+            "bn_relu_counted",
+        );
+        let run = |bn: &BatchNorm| bn.running_mean.value();
+        assert_close(&run(&a), &run(&b), 2e-6, "bn_relu_counted running mean");
+    }
+
     #[test]
     fn layer_matches_burn_modules_in_training_and_eval() {
         let device = Device::flex().autodiff();
