@@ -1034,70 +1034,81 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, max_rel_error, random, values};
 
+    /// An op's output with the gradients of x, γ and β.
+    type Run<const D: usize> = (BnReluOutput<D>, Tensor<D>, Tensor<1>, Tensor<1>);
+
+    /// Runs `op` on a random x (`scale`·U(−1, 1) + `shift`), γ (×1.5) and β (×0.5), all
+    /// tracked, with a random upstream gradient (seeds `seed` … `seed + 3`).
+    fn run_op<const D: usize>(
+        shape: [usize; D],
+        seed: u64,
+        (scale, shift): (f32, f32),
+        op: impl Fn(Tensor<D>, Tensor<1>, Tensor<1>) -> BnReluOutput<D>,
+    ) -> Run<D> {
+        let device = Device::flex().autodiff();
+        let c = shape[1];
+        let x = random(shape, seed, &device)
+            .mul_scalar(scale)
+            .add_scalar(shift);
+        let x = x.require_grad();
+        let gamma = random([c], seed + 1, &device)
+            .mul_scalar(1.5)
+            .require_grad();
+        let beta = random([c], seed + 2, &device)
+            .mul_scalar(0.5)
+            .require_grad();
+        let r = op(x.clone(), gamma.clone(), beta.clone());
+        let up = random(r.output.dims(), seed + 3, &device);
+        let grads = (r.output.clone() * up).sum().backward();
+        (
+            r,
+            x.grad(&grads).expect("dx"),
+            gamma.grad(&grads).expect("dgamma"),
+            beta.grad(&grads).expect("dbeta"),
+        )
+    }
+
+    /// Output and statistics within `tol_values`, the three gradients within `tol_grads`.
+    fn assert_runs_close<const D: usize>(
+        (ours, dx, dg, db): Run<D>,
+        (theirs, rdx, rdg, rdb): Run<D>,
+        (tol_values, tol_grads): (f32, f32),
+        what: &str,
+    ) {
+        assert_eq!(ours.output.dims(), theirs.output.dims(), "{what}");
+        let t = tol_values;
+        assert_close(&ours.output, &theirs.output, t, &format!("{what} output"));
+        assert_close(&ours.mean, &theirs.mean, t, &format!("{what} mean"));
+        assert_close(&ours.variance, &theirs.variance, t, &format!("{what} var"));
+        assert_close(&dx, &rdx, tol_grads, &format!("{what} dx"));
+        assert_close(&dg, &rdg, tol_grads, &format!("{what} dgamma"));
+        assert_close(&db, &rdb, tol_grads, &format!("{what} dbeta"));
+    }
+
     /// Forward, statistics and gradients (input, γ, β) of the fused op against burn's layers,
     /// with a random upstream gradient and random γ, β (negative ones included, which flip the
     /// pooling's arg-max from the input's maximum to its minimum).
     fn check<const D: usize>(shape: [usize; D], pool: bool, seed: u64) {
-        let device = Device::flex().autodiff();
-        let c = shape[1];
-        let x = random(shape, seed, &device).mul_scalar(3.0).add_scalar(0.5);
-        let gamma = random([c], seed + 1, &device).mul_scalar(1.5);
-        let beta = random([c], seed + 2, &device).mul_scalar(0.5);
         let run = |fused_op: bool| {
-            let (x, gamma, beta) = (
-                x.clone().require_grad(),
-                gamma.clone().require_grad(),
-                beta.clone().require_grad(),
-            );
-            let r: BnReluOutput<D> = match (fused_op, pool) {
-                (true, true) => {
-                    let o = batch_norm_relu_pool2d(
-                        x.clone().reshape(to4(shape)),
-                        gamma.clone(),
-                        beta.clone(),
-                        1e-5,
-                    );
-                    let dims = o.output.dims();
-                    BnReluOutput {
-                        output: o.output.reshape(rank::<4, D>(dims)),
-                        mean: o.mean,
-                        variance: o.variance,
+            run_op(shape, seed, (3.0, 0.5), |x, gamma, beta| {
+                match (fused_op, pool) {
+                    (true, true) => {
+                        let o = batch_norm_relu_pool2d(x.reshape(to4(shape)), gamma, beta, 1e-5);
+                        let dims = o.output.dims();
+                        BnReluOutput {
+                            output: o.output.reshape(rank::<4, D>(dims)),
+                            mean: o.mean,
+                            variance: o.variance,
+                        }
                     }
+                    (true, false) => batch_norm_relu(x, gamma, beta, 1e-5),
+                    (false, _) => reference(x, gamma, beta, 1e-5, pool),
                 }
-                (true, false) => batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5),
-                (false, _) => reference(x.clone(), gamma.clone(), beta.clone(), 1e-5, pool),
-            };
-            let up = random(r.output.dims(), seed + 3, &device);
-            let grads = (r.output.clone() * up).sum().backward();
-            (
-                r,
-                x.grad(&grads).expect("dx"),
-                gamma.grad(&grads).expect("dgamma"),
-                beta.grad(&grads).expect("dbeta"),
-            )
+            })
         };
-        let (ours, dx, dg, db) = run(true);
-        let (reference, rdx, rdg, rdb) = run(false);
-        let what = format!("{shape:?} pool {pool}");
-        assert_eq!(ours.output.dims(), reference.output.dims(), "{what}");
         // Measured: ≤ 3e-7 everywhere (a few ulps; summation order differs).
-        let tol = 2e-6;
-        assert_close(
-            &ours.output,
-            &reference.output,
-            tol,
-            &format!("{what} output"),
-        );
-        assert_close(&ours.mean, &reference.mean, tol, &format!("{what} mean"));
-        assert_close(
-            &ours.variance,
-            &reference.variance,
-            tol,
-            &format!("{what} var"),
-        );
-        assert_close(&dx, &rdx, tol, &format!("{what} dx"));
-        assert_close(&dg, &rdg, tol, &format!("{what} dgamma"));
-        assert_close(&db, &rdb, tol, &format!("{what} dbeta"));
+        let what = format!("{shape:?} pool {pool}");
+        assert_runs_close(run(true), run(false), (2e-6, 2e-6), &what);
     }
 
     /// A counted batch against the expanded one: row r repeated counts[r] times through
@@ -1106,57 +1117,23 @@ mod tests {
     /// statistics and the gradients of x (summed over copies), γ and β agree; pooled and
     /// unpooled. (The expanded path is also the counted op's fallback off `flex`.)
     fn check_counted<const D: usize>(shape: [usize; D], counts: &[usize], pool: bool, seed: u64) {
-        let device = Device::flex().autodiff();
-        let c = shape[1];
-        let x = random(shape, seed, &device).mul_scalar(2.0).add_scalar(0.3);
-        let gamma = random([c], seed + 1, &device).mul_scalar(1.5);
-        let beta = random([c], seed + 2, &device).mul_scalar(0.5);
         let run = |counted: bool| {
-            let (x, gamma, beta) = (
-                x.clone().require_grad(),
-                gamma.clone().require_grad(),
-                beta.clone().require_grad(),
-            );
-            let r = if counted {
-                batch_norm_relu_counted(x.clone(), gamma.clone(), beta.clone(), 1e-5, pool, counts)
-            } else {
-                let (expand, first) = expand_counts(counts);
-                let xe = crate::select_rows(x.clone(), &expand);
-                let r = reference::<D, D>(xe, gamma.clone(), beta.clone(), 1e-5, pool);
-                BnReluOutput {
-                    output: crate::select_rows(r.output, &first),
-                    ..r
+            run_op(shape, seed, (2.0, 0.3), |x, gamma, beta| {
+                if counted {
+                    batch_norm_relu_counted(x, gamma, beta, 1e-5, pool, counts)
+                } else {
+                    let (expand, first) = expand_counts(counts);
+                    let xe = crate::select_rows(x, &expand);
+                    let r = reference::<D, D>(xe, gamma, beta, 1e-5, pool);
+                    BnReluOutput {
+                        output: crate::select_rows(r.output, &first),
+                        ..r
+                    }
                 }
-            };
-            let up = random(r.output.dims(), seed + 3, &device);
-            let grads = (r.output.clone() * up).sum().backward();
-            let g = |t: &Tensor<D>| t.grad(&grads).expect("gradient");
-            let (dx, dg, db) = (
-                g(&x),
-                gamma.grad(&grads).unwrap(),
-                beta.grad(&grads).unwrap(),
-            );
-            (r, dx, dg, db)
+            })
         };
-        let (ours, dx, dg, db) = run(true);
-        let (theirs, rdx, rdg, rdb) = run(false);
         let what = format!("counted {shape:?} {counts:?} pool {pool}");
-        assert_close(
-            &ours.output,
-            &theirs.output,
-            2e-6,
-            &format!("{what} output"),
-        );
-        assert_close(&ours.mean, &theirs.mean, 2e-6, &format!("{what} mean"));
-        assert_close(
-            &ours.variance,
-            &theirs.variance,
-            2e-6,
-            &format!("{what} var"),
-        );
-        assert_close(&dx, &rdx, 2e-5, &format!("{what} dx"));
-        assert_close(&dg, &rdg, 2e-5, &format!("{what} dgamma"));
-        assert_close(&db, &rdb, 2e-5, &format!("{what} dbeta"));
+        assert_runs_close(run(true), run(false), (2e-6, 2e-5), &what);
     }
 
     #[test]
