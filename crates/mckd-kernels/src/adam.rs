@@ -95,31 +95,19 @@ impl Optimizer for FusedAdam {
         };
         let mut m = m.unwrap_or_else(|| vec![0.0; p.len()]);
         let mut v = v.unwrap_or_else(|| vec![0.0; p.len()]);
-        let first = time == 1;
         let t = time as i32;
         let bias_correction2_sqrt = (1.0 - c.beta_2.powi(t)).sqrt();
-        let combined_factor = bias_correction2_sqrt / (1.0 - c.beta_1.powi(t));
-        let eps = c.epsilon * bias_correction2_sqrt;
-        let (f1, f2) = (1.0 - c.beta_1, 1.0 - c.beta_2);
-        let lr = lr as f32;
-        for i in 0..p.len() {
-            // burn: grad = tensor·penalty + grad
-            let gi = match c.weight_decay {
-                Some(w) => p[i] * w + g[i],
-                None => g[i],
-            };
-            // burn: m = m·β₁ + g·(1 − β₁) (first step: g·(1 − β₁)); v likewise with g²
-            let (mi, vi) = if first {
-                (gi * f1, gi * gi * f2)
-            } else {
-                (m[i] * c.beta_1 + gi * f1, v[i] * c.beta_2 + gi * gi * f2)
-            };
-            m[i] = mi;
-            v[i] = vi;
-            // burn: (m·cf) / (√v + ε·√(1 − β₂ᵗ)), times lr, subtracted
-            let update = (mi * combined_factor) / (vi.sqrt() + eps);
-            p[i] -= update * lr;
-        }
+        let step = Step {
+            beta_1: c.beta_1,
+            beta_2: c.beta_2,
+            f1: 1.0 - c.beta_1,
+            f2: 1.0 - c.beta_2,
+            combined_factor: bias_correction2_sqrt / (1.0 - c.beta_1.powi(t)),
+            eps: c.epsilon * bias_correction2_sqrt,
+            lr: lr as f32,
+        };
+        let (decay, w) = (c.weight_decay.is_some(), c.weight_decay.unwrap_or(0.0));
+        adam_kernel(&mut p, &g, &mut m, &mut v, w, step, decay, time == 1);
         let tensor = |x: Vec<f32>| Tensor::from_data(TensorData::new(x, shape.clone()), &device);
         let state = AdamState::new(AdaptiveMomentumState::new(time, tensor(m), tensor(v)));
         (tensor(p), Some(state))
@@ -127,6 +115,63 @@ impl Optimizer for FusedAdam {
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
         <Adam as Optimizer>::to_device(state, device)
+    }
+}
+
+/// The scalars of one Adam step (burn's names).
+#[derive(Clone, Copy)]
+struct Step {
+    beta_1: f32,
+    beta_2: f32,
+    f1: f32,
+    f2: f32,
+    combined_factor: f32,
+    eps: f32,
+    lr: f32,
+}
+
+crate::simd::multiversion! {
+    /// One Adam step over a parameter tensor in place: `decay` adds `w·p` to the gradient,
+    /// `first` is burn's first step (zero moments). The flags are matched outside the loop,
+    /// so each loop is branch-free and vectorises; `sqrt` and `/` are exact in every lane
+    /// width, so the bits are those of the scalar order.
+    fn adam_kernel(
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        w: f32,
+        s: Step,
+        decay: bool,
+        first: bool,
+    ) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        macro_rules! run {
+            ($decay:expr, $first:expr) => {
+                for (((pi, &g0), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    // burn: grad = tensor·penalty + grad
+                    let gi = if $decay { *pi * w + g0 } else { g0 };
+                    // burn: m = m·β₁ + g·(1 − β₁) (first step: g·(1 − β₁)); v likewise with g²
+                    let (m1, v1) = if $first {
+                        (gi * s.f1, gi * gi * s.f2)
+                    } else {
+                        (*mi * s.beta_1 + gi * s.f1, *vi * s.beta_2 + gi * gi * s.f2)
+                    };
+                    *mi = m1;
+                    *vi = v1;
+                    // burn: (m·cf) / (√v + ε·√(1 − β₂ᵗ)), times lr, subtracted
+                    let update = (m1 * s.combined_factor) / (v1.sqrt() + s.eps);
+                    *pi -= update * s.lr;
+                }
+            };
+        }
+        match (decay, first) {
+            (true, true) => run!(true, true),
+            (true, false) => run!(true, false),
+            (false, true) => run!(false, true),
+            (false, false) => run!(false, false),
+        }
     }
 }
 
