@@ -42,6 +42,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
 
+use crate::window;
 use std::sync::Arc;
 
 use crate::flex_buf::{
@@ -446,11 +447,11 @@ impl Geometry {
 /// Per-channel affine map `y = x·a + b` of batch norm, computed once per channel so the
 /// forward and the backward see bit-identical `y` (and therefore the same arg-max).
 #[derive(Debug, Clone, Copy)]
-struct Affine {
-    mean: f32,
-    inv_std: f32,
-    a: f32,
-    b: f32,
+pub(crate) struct Affine {
+    pub(crate) mean: f32,
+    pub(crate) inv_std: f32,
+    pub(crate) a: f32,
+    pub(crate) b: f32,
 }
 
 impl Affine {
@@ -581,12 +582,20 @@ fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> (Vec<f32>, Vec<u8>) {
     if g.pool {
         let (ho, wo) = g.out_dims();
         let fast_pool = crate::simd::avx512();
+        // Rows of fewer than 8 windows fill a vector by gathers instead (`window.rs`).
+        let corners = (fast_pool && wo < GATHER_BELOW).then(|| window::corners(g.w, ho, wo));
         out.par_chunks_mut(so)
             .zip(codes.par_chunks_mut(so))
             .enumerate()
             .for_each(|(p, (o, cd))| {
                 let f = aff[p % g.channels];
                 let xp = &x[p * s..][..s];
+                if let Some(corners) = &corners {
+                    // SAFETY: `fast_pool` checked AVX-512F/BW/VL; the corners are this
+                    // plane's, `o` and `cd` hold its windows.
+                    unsafe { window::pool_plane(o, cd, xp, f, g.w, corners) };
+                    return;
+                }
                 if fast_pool {
                     // SAFETY: `fast_pool` checked AVX-512F/BW/VL; sizes as `pool_plane` asks.
                     unsafe { pool_plane_avx512(o, cd, xp, f, g.w, ho, wo) };
@@ -640,7 +649,6 @@ unsafe fn pool_plane_avx512(
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let (a, b) = (_mm512_set1_ps(f.a), _mm512_set1_ps(f.b));
-    let zero = _mm512_setzero_ps();
     let y = |v| _mm512_add_ps(_mm512_mul_ps(v, a), b);
     for oh in 0..ho {
         let r0 = xp[2 * oh * w..][..2 * wo].as_ptr();
@@ -664,19 +672,7 @@ unsafe fn pool_plane_avx512(
                 };
                 let (x0, x1) = load(r0);
                 let (x2, x3) = load(r1);
-                let (v0, v1, v2, v3) = (y(x0), y(x1), y(x2), y(x3));
-                let g01 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v1, v0);
-                let g23 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v3, v2);
-                let v01 = _mm512_mask_blend_ps(g01, v0, v1);
-                let v23 = _mm512_mask_blend_ps(g23, v2, v3);
-                let g = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v23, v01);
-                let m = _mm512_mask_blend_ps(g, v01, v23);
-                let i01 = _mm512_maskz_mov_epi32(g01, _mm512_set1_epi32(1));
-                let i23 = _mm512_mask_blend_epi32(g23, _mm512_set1_epi32(2), _mm512_set1_epi32(3));
-                let k = _mm512_mask_blend_epi32(g, i01, i23);
-                let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
-                let code = _mm512_mask_blend_epi32(pos, _mm512_set1_epi32(i32::from(NO_GRAD)), k);
-                let out = _mm512_mask_blend_ps(pos, zero, m);
+                let (out, code) = window_max(y(x0), y(x1), y(x2), y(x3));
                 let at = oh * wo + c0;
                 _mm512_mask_storeu_ps(o.as_mut_ptr().add(at).cast::<f32>(), m_out, out);
                 _mm_mask_storeu_epi8(
@@ -687,6 +683,35 @@ unsafe fn pool_plane_avx512(
             }
         }
     }
+}
+
+/// The window maxima of four vectors of `y` values (the windows' positions 0..4, row-major):
+/// `(max(maximum, 0), code)` with the first maximum's position as the code, or [`NO_GRAD`]
+/// when the maximum is not positive.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub(crate) fn window_max(
+    v0: core::arch::x86_64::__m512,
+    v1: core::arch::x86_64::__m512,
+    v2: core::arch::x86_64::__m512,
+    v3: core::arch::x86_64::__m512,
+) -> (core::arch::x86_64::__m512, core::arch::x86_64::__m512i) {
+    use core::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let g01 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v1, v0);
+    let g23 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v3, v2);
+    let v01 = _mm512_mask_blend_ps(g01, v0, v1);
+    let v23 = _mm512_mask_blend_ps(g23, v2, v3);
+    let g = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v23, v01);
+    let m = _mm512_mask_blend_ps(g, v01, v23);
+    let i01 = _mm512_maskz_mov_epi32(g01, _mm512_set1_epi32(1));
+    let i23 = _mm512_mask_blend_epi32(g23, _mm512_set1_epi32(2), _mm512_set1_epi32(3));
+    let k = _mm512_mask_blend_epi32(g, i01, i23);
+    let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
+    let code = _mm512_mask_blend_epi32(pos, _mm512_set1_epi32(i32::from(NO_GRAD)), k);
+    let out = _mm512_mask_blend_ps(pos, zero, m);
+    (out, code)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -702,8 +727,12 @@ unsafe fn pool_plane_avx512(
     unreachable!("x86-64 only (guarded by simd::avx512)")
 }
 
+/// Narrowest rows (in windows) that the row-wise pooled forward serves on AVX-512; narrower
+/// ones go through [`window::pool_plane`].
+const GATHER_BELOW: usize = 8;
+
 /// Window code of an output that passes no gradient (its maximum is ≤ 0: ReLU's zero side).
-const NO_GRAD: u8 = 4;
+pub(crate) const NO_GRAD: u8 = 4;
 
 /// Offset in the input plane (row width `w`) of window code `k` (0..4) from the window's
 /// top-left corner.
@@ -736,6 +765,7 @@ fn backward_kernel(
     let (s, so) = (g.plane(), g.out_plane());
     let (ho, wo) = g.out_dims();
     assert_eq!(codes.len(), if g.pool { grad.len() } else { 0 });
+    let corners = (g.pool && crate::simd::avx512()).then(|| window::corners(g.w, ho, wo));
     // Pass 1, per plane: Σ g and Σ g·x̂ over the positions that receive a gradient (f32),
     // then per channel over the batch in order (f64).
     let per_plane: Vec<(f32, f32)> = (0..g.batch * g.channels)
@@ -745,7 +775,11 @@ fn backward_kernel(
             let xp = &x[p * s..][..s];
             let gp = &grad[p * so..][..so];
             let (mut a, mut ax) = (0.0f32, 0.0f32);
-            if g.pool {
+            if let Some(corners) = &corners {
+                let cp = &codes[p * so..][..so];
+                // SAFETY: `corners` exists on AVX-512 only; the plane's windows and corners.
+                return unsafe { window::grad_sums(xp, gp, cp, corners, f, g.w) };
+            } else if g.pool {
                 let cp = &codes[p * so..][..so];
                 for oh in 0..ho {
                     for ow in 0..wo {
@@ -792,7 +826,11 @@ fn backward_kernel(
         };
         let xp = &x[p * s..][..s];
         let gp = &grad[p * so..][..so];
-        if g.pool {
+        if let Some(corners) = &corners {
+            let cp = &codes[p * so..][..so];
+            // SAFETY: `corners` exists on AVX-512 only; the plane, its windows and corners.
+            unsafe { window::plane_dx(d, xp, gp, cp, corners, f, g.w, [k, m1, m2]) };
+        } else if g.pool {
             for (dv, &xv) in d.iter_mut().zip(xp) {
                 dv.write(-k * (m1 + f.xhat(xv) * m2));
             }

@@ -48,6 +48,7 @@ pub mod rows;
 mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
+mod window;
 
 pub use adam::{FusedAdam, FusedAdamConfig};
 pub use alloc::tune_allocator;
