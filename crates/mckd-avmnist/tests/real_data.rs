@@ -148,6 +148,10 @@ fn short_real_run_beats_chance_writes_results_and_is_deterministic() {
         .status()
         .expect("binary starts");
     assert!(status.success());
+    assert!(
+        !out2.join("logs/avmnist-data.snapshot").exists(),
+        "the children's data snapshot is removed"
+    );
     let runs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out2.join("runs.json")).unwrap()).unwrap();
     for o in &outcomes {

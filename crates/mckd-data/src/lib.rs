@@ -19,6 +19,7 @@ pub mod error;
 mod hashes;
 pub mod idx;
 pub mod mfcc;
+mod snapshot;
 pub mod split;
 pub mod wav;
 
