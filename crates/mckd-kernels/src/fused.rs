@@ -41,13 +41,12 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
-
-use crate::window;
 use std::sync::Arc;
 
 use crate::flex_buf::{
     assume_init_f32, contiguous, flex_tensor, register_norm_grads, slice, uninit_f32,
 };
+use crate::window;
 
 /// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
 #[backend_extension(Flex, Autodiff)]

@@ -7,14 +7,14 @@
 //! second stage. The backward's two per-plane passes (the sums Σg and Σg·x̂ over the windows'
 //! maxima, and `dx`) were scalar loops. Here every pass runs 16 windows per step:
 //! `corner[o]` is the input offset of window `o`'s top-left value, and a window's code
-//! (0..4, row-major; [`NO_GRAD`] when its maximum is not positive) adds `(code & 1) +
-//! (code >> 1)·w`.
+//! (0..4, row-major; [`NO_GRAD`](crate::fused::NO_GRAD) when its maximum is not positive)
+//! adds `(code & 1) + (code >> 1)·w`.
 //!
 //! The forward and `dx` do the scalar loops' operations in the same order (bit-identical);
 //! the sums of the first backward pass add 16 lanes, then the lanes (a different rounding
 //! than one running sum; tested against burn's layers in `fused`).
 
-use crate::fused::{Affine, NO_GRAD};
+use crate::fused::Affine;
 use core::mem::MaybeUninit;
 
 /// Lanes of one AVX-512 vector of `f32`.
@@ -50,6 +50,7 @@ pub(crate) unsafe fn pool_plane(
     use core::arch::x86_64::*;
     let n = o.len();
     assert!(cd.len() == n && corners.len() >= n.div_ceil(LANES) * LANES);
+    assert!(windows_inside(corners, n, w, xp.len()));
     let (a, b) = (_mm512_set1_ps(f.a), _mm512_set1_ps(f.b));
     let zero = _mm512_setzero_ps();
     let y = |v| _mm512_add_ps(_mm512_mul_ps(v, a), b);
@@ -76,6 +77,13 @@ pub(crate) unsafe fn pool_plane(
             );
         }
     }
+}
+
+/// Whether the last of `n` windows (the corners increase, so every one) lies inside a plane of
+/// `len` values.
+#[cfg(target_arch = "x86_64")]
+fn windows_inside(corners: &[i32], n: usize, w: usize, len: usize) -> bool {
+    n == 0 || corners[n - 1] as usize + w + 1 < len
 }
 
 /// Mask of the first `n.min(16)` lanes.
@@ -107,7 +115,11 @@ unsafe fn maxima(
     // SAFETY: masked load of the codes o0.. in `tail`; `corners` holds whole vectors.
     unsafe {
         let k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tail, codes.as_ptr().add(o0).cast()));
-        let live = _mm512_mask_cmpneq_epi32_mask(tail, k, _mm512_set1_epi32(i32::from(NO_GRAD)));
+        let live = _mm512_mask_cmpneq_epi32_mask(
+            tail,
+            k,
+            _mm512_set1_epi32(i32::from(crate::fused::NO_GRAD)),
+        );
         let c = _mm512_loadu_si512(corners.as_ptr().add(o0).cast());
         let col = _mm512_and_si512(k, _mm512_set1_epi32(1));
         let row = _mm512_mullo_epi32(_mm512_srli_epi32::<1>(k), _mm512_set1_epi32(w as i32));
@@ -134,6 +146,7 @@ pub(crate) unsafe fn grad_sums(
     use core::arch::x86_64::*;
     let n = gp.len();
     assert!(codes.len() == n && corners.len() >= n.div_ceil(LANES) * LANES);
+    assert!(windows_inside(corners, n, w, xp.len()));
     let (mean, inv_std) = (_mm512_set1_ps(f.mean), _mm512_set1_ps(f.inv_std));
     let (mut a, mut ax) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for o0 in (0..n).step_by(LANES) {
@@ -173,6 +186,7 @@ pub(crate) unsafe fn plane_dx(
     use core::arch::x86_64::*;
     let (s, n) = (xp.len(), gp.len());
     assert!(d.len() == s && codes.len() == n && corners.len() >= n.div_ceil(LANES) * LANES);
+    assert!(windows_inside(corners, n, w, s));
     let (mean, inv_std) = (_mm512_set1_ps(f.mean), _mm512_set1_ps(f.inv_std));
     let (neg_k, kv) = (_mm512_set1_ps(-k), _mm512_set1_ps(k));
     let (m1, m2) = (_mm512_set1_ps(m1), _mm512_set1_ps(m2));
@@ -207,4 +221,45 @@ pub(crate) unsafe fn plane_dx(
             );
         }
     }
+}
+
+// Off x86-64 `fused` never builds a corner table (`simd::avx512` is false), so these are
+// never called.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn pool_plane(
+    _: &mut [MaybeUninit<f32>],
+    _: &mut [u8],
+    _: &[f32],
+    _: Affine,
+    _: usize,
+    _: &[i32],
+) {
+    unreachable!("x86-64 only (guarded by simd::avx512)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn grad_sums(
+    _: &[f32],
+    _: &[f32],
+    _: &[u8],
+    _: &[i32],
+    _: Affine,
+    _: usize,
+) -> (f32, f32) {
+    unreachable!("x86-64 only (guarded by simd::avx512)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn plane_dx(
+    _: &mut [MaybeUninit<f32>],
+    _: &[f32],
+    _: &[f32],
+    _: &[u8],
+    _: &[i32],
+    _: Affine,
+    _: usize,
+    _: [f32; 3],
+) {
+    unreachable!("x86-64 only (guarded by simd::avx512)")
 }
