@@ -1185,7 +1185,7 @@ mod tests {
             ),
             // Cin ≥ 8: the direct kernels (direct2.rs) on AVX-512. The two AV-MNIST conv2
             // layers; 17 and 70 output channels (a part-filled vector; blocks of 4 + 1
-            // vectors); a 2×3 kernel (flipped unevenly in the input gradient, which runs
+            // vectors; 6 samples: two chunks of the weight gradient); a 2×3 kernel (flipped unevenly in the input gradient, which runs
             // direct when k − p ≤ 2); tiles spanning output rows with a tail.
             ([3, 20, 12, 12], 50, [5, 5], [1, 1], PaddingConfig2d::Valid),
             (
@@ -1196,7 +1196,7 @@ mod tests {
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
             ),
             (
-                [2, 9, 7, 11],
+                [6, 9, 7, 11],
                 17,
                 [3, 3],
                 [1, 1],
@@ -1209,7 +1209,7 @@ mod tests {
                 [1, 1],
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
             ),
-            // A 3×5 kernel, 17 channels: the direct weight gradient (5-wide kernels) with a
+            // A 3×5 kernel, 17 channels: the direct weight gradient of a 5-wide kernel with a
             // part-filled vector and 3 kernel rows.
             ([2, 8, 9, 7], 17, [3, 5], [1, 1], PaddingConfig2d::Valid),
             // 5×5 with padding 2: the padded planes of the direct forward and weight gradient.

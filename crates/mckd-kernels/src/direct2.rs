@@ -24,7 +24,8 @@
 //!
 //! `conv3d.rs` routes here, on AVX-512, where it measured faster than its GEMM path: the
 //! forward of layers with ≥ 8 input channels, the input gradient when `k − 1 − p ≤ 1`, and
-//! ([`conv2d_weight_grad`]) the weight gradient of 5-wide kernels.
+//! ([`conv2d_weight_grad`]) the weight gradient of 3- and 5-wide kernels with ≥ 8 input
+//! channels (with one input channel the GEMM path measured faster).
 //!
 //! Sums run over (input channel, ky, kx) in that order for every output; the results differ
 //! from the GEMM path in rounding only (tested against burn's layer in `conv3d`).
@@ -335,12 +336,16 @@ unsafe fn tile<const V: usize, const NX: usize>(
 }
 
 /// The weight gradient `[co][ci][kh][kw]` of the convolution `c` of `x` (`[b][ci][h][w]`) with
-/// output gradient `dy` (`[b][co][h'][w']`), for 5-wide kernels ([`weight_grad_supported`]).
+/// output gradient `dy` (`[b][co][h'][w']`), for 3- and 5-wide kernels
+/// ([`weight_grad_supported`]).
 ///
-/// One task per (input channel, kernel row): registers hold `16·V` output channels × the `kw`
-/// taps of the row; for every sample and output pixel they take `V` vectors of `dy` (from a
-/// `[pixel][co_pad]` copy) and `kw` broadcast inputs. Each weight's sum runs over samples,
-/// then pixels, in order: the result does not depend on the thread count.
+/// One task per chunk of [`WGRAD_CHUNK`] samples, and within it one sample at a time, so that
+/// the sample's output gradient (a `[pixel][co_pad]` copy) and input stay in L1 while every
+/// register tile sweeps them: `16·V` output channels × the `kw` taps of one kernel row × `CT`
+/// input channels (18–24 accumulators); per output pixel the tile loads `V` vectors of `dy`
+/// and broadcasts `CT·kw` inputs. Each weight's sum runs over a sample's pixels in order, the
+/// samples of a chunk in order, then the chunks in order: the result does not depend on the
+/// thread count.
 ///
 /// # Panics
 /// If the sizes do not match `c` or the shape is not supported (internal contracts).
@@ -357,19 +362,21 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
         c.b * c.co * pixels,
         "direct conv: output gradient size"
     );
+    let packed_len = c.ci * c.kh * c.kw * cp;
+    if c.b == 0 || pixels == 0 {
+        return vec![0.0; c.co * c.ci * c.kh * c.kw];
+    }
     // dy as [b][pixel][co_pad] (zeros in the padding lanes).
     let mut dyt = vec![0.0f32; c.b * pixels * cp];
-    if pixels > 0 {
-        dyt.par_chunks_mut(pixels * cp)
-            .enumerate()
-            .for_each(|(b, t)| {
-                for o in 0..c.co {
-                    for (p, &v) in dy[(b * c.co + o) * pixels..][..pixels].iter().enumerate() {
-                        t[p * cp + o] = v;
-                    }
+    dyt.par_chunks_mut(pixels * cp)
+        .enumerate()
+        .for_each(|(b, t)| {
+            for o in 0..c.co {
+                for (p, &v) in dy[(b * c.co + o) * pixels..][..pixels].iter().enumerate() {
+                    t[p * cp + o] = v;
                 }
-            });
-    }
+            }
+        });
     let plane = c.hp() * c.wp();
     let padded: Vec<f32>;
     let xp: &[f32] = if c.ph == 0 && c.pw == 0 {
@@ -384,122 +391,173 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
         padded = all;
         &padded
     };
-    // Per (ci, ky): [kx][co_pad].
-    let rows: Vec<Vec<f32>> = (0..c.ci * c.kh)
+    // Per chunk of samples: [ci][kh][kw][co_pad].
+    let partials: Vec<Vec<f32>> = (0..c.b.div_ceil(WGRAD_CHUNK))
         .into_par_iter()
-        .map(|t| {
-            let mut out = vec![0.0f32; c.kw * cp];
-            // SAFETY: avx512() was checked by `weight_grad_supported`; the sizes were checked
-            // above (see `wgrad_row` for the index ranges).
-            unsafe { wgrad_row(xp, &dyt, c, t / c.kh, t % c.kh, &mut out) };
-            out
+        .map(|k| {
+            let mut part = vec![0.0f32; packed_len];
+            for b in k * WGRAD_CHUNK..((k + 1) * WGRAD_CHUNK).min(c.b) {
+                // SAFETY: avx512() was checked by `weight_grad_supported`; the sizes were
+                // checked above (see `wgrad_tile` for the index ranges).
+                unsafe { wgrad_sample(xp, &dyt, c, b, &mut part) };
+            }
+            part
         })
         .collect();
+    let mut sum = partials[0].clone();
+    for part in &partials[1..] {
+        for (s, v) in sum.iter_mut().zip(part) {
+            *s += v;
+        }
+    }
     let mut dw = vec![0.0f32; c.co * c.ci * c.kh * c.kw];
-    for (t, row) in rows.iter().enumerate() {
-        let (i, ky) = (t / c.kh, t % c.kh);
-        for kx in 0..c.kw {
-            for o in 0..c.co {
-                dw[((o * c.ci + i) * c.kh + ky) * c.kw + kx] = row[kx * cp + o];
+    for i in 0..c.ci {
+        for ky in 0..c.kh {
+            for kx in 0..c.kw {
+                let row = &sum[((i * c.kh + ky) * c.kw + kx) * cp..][..c.co];
+                for (o, &v) in row.iter().enumerate() {
+                    dw[((o * c.ci + i) * c.kh + ky) * c.kw + kx] = v;
+                }
             }
         }
     }
     dw
 }
 
-/// Whether [`conv2d_weight_grad`] serves this shape on this CPU: 5-wide kernels (the image
-/// encoder's conv2). Each task sweeps the whole output gradient once; with 3-wide kernels
-/// (12 accumulators against 4 vector loads per pixel) that traffic outweighed the GEMM path
-/// (`examples/avconv.rs`, audio conv2 forward + backward 8.9 → 10.6 ms).
+/// Samples per weight-gradient task (fixed: the order of the sums must not depend on the
+/// thread count).
+const WGRAD_CHUNK: usize = 4;
+
+/// Whether [`conv2d_weight_grad`] serves this shape on this CPU: 3- and 5-wide kernels.
 pub(crate) fn weight_grad_supported(c: &Conv2d) -> bool {
-    supported(c) && c.kw == 5
+    supported(c) && matches!(c.kw, 3 | 5)
 }
 
-/// One (input channel `i`, kernel row `ky`) of the weight gradient into `out[kx][co_pad]`.
+/// Input channels per weight-gradient tile for `v` vectors of output channels and a `kw`-wide
+/// kernel: `v·kw·CT` ≤ 24 accumulators.
+fn wgrad_channels(v: usize, kw: usize) -> usize {
+    (24 / (v * kw)).max(1)
+}
+
+/// One sample's weight gradient added into `part` (`[ci][kh][kw][co_pad]`).
 ///
 /// # Safety
-/// AVX-512F; `xp` is `[b][ci][hp][wp]`, `dyt` `[b][pixel][co_pad]`, `out` `kw·co_pad` long.
+/// AVX-512F; `xp` is `[b][ci][hp][wp]`, `dyt` `[b][pixel][co_pad]`, `part` `ci·kh·kw·co_pad`
+/// long, `b` < `c.b`, `c.kw` 3 or 5.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wgrad_row(xp: &[f32], dyt: &[f32], c: &Conv2d, i: usize, ky: usize, out: &mut [f32]) {
+unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, b: usize, part: &mut [f32]) {
     let cp = c.co_pad();
     let mut v0 = 0;
     while v0 < cp / LANES {
         let v = (cp / LANES - v0).min(4);
-        // SAFETY: as the caller's; v0 + V ≤ cp/16.
-        unsafe {
-            match v {
-                4 => wgrad_tile::<4, 5>(xp, dyt, c, i, ky, v0, out),
-                3 => wgrad_tile::<3, 5>(xp, dyt, c, i, ky, v0, out),
-                2 => wgrad_tile::<2, 5>(xp, dyt, c, i, ky, v0, out),
-                _ => wgrad_tile::<1, 5>(xp, dyt, c, i, ky, v0, out),
+        let ct = wgrad_channels(v, c.kw);
+        let mut i0 = 0;
+        while i0 < c.ci {
+            let n = (c.ci - i0).min(ct);
+            for ky in 0..c.kh {
+                // The full tiles with CT = `ct` (the table of `wgrad_channels`), the last
+                // input channels one at a time.
+                macro_rules! tiles {
+                    ($v:literal, $kw:literal, $ct:literal) => {
+                        if n == $ct {
+                            wgrad_tile::<$v, $ct, $kw>(xp, dyt, c, b, i0, ky, v0, part)
+                        } else {
+                            for t in 0..n {
+                                wgrad_tile::<$v, 1, $kw>(xp, dyt, c, b, i0 + t, ky, v0, part)
+                            }
+                        }
+                    };
+                }
+                // SAFETY: as the caller's; v0 + v ≤ cp/16, i0 + n ≤ ci, ky < kh.
+                unsafe {
+                    match (v, c.kw) {
+                        (4, 3) => tiles!(4, 3, 2),
+                        (3, 3) => tiles!(3, 3, 2),
+                        (2, 3) => tiles!(2, 3, 4),
+                        (1, 3) => tiles!(1, 3, 8),
+                        (4, 5) => tiles!(4, 5, 1),
+                        (3, 5) => tiles!(3, 5, 1),
+                        (2, 5) => tiles!(2, 5, 2),
+                        (1, 5) => tiles!(1, 5, 4),
+                        _ => unreachable!("weight_grad_supported: kw is 3 or 5"),
+                    }
+                }
             }
+            i0 += n;
         }
         v0 += v;
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wgrad_row(_: &[f32], _: &[f32], _: &Conv2d, _: usize, _: usize, _: &mut [f32]) {
+unsafe fn wgrad_sample(_: &[f32], _: &[f32], _: &Conv2d, _: usize, _: &mut [f32]) {
     unreachable!("supported() is false off x86-64")
 }
 
-/// `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row `ky`.
+/// Sample `b`: `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row
+/// `ky` × input channels `i0 .. i0 + CT`, added into `part`.
 ///
 /// # Safety
-/// As [`wgrad_row`]; `KW == c.kw`.
+/// As [`wgrad_sample`]; `KW == c.kw`, `i0 + CT ≤ c.ci`, `v0 + V ≤ co_pad/16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-// `acc[v][kx]` is indexed by both loop counters (a register tile the compiler unrolls).
+// `acc[t][kx][v]` is indexed by the loop counters (a register tile the compiler unrolls).
 #[allow(clippy::needless_range_loop)]
-unsafe fn wgrad_tile<const V: usize, const KW: usize>(
+unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
     xp: &[f32],
     dyt: &[f32],
     c: &Conv2d,
-    i: usize,
+    b: usize,
+    i0: usize,
     ky: usize,
     v0: usize,
-    out: &mut [f32],
+    part: &mut [f32],
 ) {
     use core::arch::x86_64::*;
     let (ho, wo) = c.out();
     let (pixels, cp) = (ho * wo, c.co_pad());
-    let (hp, wp) = (c.hp(), c.wp());
-    let plane = hp * wp;
-    debug_assert_eq!(KW, c.kw);
-    let mut acc = [[_mm512_setzero_ps(); KW]; V];
+    let wp = c.wp();
+    let plane = c.hp() * wp;
+    debug_assert!(KW == c.kw && i0 + CT <= c.ci && v0 + V <= cp / LANES && b < c.b);
+    let mut acc = [[[_mm512_setzero_ps(); V]; KW]; CT];
     let mut g = [_mm512_setzero_ps(); V];
-    // SAFETY: input offsets ((b·ci + i)·plane + (y + ky)·wp + x + kx) < b·ci·plane for
+    // SAFETY: input offsets ((b·ci + i0 + t)·plane + (y + ky)·wp + x + kx) < b·ci·plane for
     // y < ho, x < wo, kx < kw (the window lies inside the padded plane); dyt offsets
-    // (b·pixels + p)·cp + (v0 + v)·16 + 15 < b·pixels·cp; out offsets kx·cp + (v0 + v)·16 + 15
-    // < kw·cp.
+    // (b·pixels + p)·cp + (v0 + v)·16 + 15 < b·pixels·cp; part offsets
+    // (((i0 + t)·kh + ky)·kw + kx)·cp + (v0 + v)·16 + 15 < ci·kh·kw·cp.
     unsafe {
-        for b in 0..c.b {
-            let xb = xp.as_ptr().add((b * c.ci + i) * plane + ky * wp);
-            let db = dyt.as_ptr().add(b * pixels * cp + v0 * LANES);
-            for y in 0..ho {
-                let xr = xb.add(y * wp);
-                let dr = db.add(y * wo * cp);
-                for x in 0..wo {
-                    let dp = dr.add(x * cp);
-                    for (v, gv) in g.iter_mut().enumerate() {
-                        *gv = _mm512_loadu_ps(dp.add(v * LANES));
-                    }
-                    let xs = xr.add(x);
+        let xb = xp.as_ptr().add((b * c.ci + i0) * plane + ky * wp);
+        let db = dyt.as_ptr().add(b * pixels * cp + v0 * LANES);
+        for y in 0..ho {
+            let xr = xb.add(y * wp);
+            let dr = db.add(y * wo * cp);
+            for x in 0..wo {
+                let dp = dr.add(x * cp);
+                for (v, gv) in g.iter_mut().enumerate() {
+                    *gv = _mm512_loadu_ps(dp.add(v * LANES));
+                }
+                for t in 0..CT {
+                    let xs = xr.add(t * plane + x);
                     for kx in 0..KW {
                         let xv = _mm512_set1_ps(*xs.add(kx));
                         for v in 0..V {
-                            acc[v][kx] = _mm512_fmadd_ps(g[v], xv, acc[v][kx]);
+                            acc[t][kx][v] = _mm512_fmadd_ps(g[v], xv, acc[t][kx][v]);
                         }
                     }
                 }
             }
         }
-        let o = out.as_mut_ptr().add(v0 * LANES);
-        for (v, row) in acc.iter().enumerate() {
-            for (kx, &a) in row.iter().enumerate() {
-                _mm512_storeu_ps(o.add(kx * cp + v * LANES), a);
+        for t in 0..CT {
+            for kx in 0..KW {
+                let o = part
+                    .as_mut_ptr()
+                    .add((((i0 + t) * c.kh + ky) * KW + kx) * cp + v0 * LANES);
+                for v in 0..V {
+                    let p = o.add(v * LANES);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc[t][kx][v]));
+                }
             }
         }
     }

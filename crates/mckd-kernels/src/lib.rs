@@ -16,7 +16,7 @@
 //!   ([`conv3d`]); 3×3×3 stride-1 layers run a direct AVX-512 kernel without im2col, and
 //!   stride-1 2-D layers with ≥ 8 input channels (the AV-MNIST conv2 layers) another one with
 //!   the output channels in the vector lanes (`direct2.rs`: forward, the input gradient for
-//!   padding k − 1 − p ≤ 1, the weight gradient for 5-wide kernels).
+//!   padding k − 1 − p ≤ 1, the weight gradient for 3- and 5-wide kernels).
 //! * [`instance_norm_leaky_relu`]: the UNet blocks' instance norm → leaky ReLU, fused.
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
