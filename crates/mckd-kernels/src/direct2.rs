@@ -30,7 +30,11 @@
 //! Sums run over (input channel, ky, kx) in that order for every output; the results differ
 //! from the GEMM path in rounding only (tested against burn's layer in `conv3d`).
 
+use core::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use crate::flex_buf::{assume_init_f32, uninit_f32};
 
 /// Lanes of one AVX-512 vector of `f32`.
 const LANES: usize = 16;
@@ -135,10 +139,11 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
     );
     let (ho, wo) = c.out();
     let per_sample = c.co * ho * wo;
-    let mut y = vec![0.0f32; c.b * per_sample];
     if per_sample == 0 {
-        return y;
+        return vec![0.0; c.b * per_sample];
     }
+    // Every element is written by `transpose_out`: no zero fill (a serial pass otherwise).
+    let mut y = uninit_f32(c.b * per_sample);
     y.par_chunks_mut(per_sample).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(plane_buf, tmp), (b, out)| {
@@ -157,7 +162,8 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
             unsafe { transpose_out(tmp, out, c, bias) };
         },
     );
-    y
+    // SAFETY: the samples partition `y` and `transpose_out` wrote all of each.
+    unsafe { assume_init_f32(y) }
 }
 
 /// Copies a sample's planes into the interior of `buf` (`[ci][hp][wp]`, zero-filled by the
@@ -223,15 +229,21 @@ unsafe fn sample(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut Vec<f32>) 
     }
 }
 
-/// `out[o][p] = tmp[p][o] + bias[o]` for the sample's `co` rows of `ho·w'` pixels: 16
-/// pixels of one channel per gather (stride `co_pad`), masked for the last ones.
+/// `out[o][p] = tmp[p][o] + bias[o]` for the sample's `co` rows of `ho·w'` pixels (every
+/// element written): 16 pixels of one channel per gather (stride `co_pad`), masked for the
+/// last ones.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `tmp` has at least `ho·wo` rows of `co_pad` floats and `out`
 /// is `co·ho·wo` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_out(tmp: &[f32], out: &mut [f32], c: &Conv2d, bias: Option<&[f32]>) {
+unsafe fn transpose_out(
+    tmp: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    c: &Conv2d,
+    bias: Option<&[f32]>,
+) {
     use core::arch::x86_64::*;
     let (ho, wo) = c.out();
     let (pixels, cp) = (ho * wo, c.co_pad());
@@ -244,7 +256,7 @@ unsafe fn transpose_out(tmp: &[f32], out: &mut [f32], c: &Conv2d, bias: Option<&
         for o in 0..c.co {
             let bv = _mm512_set1_ps(bias.map_or(0.0, |b| b[o]));
             let src = tmp.as_ptr().add(o);
-            let dst = out.as_mut_ptr().add(o * pixels);
+            let dst = out.as_mut_ptr().cast::<f32>().add(o * pixels);
             let mut p = 0;
             while p < pixels {
                 let n = (pixels - p).min(LANES);
@@ -263,7 +275,7 @@ unsafe fn transpose_out(tmp: &[f32], out: &mut [f32], c: &Conv2d, bias: Option<&
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose_out(_: &[f32], _: &mut [f32], _: &Conv2d, _: Option<&[f32]>) {
+unsafe fn transpose_out(_: &[f32], _: &mut [MaybeUninit<f32>], _: &Conv2d, _: Option<&[f32]>) {
     unreachable!("supported() is false off x86-64")
 }
 
@@ -366,29 +378,43 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
     if c.b == 0 || pixels == 0 {
         return vec![0.0; c.co * c.ci * c.kh * c.kw];
     }
-    // dy as [b][pixel][co_pad] (zeros in the padding lanes).
-    let mut dyt = vec![0.0f32; c.b * pixels * cp];
+    // dy as [b][pixel][co_pad] (zeros in the padding lanes); buffers are filled per sample in
+    // the parallel loops, not zeroed first on one thread.
+    let mut dyt = uninit_f32(c.b * pixels * cp);
     dyt.par_chunks_mut(pixels * cp)
         .enumerate()
         .for_each(|(b, t)| {
+            for px in t.chunks_exact_mut(cp) {
+                for v in &mut px[c.co..] {
+                    v.write(0.0);
+                }
+            }
             for o in 0..c.co {
                 for (p, &v) in dy[(b * c.co + o) * pixels..][..pixels].iter().enumerate() {
-                    t[p * cp + o] = v;
+                    t[p * cp + o].write(v);
                 }
             }
         });
+    // SAFETY: every pixel's `co` lanes and padding lanes were written above.
+    let dyt = unsafe { assume_init_f32(dyt) };
     let plane = c.hp() * c.wp();
     let padded: Vec<f32>;
     let xp: &[f32] = if c.ph == 0 && c.pw == 0 {
         x
     } else {
-        let mut all = vec![0.0f32; c.b * c.ci * plane];
+        let mut all = uninit_f32(c.b * c.ci * plane);
         all.par_chunks_mut(c.ci * plane)
             .enumerate()
             .for_each(|(b, dst)| {
+                for v in dst.iter_mut() {
+                    v.write(0.0);
+                }
+                // SAFETY: every element was just written.
+                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 pad_planes(&x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w], c, dst)
             });
-        padded = all;
+        // SAFETY: the samples partition `all` and each was zero-filled above.
+        padded = unsafe { assume_init_f32(all) };
         &padded
     };
     // Per chunk of samples: [ci][kh][kw][co_pad].
@@ -404,12 +430,15 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
             part
         })
         .collect();
+    // Σ over the chunks in order, element by element (in parallel over the elements).
     let mut sum = partials[0].clone();
-    for part in &partials[1..] {
-        for (s, v) in sum.iter_mut().zip(part) {
-            *s += v;
+    sum.par_chunks_mut(1024).enumerate().for_each(|(k, s)| {
+        for part in &partials[1..] {
+            for (s, v) in s.iter_mut().zip(&part[k * 1024..]) {
+                *s += v;
+            }
         }
-    }
+    });
     let mut dw = vec![0.0f32; c.co * c.ci * c.kh * c.kw];
     for i in 0..c.ci {
         for ky in 0..c.kh {
