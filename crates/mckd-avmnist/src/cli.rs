@@ -152,7 +152,8 @@ pub struct ReproduceArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
     /// Runs trained at the same time, as child processes of this binary (every run stays
-    /// deterministic for its seed).
+    /// deterministic for its seed); each gets cores / jobs threads unless RAYON_NUM_THREADS is
+    /// set.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
 }
@@ -669,8 +670,9 @@ fn worker(a: &ReproduceArgs, cfg: &ExperimentConfig, job: &str) -> anyhow::Resul
 }
 
 /// The parent side: runs every spec as a child process of this binary (same arguments, plus
-/// [`WORKER_ENV`]), `jobs` at a time; child stderr goes to `logs/<run>.stderr`. The progress
-/// bar advances by a run's iterations when it finishes.
+/// [`WORKER_ENV`], and `RAYON_NUM_THREADS` = cores / `jobs` unless set), `jobs` at a time;
+/// child stderr goes to `logs/<run>.stderr`. The progress bar advances by a run's iterations
+/// when it finishes.
 fn run_children(
     data: &AvMnist,
     specs: &[RunSpec],
@@ -704,6 +706,8 @@ fn run_children(
     };
     let mut order: Vec<usize> = (0..specs.len()).collect();
     order.sort_by(|&a, &b| cost(b).total_cmp(&cost(a)));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads_per_child = (cores / jobs.max(1)).max(1);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<crate::experiment::Result<RunOutcome>>>> =
         Mutex::new((0..specs.len()).map(|_| None).collect());
@@ -712,7 +716,7 @@ fn run_children(
             scope.spawn(|| {
                 while let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
                     let spec = specs[i];
-                    let r = run_child(&exe, &args, &spec, &work, &snapshot);
+                    let r = run_child(&exe, &args, &spec, &work, &snapshot, threads_per_child);
                     bar.inc(planned[i] as u64);
                     if let Ok(o) = &r {
                         on_done(o);
@@ -737,6 +741,7 @@ fn run_child(
     spec: &RunSpec,
     work: &RunDir,
     snapshot: &Path,
+    threads_per_child: usize,
 ) -> crate::experiment::Result<RunOutcome> {
     use crate::experiment::AvmnistError;
     let output = work.file(&format!("{}.outcome.json", spec.label()));
@@ -751,7 +756,13 @@ fn run_child(
         path: stderr_path.clone(),
         msg: e.to_string(),
     })?;
-    let status = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    // The children share the cores: unless the user chose, each gets its share of them (with
+    // more threads than cores the pools' spinning workers would take turns with the work).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        command.env("RAYON_NUM_THREADS", threads_per_child.to_string());
+    }
+    let status = command
         .args(args)
         .env(WORKER_ENV, job)
         .stdout(std::process::Stdio::null())

@@ -57,5 +57,5 @@ pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_counted, batch_norm_relu_pool2d};
 pub use instnorm::instance_norm_leaky_relu;
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
-pub use pool::run_on_pool;
+pub use pool::{run_on_pool, with_busy_workers};
 pub use rows::select_rows;

@@ -158,7 +158,7 @@ fn draw_masks<S: Source, R: Rng>(
 // log sink); bundling them would only hide that.
 #[allow(clippy::too_many_arguments)]
 pub fn train<T, S>(
-    mut model: MckdModel<T>,
+    model: MckdModel<T>,
     trainer: &mut MckdTrainer,
     train: &S,
     meta: Option<&S>,
@@ -166,6 +166,36 @@ pub fn train<T, S>(
     device: &Device,
     progress: &ProgressBar,
     mut on_iteration: impl FnMut(&LogRow),
+) -> MckdModel<T>
+where
+    T: Task,
+    S: Source<Batch = T::Batch>,
+{
+    // The other pool workers spin through the steps instead of sleeping between kernels.
+    mckd_kernels::with_busy_workers(|| {
+        train_loop(
+            model,
+            trainer,
+            train,
+            meta,
+            cfg,
+            device,
+            progress,
+            &mut on_iteration,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_loop<T, S>(
+    mut model: MckdModel<T>,
+    trainer: &mut MckdTrainer,
+    train: &S,
+    meta: Option<&S>,
+    cfg: &LoopConfig,
+    device: &Device,
+    progress: &ProgressBar,
+    on_iteration: &mut impl FnMut(&LogRow),
 ) -> MckdModel<T>
 where
     T: Task,
