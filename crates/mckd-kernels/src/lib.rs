@@ -26,6 +26,8 @@
 //!   `select` backward is element by element on `flex`).
 //! * [`run_on_pool`]: runs a whole job on a worker of rayon's pool, so the kernels' parallel
 //!   calls start on the calling thread instead of being handed to a sleeping worker.
+//! * [`with_busy_workers`]: the pool's other workers spin through a training loop instead
+//!   of sleeping between its parallel calls.
 //!
 //! The AVX-512 paths are chosen at run time; `MCKD_KERNELS_BASELINE=1` switches them off
 //! (the general paths then run, e.g. to test them on an AVX-512 machine).
