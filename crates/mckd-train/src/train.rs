@@ -172,93 +172,67 @@ where
     S: Source<Batch = T::Batch>,
 {
     // The other pool workers spin through the steps instead of sleeping between kernels.
-    mckd_kernels::with_busy_workers(|| {
-        train_loop(
-            model,
-            trainer,
-            train,
-            meta,
-            cfg,
-            device,
-            progress,
-            &mut on_iteration,
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_loop<T, S>(
-    mut model: MckdModel<T>,
-    trainer: &mut MckdTrainer,
-    train: &S,
-    meta: Option<&S>,
-    cfg: &LoopConfig,
-    device: &Device,
-    progress: &ProgressBar,
-    on_iteration: &mut impl FnMut(&LogRow),
-) -> MckdModel<T>
-where
-    T: Task,
-    S: Source<Batch = T::Batch>,
-{
-    let n = model.task.modalities().len();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let per_epoch = iterations_per_epoch(train.len(), cfg.batch_size, cfg.drop_last);
-    let total = (per_epoch * cfg.epochs).max(1);
-    let mut meta_order: Vec<usize> = meta.map(|m| (0..m.len()).collect()).unwrap_or_default();
-    // Start past the end so that the first meta step shuffles.
-    let mut meta_pos = meta_order.len();
-    let mut iteration = 0;
-    for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(cfg.batch_size) {
-            if cfg.drop_last && chunk.len() < cfg.batch_size && per_epoch > 0 {
-                continue;
-            }
-            let lr = cfg.lr.at(epoch, iteration as f64 / total as f64);
-            iteration += 1;
-            let masks = draw_masks(
-                train,
-                chunk,
-                trainer.config.sampling,
-                cfg.granularity,
-                n,
-                &mut rng,
-            );
-            let batch = train.batch(chunk, device);
-            let mask = mask_tensor(&masks, device);
-            let (m, stats) = trainer.inner_step(model, &batch, &mask, lr);
-            model = m;
-            let mut meta_loss = None;
-            if let Some(meta) = meta.filter(|m| !m.is_empty())
-                && trainer.is_meta_iteration(iteration)
-            {
-                let bs = cfg.batch_size.min(meta.len());
-                if meta_pos + bs > meta_order.len() {
-                    meta_order.shuffle(&mut rng);
-                    meta_pos = 0;
+    mckd_kernels::with_busy_workers(move || {
+        let mut model = model;
+        let n = model.task.modalities().len();
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let per_epoch = iterations_per_epoch(train.len(), cfg.batch_size, cfg.drop_last);
+        let total = (per_epoch * cfg.epochs).max(1);
+        let mut meta_order: Vec<usize> = meta.map(|m| (0..m.len()).collect()).unwrap_or_default();
+        // Start past the end so that the first meta step shuffles.
+        let mut meta_pos = meta_order.len();
+        let mut iteration = 0;
+        for epoch in 0..cfg.epochs {
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(cfg.batch_size) {
+                if cfg.drop_last && chunk.len() < cfg.batch_size && per_epoch > 0 {
+                    continue;
                 }
-                let idx = &meta_order[meta_pos..meta_pos + bs];
-                meta_pos += bs;
-                let (m, loss) = trainer.meta_step(model, &meta.batch(idx, device));
+                let lr = cfg.lr.at(epoch, iteration as f64 / total as f64);
+                iteration += 1;
+                let masks = draw_masks(
+                    train,
+                    chunk,
+                    trainer.config.sampling,
+                    cfg.granularity,
+                    n,
+                    &mut rng,
+                );
+                let batch = train.batch(chunk, device);
+                let mask = mask_tensor(&masks, device);
+                let (m, stats) = trainer.inner_step(model, &batch, &mask, lr);
                 model = m;
-                meta_loss = Some(loss);
+                let mut meta_loss = None;
+                if let Some(meta) = meta.filter(|m| !m.is_empty())
+                    && trainer.is_meta_iteration(iteration)
+                {
+                    let bs = cfg.batch_size.min(meta.len());
+                    if meta_pos + bs > meta_order.len() {
+                        meta_order.shuffle(&mut rng);
+                        meta_pos = 0;
+                    }
+                    let idx = &meta_order[meta_pos..meta_pos + bs];
+                    meta_pos += bs;
+                    let (m, loss) = trainer.meta_step(model, &meta.batch(idx, device));
+                    model = m;
+                    meta_loss = Some(loss);
+                }
+                let row = LogRow {
+                    iteration,
+                    epoch,
+                    lr,
+                    task_loss: stats.task_loss,
+                    ckd_loss: stats.ckd_loss,
+                    meta_loss,
+                    iwv: model.iwv.normalised_values(),
+                };
+                on_iteration(&row);
+                progress.inc(1);
             }
-            let row = LogRow {
-                iteration,
-                epoch,
-                lr,
-                task_loss: stats.task_loss,
-                ckd_loss: stats.ckd_loss,
-                meta_loss,
-                iwv: model.iwv.normalised_values(),
-            };
-            on_iteration(&row);
-            progress.inc(1);
         }
-    }
-    model
+        model
+    })
 }
 
 /// Inner iterations per epoch.
