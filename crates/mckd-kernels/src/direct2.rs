@@ -147,15 +147,7 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
     y.par_chunks_mut(per_sample).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(plane_buf, tmp), (b, out)| {
-            let xs = &x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w];
-            let input: &[f32] = if c.ph == 0 && c.pw == 0 {
-                xs
-            } else {
-                plane_buf.clear();
-                plane_buf.resize(c.ci * c.hp() * c.wp(), 0.0);
-                pad_planes(xs, c, plane_buf);
-                plane_buf
-            };
+            let input = padded_sample(x, b, c, plane_buf);
             // SAFETY: avx512() was checked by `supported`.
             unsafe { sample(input, packed, c, tmp) };
             // SAFETY: avx512() was checked by `supported`; `tmp` holds ≥ ho·wo rows.
@@ -164,6 +156,19 @@ pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d
     );
     // SAFETY: the samples partition `y` and `transpose_out` wrote all of each.
     unsafe { assume_init_f32(y) }
+}
+
+/// Sample `b` of `x` (`[b][ci][h][w]`) with its zero border (`[ci][hp][wp]`, in `buf`), or
+/// the sample itself when there is no padding.
+fn padded_sample<'a>(x: &'a [f32], b: usize, c: &Conv2d, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let xs = &x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w];
+    if c.ph == 0 && c.pw == 0 {
+        return xs;
+    }
+    buf.clear();
+    buf.resize(c.ci * c.hp() * c.wp(), 0.0);
+    pad_planes(xs, c, buf);
+    buf
 }
 
 /// Copies a sample's planes into the interior of `buf` (`[ci][hp][wp]`, zero-filled by the
@@ -397,35 +402,17 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
         });
     // SAFETY: every pixel's `co` lanes and padding lanes were written above.
     let dyt = unsafe { assume_init_f32(dyt) };
-    let plane = c.hp() * c.wp();
-    let padded: Vec<f32>;
-    let xp: &[f32] = if c.ph == 0 && c.pw == 0 {
-        x
-    } else {
-        let mut all = uninit_f32(c.b * c.ci * plane);
-        all.par_chunks_mut(c.ci * plane)
-            .enumerate()
-            .for_each(|(b, dst)| {
-                for v in dst.iter_mut() {
-                    v.write(0.0);
-                }
-                // SAFETY: every element was just written.
-                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                pad_planes(&x[b * c.ci * c.h * c.w..][..c.ci * c.h * c.w], c, dst)
-            });
-        // SAFETY: the samples partition `all` and each was zero-filled above.
-        padded = unsafe { assume_init_f32(all) };
-        &padded
-    };
     // Per chunk of samples: [ci][kh][kw][co_pad].
     let partials: Vec<Vec<f32>> = (0..c.b.div_ceil(WGRAD_CHUNK))
         .into_par_iter()
         .map(|k| {
-            let mut part = vec![0.0f32; packed_len];
+            let (mut part, mut plane_buf) = (vec![0.0f32; packed_len], Vec::new());
             for b in k * WGRAD_CHUNK..((k + 1) * WGRAD_CHUNK).min(c.b) {
+                let input = padded_sample(x, b, c, &mut plane_buf);
+                let dyt = &dyt[b * pixels * cp..][..pixels * cp];
                 // SAFETY: avx512() was checked by `weight_grad_supported`; the sizes were
                 // checked above (see `wgrad_tile` for the index ranges).
-                unsafe { wgrad_sample(xp, &dyt, c, b, &mut part) };
+                unsafe { wgrad_sample(input, dyt, c, &mut part) };
             }
             part
         })
@@ -471,11 +458,11 @@ fn wgrad_channels(v: usize, kw: usize) -> usize {
 /// One sample's weight gradient added into `part` (`[ci][kh][kw][co_pad]`).
 ///
 /// # Safety
-/// AVX-512F; `xp` is `[b][ci][hp][wp]`, `dyt` `[b][pixel][co_pad]`, `part` `ci·kh·kw·co_pad`
-/// long, `b` < `c.b`, `c.kw` 3 or 5.
+/// AVX-512F; `xp` is the sample's padded input `[ci][hp][wp]`, `dyt` its `[pixel][co_pad]`
+/// output gradient, `part` `ci·kh·kw·co_pad` long, `c.kw` 3 or 5.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, b: usize, part: &mut [f32]) {
+unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
     let cp = c.co_pad();
     let mut v0 = 0;
     while v0 < cp / LANES {
@@ -490,10 +477,10 @@ unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, b: usize, part: &mut
                 macro_rules! tiles {
                     ($v:literal, $kw:literal, $ct:literal) => {
                         if n == $ct {
-                            wgrad_tile::<$v, $ct, $kw>(xp, dyt, c, b, i0, ky, v0, part)
+                            wgrad_tile::<$v, $ct, $kw>(xp, dyt, c, i0, ky, v0, part)
                         } else {
                             for t in 0..n {
-                                wgrad_tile::<$v, 1, $kw>(xp, dyt, c, b, i0 + t, ky, v0, part)
+                                wgrad_tile::<$v, 1, $kw>(xp, dyt, c, i0 + t, ky, v0, part)
                             }
                         }
                     };
@@ -520,11 +507,11 @@ unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, b: usize, part: &mut
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wgrad_sample(_: &[f32], _: &[f32], _: &Conv2d, _: usize, _: &mut [f32]) {
+unsafe fn wgrad_sample(_: &[f32], _: &[f32], _: &Conv2d, _: &mut [f32]) {
     unreachable!("supported() is false off x86-64")
 }
 
-/// Sample `b`: `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row
+/// One sample: `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row
 /// `ky` × input channels `i0 .. i0 + CT`, added into `part`.
 ///
 /// # Safety
@@ -538,7 +525,6 @@ unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
     xp: &[f32],
     dyt: &[f32],
     c: &Conv2d,
-    b: usize,
     i0: usize,
     ky: usize,
     v0: usize,
@@ -546,19 +532,19 @@ unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
 ) {
     use core::arch::x86_64::*;
     let (ho, wo) = c.out();
-    let (pixels, cp) = (ho * wo, c.co_pad());
+    let cp = c.co_pad();
     let wp = c.wp();
     let plane = c.hp() * wp;
-    debug_assert!(KW == c.kw && i0 + CT <= c.ci && v0 + V <= cp / LANES && b < c.b);
+    debug_assert!(KW == c.kw && i0 + CT <= c.ci && v0 + V <= cp / LANES);
     let mut acc = [[[_mm512_setzero_ps(); V]; KW]; CT];
     let mut g = [_mm512_setzero_ps(); V];
-    // SAFETY: input offsets ((b·ci + i0 + t)·plane + (y + ky)·wp + x + kx) < b·ci·plane for
-    // y < ho, x < wo, kx < kw (the window lies inside the padded plane); dyt offsets
-    // (b·pixels + p)·cp + (v0 + v)·16 + 15 < b·pixels·cp; part offsets
+    // SAFETY: input offsets (i0 + t)·plane + (y + ky)·wp + x + kx < ci·plane for y < ho,
+    // x < wo, kx < kw (the window lies inside the padded plane); dyt offsets
+    // p·cp + (v0 + v)·16 + 15 < pixels·cp; part offsets
     // (((i0 + t)·kh + ky)·kw + kx)·cp + (v0 + v)·16 + 15 < ci·kh·kw·cp.
     unsafe {
-        let xb = xp.as_ptr().add((b * c.ci + i0) * plane + ky * wp);
-        let db = dyt.as_ptr().add(b * pixels * cp + v0 * LANES);
+        let xb = xp.as_ptr().add(i0 * plane + ky * wp);
+        let db = dyt.as_ptr().add(v0 * LANES);
         for y in 0..ho {
             let xr = xb.add(y * wp);
             let dr = db.add(y * wo * cp);
