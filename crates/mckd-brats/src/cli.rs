@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use mckd_train::device::DeviceChoice;
 use mckd_train::run::RunDir;
-use mckd_volume::{LabelConvention, PhantomConfig, discover_cases, write_phantom_dataset};
+use mckd_volume::{
+    LabelConvention, PhantomConfig, discover_cases, implied_convention, write_phantom_dataset,
+};
 
 use crate::experiment::{DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run};
 use crate::infer::predict_files;
@@ -119,9 +121,10 @@ pub struct TrainArgs {
     /// Reuse this splits.json (e.g. the MCKD run's, for its Baseline).
     #[arg(long)]
     pub splits: Option<PathBuf>,
-    /// Label convention of the segmentations.
-    #[arg(long, value_enum, default_value_t = ConventionArg::Brats2018)]
-    pub convention: ConventionArg,
+    /// Label convention of the segmentations [default: from the file names: brats2023 when
+    /// every case is named `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`, else brats2018].
+    #[arg(long, value_enum)]
+    pub convention: Option<ConventionArg>,
     /// Sliding-window tile for evaluation as D H W [default: 80 160 160].
     #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
     pub tile: Option<Vec<usize>>,
@@ -278,7 +281,19 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.seed = a.seed;
             cfg.meta_interval = a.meta_interval;
             cfg.alpha = a.alpha;
-            cfg.convention = a.convention.into();
+            cfg.convention = match a.convention {
+                Some(c) => c.into(),
+                None => {
+                    let c = implied_convention(&discover_cases(&a.data)?);
+                    eprintln!(
+                        "labels: {} convention (ET = {}), from the file names; \
+                         --convention overrides",
+                        c.name(),
+                        c.et()
+                    );
+                    c
+                }
+            };
             cfg.device = a.device;
             cfg.impute_skips = a.impute_skips;
             cfg.distill_skips = a.distill_skips;

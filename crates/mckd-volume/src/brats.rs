@@ -7,8 +7,9 @@
 //! one and is used by [`labels_to_regions`], [`probs_to_labels`], the metrics and the crops.)
 //!
 //! # Modalities
-//! Order 0 Flair, 1 T1, 2 T1c, 3 T2 ([`MODALITIES`]); BraTS 2018 file suffixes
-//! `flair`, `t1`, `t1ce`, `t2` ([`MODALITY_SUFFIXES`]), segmentation `seg`.
+//! Order 0 Flair, 1 T1, 2 T1c, 3 T2 ([`MODALITIES`]). File names ([`FileNaming`]): BraTS
+//! 2017–2021 `<case>_{flair,t1,t1ce,t2,seg}.nii.gz` ([`MODALITY_SUFFIXES`]), BraTS 2023+
+//! `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`; each case folder is read with the naming it uses.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,51 @@ pub const MODALITY_SUFFIXES: [&str; 4] = ["flair", "t1", "t1ce", "t2"];
 
 /// File-name suffix of the segmentation: `<case>_seg.nii.gz`.
 pub const SEG_SUFFIX: &str = "seg";
+
+/// How the files of a case folder are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum FileNaming {
+    /// BraTS 2017–2021: `<case>_{flair,t1,t1ce,t2,seg}.nii.gz`.
+    #[default]
+    Brats2018,
+    /// BraTS 2023+ (GLI and the other 2023 challenges): `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`
+    /// (t2f = Flair, t1n = native T1, t1c = contrast-enhanced T1, t2w = T2).
+    Brats2023,
+}
+
+impl FileNaming {
+    /// Every naming, in the order [`Case::from_dir`] prefers them on a tie.
+    pub const ALL: [FileNaming; 2] = [FileNaming::Brats2018, FileNaming::Brats2023];
+
+    /// Between the case id and the suffix.
+    pub fn separator(self) -> char {
+        match self {
+            FileNaming::Brats2018 => '_',
+            FileNaming::Brats2023 => '-',
+        }
+    }
+
+    /// Modality suffixes in [`MODALITIES`] order.
+    pub fn modality_suffixes(self) -> [&'static str; 4] {
+        match self {
+            FileNaming::Brats2018 => MODALITY_SUFFIXES,
+            FileNaming::Brats2023 => ["t2f", "t1n", "t1c", "t2w"],
+        }
+    }
+
+    /// `<id><separator><suffix>.<ext>`.
+    fn file_name(self, id: &str, suffix: &str, ext: &str) -> String {
+        format!("{id}{}{suffix}.{ext}", self.separator())
+    }
+
+    /// The label convention that datasets with this naming use.
+    pub fn label_convention(self) -> LabelConvention {
+        match self {
+            FileNaming::Brats2018 => LabelConvention::Brats2018,
+            FileNaming::Brats2023 => LabelConvention::Brats2023,
+        }
+    }
+}
 
 /// Which integer stands for which tumour sub-region in a segmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -247,20 +293,24 @@ pub struct Case {
     pub modalities: [PathBuf; 4],
     /// Segmentation file, if the case has one.
     pub seg: Option<PathBuf>,
+    /// How the case's files are named.
+    #[serde(default)]
+    pub naming: FileNaming,
 }
 
-/// `<dir>/<id>_<suffix>.nii.gz`, or `.nii` if only that exists.
-fn find_file(dir: &Path, id: &str, suffix: &str) -> Option<PathBuf> {
+/// `<dir>/<id><sep><suffix>.nii.gz`, or `.nii` if only that exists.
+fn find_file(dir: &Path, naming: FileNaming, id: &str, suffix: &str) -> Option<PathBuf> {
     ["nii.gz", "nii"]
         .iter()
-        .map(|ext| dir.join(format!("{id}_{suffix}.{ext}")))
+        .map(|ext| dir.join(naming.file_name(id, suffix, ext)))
         .find(|p| p.is_file())
 }
 
 impl Case {
-    /// The case stored in `dir` (`<dir>/<id>_{flair,t1,t1ce,t2[,seg]}.nii[.gz]`, id = folder
-    /// name). A missing modality is a [`VolumeError::MissingFile`] naming the expected file;
-    /// the segmentation is optional.
+    /// The case stored in `dir` (id = folder name): `<dir>/<id>_{flair,t1,t1ce,t2[,seg]}.nii[.gz]`
+    /// or `<dir>/<id>-{t2f,t1n,t1c,t2w[,seg]}.nii[.gz]`, whichever naming more of the
+    /// modality files use (BraTS 2018's on a tie). A missing modality is a
+    /// [`VolumeError::MissingFile`] naming the expected file; the segmentation is optional.
     pub fn from_dir(dir: impl AsRef<Path>, group: Option<String>) -> Result<Case> {
         let dir = dir.as_ref();
         let id = dir
@@ -270,38 +320,63 @@ impl Case {
                 dir: dir.to_path_buf(),
                 problem: "a case folder needs a name".to_string(),
             })?;
+        let found = |naming: FileNaming| {
+            naming
+                .modality_suffixes()
+                .iter()
+                .filter(|s| find_file(dir, naming, &id, s).is_some())
+                .count()
+        };
+        // max_by_key keeps the last maximum: scan in reverse so that 2018 wins a tie.
+        let naming = FileNaming::ALL
+            .into_iter()
+            .rev()
+            .max_by_key(|&n| found(n))
+            .unwrap_or_default();
         let mut modalities: [PathBuf; 4] = Default::default();
-        for (m, suffix) in MODALITY_SUFFIXES.iter().enumerate() {
+        for (m, suffix) in naming.modality_suffixes().iter().enumerate() {
             modalities[m] =
-                find_file(dir, &id, suffix).ok_or_else(|| VolumeError::MissingFile {
-                    path: dir.join(format!("{id}_{suffix}.nii.gz")),
+                find_file(dir, naming, &id, suffix).ok_or_else(|| VolumeError::MissingFile {
+                    path: dir.join(naming.file_name(&id, suffix, "nii.gz")),
                     what: format!("{} modality file of case {id}", MODALITIES[m]),
                 })?;
         }
         Ok(Case {
-            seg: find_file(dir, &id, SEG_SUFFIX),
+            seg: find_file(dir, naming, &id, SEG_SUFFIX),
             id,
             group,
             dir: dir.to_path_buf(),
             modalities,
+            naming,
         })
     }
 }
 
-/// Whether `dir` looks like a case folder: it holds a `<dirname>_*.nii[.gz]` file.
+/// Whether `dir` looks like a case folder: it holds a `<dirname>_*.nii[.gz]` or
+/// `<dirname>-*.nii[.gz]` file.
 fn is_case_dir(dir: &Path) -> bool {
     let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return false;
     };
-    let prefix = format!("{name}_");
+    let prefixes = FileNaming::ALL.map(|n| format!("{name}{}", n.separator()));
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten().any(|e| {
                 let f = e.file_name().to_string_lossy().into_owned();
-                f.starts_with(&prefix) && (f.ends_with(".nii.gz") || f.ends_with(".nii"))
+                prefixes.iter().any(|p| f.starts_with(p))
+                    && (f.ends_with(".nii.gz") || f.ends_with(".nii"))
             })
         })
         .unwrap_or(false)
+}
+
+/// The label convention that the file names of `cases` imply: that of their naming
+/// ([`FileNaming::label_convention`]) if every case uses the same one, else BraTS 2018's.
+pub fn implied_convention(cases: &[Case]) -> LabelConvention {
+    match cases.first() {
+        Some(c) if cases.iter().all(|d| d.naming == c.naming) => c.naming.label_convention(),
+        _ => LabelConvention::Brats2018,
+    }
 }
 
 fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -353,8 +428,8 @@ pub fn discover_cases(root: impl AsRef<Path>) -> Result<Vec<Case>> {
     if cases.is_empty() {
         return Err(VolumeError::Layout {
             dir: root.to_path_buf(),
-            problem: "no case folders (<case>/<case>_flair.nii.gz ...) found, neither \
-                      directly nor under HGG/ or LGG/"
+            problem: "no case folders (<case>/<case>_flair.nii.gz ... or \
+                      <case>/<case>-t2f.nii.gz ...) found, neither directly nor under HGG/ or LGG/"
                 .to_string(),
         });
     }
@@ -531,6 +606,105 @@ mod tests {
         let v = t1c.get(120, 120, 77);
         assert!((f64::from(v) - -0.049848722269109136).abs() < 1e-5, "{v}");
         assert_eq!(loaded.stacked().len(), 4 * 240 * 240 * 155);
+    }
+
+    #[test]
+    fn brats2023_file_names_are_read_in_modality_order() {
+        let tmp = TempDir::new("cases23");
+        let h = Header::synthetic([4, 4, 4], [1.0; 3]).unwrap();
+        // Each modality a different ramp so that the order can be checked after loading.
+        let write = |dir: &Path, id: &str, suffixes: &[(&str, f32)]| {
+            std::fs::create_dir_all(dir).unwrap();
+            for &(s, slope) in suffixes {
+                let v = Volume::new([4, 4, 4], (0..64).map(|x| 1.0 + slope * x as f32).collect())
+                    .unwrap();
+                write_volume_as(
+                    dir.join(format!("{id}-{s}.nii.gz")),
+                    &v,
+                    &h,
+                    StorageType::F32,
+                )
+                .unwrap();
+            }
+        };
+        let mut seg = vec![0u8; 64];
+        seg[5] = 3; // ET under BraTS 2023
+        seg[6] = 2;
+        seg[7] = 1;
+        let root = tmp.path().join("gli");
+        let id = "BraTS-GLI-00001-000";
+        let dir = root.join(id);
+        // File order on disk differs from the modality order: t2f = Flair, t1n = T1, t2w = T2.
+        write(
+            &dir,
+            id,
+            &[("t2w", 4.0), ("t1c", 3.0), ("t1n", 2.0), ("t2f", 1.0)],
+        );
+        write_labels_like(dir.join(format!("{id}-seg.nii.gz")), &seg, &h).unwrap();
+        let cases = discover_cases(&root).unwrap();
+        assert_eq!(cases.len(), 1);
+        let case = &cases[0];
+        assert_eq!(case.naming, FileNaming::Brats2023);
+        let names: Vec<String> = case
+            .modalities
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "BraTS-GLI-00001-000-t2f.nii.gz",
+                "BraTS-GLI-00001-000-t1n.nii.gz",
+                "BraTS-GLI-00001-000-t1c.nii.gz",
+                "BraTS-GLI-00001-000-t2w.nii.gz"
+            ]
+        );
+        assert!(
+            case.seg
+                .as_ref()
+                .unwrap()
+                .ends_with(format!("{id}-seg.nii.gz"))
+        );
+        let convention = implied_convention(&cases);
+        assert_eq!(convention, LabelConvention::Brats2023);
+        let loaded = load_case(case, convention).unwrap();
+        assert_eq!(loaded.seg.as_ref().unwrap(), &seg);
+        // The raw ramps differ only in slope; after the z-score every modality is the same
+        // ramp, so check the raw files went to the right slots through their slopes instead.
+        for (m, slope) in [1.0f32, 2.0, 3.0, 4.0].into_iter().enumerate() {
+            let (raw, _) = read_volume(&case.modalities[m]).unwrap();
+            assert_eq!(raw.get(1, 0, 0), 1.0 + slope, "modality {m}");
+        }
+        // Label 3 is ET in 2023 labels and unknown in 2018 labels (error names the file).
+        let msg = load_case(case, LabelConvention::Brats2018)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("-seg.nii.gz") && msg.contains("value 3"),
+            "{msg}"
+        );
+
+        // A 2023 case without its t1c: the error names the expected 2023 file.
+        let root = tmp.path().join("gli-missing");
+        let id = "BraTS-GLI-00002-000";
+        write(
+            &root.join(id),
+            id,
+            &[("t2f", 1.0), ("t1n", 1.0), ("t2w", 1.0)],
+        );
+        let msg = discover_cases(&root).unwrap_err().to_string();
+        assert!(msg.contains("BraTS-GLI-00002-000-t1c.nii.gz"), "{msg}");
+
+        // Mixed namings across cases imply the 2018 labels; each case keeps its own naming.
+        let mixed = [
+            Case::from_dir(&dir, None).unwrap(),
+            Case {
+                naming: FileNaming::Brats2018,
+                ..Case::from_dir(&dir, None).unwrap()
+            },
+        ];
+        assert_eq!(implied_convention(&mixed), LabelConvention::Brats2018);
+        assert_eq!(implied_convention(&mixed[..1]), LabelConvention::Brats2023);
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub mod splits;
 pub mod volume;
 
 pub use brats::{
-    Case, LabelConvention, LoadedCase, MODALITIES, MODALITY_SUFFIXES, Region, discover_cases,
-    labels_to_regions, load_case, probs_to_labels, regions_to_labels,
+    Case, FileNaming, LabelConvention, LoadedCase, MODALITIES, MODALITY_SUFFIXES, Region,
+    discover_cases, implied_convention, labels_to_regions, load_case, probs_to_labels,
+    regions_to_labels,
 };
 pub use crop::{Crop, CropConfig, ForegroundIndex, random_crop};
 pub use error::{Result, VolumeError};

@@ -106,3 +106,88 @@ fn quick_demo_writes_a_complete_run_folder() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Phantoms renamed to the BraTS 2023 layout (`<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`, ET = 3):
+/// `brats train` without `--convention` reads them with the 2023 labels; with
+/// `--convention brats2018` label 3 is an error naming the segmentation file.
+#[test]
+fn brats_train_reads_the_2023_layout_and_infers_its_labels() {
+    use mckd_volume::LabelConvention;
+    use mckd_volume::nifti_io::{read_labels, write_labels_like};
+
+    let dir = temp("brats23");
+    let data = dir.join("data");
+    let out = mckd()
+        .args(["brats", "phantoms", "--cases", "3", "--size", "16", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let renames = [
+        ("flair", "t2f"),
+        ("t1", "t1n"),
+        ("t1ce", "t1c"),
+        ("t2", "t2w"),
+    ];
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let case = entry.unwrap().path();
+        if !case.is_dir() {
+            continue;
+        }
+        let id = case.file_name().unwrap().to_string_lossy().into_owned();
+        for (old, new) in renames {
+            std::fs::rename(
+                case.join(format!("{id}_{old}.nii.gz")),
+                case.join(format!("{id}-{new}.nii.gz")),
+            )
+            .unwrap();
+        }
+        let seg = case.join(format!("{id}_seg.nii.gz"));
+        let (mut labels, _, header) = read_labels(&seg, LabelConvention::Brats2018).unwrap();
+        assert!(labels.contains(&4), "{id} has enhancing tumour");
+        LabelConvention::Brats2018.convert_to(LabelConvention::Brats2023, &mut labels);
+        write_labels_like(case.join(format!("{id}-seg.nii.gz")), &labels, &header).unwrap();
+        std::fs::remove_file(seg).unwrap();
+    }
+    let train = |run: &str, extra: &[&str]| {
+        mckd()
+            .args([
+                "brats",
+                "train",
+                "--quiet",
+                "--iterations",
+                "2",
+                "--base",
+                "4",
+            ])
+            .args(["--crop", "16", "16", "16", "--data"])
+            .arg(&data)
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join(run))
+            .output()
+            .unwrap()
+    };
+    let out = train("inferred", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("BraTS 2023 convention (ET = 3)"), "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("inferred").join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["convention"], "Brats2023", "{config}");
+
+    let out = train("forced", &["--convention", "brats2018"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("-seg.nii.gz") && err.contains("unknown label value 3"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
