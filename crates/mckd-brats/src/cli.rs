@@ -71,7 +71,9 @@ impl From<ConventionArg> for LabelConvention {
 /// `mckd brats train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Cases root: BraTS 2018 layout (`HGG|LGG/<case>/`) or a flat folder of case folders.
+    /// Cases root: BraTS 2018 layout (`HGG|LGG/<case>/`) or a flat folder of case folders;
+    /// files `<case>_{flair,t1,t1ce,t2,seg}.nii.gz` or (BraTS 2023+)
+    /// `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`.
     #[arg(long)]
     pub data: PathBuf,
     /// Run folder [default: runs/<timestamp>-brats].
