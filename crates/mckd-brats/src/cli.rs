@@ -274,6 +274,8 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| RunDir::default_path("brats"));
+            // Fails early, naming the folder or file, before anything is written.
+            let cases = discover_cases(&a.data)?;
             let run = RunDir::create(&out)?;
             let mut cfg = TrainConfig::new(a.data.clone(), a.method);
             cfg.crop = ijk(&a.crop);
@@ -286,7 +288,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.convention = match a.convention {
                 Some(c) => c.into(),
                 None => {
-                    let c = implied_convention(&discover_cases(&a.data)?);
+                    let c = implied_convention(&cases);
                     eprintln!(
                         "labels: {} convention (ET = {}), from the file names; \
                          --convention overrides",
@@ -305,7 +307,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             cfg.iterations = match a.iterations {
                 Some(n) => n,
                 None => {
-                    let n_cases = discover_cases(&a.data)?.len();
+                    let n_cases = cases.len();
                     let n_train =
                         ((n_cases as f64) * cfg.fractions.train).round().max(1.0) as usize;
                     a.epochs * n_train.div_ceil(a.batch.max(1))

@@ -320,26 +320,24 @@ impl Case {
                 dir: dir.to_path_buf(),
                 problem: "a case folder needs a name".to_string(),
             })?;
-        let found = |naming: FileNaming| {
-            naming
-                .modality_suffixes()
-                .iter()
-                .filter(|s| find_file(dir, naming, &id, s).is_some())
-                .count()
-        };
-        // max_by_key keeps the last maximum: scan in reverse so that 2018 wins a tie.
-        let naming = FileNaming::ALL
+        // Each naming's modality files; the naming with the most wins (max_by_key keeps the
+        // last maximum: scan in reverse so that 2018 wins a tie).
+        let (naming, files) = FileNaming::ALL
             .into_iter()
             .rev()
-            .max_by_key(|&n| found(n))
-            .unwrap_or_default();
+            .map(|n| (n, n.modality_suffixes().map(|s| find_file(dir, n, &id, s))))
+            .max_by_key(|(_, files)| files.iter().flatten().count())
+            .expect("FileNaming::ALL is not empty");
         let mut modalities: [PathBuf; 4] = Default::default();
-        for (m, suffix) in naming.modality_suffixes().iter().enumerate() {
-            modalities[m] =
-                find_file(dir, naming, &id, suffix).ok_or_else(|| VolumeError::MissingFile {
-                    path: dir.join(naming.file_name(&id, suffix, "nii.gz")),
-                    what: format!("{} modality file of case {id}", MODALITIES[m]),
-                })?;
+        for (m, (file, suffix)) in files
+            .into_iter()
+            .zip(naming.modality_suffixes())
+            .enumerate()
+        {
+            modalities[m] = file.ok_or_else(|| VolumeError::MissingFile {
+                path: dir.join(naming.file_name(&id, suffix, "nii.gz")),
+                what: format!("{} modality file of case {id}", MODALITIES[m]),
+            })?;
         }
         Ok(Case {
             seg: find_file(dir, naming, &id, SEG_SUFFIX),
