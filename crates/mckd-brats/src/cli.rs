@@ -48,6 +48,9 @@ pub struct PhantomsArgs {
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
+    /// Flair as T2 with CSF dark: the tumour looks the same in Flair and T2.
+    #[arg(long)]
+    pub flair_as_t2: bool,
 }
 
 /// Label convention flag.
@@ -217,6 +220,9 @@ pub struct DemoArgs {
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
+    /// Flair as T2 with CSF dark: the tumour looks the same in Flair and T2.
+    #[arg(long)]
+    pub flair_as_t2: bool,
     /// Impute (and, in MCKD's meta step, weight) the skip connections too (`--impute-skips` or
     /// `--impute-skips true|false`; overrides the preset). The reference code does it at the
     /// bottleneck only.
@@ -258,6 +264,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             let cfg = PhantomConfig {
                 size: [a.size; 3],
                 enhancing_patches: a.enhancing_patches,
+                flair_as_t2: a.flair_as_t2,
                 ..Default::default()
             };
             let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
@@ -432,6 +439,7 @@ fn demo_config(a: &DemoArgs) -> DemoConfig {
         d.momentum = v;
     }
     d.enhancing_patches = a.enhancing_patches;
+    d.flair_as_t2 = a.flair_as_t2;
     d
 }
 

@@ -1053,6 +1053,9 @@ pub struct DemoConfig {
     /// Patchy enhancing rims (see `PhantomConfig::enhancing_patches`).
     #[serde(default)]
     pub enhancing_patches: bool,
+    /// Flair as T2 with CSF dark (see `PhantomConfig::flair_as_t2`).
+    #[serde(default)]
+    pub flair_as_t2: bool,
     /// Impute and weight every feature level, not only the bottleneck (`TrainConfig::impute_skips`).
     #[serde(default)]
     pub impute_skips: bool,
@@ -1099,6 +1102,7 @@ impl DemoConfig {
             // Larger tumours than the generator's default: less class imbalance.
             tumour_radius: [0.45, 0.7],
             enhancing_patches: false,
+            flair_as_t2: false,
             impute_skips: false,
             distill_skips: false,
             iwv_lr: default_iwv_lr(),
@@ -1128,6 +1132,7 @@ pub fn demo(demo: &DemoConfig, out: &RunDir, quiet: bool) -> Result<Report> {
         size: [demo.size; 3],
         tumour_radius: demo.tumour_radius,
         enhancing_patches: demo.enhancing_patches,
+        flair_as_t2: demo.flair_as_t2,
         ..Default::default()
     };
     // Reuse phantoms already in `out` only if they were made with the same settings.

@@ -52,6 +52,11 @@ pub struct PhantomConfig {
     /// core only by T1c, not by its place inside the edema.
     #[serde(default)]
     pub enhancing_patches: bool,
+    /// Flair as T2 with the fluid signal nulled (what FLAIR is): every tissue but CSF takes
+    /// its T2 intensity, CSF stays dark. The tumour then looks the same in Flair and T2, so
+    /// Flair no longer shows the whole tumour (or the necrotic core) better than T2 does.
+    #[serde(default)]
+    pub flair_as_t2: bool,
 }
 
 impl Default for PhantomConfig {
@@ -65,6 +70,7 @@ impl Default for PhantomConfig {
             contrast_jitter: 0.05,
             tumour_radius: [0.3, 0.5],
             enhancing_patches: false,
+            flair_as_t2: false,
         }
     }
 }
@@ -371,13 +377,25 @@ pub fn make_phantom(cfg: &PhantomConfig, seed: u64) -> Result<Phantom> {
         .map(|m| {
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 1 + m as u64));
             let scale = 1.0 + rng.random_range(-1.0..=1.0f32) * cfg.intensity_jitter;
+            // The table column of tissue row `r` (Flair reads T2's but for CSF with flair_as_t2).
+            let column = |r: usize| {
+                if cfg.flair_as_t2 && m == 0 && r != Tissue::Csf as usize {
+                    3
+                } else {
+                    m
+                }
+            };
             let table: Vec<f32> = TISSUE_INTENSITY
                 .iter()
-                .map(|row| row[m] * (1.0 + rng.random_range(-1.0..=1.0f32) * cfg.contrast_jitter))
+                .enumerate()
+                .map(|(r, row)| {
+                    row[column(r)] * (1.0 + rng.random_range(-1.0..=1.0f32) * cfg.contrast_jitter)
+                })
                 .collect();
             let c: [f32; 6] = [0; 6].map(|_| rng.random_range(-1.0..=1.0f32));
             let norm = c.iter().map(|x| x.abs()).sum::<f32>().max(1e-6);
-            let sigma = cfg.noise * TISSUE_INTENSITY[4][m] * scale;
+            let wm_row = Tissue::WhiteMatter as usize;
+            let sigma = cfg.noise * TISSUE_INTENSITY[wm_row][column(wm_row)] * scale;
             let half = dims.map(|x| x as f32 / 2.0);
             let mut data = vec![0.0f32; n];
             for (idx, out) in data.iter_mut().enumerate() {
@@ -582,6 +600,61 @@ mod tests {
         }
         // Both parts of the rim occur over the seeds.
         assert!(et_total > 500 && net_total > 500, "{et_total} {net_total}");
+    }
+
+    #[test]
+    fn flair_as_t2_matches_t2_everywhere_but_in_csf() {
+        use Tissue::*;
+        let clean = PhantomConfig {
+            size: [32; 3],
+            noise: 0.0,
+            bias_field: 0.0,
+            intensity_jitter: 0.0,
+            contrast_jitter: 0.0,
+            ..PhantomConfig::default()
+        };
+        let as_t2 = PhantomConfig {
+            flair_as_t2: true,
+            ..clean.clone()
+        };
+        for seed in 0..3 {
+            let a = make_phantom(&clean, seed).unwrap();
+            let b = make_phantom(&as_t2, seed).unwrap();
+            // Only Flair changes.
+            assert_eq!((&a.tissue, &a.seg), (&b.tissue, &b.seg), "seed {seed}");
+            assert_eq!(a.modalities[1..], b.modalities[1..], "seed {seed}");
+            let [flair, _, _, t2] = &b.modalities;
+            let (mut csf, mut tumour) = (0, 0);
+            for (idx, &t) in b.tissue.iter().enumerate() {
+                let (f, t2v) = (flair.data[idx], t2.data[idx]);
+                match t {
+                    Csf => {
+                        csf += 1;
+                        assert_eq!(f, TISSUE_INTENSITY[Csf as usize][0], "seed {seed}");
+                        assert_eq!(t2v, TISSUE_INTENSITY[Csf as usize][3], "seed {seed}");
+                    }
+                    _ => assert_eq!(f, t2v, "seed {seed}, voxel {idx} ({t:?})"),
+                }
+                if matches!(t, Edema | Necrosis) {
+                    tumour += 1;
+                    // The default Flair differs from T2 there (edema 680 vs 820, NCR 470 vs 900).
+                    assert_ne!(a.modalities[0].data[idx], t2v, "seed {seed}");
+                }
+            }
+            assert!(csf > 100 && tumour > 100, "seed {seed}: {csf} {tumour}");
+        }
+        // With noise and jitter the draws stay in step: T1, T1c, T2 and labels as before.
+        let a = make_phantom(&PhantomConfig::default(), 7).unwrap();
+        let b = make_phantom(
+            &PhantomConfig {
+                flair_as_t2: true,
+                ..PhantomConfig::default()
+            },
+            7,
+        )
+        .unwrap();
+        assert_eq!(a.modalities[1..], b.modalities[1..]);
+        assert_ne!(a.modalities[0], b.modalities[0]);
     }
 
     #[test]
