@@ -53,8 +53,9 @@ pub struct PhantomConfig {
     #[serde(default)]
     pub enhancing_patches: bool,
     /// Flair as T2 with the fluid signal nulled (what FLAIR is): every tissue but CSF takes
-    /// its T2 intensity, CSF stays dark. The tumour then looks the same in Flair and T2, so
-    /// Flair no longer shows the whole tumour (or the necrotic core) better than T2 does.
+    /// its T2 intensity, CSF stays dark. The tumour then looks the same in Flair and T2 (the
+    /// default Flair shows the necrotic core darker than the edema); only the dark CSF still
+    /// sets Flair apart.
     #[serde(default)]
     pub flair_as_t2: bool,
 }
