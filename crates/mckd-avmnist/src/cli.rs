@@ -1,144 +1,323 @@
-//! The `mckd avmnist` subcommands: `reproduce` (paper Table 2), `train` and `eval` (single runs).
+//! The `mckd avmnist` subcommands: `reproduce` (paper Table 2), `train` and `eval` (single runs),
+//! `merge` (the tables of a grid folder), and the hidden `run-one` of parallel workers.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
-use clap::{Args, Subcommand, ValueEnum};
-use mckd_core::{Distance, MckdModel, Normalisation, present_names};
+use burn::prelude::Device;
+use clap::{Args, Subcommand};
+use mckd_core::{CkdReduction, Distance, Mckd, Method, Normalisation, present_names};
 use mckd_data::{AvMnist, SmilSplit};
+use mckd_train::config::read_json;
 use mckd_train::device::DeviceChoice;
-use mckd_train::eval::accuracy;
 use mckd_train::report::{Results, Row, iwv_map};
-use mckd_train::run::RunDir;
-use serde::{Deserialize, Serialize};
+use mckd_train::run::{OutPolicy, RunDir, RunState};
+use mckd_train::train::{Source, log_csv};
 use serde_json::{Map, json};
 
-use crate::data::AvSource;
-use crate::experiment::{
-    ALL_SETTINGS, ExperimentConfig, Method, PercentMapping, RunOutcome, RunSpec, Setting, plan,
-    planned_iterations, prepare, run_one, run_sequential,
+use crate::config::{
+    ALL_SETTINGS, AvRunConfig, DataSplit, EvalSet, MethodKind, PercentMapping, Preset, Setting,
+    preset, validate,
 };
-use crate::model::MODALITY_NAMES;
+use crate::grid::{Plan, merge, plan_configs, run_in_folder, write_plan};
+use crate::model::{AvmnistNet, BnRows, DistilledFeature, MODALITY_NAMES};
 use crate::report;
+use crate::run::{AvmnistError, RunOutcome, RunSpec, log_columns, prepare, run_one};
 
 /// `mckd avmnist ...`
 #[derive(Debug, Subcommand)]
 pub enum AvmnistCommand {
     /// Reproduce paper Table 2 (missing audio and missing visual at 5/10/15/20 %) for every
-    /// method and seed; writes results.json, table2.md/csv, logs and the IWV series.
+    /// method and seed; writes one folder per run, then results.json, table2.md/csv and plots.
     Reproduce(ReproduceArgs),
     /// Train one run (a method, a setting, a seed) and save the model.
     Train(TrainArgs),
-    /// Evaluate a model saved by `train` on every modality subset of the test set.
+    /// Evaluate a model saved by `train` on every modality subset (test or validation).
     Eval(EvalArgs),
+    /// Write the tables of a grid folder from its finished runs (lists missing and failed ones).
+    Merge(MergeArgs),
+    /// Train one run folder of a grid (used by `reproduce --jobs`).
+    #[command(hide = true)]
+    RunOne(RunOneArgs),
 }
 
-/// CKD distance (`--distance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DistanceArg {
-    /// Mean absolute error (paper default).
-    L1,
-    /// Mean squared error.
-    Mse,
-}
-
-/// IWV normalisation (`--normalisation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NormalisationArg {
-    /// Softmax (paper default).
-    Softmax,
-    /// Sigmoid.
-    Sigmoid,
-    /// ReLU.
-    Relu,
-}
-
-/// Data, device and hyper-parameters shared by `reproduce` and `train`.
+/// Data and device.
 #[derive(Debug, Clone, Args)]
-pub struct ExperimentArgs {
+pub struct DataArgs {
     /// Folder that contains `avmnist/` (else $MCKD_DATA_DIR, else a cached or downloaded kit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// A split file in smil_split.json format (default: the kit's smil_split.json).
     #[arg(long)]
-    pub split: Option<PathBuf>,
+    pub split_file: Option<PathBuf>,
     /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
-    pub device: DeviceChoice,
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
+}
+
+/// Options that override fields of the run config (the preset's or `--config`'s).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
     /// Epochs per run.
-    #[arg(long, default_value_t = 60)]
-    pub epochs: usize,
-    /// Batch size (inner and meta steps).
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// A meta step every this many inner iterations (0 = never).
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_META_INTERVAL)]
-    pub meta_interval: usize,
-    /// CKD weight α of the `mckd` method.
-    #[arg(long, default_value_t = 0.1)]
-    pub alpha: f64,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Task learning rate (initial).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// CKD weight α.
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// CKD distance.
-    #[arg(long, value_enum, default_value_t = DistanceArg::L1)]
-    pub distance: DistanceArg,
+    #[arg(long, value_enum)]
+    pub distance: Option<Distance>,
+    /// CKD batch reduction.
+    #[arg(long, value_enum)]
+    pub reduction: Option<CkdReduction>,
     /// IWV normalisation.
-    #[arg(long, value_enum, default_value_t = NormalisationArg::Softmax)]
-    pub normalisation: NormalisationArg,
+    #[arg(long, value_enum)]
+    pub normalisation: Option<Normalisation>,
     /// IWV Adam learning rate.
-    #[arg(long, default_value_t = 1e-2)]
-    pub iwv_lr: f64,
+    #[arg(long)]
+    pub iwv_lr: Option<f64>,
     /// IWV Adam weight decay.
-    #[arg(long, default_value_t = 1e-2)]
-    pub iwv_weight_decay: f64,
-    /// Percent → paired samples per digit: total (6/15/21/30) or mce (6/12/15/21).
-    #[arg(long, value_enum, default_value_t = PercentMapping::Total)]
-    pub mapping: PercentMapping,
-    /// Validation mode: hold out this many training samples per digit and evaluate on them
-    /// instead of the test set (for tuning; 0 = test).
-    #[arg(long, default_value_t = 0)]
-    pub validation_per_digit: usize,
+    #[arg(long)]
+    pub iwv_weight_decay: Option<f64>,
+    /// A meta phase every this many iterations (both stages; 0 = never).
+    #[arg(long)]
+    pub meta_interval: Option<usize>,
+    /// IWV steps per meta phase.
+    #[arg(long)]
+    pub meta_steps: Option<usize>,
+    /// Samples per meta batch (0 = the batch size).
+    #[arg(long)]
+    pub meta_batch: Option<usize>,
+    /// Fraction of iterations trained with every available modality first (0 = one stage).
+    #[arg(long)]
+    pub full_fraction: Option<f64>,
+    /// Train / meta / test split.
+    #[arg(long, value_enum)]
+    pub data_split: Option<DataSplit>,
+    /// Evaluated samples (validation: the 150 meta samples, for choosing settings).
+    #[arg(long, value_enum)]
+    pub evaluate_on: Option<EvalSet>,
+    /// Batch-norm rows of a partly missing modality.
+    #[arg(long, value_enum)]
+    pub bn_rows: Option<BnRows>,
+    /// The encoder feature the CKD loss distils.
+    #[arg(long, value_enum)]
+    pub distilled: Option<DistilledFeature>,
+    /// Percent → paired samples per digit.
+    #[arg(long, value_enum)]
+    pub mapping: Option<PercentMapping>,
+    /// A checkpoint every this many iterations (0: only on a signal).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+}
+
+impl Overrides {
+    /// Applies the given options to `cfg`.
+    pub fn apply(&self, cfg: &mut AvRunConfig, data: &DataArgs) {
+        use mckd_train::config::{Budget, LrSchedule};
+        if let Some(v) = self.epochs {
+            cfg.loop_.budget = Budget::Epochs(v);
+        }
+        if let Some(v) = self.batch_size {
+            cfg.loop_.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.schedule = match cfg.schedule {
+                LrSchedule::Constant { .. } => LrSchedule::Constant { lr: v },
+                LrSchedule::Step { every, gamma, .. } => LrSchedule::Step {
+                    lr: v,
+                    every,
+                    gamma,
+                },
+                LrSchedule::Cosine { .. } => LrSchedule::Cosine { lr: v },
+                LrSchedule::Poly { power, .. } => LrSchedule::Poly { lr: v, power },
+            };
+        }
+        let m = cfg.method.mckd_mut();
+        if let Some(v) = self.alpha {
+            m.alpha = v;
+        }
+        if let Some(v) = self.distance {
+            m.distance = v;
+        }
+        if let Some(v) = self.reduction {
+            m.reduction = v;
+        }
+        if let Some(v) = self.normalisation {
+            m.normalisation = v;
+        }
+        if let Some(v) = self.iwv_lr {
+            m.iwv.lr = v;
+        }
+        if let Some(v) = self.iwv_weight_decay {
+            m.iwv.weight_decay = v;
+        }
+        if let Some(v) = self.meta_interval {
+            cfg.loop_.meta.interval = v;
+            cfg.loop_.meta.interval_stage2 = v;
+        }
+        if let Some(v) = self.meta_steps {
+            cfg.loop_.meta.steps = v;
+        }
+        if let Some(v) = self.meta_batch {
+            cfg.loop_.meta.batch = v;
+        }
+        if let Some(v) = self.full_fraction
+            && cfg.method.kind().bound_mask().is_none()
+        {
+            cfg.loop_.full_fraction = v;
+        }
+        if let Some(v) = self.data_split {
+            cfg.task.split = v;
+        }
+        if let Some(v) = self.evaluate_on {
+            cfg.task.evaluate_on = v;
+        }
+        if let Some(v) = self.bn_rows {
+            cfg.task.net.bn_rows = v;
+        }
+        if let Some(v) = self.distilled {
+            cfg.task.net.distilled = v;
+        }
+        if let Some(v) = self.mapping {
+            cfg.task.mapping = v;
+        }
+        if let Some(v) = self.checkpoint_every {
+            cfg.loop_.checkpoint_every = v;
+        }
+        if let Some(d) = &data.data_dir {
+            cfg.task.data_dir = Some(d.clone());
+        }
+        if let Some(s) = &data.split_file {
+            cfg.task.split_file = Some(s.clone());
+        }
+        if let Some(d) = data.device {
+            cfg.device = d;
+        }
+    }
+}
+
+/// Where a run's settings come from.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Start from this preset.
+    #[arg(long, value_enum, default_value_t = Preset::Paper)]
+    pub preset: Preset,
+    /// Start from this run config (a run folder's config.json) instead of a preset; options
+    /// given on the command line override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Field overrides.
+    #[command(flatten)]
+    pub set: Overrides,
+    /// Data and device.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl ConfigArgs {
+    /// The config of a run of `kind` on `setting` with `seed`: from `--config` (its method kind,
+    /// setting and seed replaced) or the preset, then the overrides.
+    pub fn config(
+        &self,
+        base: Option<&AvRunConfig>,
+        kind: MethodKind,
+        setting: Option<Setting>,
+        seed: u64,
+    ) -> AvRunConfig {
+        let mut cfg = match base {
+            Some(b) => derive(b, kind, setting, seed),
+            None => preset(self.preset, kind, setting, seed),
+        };
+        self.set.apply(&mut cfg, &self.data);
+        cfg
+    }
+
+    /// The `--config` file, if given.
+    pub fn base(&self) -> anyhow::Result<Option<AvRunConfig>> {
+        self.config
+            .as_deref()
+            .map(|p| AvRunConfig::load(p).map_err(anyhow::Error::from))
+            .transpose()
+    }
+}
+
+/// A run derived from `base` for another method, setting or seed: bounds train with every
+/// available modality in one stage; the other methods keep the base's loop.
+pub fn derive(
+    base: &AvRunConfig,
+    kind: MethodKind,
+    setting: Option<Setting>,
+    seed: u64,
+) -> AvRunConfig {
+    let mut cfg = base.clone();
+    cfg.seed = seed;
+    cfg.method = crate::config::AvMethod::of(kind, base.method.mckd().clone());
+    cfg.task.setting = if kind.needs_setting() {
+        setting.or(base.task.setting)
+    } else {
+        None
+    };
+    let reference = preset(Preset::Paper, kind, setting, seed);
+    if kind.bound_mask().is_some() {
+        cfg.loop_.subsets = reference.loop_.subsets;
+        cfg.loop_.full_fraction = 0.0;
+    } else if base.method.kind().bound_mask().is_some() {
+        cfg.loop_.subsets = reference.loop_.subsets;
+        cfg.loop_.full_fraction = reference.loop_.full_fraction;
+    }
+    cfg
+}
+
+/// Output folder options.
+#[derive(Debug, Clone, Args)]
+pub struct OutArgs {
+    /// Output folder (default runs/<timestamp>-<command>). An existing non-empty folder is
+    /// refused unless --resume or --overwrite.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run(s) in --out: finished runs are kept, unfinished ones resume from their
+    /// last checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Move an existing --out aside (renamed, never deleted) and start again.
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar, no per-run lines.
     #[arg(long)]
     pub quiet: bool,
 }
 
-impl ExperimentArgs {
-    /// The experiment configuration these flags describe.
-    pub fn config(&self) -> ExperimentConfig {
-        ExperimentConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            meta_interval: self.meta_interval,
-            alpha: self.alpha,
-            distance: match self.distance {
-                DistanceArg::L1 => Distance::L1,
-                DistanceArg::Mse => Distance::Mse,
-            },
-            normalisation: match self.normalisation {
-                NormalisationArg::Softmax => Normalisation::Softmax,
-                NormalisationArg::Sigmoid => Normalisation::Sigmoid,
-                NormalisationArg::Relu => Normalisation::Relu,
-            },
-            iwv_lr: self.iwv_lr,
-            iwv_weight_decay: self.iwv_weight_decay,
-            mapping: self.mapping,
-            validation_per_digit: self.validation_per_digit,
-            ..ExperimentConfig::default()
-        }
+impl OutArgs {
+    fn open(&self, kind: &str) -> anyhow::Result<(RunDir, bool)> {
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| RunDir::default_path(kind));
+        Ok(RunDir::open(
+            &out,
+            OutPolicy::from_flags(self.resume, self.overwrite),
+        )?)
     }
 }
 
 /// `mckd avmnist reproduce`
 #[derive(Debug, Clone, Args)]
 pub struct ReproduceArgs {
-    /// Shared options.
+    /// Run settings.
     #[command(flatten)]
-    pub exp: ExperimentArgs,
-    /// Output folder (default runs/<timestamp>-avmnist).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub cfg: ConfigArgs,
+    /// Output.
+    #[command(flatten)]
+    pub out: OutArgs,
     /// Number of seeds.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
@@ -150,32 +329,35 @@ pub struct ReproduceArgs {
     pub rows: Option<Vec<String>>,
     /// Methods, comma separated (default all five).
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub methods: Option<Vec<Method>>,
+    pub methods: Option<Vec<MethodKind>>,
     /// Runs trained at the same time, as child processes of this binary (every run stays
     /// deterministic for its seed); each gets cores / jobs threads unless RAYON_NUM_THREADS is
     /// set.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Keep each run's trained model (`runs/<run>/model.bpk`).
+    #[arg(long)]
+    pub save_models: bool,
 }
 
 /// `mckd avmnist train`
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// Shared options.
+    /// Run settings.
     #[command(flatten)]
-    pub exp: ExperimentArgs,
-    /// Method.
-    #[arg(long, value_enum, default_value_t = Method::Mckd)]
-    pub method: Method,
+    pub cfg: ConfigArgs,
+    /// Output.
+    #[command(flatten)]
+    pub out: OutArgs,
+    /// Method [default: the config's, else mckd].
+    #[arg(long, value_enum)]
+    pub method: Option<MethodKind>,
     /// Setting (needed by baseline and mckd), e.g. audio_10.
     #[arg(long)]
     pub setting: Option<String>,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Output folder (default runs/<timestamp>-avmnist-train).
+    /// Seed [default: the config's, else 1].
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub seed: Option<u64>,
 }
 
 /// `mckd avmnist eval`
@@ -184,15 +366,44 @@ pub struct EvalArgs {
     /// A run folder written by `mckd avmnist train` (config.json + model.bpk).
     #[arg(long)]
     pub run: PathBuf,
-    /// Folder that contains `avmnist/` (else $MCKD_DATA_DIR, else cache/download).
+    /// Data and device (defaults: the run's).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Evaluated samples [default: the run's].
+    #[arg(long, value_enum)]
+    pub evaluate_on: Option<EvalSet>,
+    /// Output file [default: <run>/eval.json]; an existing file is refused unless --overwrite.
     #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Evaluate on the test samples of another split file (smil_split.json format).
+    pub out: Option<PathBuf>,
+    /// Replace an existing output file.
     #[arg(long)]
-    pub split: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
-    pub device: DeviceChoice,
+    pub overwrite: bool,
+}
+
+/// `mckd avmnist merge`
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The grid folder (written by `reproduce`).
+    #[arg(long)]
+    pub grid: PathBuf,
+    /// Write the tables even if some runs are missing or failed (they are listed); without it
+    /// the command fails after listing them.
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+/// `mckd avmnist run-one` (hidden)
+#[derive(Debug, Clone, Args)]
+pub struct RunOneArgs {
+    /// The run folder (holds config.json).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The parent's loaded data (else loaded from the config's data folder).
+    #[arg(long)]
+    pub snapshot: Option<PathBuf>,
+    /// Keep the trained model.
+    #[arg(long)]
+    pub save_model: bool,
 }
 
 /// Runs a subcommand.
@@ -201,6 +412,8 @@ pub fn run(cmd: AvmnistCommand) -> anyhow::Result<()> {
         AvmnistCommand::Reproduce(a) => reproduce(&a).map(|_| ()),
         AvmnistCommand::Train(a) => train(&a),
         AvmnistCommand::Eval(a) => eval(&a),
+        AvmnistCommand::Merge(a) => merge_cmd(&a),
+        AvmnistCommand::RunOne(a) => run_one_cmd(&a),
     }
 }
 
@@ -226,7 +439,7 @@ pub fn resolve_data_dir(data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Loads the dataset and the text of the split used (for `splits.json`).
-fn load(
+pub fn load(
     data_dir: Option<&Path>,
     split: Option<&Path>,
 ) -> anyhow::Result<(PathBuf, AvMnist, String)> {
@@ -275,219 +488,321 @@ fn parse_rows(rows: &Option<Vec<String>>) -> anyhow::Result<Vec<Setting>> {
     Ok(out)
 }
 
-/// The `config.json` of a run folder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunConfigFile {
-    /// `reproduce` or `train`.
-    pub command: String,
-    /// Hyper-parameters.
-    pub experiment: ExperimentConfig,
-    /// Runs of this folder.
-    pub runs: Vec<RunSpec>,
-    /// Settings (rows), in order.
-    pub rows: Vec<Setting>,
-    /// Data folder used.
-    pub data_dir: PathBuf,
-    /// Split file given with `--split`, if any.
-    pub split: Option<PathBuf>,
-    /// Device.
-    pub device: DeviceChoice,
-    /// Parallel jobs.
-    pub jobs: usize,
+/// Saves a trained method's model (atomically).
+pub fn save_model(method: &Mckd<AvmnistNet>, path: &Path) -> crate::run::Result<()> {
+    let bytes = method
+        .model()
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| AvmnistError::File {
+            path: path.to_path_buf(),
+            msg: format!("cannot serialise the model: {e:?}"),
+        })?;
+    mckd_train::run::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
-/// `reproduce`: trains every (method, row, seed), writes the reports; returns the outcomes.
+/// `reproduce`: plans every (method, row, seed), trains what is not finished, merges; returns
+/// the outcomes.
 pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
-    let cfg = a.exp.config();
-    cfg.validate()?;
-    if let Some(job) = std::env::var_os(WORKER_ENV) {
-        worker(a, &cfg, &job.to_string_lossy())?;
-        return Ok(Vec::new());
-    }
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
+    if a.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
     let settings = parse_rows(&a.rows)?;
-    let methods = a.methods.clone().unwrap_or_else(|| {
-        vec![
-            Method::LowerbImage,
-            Method::LowerbAudio,
-            Method::Upperb,
-            Method::Baseline,
-            Method::Mckd,
-        ]
-    });
-    let device = a.exp.device.device()?;
-    let (dir, data, split_text) = load(a.exp.data_dir.as_deref(), a.exp.split.as_deref())?;
-    let out = a
-        .out
+    let methods = a
+        .methods
         .clone()
-        .unwrap_or_else(|| RunDir::default_path("avmnist"));
-    let run_dir = RunDir::create(&out)?;
-    let specs = plan(&methods, &settings, a.first_seed, a.seeds);
-    run_dir.write_json(
-        "config.json",
-        &RunConfigFile {
-            command: "reproduce".into(),
-            experiment: cfg.clone(),
-            runs: specs.clone(),
-            rows: settings.clone(),
-            data_dir: dir,
-            split: a.exp.split.clone(),
-            device: a.exp.device,
-            jobs: a.jobs,
-        },
+        .unwrap_or_else(|| MethodKind::ALL.to_vec());
+    if methods.is_empty() {
+        bail!("--methods is empty");
+    }
+    let base = a.cfg.base()?;
+    let configs = plan_configs(
+        &methods,
+        &settings,
+        a.first_seed..a.first_seed + a.seeds,
+        &|kind, setting, seed| a.cfg.config(base.as_ref(), kind, setting, seed),
+    );
+    for c in &configs {
+        validate(c).with_context(|| format!("run {}", RunSpec::of(c).label()))?;
+    }
+    let first = &configs[0];
+    let device = first.device.device()?;
+    let (_, data, split_text) = load(
+        first.task.data_dir.as_deref(),
+        first.task.split_file.as_deref(),
     )?;
-    run_dir.write("splits.json", split_text.as_bytes())?;
+    for c in &configs {
+        prepare(&data, c).with_context(|| format!("run {}", RunSpec::of(c).label()))?;
+    }
+    let (grid, resumed) = a.out.open("avmnist")?;
+    if resumed && grid.status().is_some_and(|s| s.state == RunState::Finished) {
+        eprintln!(
+            "{} is finished; writing its tables again",
+            grid.path().display()
+        );
+    }
+    grid.set_status(RunState::Running, None, None)?;
+    let plan = write_plan(&grid, &settings, &configs)?;
+    grid.write("splits.json", split_text.as_bytes())?;
+    let todo: Vec<usize> = (0..plan.runs.len())
+        .filter(|&i| !crate::grid::is_finished(&grid.path().join(&plan.runs[i].dir)))
+        .collect();
     let mut total = 0usize;
-    for s in &specs {
-        total += planned_iterations(prepare(&data, s, &cfg)?.train_len(), &cfg);
+    for &i in &todo {
+        total += crate::run::planned_iterations(&data, &configs[i])?;
+    }
+    if !a.out.quiet && todo.len() < plan.runs.len() {
+        eprintln!(
+            "{} of {} runs already finished; training the other {}",
+            plan.runs.len() - todo.len(),
+            plan.runs.len(),
+            todo.len()
+        );
     }
     let bar = mckd_train::progress_bar(
         total as u64,
-        &format!("avmnist {} runs", specs.len()),
-        a.exp.quiet,
+        &format!("avmnist {} runs", todo.len()),
+        a.out.quiet,
     );
     let start = Instant::now();
-    let done: Mutex<Vec<RunOutcome>> = Mutex::new(Vec::new());
-    let on_done = |o: &RunOutcome| {
-        if !a.exp.quiet {
-            let line = format!(
-                "{:<28} acc {:6.2} %  IWV image {:.3}  {:6.1} s",
-                o.spec.label(),
+    let report_line = |label: &str, r: &std::result::Result<RunOutcome, String>| {
+        if a.out.quiet {
+            return;
+        }
+        let line = match r {
+            Ok(o) => format!(
+                "{label:<28} acc {:6.2} %  IWV image {:.3}  {:6.1} s",
                 100.0 * o.accuracy,
-                o.iwv[0],
+                o.iwv.first().copied().unwrap_or(f32::NAN),
                 o.seconds
-            );
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
-        let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
-        d.push(o.clone());
-        // Partial reports after every run, so a long reproduction can be read while it runs.
-        let write = || -> crate::experiment::Result<()> {
-            report::write_log(&run_dir, o)?;
-            write_reports(&run_dir, &d, &settings, &cfg, start.elapsed().as_secs_f64())
+            ),
+            Err(e) => format!("{label:<28} FAILED: {e}"),
         };
-        if let Err(e) = write() {
-            bar.println(format!("warning: could not write partial reports: {e}"));
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
         }
     };
-    let results = if a.jobs <= 1 {
-        run_sequential(&data, &specs, &cfg, &device, &bar, &on_done)
+    let dirs: Vec<PathBuf> = todo
+        .iter()
+        .map(|&i| grid.path().join(&plan.runs[i].dir))
+        .collect();
+    if a.jobs <= 1 {
+        for (k, dir) in dirs.iter().enumerate() {
+            let label = &plan.runs[todo[k]].label;
+            let r =
+                run_in_folder(&data, dir, &device, &bar, a.save_models).map_err(|e| e.to_string());
+            report_line(label, &r);
+        }
     } else {
-        run_children(&data, &specs, &cfg, a.jobs, &run_dir, &bar, &on_done)?
-    };
-    bar.finish_and_clear();
-    let mut outcomes = Vec::new();
-    for (spec, r) in specs.iter().zip(results) {
-        outcomes.push(r.with_context(|| format!("run {}", spec.label()))?);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let extra: Vec<String> = if a.save_models {
+            vec!["--save-model".into()]
+        } else {
+            vec![]
+        };
+        crate::pool::run_children(
+            &data,
+            &grid,
+            &dirs,
+            &crate::pool::command_prefix("reproduce"),
+            a.jobs,
+            (cores / a.jobs).max(1),
+            &extra,
+            &|k, r| {
+                let planned = crate::run::planned_iterations(&data, &configs[todo[k]]).unwrap_or(0);
+                bar.inc(planned as u64);
+                let label = &plan.runs[todo[k]].label;
+                let r = match r {
+                    Ok(()) => crate::grid::read_outcome(&dirs[k]).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                report_line(label, &r);
+            },
+        )?;
     }
-    let wall = start.elapsed().as_secs_f64();
-    write_reports(&run_dir, &outcomes, &settings, &cfg, wall)?;
-    report::write_plots(&run_dir, &outcomes)?;
-    if !a.exp.quiet {
-        let (md, _) = report::table2(&outcomes, &settings, &cfg);
+    bar.finish_and_clear();
+    let outcomes = write_merged(
+        &grid,
+        false,
+        a.out.quiet,
+        Some(start.elapsed().as_secs_f64()),
+    )?;
+    Ok(outcomes)
+}
+
+/// Merges a grid folder into its tables; with missing or failed runs, lists them and fails
+/// unless `allow_partial`.
+fn write_merged(
+    grid: &RunDir,
+    allow_partial: bool,
+    quiet: bool,
+    wall: Option<f64>,
+) -> anyhow::Result<Vec<RunOutcome>> {
+    let (plan, merged) = merge(grid.path())?;
+    let first = plan.runs.first().context("the grid's plan lists no run")?;
+    // The tables describe the settings of the grid's MCKD runs (else its first run).
+    let described = plan
+        .runs
+        .iter()
+        .find(|r| r.label.starts_with("mckd-"))
+        .unwrap_or(first);
+    let describe: AvRunConfig = read_json(&grid.path().join(&described.dir).join("config.json"))?;
+    let Plan { rows, .. } = plan;
+    let incomplete = !merged.missing.is_empty() || !merged.failed.is_empty();
+    for (label, msg) in &merged.failed {
+        eprintln!("failed: {label}: {msg}");
+    }
+    for label in &merged.missing {
+        eprintln!("missing (not finished): {label}");
+    }
+    let wall = wall.unwrap_or_else(|| merged.outcomes.iter().map(|o| o.seconds).sum());
+    let mut results = report::results(&merged.outcomes, &rows, &describe, wall);
+    results
+        .extra
+        .insert("missing_runs".into(), json!(merged.missing));
+    results.extra.insert(
+        "failed_runs".into(),
+        json!(merged.failed.iter().map(|(l, _)| l).collect::<Vec<_>>()),
+    );
+    grid.write_json("results.json", &results)?;
+    let (md, csv) = report::table2(&merged.outcomes, &rows, &describe);
+    grid.write("table2.md", md.as_bytes())?;
+    grid.write("table2.csv", csv.as_bytes())?;
+    grid.write_json("runs.json", &report::runs_json(&merged.outcomes))?;
+    report::write_plots(grid, &merged.outcomes)?;
+    if incomplete {
+        grid.set_status(
+            RunState::Failed,
+            Some(format!(
+                "{} runs missing, {} failed",
+                merged.missing.len(),
+                merged.failed.len()
+            )),
+            None,
+        )?;
+        if !allow_partial {
+            bail!(
+                "{} of the grid's runs are missing and {} failed (listed above); the tables in \
+                 {} cover the finished ones. Finish them with --resume, or pass --allow-partial",
+                merged.missing.len(),
+                merged.failed.len(),
+                grid.path().display()
+            );
+        }
+    } else {
+        grid.set_status(RunState::Finished, None, None)?;
+    }
+    if !quiet {
         println!("{md}");
         println!(
             "wall time {:.1} min; results in {}",
             wall / 60.0,
-            run_dir.path().display()
+            grid.path().display()
         );
     }
-    Ok(outcomes)
+    Ok(merged.outcomes)
 }
 
-fn write_reports(
-    run_dir: &RunDir,
-    outcomes: &[RunOutcome],
-    settings: &[Setting],
-    cfg: &ExperimentConfig,
-    wall: f64,
-) -> crate::experiment::Result<()> {
-    run_dir.write_json(
-        "results.json",
-        &report::results(outcomes, settings, cfg, wall),
+fn merge_cmd(a: &MergeArgs) -> anyhow::Result<()> {
+    let grid = RunDir::create(&a.grid)?;
+    if !grid.file("plan.json").is_file() {
+        bail!(
+            "{} is not a grid folder (no plan.json; grids are written by `mckd avmnist \
+             reproduce`)",
+            a.grid.display()
+        );
+    }
+    write_merged(&grid, a.allow_partial, false, None).map(|_| ())
+}
+
+fn run_one_cmd(a: &RunOneArgs) -> anyhow::Result<()> {
+    let cfg: AvRunConfig = read_json(&a.run.join("config.json"))?;
+    let device = cfg.device.device()?;
+    let data = match &a.snapshot {
+        Some(path) => AvMnist::read_snapshot(path)?,
+        None => load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?.1,
+    };
+    run_in_folder(
+        &data,
+        &a.run,
+        &device,
+        &indicatif::ProgressBar::hidden(),
+        a.save_model,
     )?;
-    let (md, csv) = report::table2(outcomes, settings, cfg);
-    run_dir.write("table2.md", md.as_bytes())?;
-    run_dir.write("table2.csv", csv.as_bytes())?;
-    run_dir.write_json("runs.json", &report::runs_json(outcomes))?;
     Ok(())
 }
 
-/// `train`: one run; writes config.json, splits.json, model.bpk, results.json, train_log.csv.
+/// `train`: one run; writes config.json, splits.json, model.bpk, result.json, results.json,
+/// train_log.csv and status.json.
 fn train(a: &TrainArgs) -> anyhow::Result<()> {
-    let cfg = a.exp.config();
-    cfg.validate()?;
+    let base = a.cfg.base()?;
+    let kind = a
+        .method
+        .or(base.as_ref().map(|b| b.method.kind()))
+        .unwrap_or(MethodKind::Mckd);
     let setting = a
         .setting
         .as_deref()
         .map(str::parse::<Setting>)
-        .transpose()?;
-    let spec = RunSpec {
-        method: a.method,
-        setting: if a.method.needs_setting() {
-            setting
-        } else {
-            None
-        },
-        seed: a.seed,
-    };
-    if a.method.needs_setting() && spec.setting.is_none() {
-        bail!(
-            "--method {} needs --setting (e.g. audio_10)",
-            a.method.name()
-        );
+        .transpose()?
+        .or(base.as_ref().and_then(|b| b.task.setting));
+    let seed = a.seed.or(base.as_ref().map(|b| b.seed)).unwrap_or(1);
+    let cfg = a.cfg.config(base.as_ref(), kind, setting, seed);
+    validate(&cfg)?;
+    let device = cfg.device.device()?;
+    let (_, data, split_text) = load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?;
+    prepare(&data, &cfg)?;
+    let (run, resumed) = a.out.open("avmnist-train")?;
+    if resumed {
+        let old: AvRunConfig = read_json(&run.file("config.json"))?;
+        if old != cfg {
+            bail!(
+                "{} was started with another config; --resume continues it only with the same \
+                 settings (pass none, or --config {})",
+                run.path().display(),
+                run.file("config.json").display()
+            );
+        }
+        if run.status().is_some_and(|s| s.state == RunState::Finished) {
+            println!("{} is finished; nothing to do", run.path().display());
+            return Ok(());
+        }
+    } else {
+        run.write("config.json", cfg.to_json().as_bytes())?;
+        run.write("splits.json", split_text.as_bytes())?;
     }
-    let device = a.exp.device.device()?;
-    let (dir, data, split_text) = load(a.exp.data_dir.as_deref(), a.exp.split.as_deref())?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| RunDir::default_path("avmnist-train"));
-    let run_dir = RunDir::create(&out)?;
-    run_dir.write_json(
-        "config.json",
-        &RunConfigFile {
-            command: "train".into(),
-            experiment: cfg.clone(),
-            runs: vec![spec],
-            rows: spec.setting.into_iter().collect(),
-            data_dir: dir,
-            split: a.exp.split.clone(),
-            device: a.exp.device,
-            jobs: 1,
-        },
-    )?;
-    run_dir.write("splits.json", split_text.as_bytes())?;
-    let total = planned_iterations(prepare(&data, &spec, &cfg)?.train_len(), &cfg);
-    let bar = mckd_train::progress_bar(total as u64, &spec.label(), a.exp.quiet);
+    let spec = RunSpec::of(&cfg);
+    let total = crate::run::planned_iterations(&data, &cfg)?;
+    let bar = mckd_train::progress_bar(total as u64, &spec.label(), a.out.quiet);
     let start = Instant::now();
-    let (model, outcome) = run_one(&data, &spec, &cfg, &device, &bar)?;
+    let result = run_one(&data, &cfg, &device, &bar, Some((&run, resumed)));
     bar.finish_and_clear();
-    let model_path = run_dir.file("model.bpk");
-    model
-        .save_file(&model_path)
-        .map_err(|e| anyhow::anyhow!("cannot save {}: {e:?}", model_path.display()))?;
-    let names: Vec<String> = MODALITY_NAMES.iter().map(|s| s.to_string()).collect();
-    run_dir.write(
-        "train_log.csv",
-        mckd_train::train::log_csv(&outcome.log, &names).as_bytes(),
-    )?;
+    let (method, outcome) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            run.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            return Err(e.into());
+        }
+    };
+    save_model(&method, &run.file("model.bpk"))?;
+    let columns = log_columns(&method, &cfg);
+    run.write("train_log.csv", log_csv(&outcome.log, &columns).as_bytes())?;
+    run.write_json("result.json", &outcome)?;
     let settings: Vec<Setting> = spec.setting.into_iter().collect();
     let outcomes = [outcome];
-    write_reports(
-        &run_dir,
-        &outcomes,
-        &settings,
-        &cfg,
-        start.elapsed().as_secs_f64(),
+    run.write_json(
+        "results.json",
+        &report::results(&outcomes, &settings, &cfg, start.elapsed().as_secs_f64()),
     )?;
-    if !a.exp.quiet {
+    run.set_status(RunState::Finished, None, Some(outcomes[0].iterations))?;
+    if !a.out.quiet {
         println!(
             "{}: accuracy {:.2} % (subsets: {}), IWV image {:.3} / audio {:.3}; {}",
             spec.label(),
@@ -495,33 +810,27 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
             outcomes[0]
                 .subsets
                 .iter()
-                .map(|(m, a)| format!(
+                .map(|s| format!(
                     "{} {:.2}",
-                    present_names(&MODALITY_NAMES, m).join("+"),
-                    100.0 * a
+                    present_names(&MODALITY_NAMES, &s.mask).join("+"),
+                    100.0 * s.accuracy
                 ))
                 .collect::<Vec<_>>()
                 .join(", "),
             outcomes[0].iwv[0],
             outcomes[0].iwv[1],
-            run_dir.path().display()
+            run.path().display()
         );
     }
     Ok(())
 }
 
-/// `eval`: loads `config.json` + `model.bpk` of a `train` folder and evaluates every subset
-/// of the test set; writes `eval.json` (Results schema) into the run folder.
+/// `eval`: loads `config.json` + `model.bpk` of a `train` folder and evaluates every subset;
+/// writes `eval.json` (Results schema).
 fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let cfg_path = a.run.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("cannot read {}", cfg_path.display()))?;
-    let file: RunConfigFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an avmnist run config", cfg_path.display()))?;
-    let spec = *file
-        .runs
-        .first()
-        .with_context(|| format!("{} lists no run", cfg_path.display()))?;
+    let mut cfg: AvRunConfig = read_json(&cfg_path)
+        .with_context(|| format!("{} is not an AV-MNIST training run", a.run.display()))?;
     let model_path = a.run.join("model.bpk");
     if !model_path.is_file() {
         bail!(
@@ -529,269 +838,63 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             model_path.display()
         );
     }
-    let device = a.device.device()?;
-    let data_dir = a
-        .data_dir
-        .clone()
-        .or(Some(file.data_dir.clone()).filter(|d| d.is_dir()));
-    let split = a.split.clone().or(file.split.clone());
-    let (_, data, _) = load(data_dir.as_deref(), split.as_deref())?;
-    let net = file.experiment.net.init_seeded(spec.seed, &device);
-    let model = MckdModel::new(net, file.experiment.normalisation, spec.seed, &device)
-        .try_load_file(&model_path)
-        .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", model_path.display()))?;
-    let test = AvSource::paired(&data.test);
+    Overrides {
+        evaluate_on: a.evaluate_on,
+        ..Overrides::default()
+    }
+    .apply(&mut cfg, &a.data);
+    if cfg.task.data_dir.as_ref().is_some_and(|d| !d.is_dir()) {
+        cfg.task.data_dir = None;
+    }
+    validate(&cfg)?;
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("eval.json"));
+    mckd_train::run::check_not_input(&out, &[&model_path, &cfg_path])?;
+    if out.exists() && !a.overwrite {
+        bail!(
+            "{} exists; pass --overwrite to replace it or --out for another file",
+            out.display()
+        );
+    }
+    let device: Device = cfg.device.device()?;
+    let (_, data, _) = load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?;
+    let prep = prepare(&data, &cfg)?;
+    let mut method = crate::run::build_method(&cfg, &device);
+    let record = std::fs::read(&model_path)
+        .with_context(|| format!("cannot read {}", model_path.display()))?;
+    method.load_model(&record).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (is it an AV-MNIST model of this config?)",
+            model_path.display()
+        )
+    })?;
     let names: Vec<String> = MODALITY_NAMES.iter().map(|s| s.to_string()).collect();
     let mut rows = Vec::new();
-    for m in mckd_core::all_subsets(2) {
-        let (acc, n) = accuracy(&model, &test, &m, 256, &device);
+    for s in crate::run::evaluate(&method, &prep.eval, &device) {
         println!(
-            "{:<12} {:6.2} %  ({n} samples)",
-            present_names(&MODALITY_NAMES, &m).join("+"),
-            100.0 * acc
+            "{:<12} {:6.2} %",
+            present_names(&MODALITY_NAMES, &s.mask).join("+"),
+            100.0 * s.accuracy
         );
         let mut row = Row::new(
-            spec.method.name(),
-            present_names(&MODALITY_NAMES, &m),
+            cfg.method.kind().name(),
+            present_names(&MODALITY_NAMES, &s.mask),
             "accuracy",
-            acc,
+            s.accuracy,
         );
-        row.setting = spec.setting.map(|s| s.to_string());
+        row.setting = cfg.task.setting.map(|s| s.to_string());
         rows.push(row);
     }
     let mut extra = Map::new();
     extra.insert("model".into(), json!(model_path));
-    extra.insert("split".into(), json!(split));
-    extra.insert("test_samples".into(), json!(data.test.len()));
+    extra.insert("evaluated_on".into(), json!(cfg.task.evaluate_on));
+    extra.insert("samples".into(), json!(prep.eval.len()));
     let results = Results {
         task: "avmnist".into(),
         rows,
-        iwv: iwv_map(&names, &model.iwv.normalised_values()),
+        iwv: iwv_map(&names, &method.state_values()),
         extra,
     };
-    let run_dir = RunDir::create(&a.run)?;
-    let p = run_dir.write_json("eval.json", &results)?;
-    println!(
-        "IWV {:?}; wrote {}",
-        model.iwv.normalised_values(),
-        p.display()
-    );
+    mckd_train::run::write_atomic(&out, serde_json::to_string_pretty(&results)?.as_bytes())?;
+    println!("IWV {:?}; wrote {}", method.state_values(), out.display());
     Ok(())
-}
-
-/// Environment variable that turns `reproduce` into a worker running one run (set by the parent
-/// for its child processes; its value is a JSON [`WorkerJob`]).
-pub const WORKER_ENV: &str = "MCKD_AVMNIST_WORKER";
-
-/// One run for a child process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerJob {
-    /// The run.
-    pub spec: RunSpec,
-    /// Where the child writes its [`WorkerOutput`].
-    pub output: PathBuf,
-    /// The parent's loaded data as a snapshot file (`AvMnist::to_snapshot`), read instead of
-    /// loading the data folder again; `None`: load it.
-    #[serde(default)]
-    pub data: Option<PathBuf>,
-}
-
-/// What a child process returns (NaN accuracies as `null`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerOutput {
-    spec: RunSpec,
-    accuracy: Option<f64>,
-    subsets: Vec<(Vec<bool>, Option<f64>)>,
-    iwv: Vec<f32>,
-    iterations: usize,
-    seconds: f64,
-    log: Vec<mckd_train::train::LogRow>,
-}
-
-fn opt(v: f64) -> Option<f64> {
-    (!v.is_nan()).then_some(v)
-}
-
-impl From<&RunOutcome> for WorkerOutput {
-    fn from(o: &RunOutcome) -> Self {
-        Self {
-            spec: o.spec,
-            accuracy: opt(o.accuracy),
-            subsets: o
-                .subsets
-                .iter()
-                .map(|(m, a)| (m.clone(), opt(*a)))
-                .collect(),
-            iwv: o.iwv.clone(),
-            iterations: o.iterations,
-            seconds: o.seconds,
-            log: o.log.clone(),
-        }
-    }
-}
-
-impl From<WorkerOutput> for RunOutcome {
-    fn from(w: WorkerOutput) -> Self {
-        Self {
-            spec: w.spec,
-            accuracy: w.accuracy.unwrap_or(f64::NAN),
-            subsets: w
-                .subsets
-                .into_iter()
-                .map(|(m, a)| (m, a.unwrap_or(f64::NAN)))
-                .collect(),
-            iwv: w.iwv,
-            iterations: w.iterations,
-            seconds: w.seconds,
-            log: w.log,
-        }
-    }
-}
-
-/// The child side: runs the job's spec with the parent's flags and writes the outcome.
-fn worker(a: &ReproduceArgs, cfg: &ExperimentConfig, job: &str) -> anyhow::Result<()> {
-    let job: WorkerJob =
-        serde_json::from_str(job).with_context(|| format!("bad {WORKER_ENV} value: {job}"))?;
-    let device = a.exp.device.device()?;
-    let data = match &job.data {
-        Some(path) => AvMnist::read_snapshot(path)?,
-        None => load(a.exp.data_dir.as_deref(), a.exp.split.as_deref())?.1,
-    };
-    let (_, outcome) = run_one(
-        &data,
-        &job.spec,
-        cfg,
-        &device,
-        &indicatif::ProgressBar::hidden(),
-    )?;
-    let text = serde_json::to_vec(&WorkerOutput::from(&outcome))?;
-    mckd_train::run::write_atomic(&job.output, &text)?;
-    Ok(())
-}
-
-/// The parent side: runs every spec as a child process of this binary (same arguments, plus
-/// [`WORKER_ENV`], and `RAYON_NUM_THREADS` = cores / `jobs` unless set), `jobs` at a time;
-/// child stderr goes to `logs/<run>.stderr`. The progress bar advances by a run's iterations
-/// when it finishes.
-fn run_children(
-    data: &AvMnist,
-    specs: &[RunSpec],
-    cfg: &ExperimentConfig,
-    jobs: usize,
-    run_dir: &RunDir,
-    bar: &indicatif::ProgressBar,
-    on_done: &(dyn Fn(&RunOutcome) + Sync),
-) -> anyhow::Result<Vec<crate::experiment::Result<RunOutcome>>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let work = RunDir::create(&run_dir.file("logs"))?;
-    // The children read the loaded data from one snapshot instead of loading it each.
-    let snapshot = work.file("avmnist-data.snapshot");
-    mckd_train::run::write_atomic(&snapshot, &data.to_snapshot())?;
-    let mut planned = Vec::new();
-    for s in specs {
-        planned.push(planned_iterations(prepare(data, s, cfg)?.train_len(), cfg));
-    }
-    // Longest runs first, so that the last ones to finish are short (the order of the
-    // results does not change): relative step costs measured on one thread (MCKD's meta
-    // step ≈ 1.45×, UpperB's two full encoders ≈ 1.55× a Baseline iteration).
-    let cost = |i: usize| {
-        let factor = match specs[i].method {
-            Method::Mckd => 1.45,
-            Method::Upperb => 1.55,
-            _ => 1.0,
-        };
-        planned[i] as f64 * factor
-    };
-    let mut order: Vec<usize> = (0..specs.len()).collect();
-    order.sort_by(|&a, &b| cost(b).total_cmp(&cost(a)));
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads_per_child = (cores / jobs.max(1)).max(1);
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<crate::experiment::Result<RunOutcome>>>> =
-        Mutex::new((0..specs.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(specs.len()) {
-            scope.spawn(|| {
-                while let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
-                    let spec = specs[i];
-                    let r = run_child(&exe, &args, &spec, &work, &snapshot, threads_per_child);
-                    bar.inc(planned[i] as u64);
-                    if let Ok(o) = &r {
-                        on_done(o);
-                    }
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-                }
-            });
-        }
-    });
-    let _ = std::fs::remove_file(&snapshot);
-    Ok(results
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every spec ran"))
-        .collect())
-}
-
-fn run_child(
-    exe: &Path,
-    args: &[std::ffi::OsString],
-    spec: &RunSpec,
-    work: &RunDir,
-    snapshot: &Path,
-    threads_per_child: usize,
-) -> crate::experiment::Result<RunOutcome> {
-    use crate::experiment::AvmnistError;
-    let output = work.file(&format!("{}.outcome.json", spec.label()));
-    let stderr_path = work.file(&format!("{}.stderr", spec.label()));
-    let job = serde_json::to_string(&WorkerJob {
-        spec: *spec,
-        output: output.clone(),
-        data: Some(snapshot.to_path_buf()),
-    })
-    .map_err(|e| AvmnistError::Config(e.to_string()))?;
-    let stderr = std::fs::File::create(&stderr_path).map_err(|e| AvmnistError::File {
-        path: stderr_path.clone(),
-        msg: e.to_string(),
-    })?;
-    let mut command = std::process::Command::new(exe);
-    // The children share the cores: unless the user chose, each gets its share of them (with
-    // more threads than cores the pools' spinning workers would take turns with the work).
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        command.env("RAYON_NUM_THREADS", threads_per_child.to_string());
-    }
-    let status = command
-        .args(args)
-        .env(WORKER_ENV, job)
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .status()
-        .map_err(|e| AvmnistError::File {
-            path: exe.to_path_buf(),
-            msg: format!("cannot start a worker process: {e}"),
-        })?;
-    if !status.success() {
-        return Err(AvmnistError::File {
-            path: stderr_path,
-            msg: format!(
-                "worker for {} failed ({status}); see this file",
-                spec.label()
-            ),
-        });
-    }
-    let text = std::fs::read(&output).map_err(|e| AvmnistError::File {
-        path: output.clone(),
-        msg: e.to_string(),
-    })?;
-    let w: WorkerOutput = serde_json::from_slice(&text).map_err(|e| AvmnistError::File {
-        path: output.clone(),
-        msg: format!("bad worker output: {e}"),
-    })?;
-    let _ = std::fs::remove_file(&output);
-    if std::fs::metadata(&stderr_path).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(&stderr_path);
-    }
-    Ok(w.into())
 }

@@ -1,25 +1,31 @@
 //! # mckd-avmnist — the AV-MNIST task of MCKD (paper Table 2)
 //!
 //! * [`model`]: SMIL-style image and audio encoders and the classifier head; implements
-//!   [`mckd_core::Task`] and [`mckd_train::eval::Classifier`].
+//!   [`mckd_core::Task`].
 //! * [`data`]: [`mckd_train::train::Source`] over the samples of `mckd-data`, with per-sample
 //!   availability.
-//! * [`experiment`]: settings (`audio_10`, `visual_5`, ...), methods (`lowerb_image`,
-//!   `lowerb_audio`, `upperb`, `baseline`, `mckd`), one run, many runs in parallel.
+//! * [`config`]: settings (`audio_10`, `visual_5`, ...), methods (`lowerb_image`,
+//!   `lowerb_audio`, `upperb`, `baseline`, `mckd`), the run configuration and its presets.
+//! * [`run`]: one run — its data, its method, training through the shared loop, evaluation.
+//! * [`grid`]: many runs as plan → run one → merge, one folder per run.
+//! * [`pool`]: runs of a grid in child processes.
 //! * [`report`]: `results.json`, `table2.md` / `table2.csv`, IWV series.
-//! * [`cli`]: the `mckd avmnist {reproduce, train, eval}` subcommands.
+//! * [`cli`]: the `mckd avmnist {reproduce, train, eval, merge}` subcommands.
 
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod config;
 pub mod data;
-pub mod experiment;
+pub mod grid;
 pub mod model;
+pub mod pool;
 pub mod report;
+pub mod run;
 
-pub use cli::{AvmnistCommand, run};
+pub use cli::AvmnistCommand;
+pub use cli::run;
+pub use config::{AvMethod, AvRunConfig, AvTask, MethodKind, PercentMapping, Preset, Setting};
 pub use data::AvSource;
-pub use experiment::{
-    AvmnistError, ExperimentConfig, Method, PercentMapping, RunOutcome, RunSpec, Setting,
-};
 pub use model::{AvBatch, AvmnistNet, AvmnistNetConfig};
+pub use run::{AvmnistError, RunOutcome, RunSpec};

@@ -58,14 +58,15 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
-use mckd_core::{ModalitySet, Task};
+use mckd_core::{Encoded, ModalitySet, Task};
 use mckd_kernels::{
     bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted, conv2d_layer,
     select_rows,
 };
-use mckd_train::eval::{Classifier, cross_entropy};
+use mckd_train::eval::{Labelled, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 /// Index of the image modality.
 pub const IMAGE: usize = 0;
@@ -156,18 +157,66 @@ impl SeededDropout {
     }
 }
 
+/// Which samples an encoder's batch norms normalise over when a modality is missing for some
+/// samples of the batch (training; inference uses the running statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BnRows {
+    /// Only the samples that have the modality (DESIGN §2.1): the encoder runs on them alone,
+    /// and a missing sample's feature is zero (it is imputed from the present modalities).
+    #[default]
+    Present,
+    /// Every sample, the zeroed inputs of missing ones included (an earlier reading: the zero
+    /// rows then dominate the statistics; kept for the ablation).
+    All,
+}
+
+/// Which encoder output the CKD loss distils.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DistilledFeature {
+    /// The deterministic output before dropout (DESIGN §1.5); dropout stays on the path to
+    /// the head.
+    #[default]
+    PreDropout,
+    /// The output after dropout (an earlier reading; with independent masks on teacher and
+    /// student the loss only shrinks the student; kept for the ablation).
+    PostDropout,
+}
+
 /// Configuration of [`AvmnistNet`].
-#[derive(Config, Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AvmnistNetConfig {
     /// Feature width of each encoder.
-    #[config(default = 128)]
     pub features: usize,
     /// Hidden width of the head.
-    #[config(default = 64)]
     pub hidden: usize,
     /// Dropout probability after each encoder and in the head.
-    #[config(default = 0.5)]
     pub dropout: f64,
+    /// Batch-norm rows of a partly missing modality.
+    pub bn_rows: BnRows,
+    /// The feature the CKD loss distils.
+    pub distilled: DistilledFeature,
+}
+
+impl Default for AvmnistNetConfig {
+    fn default() -> Self {
+        Self {
+            features: 128,
+            hidden: 64,
+            dropout: 0.5,
+            bn_rows: BnRows::Present,
+            distilled: DistilledFeature::PreDropout,
+        }
+    }
+}
+
+impl AvmnistNetConfig {
+    /// The defaults (DESIGN §2.1).
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 impl AvmnistNetConfig {
@@ -202,9 +251,12 @@ impl AvmnistNetConfig {
             image,
             audio,
             fc1: LinearConfig::new(2 * f, self.hidden).init(device),
-            head_dropout: SeededDropout::new(self.dropout, rng),
+            head_dropout: SeededDropout::new(self.dropout, rng.clone()),
             fc2: LinearConfig::new(self.hidden, NUM_CLASSES).init(device),
             modalities: ModalitySet::new(MODALITY_NAMES),
+            bn_rows: self.bn_rows,
+            distilled: self.distilled,
+            rng,
         }
     }
 
@@ -289,13 +341,45 @@ impl ConvEncoder {
     /// backward), batch norm → ReLU (→ pool) as one fused op in training (eval mode: burn's
     /// layers); same numbers as burn's layers to float rounding.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.dropout.forward(self.features(x)) // [B, F]
+    }
+
+    /// The encoder's deterministic output, before dropout.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, 1, 28, 28]` (image) or `[batch, 1, 20, 20]` (audio)
+    /// - output: `[batch, features]`
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         // image: [B, 20, 12, 12], audio: [B, 32, 10, 10]
         let x = bn_relu_maxpool2d(&self.bn1, &self.pool, conv2d_layer(&self.conv1, x));
         // image: [B, 50, 4, 4], audio: [B, 64, 5, 5]
         let x = bn_relu_maxpool2d(&self.bn2, &self.pool, conv2d_layer(&self.conv2, x));
         let x: Tensor<2> = x.flatten(1, 3); // image [B, 800], audio [B, 1600]
-        self.dropout
-            .forward(bn_relu(&self.bn_fc, self.fc.forward(x))) // [B, F]
+        bn_relu(&self.bn_fc, self.fc.forward(x)) // [B, F]
+    }
+
+    /// The features of the present samples alone (batch norm over them only), zero for the
+    /// missing ones, before dropout; `None` when no sample has the modality.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, 1, H, W]`; `present`: `batch` flags
+    /// - output: `[batch, features]`
+    pub fn features_of_present(&self, x: Tensor<4>, present: &[bool]) -> Option<Tensor<2>> {
+        let b = x.dims()[0];
+        assert_eq!(present.len(), b, "one presence flag per sample");
+        let rows: Vec<usize> = (0..b).filter(|&i| present[i]).collect();
+        if rows.is_empty() {
+            return None;
+        }
+        if rows.len() == b {
+            return Some(self.features(x));
+        }
+        let f = self.features(select_rows(x, &rows)); // [present, F]
+        let [k, nf] = f.dims();
+        // Present rows in order, then one zero row that every missing sample points to.
+        let zero = Tensor::zeros([1, nf], &f.device());
+        let f = Tensor::cat(vec![f, zero], 0);
+        Some(select_rows(f, &expand_index(present, k)))
     }
 
     /// [`forward`](Self::forward) of a batch whose missing samples (`present[i]` false) have
@@ -321,39 +405,49 @@ impl ConvEncoder {
     /// # Panics
     /// If `present` does not have one flag per sample (an internal contract).
     pub fn forward_present(&self, x: Tensor<4>, present: &[bool]) -> Tensor<2> {
+        self.forward_present_both(x, present).1
+    }
+
+    /// [`forward_present`](Self::forward_present) before its dropout, and after it.
+    fn forward_present_both(&self, x: Tensor<4>, present: &[bool]) -> (Tensor<2>, Tensor<2>) {
         let b = x.dims()[0];
         assert_eq!(present.len(), b, "one presence flag per sample");
         let Some(first_missing) = present.iter().position(|&p| !p) else {
-            return self.forward(x);
+            let f = self.features(x);
+            return (f.clone(), self.dropout.forward(f));
         };
-        // Compact batch: the present samples in order, then the first missing (zero) sample,
-        // which stands for all k missing ones in the batch norms.
         let mut rows: Vec<usize> = (0..b).filter(|&i| present[i]).collect();
         let zero_row = rows.len();
         rows.push(first_missing);
         let mut counts = vec![1; rows.len()];
         counts[zero_row] = b - zero_row;
-        // Full batch from the compact one: a present sample's compact row, else the zero row.
-        let mut next = 0;
-        let expand: Vec<usize> = present
-            .iter()
-            .map(|&p| {
-                if p {
-                    next += 1;
-                    next - 1
-                } else {
-                    zero_row
-                }
-            })
-            .collect();
+        let expand = expand_index(present, zero_row);
         let x = select_rows(x, &rows);
         let x =
             bn_relu_maxpool2d_counted(&self.bn1, &self.pool, conv2d_layer(&self.conv1, x), &counts);
         let x =
             bn_relu_maxpool2d_counted(&self.bn2, &self.pool, conv2d_layer(&self.conv2, x), &counts);
         let x = bn_relu_counted(&self.bn_fc, self.fc.forward(x.flatten(1, 3)), &counts);
-        self.dropout.forward(select_rows(x, &expand)) // [B, F]
+        let f = select_rows(x, &expand);
+        (f.clone(), self.dropout.forward(f))
     }
+}
+
+/// Rows of the full batch in a compact one (the present samples in order, then one row at
+/// `zero_row` that stands for every missing sample).
+fn expand_index(present: &[bool], zero_row: usize) -> Vec<usize> {
+    let mut next = 0;
+    present
+        .iter()
+        .map(|&p| {
+            if p {
+                next += 1;
+                next - 1
+            } else {
+                zero_row
+            }
+        })
+        .collect()
 }
 
 /// The AV-MNIST network: one encoder per modality (not shared) and a two-layer head over the
@@ -369,6 +463,12 @@ pub struct AvmnistNet {
     fc2: Linear,
     #[module(skip)]
     modalities: ModalitySet,
+    #[module(skip)]
+    bn_rows: BnRows,
+    #[module(skip)]
+    distilled: DistilledFeature,
+    #[module(skip)]
+    rng: DropoutRng,
 }
 
 impl AvmnistNet {
@@ -396,15 +496,36 @@ impl Task for AvmnistNet {
     ///
     /// # Panics
     /// If `modality` is not 0 (image) or 1 (audio): an internal contract of the core.
-    fn encode(&self, batch: &AvBatch, modality: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+    fn encode(&self, batch: &AvBatch, modality: usize, present: Tensor<1>) -> Encoded {
         let flags: Vec<bool> = present.to_data().iter::<f32>().map(|p| p != 0.0).collect();
         let (encoder, x) = match modality {
             IMAGE => (&self.image, &batch.image),
             AUDIO => (&self.audio, &batch.audio),
             m => panic!("AV-MNIST has 2 modalities, asked for modality {m}"),
         };
-        let f = encoder.forward_present(zero_missing(x.clone(), present), &flags);
-        vec![f]
+        let x = zero_missing(x.clone(), present);
+        let (det, dropped) = match self.bn_rows {
+            BnRows::All => encoder.forward_present_both(x, &flags),
+            BnRows::Present => {
+                let b = flags.len();
+                let nf = encoder.fc.weight.dims()[1];
+                let f = encoder
+                    .features_of_present(x.clone(), &flags)
+                    .unwrap_or_else(|| Tensor::zeros([b, nf], &x.device()));
+                (f.clone(), encoder.dropout.forward(f))
+            }
+        };
+        match self.distilled {
+            DistilledFeature::PreDropout => Encoded {
+                levels: vec![dropped],
+                distilled: Some(vec![det]),
+            },
+            DistilledFeature::PostDropout => Encoded::new(vec![dropped]),
+        }
+    }
+
+    fn bottleneck(&self) -> usize {
+        0
     }
 
     /// # Shapes
@@ -428,11 +549,23 @@ impl Task for AvmnistNet {
     fn batch_size(batch: &AvBatch) -> usize {
         batch.labels.dims()[0]
     }
+
+    fn random_state(&self) -> Vec<u8> {
+        let rng = self.rng.0.lock().unwrap_or_else(|e| e.into_inner());
+        mckd_core::rng::rng_state(&rng).to_vec()
+    }
+
+    fn set_random_state(&self, state: &[u8]) -> Result<(), String> {
+        let restored = mckd_core::rng::rng_from_state(state)
+            .ok_or_else(|| format!("not a dropout generator state ({} bytes)", state.len()))?;
+        *self.rng.0.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+        Ok(())
+    }
 }
 
-impl Classifier for AvmnistNet {
-    fn labels(batch: &AvBatch) -> Tensor<1, Int> {
-        batch.labels.clone()
+impl Labelled for AvBatch {
+    fn labels(&self) -> Tensor<1, Int> {
+        self.labels.clone()
     }
 }
 
@@ -491,8 +624,8 @@ mod tests {
         }
         let b = batch(3, &device);
         let present = Tensor::<1>::ones([3], &device);
-        let fi = net.encode(&b, IMAGE, present.clone());
-        let fa = net.encode(&b, AUDIO, present);
+        let fi = net.encode(&b, IMAGE, present.clone()).levels;
+        let fa = net.encode(&b, AUDIO, present).levels;
         assert_eq!(fi.len(), 1);
         assert_eq!(fi[0].dims(), [3, 128]);
         assert_eq!(fa[0].dims(), [3, 128]);
@@ -512,19 +645,120 @@ mod tests {
         let w = |n: &AvmnistNet| mckd_train::to_vec(n.fc1.weight.val());
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
-        // An absent sample's feature equals the feature of an all-zero input.
         let bt = batch(2, &device);
         let present = Tensor::<1>::from_floats([1.0f32, 0.0], &device);
-        let f = mckd_train::to_vec(a.valid().encode(&bt, AUDIO, present)[0].clone());
         let zeros = AvBatch {
             audio: Tensor::zeros([2, 1, 20, 20], &device),
-            ..bt
+            ..bt.clone()
         };
-        let z = mckd_train::to_vec(
-            a.valid().encode(&zeros, AUDIO, Tensor::ones([2], &device))[0].clone(),
-        );
+        let enc = |n: &AvmnistNet, b: &AvBatch, p: Tensor<1>| {
+            mckd_train::to_vec(n.valid().encode(b, AUDIO, p).levels[0].clone())
+        };
+        // Batch norm over every row (legacy): an absent sample's feature is that of an
+        // all-zero input.
+        let all_rows = AvmnistNetConfig {
+            bn_rows: BnRows::All,
+            ..AvmnistNetConfig::new()
+        }
+        .init_seeded(7, &device);
+        let f = enc(&all_rows, &bt, present.clone());
+        let z = enc(&all_rows, &zeros, Tensor::ones([2], &device));
         assert_eq!(&f[128..], &z[128..]);
         assert_ne!(&f[..128], &z[..128]);
+        // Present rows only (the default): an absent sample's feature is zero (it is imputed),
+        // and a present one is what the encoder gives it alone.
+        let f = enc(&a, &bt, present);
+        assert!(f[128..].iter().all(|&v| v == 0.0));
+        let alone = AvBatch {
+            image: bt.image.clone().narrow(0, 0, 1),
+            audio: bt.audio.clone().narrow(0, 0, 1),
+            labels: bt.labels.clone().narrow(0, 0, 1),
+        };
+        let one = enc(&a, &alone, Tensor::ones([1], &device));
+        assert_eq!(&f[..128], &one[..]);
+    }
+
+    /// Issue 15, fix 4: in training, a present sample's (deterministic) encoder output does not
+    /// change when zero rows of missing samples are added to the batch.
+    #[test]
+    fn batch_norm_sees_only_the_present_rows() {
+        let device = Device::flex().autodiff();
+        let net = AvmnistNetConfig::new().init_seeded(3, &device);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        use rand::Rng;
+        let k = 4;
+        let x: Vec<f32> = (0..k * 400).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let present_only = AvBatch {
+            image: Tensor::zeros([k, 1, 28, 28], &device),
+            audio: Tensor::from_data(TensorData::new(x.clone(), [k, 1, 20, 20]), &device),
+            labels: Tensor::zeros([k], &device),
+        };
+        // The same 4 samples at rows 1, 2, 4, 5 of 7, with zero rows for 3 missing ones.
+        let mut padded = vec![0.0f32; 7 * 400];
+        let rows = [1, 2, 4, 5];
+        for (j, &r) in rows.iter().enumerate() {
+            padded[r * 400..(r + 1) * 400].copy_from_slice(&x[j * 400..(j + 1) * 400]);
+        }
+        let with_missing = AvBatch {
+            image: Tensor::zeros([7, 1, 28, 28], &device),
+            audio: Tensor::from_data(TensorData::new(padded, [7, 1, 20, 20]), &device),
+            labels: Tensor::zeros([7], &device),
+        };
+        let det = |b: &AvBatch, present: Vec<f32>| {
+            let n = present.len();
+            let p = Tensor::<1>::from_data(TensorData::new(present, [n]), &device);
+            mckd_train::to_vec(net.encode(b, AUDIO, p).distilled(0))
+        };
+        let a = det(&present_only, vec![1.0; k]);
+        let b = det(&with_missing, vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+        for (j, &r) in rows.iter().enumerate() {
+            let (x, y) = (&a[j * 128..(j + 1) * 128], &b[r * 128..(r + 1) * 128]);
+            let dev = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(dev < 1e-5, "row {r}: {dev}");
+        }
+        // Under the legacy rule the zero rows enter the statistics and move the output.
+        let legacy = AvmnistNetConfig {
+            bn_rows: BnRows::All,
+            ..AvmnistNetConfig::new()
+        }
+        .init_seeded(3, &device);
+        let p = Tensor::<1>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0], [7]),
+            &device,
+        );
+        let c = mckd_train::to_vec(legacy.encode(&with_missing, AUDIO, p).levels[0].clone());
+        let dev = (0..128)
+            .map(|i| (a[i] * 0.0 + c[128 + i] - b[128 + i]).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            dev > 1e-3,
+            "the legacy rule must differ for the test to bite"
+        );
+    }
+
+    /// Issue 15, fix 1: the CKD loss distils the encoder output before dropout, identical
+    /// across two training forwards with different dropout draws.
+    #[test]
+    fn distilled_features_do_not_depend_on_dropout() {
+        let device = Device::flex().autodiff();
+        let net = AvmnistNetConfig::new().init_seeded(4, &device);
+        let b = batch(6, &device);
+        let p = Tensor::<1>::ones([6], &device);
+        let first = net.encode(&b, IMAGE, p.clone());
+        let second = net.encode(&b, IMAGE, p);
+        assert_eq!(
+            mckd_train::to_vec(first.distilled(0)),
+            mckd_train::to_vec(second.distilled(0))
+        );
+        assert_ne!(
+            mckd_train::to_vec(first.levels[0].clone()),
+            mckd_train::to_vec(second.levels[0].clone()),
+            "the fused features carry two different dropout masks"
+        );
     }
 
     /// `forward_present` against `forward` on the same network state, in training (batch

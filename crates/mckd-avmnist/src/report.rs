@@ -3,17 +3,17 @@
 use std::collections::BTreeMap;
 
 use mckd_core::present_names;
-use mckd_train::report::{Results, Row, csv_table, iwv_map, json_f64, markdown_table};
+use mckd_train::report::{PerSeed, Results, Row, csv_table, iwv_map, json_f64, markdown_table};
 use mckd_train::run::RunDir;
 use mckd_train::stats::{mean_std, paired_t_test_greater};
-use mckd_train::train::log_csv;
 use serde_json::{Map, Value, json};
 
-use crate::experiment::{
-    ExperimentConfig, Method, Missing, PAPER_LOWERB_AUDIO, PAPER_LOWERB_IMAGE, PAPER_UPPERB,
-    Result, RunOutcome, Setting,
+use crate::config::{
+    AvRunConfig, DataSplit, EvalSet, MethodKind as Method, Missing, PAPER_LOWERB_AUDIO,
+    PAPER_LOWERB_IMAGE, PAPER_UPPERB, Setting,
 };
 use crate::model::MODALITY_NAMES;
+use crate::run::{Result, RunOutcome};
 
 /// Outcomes of one (method, setting), ordered by seed.
 fn group(outcomes: &[RunOutcome], method: Method, setting: Option<Setting>) -> Vec<&RunOutcome> {
@@ -50,7 +50,7 @@ pub fn row_t_test(outcomes: &[RunOutcome], setting: Setting) -> Option<(f64, f64
 pub fn results(
     outcomes: &[RunOutcome],
     settings: &[Setting],
-    cfg: &ExperimentConfig,
+    cfg: &AvRunConfig,
     wall_seconds: f64,
 ) -> Results {
     let mut rows = Vec::new();
@@ -67,8 +67,9 @@ pub fn results(
         if g.is_empty() {
             continue;
         }
-        for (k, (mask, _)) in g[0].subsets.iter().enumerate() {
-            let accs: Vec<f64> = g.iter().map(|o| o.subsets[k].1).collect();
+        for (k, sub) in g[0].subsets.iter().enumerate() {
+            let mask = &sub.mask;
+            let accs: Vec<f64> = g.iter().map(|o| o.subsets[k].accuracy).collect();
             if accs.iter().all(|a| a.is_nan()) {
                 continue;
             }
@@ -79,22 +80,17 @@ pub fn results(
                 "accuracy",
                 mean,
             );
-            row.metrics.insert("accuracy_std".into(), json_f64(std));
-            row.metrics.insert(
-                "headline".into(),
-                Value::Bool(*mask == g[0].spec.target_mask()),
-            );
+            row.metrics.set("accuracy_std", std);
+            row.headline = Some(mask.as_slice() == g[0].spec.target_mask());
             row.setting = setting.map(|s| s.to_string());
-            let mut per = Map::new();
-            per.insert(
-                "seed".into(),
-                Value::Array(g.iter().map(|o| json!(o.spec.seed)).collect()),
-            );
-            per.insert(
-                "accuracy".into(),
-                Value::Array(accs.iter().map(|&a| json_f64(a)).collect()),
-            );
-            row.per_seed = Some(per);
+            row.per_seed = Some(PerSeed {
+                seed: g.iter().map(|o| o.spec.seed).collect(),
+                values: [(
+                    "accuracy".to_string(),
+                    accs.iter().map(|&a| (!a.is_nan()).then_some(a)).collect(),
+                )]
+                .into(),
+            });
             rows.push(row);
         }
     }
@@ -138,20 +134,14 @@ pub fn results(
     extra.insert("iwv_final".into(), Value::Object(iwv_final));
     extra.insert("t_tests".into(), Value::Object(tests));
     extra.insert("paper".into(), Value::Object(paper));
-    extra.insert(
-        "evaluation".into(),
-        Value::String(if cfg.validation_per_digit == 0 {
-            "test (450 samples)".into()
-        } else {
-            format!(
-                "validation ({} held-out training samples per digit)",
-                cfg.validation_per_digit
-            )
-        }),
-    );
+    extra.insert("evaluation".into(), Value::String(evaluation(cfg).into()));
     extra.insert(
         "percent_mapping".into(),
-        Value::String(cfg.mapping.describe()),
+        Value::String(cfg.task.mapping.describe()),
+    );
+    extra.insert(
+        "config".into(),
+        serde_json::to_value(cfg).unwrap_or(Value::Null),
     );
     extra.insert("wall_seconds".into(), json_f64(wall_seconds));
     extra.insert(
@@ -163,6 +153,14 @@ pub fn results(
         rows,
         iwv: iwv_map(&names_all, &mean_iwv),
         extra,
+    }
+}
+
+/// What the runs were evaluated on.
+fn evaluation(cfg: &AvRunConfig) -> &'static str {
+    match cfg.task.evaluate_on {
+        EvalSet::Test => "test (the 450 test samples)",
+        EvalSet::Validation => "VALIDATION (the 150 meta-validation samples), not test",
     }
 }
 
@@ -193,7 +191,7 @@ fn cell(g: &[&RunOutcome]) -> (f64, f64, String) {
 pub fn table2(
     outcomes: &[RunOutcome],
     settings: &[Setting],
-    cfg: &ExperimentConfig,
+    cfg: &AvRunConfig,
 ) -> (String, String) {
     let seeds = {
         let mut s: Vec<u64> = outcomes.iter().map(|o| o.spec.seed).collect();
@@ -263,7 +261,7 @@ pub fn table2(
         let fmt_opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".into(), f);
         md_rows.push(vec![
             s.to_string(),
-            cfg.mapping.per_digit(s.percent).to_string(),
+            cfg.task.mapping.per_digit(s.percent).to_string(),
             low.2.clone(),
             format!("{low_paper:.2}"),
             upper.2.clone(),
@@ -293,7 +291,7 @@ pub fn table2(
         };
         csv_rows.push(vec![
             s.to_string(),
-            cfg.mapping.per_digit(s.percent).to_string(),
+            cfg.task.mapping.per_digit(s.percent).to_string(),
             f(low.0),
             f(low.1),
             format!("{low_paper}"),
@@ -317,34 +315,87 @@ pub fn table2(
             mckd_g.len().to_string(),
         ]);
     }
-    let eval = if cfg.validation_per_digit == 0 {
-        "test = the 450 test samples (missing-audio rows: images only; missing-visual rows: \
-         audio only; UpperB: both)"
-            .to_string()
-    } else {
+    let m = cfg.method.mckd();
+    let split = match cfg.task.split {
+        DataSplit::Paper => {
+            "split 900 / 150 / 450 (train / meta-validation with both modalities / test); the \
+             row's pairs are drawn from the 900"
+        }
+        DataSplit::Smil => {
+            "SMIL's 1,050-sample training pool; meta steps on the row's paired training samples"
+        }
+    };
+    let (every, steps, stage2) = (
+        cfg.loop_.meta.interval,
+        cfg.loop_.meta.steps,
+        cfg.loop_.meta.interval_stage2,
+    );
+    let stages = if cfg.loop_.full_fraction > 0.0 {
         format!(
-            "VALIDATION mode: evaluated on {} held-out training samples per digit, not on test",
-            cfg.validation_per_digit
+            "two stages: the first {:.1} % of iterations with every available modality, then \
+             random dropping",
+            100.0 * cfg.loop_.full_fraction
         )
+    } else {
+        "one stage of random dropping".into()
     };
     let md = format!(
         "## Table 2 — AV-MNIST accuracy (%)\n\n\
-         Mean ± std over {seeds} seed(s), accuracy at the last epoch ({} epochs); {eval}. \
-         {}. LowerB = same network with the other modality always missing, trained on all \
-         1,050 training samples of the evaluated modality and tested on the 450 test samples \
-         (the paper's image LowerB was tested on all 10,000 MNIST test images with a smaller \
-         network). Baseline = non-dedicated training with α = 0; MCKD: α = {}, {:?} distance, \
-         {:?} IWV, meta step every {} iteration(s) on the paired training samples. p: one-tailed \
-         paired t-test MCKD > Baseline across seeds.\n\n{}",
-        cfg.epochs,
-        cfg.mapping.describe(),
-        cfg.alpha,
-        cfg.distance,
-        cfg.normalisation,
-        cfg.meta_interval,
-        markdown_table(&header, &md_rows)
+         Mean ± std over {seeds} seed(s), accuracy at the last iteration ({:?}); evaluated on \
+         {}; {split}. {}. LowerB = same network with the other modality always missing, \
+         trained on every training sample of the evaluated modality (the paper's image LowerB \
+         was tested on all 10,000 MNIST test images with a smaller network). Baseline = \
+         non-dedicated training with α = 0; MCKD: α = {}, {:?} distance ({:?} over the batch), \
+         {:?} IWV, {stages}; meta phases every {every} iterations ({stage2} in stage 2) of \
+         {steps} IWV step(s). p: one-tailed paired t-test MCKD > Baseline across seeds.\n\n{}\n\n\
+         ### Every subset (mean over seeds, %)\n\n{}",
+        cfg.loop_.budget,
+        evaluation(cfg),
+        cfg.task.mapping.describe(),
+        m.alpha,
+        m.distance,
+        m.reduction,
+        m.normalisation,
+        markdown_table(&header, &md_rows),
+        subsets_table(outcomes, settings)
     );
     (md, csv_table(&csv_header, &csv_rows))
+}
+
+/// Every subset's accuracy (image, audio, both) of the Baseline and MCKD per row: a distilled
+/// modality must not lose its own path (DESIGN §1, expected behaviour).
+fn subsets_table(outcomes: &[RunOutcome], settings: &[Setting]) -> String {
+    let masks = mckd_core::all_subsets(2);
+    let mut header = vec!["Setting".to_string()];
+    for m in [Method::Baseline, Method::Mckd] {
+        for mask in &masks {
+            header.push(format!(
+                "{} {}",
+                m.name(),
+                present_names(&MODALITY_NAMES, mask).join("+")
+            ));
+        }
+    }
+    let rows: Vec<Vec<String>> = settings
+        .iter()
+        .map(|&s| {
+            let mut row = vec![s.to_string()];
+            for m in [Method::Baseline, Method::Mckd] {
+                let g = group(outcomes, m, Some(s));
+                for mask in &masks {
+                    let v: Vec<f64> = g.iter().map(|o| o.subset(mask)).collect();
+                    let (mean, std) = mean_std(&v);
+                    row.push(if v.is_empty() || mean.is_nan() {
+                        "–".into()
+                    } else {
+                        format!("{} ± {}", pct(mean), pct(std))
+                    });
+                }
+            }
+            row
+        })
+        .collect();
+    markdown_table(&header, &rows)
 }
 
 /// `iwv_series.csv`: the normalised IWV after every iteration of every `mckd` run
@@ -361,7 +412,7 @@ pub fn iwv_series_csv(outcomes: &[RunOutcome]) -> String {
         for r in &o.log {
             out.push_str(&format!(
                 "{s},{},{},{},{},{}\n",
-                o.spec.seed, r.iteration, r.epoch, r.iwv[0], r.iwv[1]
+                o.spec.seed, r.iteration, r.epoch, r.state[0], r.state[1]
             ));
         }
     }
@@ -395,23 +446,12 @@ pub fn write_plots(run_dir: &RunDir, outcomes: &[RunOutcome]) -> Result<Vec<std:
             name,
             o.log
                 .iter()
-                .map(|r| (r.iteration as f64, f64::from(r.iwv[0]))),
+                .map(|r| (r.iteration as f64, f64::from(r.state[0]))),
         );
     }
     let png = run_dir.file("iwv.png");
     chart.save_png(&png)?;
     Ok(vec![csv, png])
-}
-
-/// Writes `logs/<run>.csv` (the per-iteration `train_log` of one run).
-pub fn write_log(run_dir: &RunDir, outcome: &RunOutcome) -> Result<()> {
-    let names: Vec<String> = MODALITY_NAMES.iter().map(|s| s.to_string()).collect();
-    let logs = RunDir::create(&run_dir.file("logs"))?;
-    logs.write(
-        &format!("{}.csv", outcome.spec.label()),
-        log_csv(&outcome.log, &names).as_bytes(),
-    )?;
-    Ok(())
 }
 
 /// Per-run summary (`runs.json`): seed, method, setting, accuracy, IWV, seconds.

@@ -1,17 +1,23 @@
-//! End-to-end on the real AV-MNIST kit ($MCKD_DATA_DIR, else `<repo>/../shared/data`): a short
-//! `reproduce` run beats chance by a wide margin, writes a valid `results.json`, and the same
-//! seed gives the same numbers (also with parallel child processes). Fails, never skips, when
-//! the kit is absent.
+//! End-to-end on the real AV-MNIST kit ($MCKD_DATA_DIR, else `<repo>/../shared/data`): the
+//! refactored loop reproduces the pre-refactor train logs byte for byte, a run rebuilt from its
+//! `config.json` gives the same log, a short `reproduce` beats chance, writes a valid
+//! `results.json`, and the same seed gives the same numbers (also with parallel child
+//! processes). Fails, never skips, when the kit is absent.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use burn::prelude::*;
 use clap::Parser;
 use mckd_avmnist::AvmnistCommand;
 use mckd_avmnist::cli::{ReproduceArgs, reproduce};
+use mckd_avmnist::config::{AvRunConfig, MethodKind, Preset, preset};
 use mckd_avmnist::data::AvSource;
+use mckd_avmnist::run::{log_columns, run_one};
+use mckd_data::AvMnist;
+use mckd_train::config::Budget;
 use mckd_train::report::Results;
-use mckd_train::train::Source;
+use mckd_train::train::{Source, log_csv};
 
 #[derive(Parser)]
 struct Cli {
@@ -30,6 +36,12 @@ fn data_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The kit, loaded once for every test of this file.
+fn data() -> &'static AvMnist {
+    static DATA: OnceLock<AvMnist> = OnceLock::new();
+    DATA.get_or_init(|| mckd_data::load_avmnist(&data_dir(), None).expect("kit loads"))
 }
 
 fn args(extra: &[&str], out: &Path) -> ReproduceArgs {
@@ -56,9 +68,145 @@ fn temp(tag: &str) -> PathBuf {
     p
 }
 
+/// The train log of one run, trained in this process.
+fn train_log(cfg: &AvRunConfig) -> String {
+    let (method, outcome) = run_one(
+        data(),
+        cfg,
+        &Device::flex(),
+        &indicatif::ProgressBar::hidden(),
+        None,
+    )
+    .expect("run trains");
+    log_csv(&outcome.log, &log_columns(&method, cfg))
+}
+
+#[test]
+fn the_shared_loop_reproduces_the_pre_refactor_logs_byte_for_byte() {
+    // Logs written by the code before the one-loop refactor (tests/golden/README.md); the
+    // `legacy` preset is that code's behaviour.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let cases = [
+        (
+            MethodKind::Mckd,
+            "audio_10",
+            3,
+            2,
+            "legacy-mckd-audio_10-seed3-2epochs.csv",
+        ),
+        (
+            MethodKind::Baseline,
+            "visual_5",
+            2,
+            1,
+            "legacy-baseline-visual_5-seed2-1epoch.csv",
+        ),
+    ];
+    for (kind, setting, seed, epochs, file) in cases {
+        let mut cfg = preset(Preset::Legacy, kind, Some(setting.parse().unwrap()), seed);
+        cfg.loop_.budget = Budget::Epochs(epochs);
+        let want = std::fs::read_to_string(golden.join(file)).unwrap();
+        let got = train_log(&cfg);
+        assert!(
+            got == want,
+            "{file}: the log differs from the pre-refactor one; first differing line: {:?}",
+            got.lines()
+                .zip(want.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("got {a} | want {b}"))
+        );
+    }
+}
+
+#[test]
+fn a_run_rebuilt_from_its_config_json_gives_the_same_log() {
+    let out = temp("config");
+    let run_args = |extra: &[&str], dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "avmnist",
+            "train",
+            "--quiet",
+            "--data-dir",
+            data_dir().to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let train = |argv: Vec<String>| {
+        let cmd = Cli::try_parse_from(argv).expect("valid arguments").cmd;
+        mckd_avmnist::run(cmd)
+    };
+    let a = out.join("a");
+    train(run_args(
+        &[
+            "--method",
+            "mckd",
+            "--setting",
+            "audio_20",
+            "--seed",
+            "4",
+            "--epochs",
+            "1",
+            "--meta-interval",
+            "5",
+            "--meta-steps",
+            "2",
+            "--data-split",
+            "smil",
+        ],
+        &a,
+    ))
+    .unwrap();
+    let b = out.join("b");
+    train(run_args(
+        &["--config", a.join("config.json").to_str().unwrap()],
+        &b,
+    ))
+    .unwrap();
+    let log = |d: &Path| std::fs::read(d.join("train_log.csv")).unwrap();
+    assert_eq!(log(&a), log(&b), "same config, same log");
+    let cfg_a: AvRunConfig = mckd_train::config::read_json(&a.join("config.json")).unwrap();
+    // An override changes exactly that field.
+    let c = out.join("c");
+    train(run_args(
+        &[
+            "--config",
+            a.join("config.json").to_str().unwrap(),
+            "--alpha",
+            "0.25",
+        ],
+        &c,
+    ))
+    .unwrap();
+    let cfg_c: AvRunConfig = mckd_train::config::read_json(&c.join("config.json")).unwrap();
+    let mut expect = cfg_a.clone();
+    expect.method.mckd_mut().alpha = 0.25;
+    assert_eq!(cfg_c, expect);
+    assert_ne!(log(&a), log(&c));
+    // An unknown field is an error naming the file and the field.
+    let bad = out.join("bad.json");
+    let text = std::fs::read_to_string(a.join("config.json"))
+        .unwrap()
+        .replacen("\"seed\"", "\"sead\"", 1);
+    std::fs::write(&bad, text).unwrap();
+    let err = train(run_args(
+        &["--config", bad.to_str().unwrap()],
+        &out.join("d"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bad.json") && err.contains("sead"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn real_data_batches_match_the_data_layer() {
-    let data = mckd_data::load_avmnist(&data_dir(), None).expect("kit loads");
+    let data = data();
     let set = data.missing_audio(15).unwrap();
     let src = AvSource::missing_audio(&set);
     assert_eq!(src.len(), 1050);
@@ -90,6 +238,8 @@ fn short_real_run_beats_chance_writes_results_and_is_deterministic() {
         "audio_10",
         "--methods",
         "baseline,mckd",
+        "--data-split",
+        "smil",
     ];
     let outcomes = reproduce(&args(&common, &out)).expect("reproduce runs");
     assert_eq!(outcomes.len(), 2);
@@ -102,8 +252,7 @@ fn short_real_run_beats_chance_writes_results_and_is_deterministic() {
         );
     }
     // results.json parses back into the shared schema with the documented names.
-    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
-    let r: Results = serde_json::from_str(&text).expect("results.json schema");
+    let r = Results::load(&out.join("results.json")).expect("results.json schema");
     assert_eq!(r.task, "avmnist");
     assert_eq!(r.iwv.keys().collect::<Vec<_>>(), ["image", "audio"]);
     let w: f64 = r.iwv.values().map(|v| v.as_f64().unwrap()).sum();
@@ -111,29 +260,34 @@ fn short_real_run_beats_chance_writes_results_and_is_deterministic() {
     let headline: Vec<_> = r
         .rows
         .iter()
-        .filter(|row| row.metrics["headline"] == serde_json::Value::Bool(true))
+        .filter(|row| row.headline == Some(true))
         .collect();
     assert_eq!(headline.len(), 2);
     for row in &headline {
         assert!(["baseline", "mckd"].contains(&row.method.as_str()));
         assert_eq!(row.setting.as_deref(), Some("audio_10"));
-        assert_eq!(row.subset, ["image"]);
-        let acc = row.metrics["accuracy"].as_f64().unwrap();
+        assert_eq!(row.subset.to_string(), "image");
+        let acc = row.metrics.get("accuracy");
         assert!((0.6..=1.0).contains(&acc), "accuracy is a fraction: {acc}");
         let per = row.per_seed.as_ref().unwrap();
-        assert_eq!(per["accuracy"][0].as_f64().unwrap(), acc);
-        assert_eq!(per["seed"][0], 1);
+        assert_eq!(per.values["accuracy"][0], Some(acc));
+        assert_eq!(per.seed, [1]);
     }
+    // Every subset of every method is reported.
+    assert_eq!(r.rows.len(), 2 * 3);
     for f in [
-        "config.json",
+        "plan.json",
         "splits.json",
         "table2.md",
         "table2.csv",
         "iwv_series.csv",
+        "status.json",
+        "runs/mckd-audio_10-seed1/config.json",
+        "runs/mckd-audio_10-seed1/train_log.csv",
+        "runs/mckd-audio_10-seed1/result.json",
     ] {
         assert!(out.join(f).is_file(), "{f} written");
     }
-    assert!(out.join("logs/mckd-audio_10-seed1.csv").is_file());
     let md = std::fs::read_to_string(out.join("table2.md")).unwrap();
     assert!(md.contains("| audio_10 | 15 |") && md.contains("94.22"));
 
@@ -149,27 +303,23 @@ fn short_real_run_beats_chance_writes_results_and_is_deterministic() {
         .expect("binary starts");
     assert!(status.success());
     assert!(
-        !out2.join("logs/avmnist-data.snapshot").exists(),
+        !out2.join(".avmnist-data.snapshot").exists(),
         "the children's data snapshot is removed"
     );
-    let runs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out2.join("runs.json")).unwrap()).unwrap();
     for o in &outcomes {
-        let r = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["method"] == o.spec.method.name())
-            .expect("run present");
-        assert_eq!(
-            r["accuracy"].as_f64().unwrap(),
-            o.accuracy,
-            "{}",
-            o.spec.label()
-        );
-        let iwv: Vec<f32> = serde_json::from_value(r["iwv"].clone()).unwrap();
-        assert_eq!(iwv, o.iwv, "{}", o.spec.label());
+        let dir = out2.join("runs").join(o.spec.label());
+        let other = mckd_avmnist::grid::read_outcome(&dir).unwrap();
+        assert_eq!(other.accuracy, o.accuracy, "{}", o.spec.label());
+        assert_eq!(other.iwv, o.iwv, "{}", o.spec.label());
+        assert_eq!(other.log, o.log, "{}", o.spec.label());
     }
+    // A finished grid is not trained again: resuming it only rewrites the tables.
+    let again = reproduce(&args(&[&common[..], &["--resume"]].concat(), &out)).unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        again[0].seconds, outcomes[0].seconds,
+        "read back, not retrained"
+    );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&out2);
 }

@@ -1,6 +1,6 @@
 //! # mckd-bench — times mckd's MCKD training steps
 //!
-//! Real [`MckdTrainer`] steps on random data of the right shapes, for the two task networks:
+//! Real [`mckd_core::Mckd`] steps on random data of the right shapes, for the two task networks:
 //!
 //! * **AV-MNIST** (`mckd_avmnist::model`, 369,784 trainable parameters): the inner step with
 //!   CKD (α = 0.1) at batch 64 with every modality present (`inner_all`) and with per-sample
@@ -33,7 +33,7 @@ use mckd_avmnist::model::{AvBatch, AvmnistNetConfig};
 use mckd_brats::data::batch_from_buffers;
 use mckd_brats::model::UNetConfig;
 use mckd_core::{
-    MckdConfig, MckdModel, MckdTrainer, Normalisation, SubsetSampling, Task, mask_tensor,
+    IwvOptimConfig, Mckd, MckdConfig, MckdModel, Normalisation, SubsetSampling, Task, mask_tensor,
     sample_subset,
 };
 use rand::{Rng, SeedableRng};
@@ -271,16 +271,19 @@ pub fn avmnist_batch(rng: &mut ChaCha8Rng, b: usize, device: &Device) -> AvBatch
     }
 }
 
-/// The AV-MNIST model and trainer as in `mckd avmnist` (Adam ε 1e-8, L2 1e-2; IWV L2 1e-2).
-pub fn avmnist_setup(
-    seed: u64,
-    device: &Device,
-) -> (MckdModel<mckd_avmnist::AvmnistNet>, MckdTrainer) {
+/// The AV-MNIST method as in `mckd avmnist` (Adam ε 1e-8, L2 1e-2; IWV L2 1e-2).
+pub fn avmnist_setup(seed: u64, device: &Device) -> Mckd<mckd_avmnist::AvmnistNet> {
     let net = AvmnistNetConfig::new().init_seeded(seed, device);
     let model = MckdModel::new(net, Normalisation::Softmax, seed, device);
     let optim = mckd_kernels::FusedAdamConfig::new(1e-8, Some(1e-2)).init();
-    let trainer = MckdTrainer::new(MckdConfig::new().with_iwv_weight_decay(1e-2), optim);
-    (model, trainer)
+    let config = MckdConfig {
+        iwv: IwvOptimConfig {
+            weight_decay: 1e-2,
+            ..IwvOptimConfig::default()
+        },
+        ..MckdConfig::default()
+    };
+    Mckd::new(model, config, optim)
 }
 
 fn bench_avmnist(args: &Args) -> anyhow::Result<Vec<Series>> {
@@ -291,8 +294,8 @@ fn bench_avmnist(args: &Args) -> anyhow::Result<Vec<Series>> {
         bail!("batch norm needs an AV-MNIST batch of at least 2");
     }
     let device = Device::flex().autodiff();
-    let (mut model, mut trainer) = avmnist_setup(args.seed, &device);
-    let params = trainable_params(&model.task);
+    let mut trainer = avmnist_setup(args.seed, &device);
+    let params = trainable_params(&trainer.model().task);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xBE7C);
     let batch = avmnist_batch(&mut rng, b, &device);
     let meta_batch = avmnist_batch(&mut rng, b, &device);
@@ -303,15 +306,15 @@ fn bench_avmnist(args: &Args) -> anyhow::Result<Vec<Series>> {
     mckd_kernels::with_busy_workers(|| {
         for i in 0..warmup + steps {
             let t = Instant::now();
-            model = trainer.inner_step(model, &batch, &all, 1e-3).0;
+            trainer.inner_step(&batch, &all, 1e-3);
             let t_all = t.elapsed();
             let masks = random_masks(&mut rng, b, 2);
             let t = Instant::now();
             let mask = mask_tensor(&masks, &device);
-            model = trainer.inner_step(model, &batch, &mask, 1e-3).0;
+            trainer.inner_step(&batch, &mask, 1e-3);
             let t_rand = t.elapsed();
             let t = Instant::now();
-            model = trainer.meta_step(model, &meta_batch).0;
+            trainer.meta_step_on(&meta_batch);
             let t_meta = t.elapsed();
             if i >= warmup {
                 for (v, d) in times.iter_mut().zip([t_all, t_rand, t_meta]) {
@@ -348,7 +351,7 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
         .with_base(c)
         .with_spatial([s, s, s])
         .init(&device);
-    let mut model = MckdModel::new(net, Normalisation::Softmax, args.seed, &device);
+    let model = MckdModel::new(net, Normalisation::Softmax, args.seed, &device);
     let params = trainable_params(&model.task);
     let optim = SgdConfig::new()
         .with_momentum(Some(
@@ -358,7 +361,8 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
                 .with_nesterov(true),
         ))
         .init();
-    let mut trainer = MckdTrainer::new(MckdConfig::new(), optim);
+    let n_mod = model.task.modalities().len();
+    let mut trainer = Mckd::new(model, MckdConfig::default(), optim);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xB4A75);
     let n = s * s * s;
     let images = (0..4)
@@ -368,21 +372,20 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
         .map(|_| f32::from(rng.random::<f32>() < 0.1))
         .collect();
     let batch = batch_from_buffers(images, Some(targets), b, [s, s, s], &device);
-    let n_mod = model.task.modalities().len();
     let mut inner = vec![];
     let mut meta = vec![];
     for i in 0..warmup + steps {
         let masks = random_masks(&mut rng, b, n_mod);
         let t = Instant::now();
         let mask = mask_tensor(&masks, &device);
-        model = trainer.inner_step(model, &batch, &mask, 1e-2).0;
+        trainer.inner_step(&batch, &mask, 1e-2);
         let t_inner = t.elapsed();
         if i >= warmup {
             inner.push(t_inner.as_secs_f64() * 1e3);
         }
         if args.unet_meta {
             let t = Instant::now();
-            model = trainer.meta_step(model, &batch).0;
+            trainer.meta_step_on(&batch);
             if i >= warmup {
                 meta.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -455,14 +458,14 @@ mod tests {
     #[test]
     fn avmnist_steps_run_and_parameters_match_the_layer_table() {
         let device = Device::flex().autodiff();
-        let (model, mut trainer) = avmnist_setup(0, &device);
-        assert_eq!(trainable_params(&model.task), 369_784);
+        let mut trainer = avmnist_setup(0, &device);
+        assert_eq!(trainable_params(&trainer.model().task), 369_784);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let batch = avmnist_batch(&mut rng, 4, &device);
         let mask = mask_tensor(&random_masks(&mut rng, 4, 2), &device);
-        let (model, stats) = trainer.inner_step(model, &batch, &mask, 1e-3);
+        let stats = trainer.inner_step(&batch, &mask, 1e-3);
         assert!(stats.task_loss.is_finite());
-        let (_, meta) = trainer.meta_step(model, &batch);
+        let meta = trainer.meta_step_on(&batch);
         assert!(meta.is_finite());
         let (median, lo, hi) = summary(&[3.0, 1.0, 2.0, 10.0]);
         assert_eq!((median, lo, hi), (2.5, 1.0, 10.0));

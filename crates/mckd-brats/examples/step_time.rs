@@ -9,7 +9,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::prelude::*;
 use mckd_brats::data::batch_from_buffers;
 use mckd_brats::model::UNetConfig;
-use mckd_core::{MckdConfig, MckdModel, MckdTrainer, Normalisation, mask_tensor};
+use mckd_core::{Mckd, MckdConfig, MckdModel, Normalisation, mask_tensor};
 
 fn main() {
     let a: Vec<usize> = std::env::args()
@@ -25,7 +25,7 @@ fn main() {
         .with_base(c)
         .with_spatial([d, h, w])
         .init(&device);
-    let mut model = MckdModel::new(net, Normalisation::Softmax, 0, &device);
+    let model = MckdModel::new(net, Normalisation::Softmax, 0, &device);
     let optim = SgdConfig::new()
         .with_momentum(Some(
             MomentumConfig::new()
@@ -34,7 +34,7 @@ fn main() {
                 .with_nesterov(true),
         ))
         .init();
-    let mut trainer = MckdTrainer::new(MckdConfig::new(), optim);
+    let mut trainer = Mckd::new(model, MckdConfig::default(), optim);
     let n = d * h * w;
     let mk = || {
         let images = (0..4)
@@ -51,12 +51,10 @@ fn main() {
     let mask = mask_tensor(&vec![vec![true, false, true, true]; b], &device);
     for r in 0..reps {
         let t = Instant::now();
-        let (m, s) = trainer.inner_step(model, &batch, &mask, 1e-2);
-        model = m;
+        let s = trainer.inner_step(&batch, &mask, 1e-2);
         let ti = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (m, _) = trainer.meta_step(model, &batch);
-        model = m;
+        trainer.meta_step_on(&batch);
         let tm = t.elapsed().as_secs_f64();
         println!(
             "c={c} {d}x{h}x{w} b={b} rep {r}: inner {ti:.3} s (loss {:.4}), meta {tm:.3} s",

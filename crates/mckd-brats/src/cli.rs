@@ -1,39 +1,48 @@
-//! `mckd brats ...`: phantoms, train, eval, predict, demo. The lead wires [`BratsCommand`]
-//! into the `mckd` binary and calls [`run`].
+//! `mckd brats ...`: phantoms, train, predict, evaluate, eval (predict + evaluate), demo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::{Context, bail};
+use mckd_core::{CkdReduction, Distance, Levels, Method as _, Normalisation};
+use mckd_train::config::{Budget, LrSchedule, OptimizerConfig};
 use mckd_train::device::DeviceChoice;
-use mckd_train::run::RunDir;
+use mckd_train::run::{OutPolicy, RunDir, RunState, check_not_input};
 use mckd_volume::{
-    LabelConvention, PhantomConfig, discover_cases, implied_convention, write_phantom_dataset,
+    Case, LabelConvention, PhantomConfig, discover_cases, implied_convention, write_phantom_dataset,
 };
 
-use crate::experiment::{DemoConfig, Method, TrainConfig, demo, evaluate, load_model, train_run};
-use crate::infer::predict_files;
+use crate::config::{BratsRunConfig, Method, Preset, preset, validate};
+use crate::demo::{DemoConfig, DemoPreset, demo};
+use crate::eval::evaluate_runs;
+use crate::evaluate::{evaluate_folder, parse_subsets, per_case_csv, predict_cases};
+use crate::infer::{MckdPredictor, predict_files};
+use crate::report::{MethodEval, make_report};
 use crate::seeds::demo_seeds;
+use crate::train::{load_config, load_model, train_run};
 
 /// BraTS subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum BratsCommand {
     /// Writes seeded synthetic phantoms (BraTS layout, NIfTI) — the CPU default data set.
     Phantoms(PhantomsArgs),
-    /// Trains MCKD or the Baseline on a cases folder; writes a run folder.
+    /// Trains MCKD, the Baseline or the placebo on a cases folder; writes a run folder.
     Train(TrainArgs),
-    /// Evaluates a run (and optionally a Baseline run) on all 15 modality subsets.
-    Eval(EvalArgs),
-    /// Predicts one case from any subset of modality files; writes a NIfTI label map.
+    /// Writes label maps of a trained run for any subsets of any cases (or of one case's files).
     Predict(PredictArgs),
+    /// Scores a prediction folder against reference cases (Dice, HD95; per case and subset).
+    Evaluate(EvaluateArgs),
+    /// Predicts and scores a run's test cases on all 15 subsets (with other runs beside it).
+    Eval(EvalArgs),
     /// Phantoms → MCKD and Baseline → evaluation table (60 phantoms of 32³, 1,200 iterations
-    /// per method: about 4 minutes on 2 cores).
+    /// per method: a few minutes on 2 cores).
     Demo(DemoArgs),
 }
 
 /// `mckd brats phantoms`.
 #[derive(clap::Args, Debug)]
 pub struct PhantomsArgs {
-    /// Output folder (one sub-folder per case).
+    /// Output folder (one sub-folder per case); must not exist or be empty.
     #[arg(long)]
     pub out: PathBuf,
     /// Number of cases.
@@ -51,6 +60,9 @@ pub struct PhantomsArgs {
     /// Flair as T2 with CSF dark: the tumour looks the same in Flair and T2.
     #[arg(long)]
     pub flair_as_t2: bool,
+    /// Move an existing non-empty --out aside first.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Label convention flag.
@@ -71,68 +83,212 @@ impl From<ConventionArg> for LabelConvention {
     }
 }
 
-/// `mckd brats train`.
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// Cases root: BraTS 2018 layout (`HGG|LGG/<case>/`) or a flat folder of case folders;
-    /// files `<case>_{flair,t1,t1ce,t2,seg}.nii.gz` or (BraTS 2023+)
-    /// `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Run folder [default: runs/<timestamp>-brats].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Method.
-    #[arg(long, value_enum, default_value_t = Method::Mckd)]
-    pub method: Method,
-    /// Inner iterations (overrides --epochs).
+/// Options that override fields of a run config (the preset's or `--config`'s).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Overrides {
+    /// Inner iterations.
     #[arg(long)]
     pub iterations: Option<usize>,
-    /// Epochs (passes of `batch` crops over the training cases) when --iterations is absent.
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
     /// Crop size as D H W (the paper: 80 160 160), multiples of 8.
-    #[arg(long, num_args = 3, value_names = ["D", "H", "W"], default_values_t = [64, 64, 64])]
-    pub crop: Vec<usize>,
+    #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
+    pub crop: Option<Vec<usize>>,
     /// Batch size.
-    #[arg(long, default_value_t = 2)]
-    pub batch: usize,
-    /// Initial learning rate (SGD Nesterov, cosine annealing).
-    #[arg(long, default_value_t = 1e-2)]
-    pub lr: f64,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Initial learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long)]
+    pub momentum: Option<f64>,
     /// UNet base width c (8 for CPU, 16 paper-like).
-    #[arg(long, default_value_t = 8)]
-    pub base: usize,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
-    pub device: DeviceChoice,
-    /// Impute missing modalities in the skip connections too (the reference code imputes
-    /// only the bottleneck).
     #[arg(long)]
-    pub impute_skips: bool,
-    /// Distil every level of the UNet, the skips too, with the CKD loss averaged over the
-    /// levels (the reference code distils only the bottleneck).
+    pub base: Option<usize>,
+    /// Weight α of the CKD loss.
     #[arg(long)]
-    pub distill_skips: bool,
-    /// A meta step every this many iterations (MCKD).
-    #[arg(long, default_value_t = 100)]
-    pub meta_interval: usize,
-    /// Weight α of the CKD loss (MCKD).
-    #[arg(long, default_value_t = 0.1)]
-    pub alpha: f64,
-    /// Reuse this splits.json (e.g. the MCKD run's, for its Baseline).
+    pub alpha: Option<f64>,
+    /// CKD distance.
+    #[arg(long, value_enum)]
+    pub distance: Option<Distance>,
+    /// CKD batch reduction.
+    #[arg(long, value_enum)]
+    pub reduction: Option<CkdReduction>,
+    /// IWV normalisation (paper Table 3).
+    #[arg(long, value_enum)]
+    pub normalisation: Option<Normalisation>,
+    /// Levels imputed and weighted in the meta step (the reference: the bottleneck).
+    #[arg(long, value_enum)]
+    pub impute_levels: Option<Levels>,
+    /// Levels distilled (the reference: the bottleneck).
+    #[arg(long, value_enum)]
+    pub distill_levels: Option<Levels>,
+    /// A meta phase every this many iterations in stage 1 (and stage 2 unless
+    /// --meta-interval-stage2).
     #[arg(long)]
-    pub splits: Option<PathBuf>,
-    /// Label convention of the segmentations [default: from the file names: brats2023 when
-    /// every case is named `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`, else brats2018].
+    pub meta_interval: Option<usize>,
+    /// A meta phase every this many iterations in stage 2.
+    #[arg(long)]
+    pub meta_interval_stage2: Option<usize>,
+    /// IWV steps per meta phase.
+    #[arg(long)]
+    pub meta_steps: Option<usize>,
+    /// Crops per meta batch (0 = the batch size).
+    #[arg(long)]
+    pub meta_batch: Option<usize>,
+    /// Learning rate of the IWV's Adam.
+    #[arg(long)]
+    pub iwv_lr: Option<f64>,
+    /// Weight decay of the IWV's Adam.
+    #[arg(long)]
+    pub iwv_weight_decay: Option<f64>,
+    /// Fraction of iterations with every modality present first (0 = one stage).
+    #[arg(long)]
+    pub full_fraction: Option<f64>,
+    /// A checkpoint every this many iterations (0: only on a signal).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Label convention [default: from the file names].
     #[arg(long, value_enum)]
     pub convention: Option<ConventionArg>,
     /// Sliding-window tile for evaluation as D H W [default: 80 160 160].
     #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
     pub tile: Option<Vec<usize>>,
+    /// Compute device.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
+}
+
+fn ijk(dhw: &[usize]) -> [usize; 3] {
+    [dhw[2], dhw[1], dhw[0]]
+}
+
+impl Overrides {
+    /// Applies the given options to `cfg`.
+    pub fn apply(&self, cfg: &mut BratsRunConfig) {
+        if let Some(v) = self.iterations {
+            cfg.loop_.budget = Budget::Iterations(v);
+        }
+        if let Some(v) = &self.crop {
+            cfg.task.crop = ijk(v);
+        }
+        if let Some(v) = self.batch {
+            cfg.loop_.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.schedule = match cfg.schedule {
+                LrSchedule::Constant { .. } => LrSchedule::Constant { lr: v },
+                LrSchedule::Step { every, gamma, .. } => LrSchedule::Step {
+                    lr: v,
+                    every,
+                    gamma,
+                },
+                LrSchedule::Cosine { .. } => LrSchedule::Cosine { lr: v },
+                LrSchedule::Poly { power, .. } => LrSchedule::Poly { lr: v, power },
+            };
+        }
+        if let (Some(v), OptimizerConfig::Sgd { momentum, .. }) =
+            (self.momentum, &mut cfg.optimizer)
+        {
+            *momentum = v;
+        }
+        if let Some(v) = self.base {
+            cfg.task.arch = crate::config::Arch::Unet { base: v };
+        }
+        let m = cfg.method.mckd_mut();
+        if let Some(v) = self.alpha {
+            m.alpha = v;
+        }
+        if let Some(v) = self.distance {
+            m.distance = v;
+        }
+        if let Some(v) = self.reduction {
+            m.reduction = v;
+        }
+        if let Some(v) = self.normalisation {
+            m.normalisation = v;
+        }
+        if let Some(v) = self.impute_levels {
+            m.levels.impute = v;
+            m.levels.weight = v;
+        }
+        if let Some(v) = self.distill_levels {
+            m.levels.distill = v;
+        }
+        if let Some(v) = self.iwv_lr {
+            m.iwv.lr = v;
+        }
+        if let Some(v) = self.iwv_weight_decay {
+            m.iwv.weight_decay = v;
+        }
+        if let Some(v) = self.meta_interval {
+            cfg.loop_.meta.interval = v;
+            if self.meta_interval_stage2.is_none() {
+                cfg.loop_.meta.interval_stage2 = v;
+            }
+        }
+        if let Some(v) = self.meta_interval_stage2 {
+            cfg.loop_.meta.interval_stage2 = v;
+        }
+        if let Some(v) = self.meta_steps {
+            cfg.loop_.meta.steps = v;
+        }
+        if let Some(v) = self.meta_batch {
+            cfg.loop_.meta.batch = v;
+        }
+        if let Some(v) = self.full_fraction {
+            cfg.loop_.full_fraction = v;
+        }
+        if let Some(v) = self.checkpoint_every {
+            cfg.loop_.checkpoint_every = v;
+        }
+        if let Some(c) = self.convention {
+            cfg.task.convention = c.into();
+        }
+        if let Some(t) = &self.tile {
+            cfg.task.infer.tile = ijk(t);
+        }
+        if let Some(d) = self.device {
+            cfg.device = d;
+        }
+    }
+}
+
+/// `mckd brats train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Cases root: BraTS 2018 layout (`HGG|LGG/<case>/`) or a flat folder of case folders;
+    /// files `<case>_{flair,t1,t1ce,t2,seg}.nii.gz` or (BraTS 2023+)
+    /// `<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz` [default: the --config's].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run folder [default: runs/<timestamp>-brats]; an existing non-empty one is refused
+    /// unless --resume or --overwrite.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Move an existing --out aside and start again.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Start from this preset.
+    #[arg(long, value_enum, default_value_t = Preset::Reference)]
+    pub preset: Preset,
+    /// Start from this run config (a run folder's config.json); options override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Method [default: the config's, else mckd].
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Seed [default: the config's, else 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Reuse this splits.json (e.g. the MCKD run's, for its Baseline).
+    #[arg(long)]
+    pub splits: Option<PathBuf>,
+    /// Field overrides.
+    #[command(flatten)]
+    pub set: Overrides,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -141,15 +297,21 @@ pub struct TrainArgs {
 /// `mckd brats eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// The run to evaluate (its test split is used); results are written into it.
+    /// The run to evaluate (its test split is used).
     #[arg(long)]
     pub run: PathBuf,
-    /// A Baseline run to compare with (same splits).
+    /// Other runs to compare with on the same test cases (e.g. the Baseline).
     #[arg(long)]
-    pub baseline: Option<PathBuf>,
+    pub baseline: Vec<PathBuf>,
     /// Cases root, if it moved since training.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Output folder [default: <run>/eval]; an existing one is refused unless --overwrite.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Move an existing output folder aside first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -161,91 +323,123 @@ pub struct PredictArgs {
     /// Training run folder (config.json + model.bpk).
     #[arg(long)]
     pub run: PathBuf,
-    /// Flair volume.
+    /// Folder mode: a cases root; predicts every case (or --cases) for every --subsets into
+    /// --out/<subset>/<case>.nii.gz.
+    #[arg(long, conflicts_with_all = ["flair", "t1", "t1c", "t2"])]
+    pub data: Option<PathBuf>,
+    /// Folder mode: only these case ids (comma separated) [default: every case].
+    #[arg(long, value_delimiter = ',', requires = "data")]
+    pub cases: Option<Vec<String>>,
+    /// Folder mode: `all` (the 15) or subsets like `t1,flair+t1c`.
+    #[arg(long, default_value = "all", requires = "data")]
+    pub subsets: String,
+    /// One-case mode: Flair volume.
     #[arg(long)]
     pub flair: Option<PathBuf>,
-    /// T1 volume.
+    /// One-case mode: T1 volume.
     #[arg(long)]
     pub t1: Option<PathBuf>,
-    /// T1c (T1ce) volume.
+    /// One-case mode: T1c (T1ce) volume.
     #[arg(long)]
     pub t1c: Option<PathBuf>,
-    /// T2 volume.
+    /// One-case mode: T2 volume.
     #[arg(long)]
     pub t2: Option<PathBuf>,
-    /// Output label map (.nii.gz), written with the first input's header and affine.
+    /// One-case mode: the output label map (.nii.gz), with the first input's header and
+    /// affine. Folder mode: the prediction folder (must not exist or be empty, unless
+    /// --overwrite).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Tile D H W [default: the run's].
     #[arg(long, num_args = 3, value_names = ["D", "H", "W"])]
     pub tile: Option<Vec<usize>>,
     /// Tile overlap [default: the run's, 1/3].
     #[arg(long)]
     pub overlap: Option<f32>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mckd brats evaluate`.
+#[derive(clap::Args, Debug)]
+pub struct EvaluateArgs {
+    /// Prediction folder: `<subset>/<case>.nii.gz` (as `brats predict` writes).
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// Reference cases root (case folders with `_seg` files).
+    #[arg(long = "ref")]
+    pub reference: PathBuf,
+    /// Only these case ids (comma separated) [default: every reference case].
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Option<Vec<String>>,
+    /// `all` or a list like `t1,flair+t1c` [default: every subset folder in --pred].
+    #[arg(long)]
+    pub subsets: Option<String>,
+    /// Output folder for summary.json per subset, table.md, per_case.csv, results.json;
+    /// refused if non-empty unless --overwrite.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Move an existing output folder aside first.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Name of the predictions' method in the table.
+    #[arg(long, default_value = "prediction")]
+    pub name: String,
+    /// Label convention [default: from the reference file names].
+    #[arg(long, value_enum)]
+    pub convention: Option<ConventionArg>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `mckd brats demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Output folder [default: runs/<timestamp>-brats].
+    /// Output folder [default: runs/<timestamp>-brats-demo]; refused if non-empty unless
+    /// --resume or --overwrite.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue a demo in --out (finished methods and seeds are kept).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Move an existing --out aside and start again.
+    #[arg(long)]
+    pub overwrite: bool,
     /// A one-minute smoke run.
     #[arg(long)]
     pub quick: bool,
-    /// Iterations per method (overrides the preset).
-    #[arg(long)]
-    pub iterations: Option<usize>,
+    /// Training preset of every method.
+    #[arg(long, value_enum, default_value_t = DemoPreset::Reference)]
+    pub preset: DemoPreset,
+    /// Methods, comma separated [default: mckd,baseline].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
     /// Phantom cases (overrides the preset).
     #[arg(long)]
     pub cases: Option<usize>,
     /// Phantom size per axis, a multiple of 8 (overrides the preset).
     #[arg(long)]
     pub size: Option<usize>,
-    /// UNet base width (overrides the preset).
-    #[arg(long)]
-    pub base: Option<usize>,
-    /// Meta interval of MCKD (overrides the preset).
-    #[arg(long)]
-    pub meta_interval: Option<usize>,
-    /// Weight α of the CKD loss of MCKD [default: 0.1].
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    /// Learning rate (overrides the preset).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// SGD momentum (overrides the preset).
-    #[arg(long)]
-    pub momentum: Option<f64>,
     /// Patchy enhancing rims: ET differs from the rest of the rim only in T1c.
     #[arg(long)]
     pub enhancing_patches: bool,
     /// Flair as T2 with CSF dark: the tumour looks the same in Flair and T2.
     #[arg(long)]
     pub flair_as_t2: bool,
-    /// Impute (and, in MCKD's meta step, weight) the skip connections too (`--impute-skips` or
-    /// `--impute-skips true|false`; overrides the preset). The reference code does it at the
-    /// bottleneck only.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub impute_skips: Option<bool>,
-    /// Distil every level of the UNet, the skips too, with the CKD loss averaged over the
-    /// levels (`--distill-skips` or `--distill-skips true|false`; overrides the preset). The
-    /// reference code distils the bottleneck only.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub distill_skips: Option<bool>,
-    /// Learning rate of the IWV's Adam [default: 1e-2].
-    #[arg(long)]
-    pub iwv_lr: Option<f64>,
-    /// Weight decay of the IWV's Adam [default: 0 in the demo; `brats train` uses the reference
-    /// code's 5e-4].
-    #[arg(long)]
-    pub iwv_weight_decay: Option<f64>,
+    /// Field overrides of every method's run.
+    #[command(flatten)]
+    pub set: Overrides,
     /// Seed (with `--seeds`, the first seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Run the demo for this many seeds (`seed-<s>/` each; finished seeds with the same
-    /// settings are reused) and write `seeds_summary.md`/`.json`: mean ± std across seeds and
-    /// the paired t-test of MCKD > Baseline.
+    /// Run the demo for this many seeds (`seed-<s>/` each; finished seeds are reused) and
+    /// write `seeds_summary.md`/`.json`: mean ± std across seeds and the paired t-test of
+    /// MCKD > Baseline.
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
     /// No progress bars.
@@ -253,133 +447,350 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
-fn ijk(dhw: &[usize]) -> [usize; 3] {
-    [dhw[2], dhw[1], dhw[0]]
-}
-
 /// Runs a BraTS subcommand.
 pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
     match cmd {
-        BratsCommand::Phantoms(a) => {
-            let cfg = PhantomConfig {
-                size: [a.size; 3],
-                enhancing_patches: a.enhancing_patches,
-                flair_as_t2: a.flair_as_t2,
-                ..Default::default()
-            };
-            let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
-            println!(
-                "wrote {} phantoms of {}³ to {}",
-                cases.len(),
-                a.size,
-                a.out.display()
+        BratsCommand::Phantoms(a) => phantoms(&a),
+        BratsCommand::Train(a) => train(&a),
+        BratsCommand::Predict(a) => predict(&a),
+        BratsCommand::Evaluate(a) => evaluate(&a),
+        BratsCommand::Eval(a) => eval(&a),
+        BratsCommand::Demo(a) => demo_cmd(&a),
+    }
+}
+
+fn phantoms(a: &PhantomsArgs) -> anyhow::Result<()> {
+    if a.size == 0 || a.cases == 0 {
+        bail!("--size and --cases must be at least 1");
+    }
+    let (_, _) = RunDir::open(&a.out, OutPolicy::from_flags(false, a.overwrite))?;
+    let cfg = PhantomConfig {
+        size: [a.size; 3],
+        enhancing_patches: a.enhancing_patches,
+        flair_as_t2: a.flair_as_t2,
+        ..Default::default()
+    };
+    let cases = write_phantom_dataset(&a.out, a.cases, &cfg, a.seed)?;
+    // A data folder, not a run: no run status in it.
+    let _ = std::fs::remove_file(a.out.join("status.json"));
+    println!(
+        "wrote {} phantoms of {}³ to {}",
+        cases.len(),
+        a.size,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn train(a: &TrainArgs) -> anyhow::Result<()> {
+    let base = a.config.as_deref().map(BratsRunConfig::load).transpose()?;
+    let kind = a
+        .method
+        .or(base.as_ref().map(|b| b.method.kind()))
+        .unwrap_or(Method::Mckd);
+    let seed = a.seed.or(base.as_ref().map(|b| b.seed)).unwrap_or(0);
+    let data = a
+        .data
+        .clone()
+        .or(base.as_ref().map(|b| b.task.data.clone()))
+        .context("give the cases folder with --data")?;
+    let mut cfg = match &base {
+        Some(b) => {
+            let mut c = b.clone();
+            c.seed = seed;
+            c.method = crate::config::BratsMethod::of(kind, b.method.mckd().clone());
+            c.task.data = data.clone();
+            c
+        }
+        None => preset(a.preset, kind, data.clone(), seed),
+    };
+    a.set.apply(&mut cfg);
+    if let Some(s) = &a.splits {
+        cfg.task.splits_file = Some(s.clone());
+    }
+    validate(&cfg)?;
+    cfg.device.device()?;
+    // Fails early, naming the folder or file, before anything is written.
+    let cases = discover_cases(&cfg.task.data)?;
+    if a.set.convention.is_none() && base.is_none() {
+        let c = implied_convention(&cases);
+        if c != cfg.task.convention {
+            eprintln!(
+                "labels: {} convention (ET = {}), from the file names; --convention overrides",
+                c.name(),
+                c.et()
             );
         }
-        BratsCommand::Train(a) => {
-            a.device.device()?;
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path("brats"));
-            // Fails early, naming the folder or file, before anything is written.
-            let cases = discover_cases(&a.data)?;
-            let run = RunDir::create(&out)?;
-            let mut cfg = TrainConfig::new(a.data.clone(), a.method);
-            cfg.crop = ijk(&a.crop);
-            cfg.batch = a.batch;
-            cfg.lr = a.lr;
-            cfg.base = a.base;
-            cfg.seed = a.seed;
-            cfg.meta_interval = a.meta_interval;
-            cfg.alpha = a.alpha;
-            cfg.convention = match a.convention {
-                Some(c) => c.into(),
-                None => {
-                    let c = implied_convention(&cases);
-                    eprintln!(
-                        "labels: {} convention (ET = {}), from the file names; \
-                         --convention overrides",
-                        c.name(),
-                        c.et()
-                    );
-                    c
-                }
-            };
-            cfg.device = a.device;
-            cfg.impute_skips = a.impute_skips;
-            cfg.distill_skips = a.distill_skips;
-            if let Some(t) = &a.tile {
-                cfg.infer.tile = ijk(t);
-            }
-            cfg.iterations = match a.iterations {
-                Some(n) => n,
-                None => {
-                    let n_cases = cases.len();
-                    let n_train =
-                        ((n_cases as f64) * cfg.fractions.train).round().max(1.0) as usize;
-                    a.epochs * n_train.div_ceil(a.batch.max(1))
-                }
-            };
-            let t0 = Instant::now();
-            let t = train_run(&cfg, &run, a.splits.as_deref(), a.quiet)?;
+        cfg.task.convention = c;
+    }
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| RunDir::default_path("brats"));
+    let mut inputs: Vec<&Path> = vec![&cfg.task.data];
+    if let Some(s) = &cfg.task.splits_file {
+        inputs.push(s);
+    }
+    check_not_input(&out, &inputs)?;
+    let (run, resumed) = RunDir::open(&out, OutPolicy::from_flags(a.resume, a.overwrite))?;
+    if resumed {
+        let old = load_config(run.path())?;
+        if old != cfg {
+            bail!(
+                "{} was started with another config; --resume continues it only with the same \
+                 settings (give --config {} and nothing else)",
+                run.path().display(),
+                run.file("config.json").display()
+            );
+        }
+        if run.status().is_some_and(|s| s.state == RunState::Finished) {
+            println!("{} is finished; nothing to do", run.path().display());
+            return Ok(());
+        }
+    } else {
+        run.write("config.json", cfg.to_json().as_bytes())?;
+    }
+    let t0 = Instant::now();
+    match train_run(&cfg, &run, resumed, a.quiet) {
+        Ok(t) => {
+            run.set_status(RunState::Finished, None, Some(t.log.len()))?;
             println!(
-                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step, {:.3} s/meta step); \
-                 IWV {:?}; run folder {}",
-                cfg.method.name(),
-                cfg.iterations,
+                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step, {:.3} s/meta \
+                 step); IWV {:?}; run folder {}",
+                t.method.name(),
+                t.log.len(),
                 t0.elapsed().as_secs_f64(),
-                t.seconds_per_inner,
-                t.seconds_per_meta,
-                t.model.iwv.normalised_values(),
+                t.seconds_per_inner(),
+                t.timing.per_meta(),
+                t.method.state_values(),
                 out.display()
             );
+            Ok(())
         }
-        BratsCommand::Eval(a) => {
-            let cfg = TrainConfig::load(&a.run)?;
-            let mut runs = vec![(cfg.method, a.run.clone())];
-            if let Some(b) = &a.baseline {
-                runs.push((Method::Baseline, b.clone()));
-            }
-            let out = RunDir::create(&a.run)?;
-            let (report, _) = evaluate(&runs, a.data.as_deref(), &out, a.quiet)?;
+        Err(e) => {
+            run.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            Err(e.into())
+        }
+    }
+}
+
+fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let mut runs = vec![a.run.clone()];
+    runs.extend(a.baseline.iter().cloned());
+    for r in &runs {
+        load_config(r)?;
+    }
+    let out_path = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
+    let (out, _) = RunDir::open(&out_path, OutPolicy::from_flags(false, a.overwrite))?;
+    match evaluate_runs(&runs, a.data.as_deref(), &out, a.quiet) {
+        Ok(report) => {
+            out.set_status(RunState::Finished, None, None)?;
             println!("{}", report.markdown);
             println!("written to {}", out.path().display());
+            Ok(())
         }
-        BratsCommand::Predict(a) => {
-            let device = TrainConfig::load(&a.run)?.device.device()?;
-            let (cfg, model) = load_model(&a.run, &device)?;
-            let mut infer = cfg.infer;
-            if let Some(t) = &a.tile {
-                infer.tile = ijk(t);
+        Err(e) => {
+            out.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            Err(e.into())
+        }
+    }
+}
+
+fn select_cases(root: &Path, ids: Option<&[String]>) -> anyhow::Result<Vec<Case>> {
+    let all = discover_cases(root)?;
+    let Some(ids) = ids else {
+        return Ok(all);
+    };
+    ids.iter()
+        .map(|id| {
+            all.iter()
+                .find(|c| &c.id == id)
+                .cloned()
+                .with_context(|| format!("case {id} is not in {}", root.display()))
+        })
+        .collect()
+}
+
+fn predict(a: &PredictArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&a.run)?;
+    let device = cfg.device.device()?;
+    let (cfg, method) = load_model(&a.run, &device)?;
+    let mut infer = cfg.task.infer;
+    if let Some(t) = &a.tile {
+        infer.tile = ijk(t);
+    }
+    if let Some(o) = a.overlap {
+        infer.overlap = o;
+    }
+    infer.effective_tile([1, 1, 1])?;
+    let predictor = MckdPredictor::new(&method);
+    let model_file = a.run.join("model.bpk");
+    match &a.data {
+        Some(root) => {
+            let cases = select_cases(root, a.cases.as_deref())?;
+            let subsets = parse_subsets(&a.subsets)?;
+            check_not_input(&a.out, &[root, &a.run])?;
+            let (out, _) = RunDir::open(&a.out, OutPolicy::from_flags(false, a.overwrite))?;
+            let t0 = Instant::now();
+            let files = predict_cases(
+                &predictor,
+                &cases,
+                &subsets,
+                &infer,
+                cfg.task.convention,
+                out.path(),
+                &device,
+                a.quiet,
+            );
+            match files {
+                Ok(files) => {
+                    out.set_status(RunState::Finished, None, None)?;
+                    println!(
+                        "wrote {} label maps ({} cases × {} subsets) to {} in {:.1} s",
+                        files.len(),
+                        cases.len(),
+                        subsets.len(),
+                        out.path().display(),
+                        t0.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    out.set_status(RunState::Failed, Some(e.to_string()), None)?;
+                    Err(e.into())
+                }
             }
-            if let Some(o) = a.overlap {
-                infer.overlap = o;
+        }
+        None => {
+            let files = [a.flair.clone(), a.t1.clone(), a.t1c.clone(), a.t2.clone()];
+            let inputs: Vec<&Path> = files
+                .iter()
+                .flatten()
+                .map(PathBuf::as_path)
+                .chain([model_file.as_path()])
+                .collect();
+            check_not_input(&a.out, &inputs)?;
+            if a.out.exists() && !a.overwrite {
+                bail!(
+                    "{} exists; pass --overwrite to replace it or another --out",
+                    a.out.display()
+                );
             }
-            let files = [a.flair, a.t1, a.t1c, a.t2];
-            let labels = predict_files(&model, &files, &a.out, &infer, cfg.convention, &device)?;
+            let labels = predict_files(
+                &predictor,
+                &files,
+                &a.out,
+                &infer,
+                cfg.task.convention,
+                &device,
+            )?;
             let tumour = labels.iter().filter(|&&l| l != 0).count();
             println!("wrote {} ({tumour} tumour voxels)", a.out.display());
+            Ok(())
         }
-        BratsCommand::Demo(a) => {
-            let d = demo_config(&a);
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path("brats"));
-            let run = RunDir::create(&out)?;
-            let t0 = Instant::now();
-            if a.seeds != 1 {
-                let summary = demo_seeds(&d, a.seeds, &run, a.quiet)?;
-                println!("{}", summary.markdown);
-                println!(
-                    "{} seeds finished in {:.1} min; run folder {}",
-                    a.seeds,
-                    t0.elapsed().as_secs_f64() / 60.0,
-                    out.display()
-                );
-                return Ok(());
-            }
-            let report = demo(&d, &run, a.quiet)?;
+    }
+}
+
+fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
+    let cases = select_cases(&a.reference, a.cases.as_deref())?;
+    if cases.is_empty() {
+        bail!("no reference cases in {}", a.reference.display());
+    }
+    let convention = crate::eval::convention_of(a.convention.map(Into::into), &cases);
+    let subsets = match &a.subsets {
+        Some(list) => parse_subsets(list)?,
+        None => crate::evaluate::subsets_in(&a.pred)?,
+    };
+    check_not_input(&a.out, &[&a.pred, &a.reference])?;
+    let (out, _) = RunDir::open(&a.out, OutPolicy::from_flags(false, a.overwrite))?;
+    let scores = evaluate_folder(
+        &a.pred,
+        &cases,
+        &subsets,
+        convention,
+        Some(out.path()),
+        a.quiet,
+    );
+    let scores = match scores {
+        Ok(s) => s,
+        Err(e) => {
+            out.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            return Err(e.into());
+        }
+    };
+    let evals = vec![MethodEval {
+        name: a.name.clone(),
+        title: a.name.clone(),
+        subsets: scores.iter().map(|s| (s.mask.clone(), s.means)).collect(),
+        iwv: Vec::new(),
+    }];
+    let report = make_report(&evals);
+    out.write("table.md", report.markdown.as_bytes())?;
+    out.write("table.csv", report.csv.as_bytes())?;
+    out.write(
+        "per_case.csv",
+        per_case_csv(&[(a.name.clone(), scores)]).as_bytes(),
+    )?;
+    out.write_json("results.json", &report.results)?;
+    out.set_status(RunState::Finished, None, None)?;
+    println!("{}", report.markdown);
+    println!("written to {}", out.path().display());
+    Ok(())
+}
+
+/// The demo settings: the preset with the options given on the command line.
+fn demo_config(a: &DemoArgs) -> DemoConfig {
+    let mut d = DemoConfig::preset(a.preset, a.quick, a.seed);
+    if let Some(v) = a.cases {
+        d.phantoms.cases = v;
+    }
+    if let Some(v) = a.size {
+        d.phantoms.size = v;
+        d.run.task.crop = [v; 3];
+        d.run.task.infer.tile = [v.div_ceil(8) * 8; 3];
+    }
+    d.phantoms.enhancing_patches = a.enhancing_patches;
+    d.phantoms.flair_as_t2 = a.flair_as_t2;
+    if let Some(m) = &a.methods {
+        d.methods = m.clone();
+    }
+    a.set.apply(&mut d.run);
+    if a.set.iterations.is_some() {
+        let Budget::Iterations(n) = d.run.loop_.budget else {
+            unreachable!("the demo budget is in iterations")
+        };
+        d.run.task.probe_interval = (n / 20).max(1);
+    }
+    d
+}
+
+fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
+    let d = demo_config(a);
+    if d.methods.is_empty() {
+        bail!("--methods is empty");
+    }
+    if d.phantoms.cases < 3 {
+        bail!("--cases must be at least 3 (train, meta-val and test need one each)");
+    }
+    validate(&d.run_config(Method::Mckd, PathBuf::from("data")))?;
+    let out_path = a
+        .out
+        .clone()
+        .unwrap_or_else(|| RunDir::default_path("brats-demo"));
+    let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(a.resume, a.overwrite))?;
+    let t0 = Instant::now();
+    let result = if a.seeds != 1 {
+        demo_seeds(&d, a.seeds, &run, resumed, a.quiet).map(|summary| {
+            println!("{}", summary.markdown);
+            println!(
+                "{} seeds finished in {:.1} min; run folder {}",
+                a.seeds,
+                t0.elapsed().as_secs_f64() / 60.0,
+                run.path().display()
+            );
+        })
+    } else {
+        demo(&d, &run, resumed, a.quiet).map(|report| {
             println!("{}", report.markdown);
             if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {
                 println!("mean Dice over the subsets without t1c: {v}");
@@ -391,56 +802,20 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
             println!(
                 "demo finished in {:.1} min; run folder {}",
                 t0.elapsed().as_secs_f64() / 60.0,
-                out.display()
+                run.path().display()
             );
+        })
+    };
+    match result {
+        Ok(()) => {
+            run.set_status(RunState::Finished, None, None)?;
+            Ok(())
+        }
+        Err(e) => {
+            run.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            Err(e.into())
         }
     }
-    Ok(())
-}
-
-/// The demo settings: the preset (quick or standard) with the options given on the command line.
-fn demo_config(a: &DemoArgs) -> DemoConfig {
-    let mut d = DemoConfig::preset(a.quick);
-    d.seed = a.seed;
-    if let Some(v) = a.iterations {
-        d.iterations = v;
-    }
-    if let Some(v) = a.cases {
-        d.cases = v;
-    }
-    if let Some(v) = a.size {
-        d.size = v;
-    }
-    if let Some(v) = a.base {
-        d.base = v;
-    }
-    if let Some(v) = a.meta_interval {
-        d.meta_interval = v;
-    }
-    if let Some(v) = a.impute_skips {
-        d.impute_skips = v;
-    }
-    if let Some(v) = a.distill_skips {
-        d.distill_skips = v;
-    }
-    if let Some(v) = a.iwv_lr {
-        d.iwv_lr = v;
-    }
-    if let Some(v) = a.iwv_weight_decay {
-        d.iwv_weight_decay = v;
-    }
-    if let Some(v) = a.lr {
-        d.lr = v;
-    }
-    if let Some(v) = a.alpha {
-        d.alpha = v;
-    }
-    if let Some(v) = a.momentum {
-        d.momentum = v;
-    }
-    d.enhancing_patches = a.enhancing_patches;
-    d.flair_as_t2 = a.flair_as_t2;
-    d
 }
 
 #[cfg(test)]
@@ -463,20 +838,22 @@ mod tests {
     }
 
     #[test]
-    fn skip_options_override_the_preset_both_ways() {
-        let preset = DemoConfig::preset(false);
+    fn level_options_override_the_preset() {
+        let preset = DemoConfig::preset(DemoPreset::Reference, false, 0);
         let d = demo_args(&[]).unwrap();
+        assert_eq!(d, preset);
+        let d = demo_args(&["--impute-levels", "all", "--distill-levels", "all"]).unwrap();
+        let l = d.run.method.mckd().levels;
         assert_eq!(
-            (d.impute_skips, d.distill_skips),
-            (preset.impute_skips, preset.distill_skips)
+            (l.impute, l.weight, l.distill),
+            (Levels::All, Levels::All, Levels::All)
         );
-        let d = demo_args(&["--impute-skips", "--distill-skips"]).unwrap();
-        assert!(d.impute_skips && d.distill_skips);
-        let d = demo_args(&["--impute-skips", "false", "--distill-skips=false"]).unwrap();
-        assert!(!d.impute_skips && !d.distill_skips);
-        let d = demo_args(&["--distill-skips", "--seed", "3"]).unwrap();
-        assert!(d.distill_skips && d.seed == 3);
-        assert_eq!(d.impute_skips, preset.impute_skips);
-        assert!(demo_args(&["--impute-skips", "maybe"]).is_err());
+        let d = demo_args(&["--distill-levels", "all", "--seed", "3"]).unwrap();
+        assert_eq!(d.run.seed, 3);
+        assert_eq!(d.run.method.mckd().levels.impute, Levels::Bottleneck);
+        assert!(demo_args(&["--impute-levels", "maybe"]).is_err());
+        let d = demo_args(&["--preset", "legacy", "--iterations", "100"]).unwrap();
+        assert_eq!(d.run.loop_.budget, Budget::Iterations(100));
+        assert_eq!(d.run.task.probe_interval, 5);
     }
 }

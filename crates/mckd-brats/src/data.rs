@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use burn::prelude::*;
 use mckd_train::train::Source;
 use mckd_volume::{
-    CropConfig, ForegroundIndex, LabelConvention, LoadedCase, Volume, labels_to_regions,
+    Crop, CropConfig, ForegroundIndex, LabelConvention, LoadedCase, Volume, labels_to_regions,
     random_crop,
 };
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::ScaleAugment;
 use crate::error::{BratsError, Result};
 use crate::model::{BratsBatch, N_MODALITIES, check_spatial};
 
@@ -60,6 +61,7 @@ pub struct CropSource {
     len: usize,
     rng: Mutex<ChaCha8Rng>,
     available: [bool; N_MODALITIES],
+    scale: Option<ScaleAugment>,
 }
 
 impl CropSource {
@@ -85,7 +87,16 @@ impl CropSource {
             len,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             available: [true; N_MODALITIES],
+            scale: None,
         })
+    }
+
+    /// Scales crops at random: with probability `prob` a crop of `size · s` voxels
+    /// (`s` uniform in the range) is resampled to `size` (trilinear for images, nearest for
+    /// labels), as the reference's random scaling.
+    pub fn with_scale(mut self, scale: Option<ScaleAugment>) -> Self {
+        self.scale = scale;
+        self
     }
 
     /// The cases.
@@ -113,21 +124,90 @@ impl CropSource {
         let mut rng = self.rng.lock().expect("crop RNG lock");
         for &ci in case_indices {
             let case = &self.cases[ci % self.cases.len()];
+            let factor = self.scale.and_then(|s| {
+                rng.random_bool(s.prob.clamp(0.0, 1.0))
+                    .then(|| rng.random_range(s.range[0]..=s.range[1]))
+            });
+            let cfg = match factor {
+                Some(f) => CropConfig {
+                    size: size.map(|v| ((v as f64 * f).round() as usize).max(1)),
+                    ..self.crop.clone()
+                },
+                None => self.crop.clone(),
+            };
             // Inputs were checked when the cases were loaded and the source was built.
-            let crop = random_crop(
-                &case.images,
-                &case.labels,
-                &case.index,
-                &self.crop,
-                &mut *rng,
-            )
-            .expect("crop of a validated case");
+            let mut crop = random_crop(&case.images, &case.labels, &case.index, &cfg, &mut *rng)
+                .expect("crop of a validated case");
+            if cfg.size != size {
+                crop = resize_crop(crop, cfg.size, size, N_MODALITIES);
+            }
             for (m, img) in images.iter_mut().enumerate() {
                 img.extend_from_slice(&crop.image[m * n..(m + 1) * n]);
             }
             targets.extend(labels_to_regions(&crop.labels, self.convention));
         }
         batch_from_buffers(images, Some(targets), b, dhw(size), device)
+    }
+}
+
+/// A crop of `from` voxels (i, j, k) resampled to `to`: images trilinearly (sample centres
+/// mapped as `(x + 0.5)·from/to − 0.5`, clamped at the edges), labels by the nearest voxel.
+pub fn resize_crop(crop: Crop, from: [usize; 3], to: [usize; 3], channels: usize) -> Crop {
+    let n_from = from.iter().product::<usize>();
+    let n_to = to.iter().product::<usize>();
+    // Per axis: for each output index, the two source indices and the weight of the second.
+    let taps = |d: usize| -> Vec<(usize, usize, f32)> {
+        let ratio = from[d] as f64 / to[d] as f64;
+        (0..to[d])
+            .map(|x| {
+                let c = ((x as f64 + 0.5) * ratio - 0.5).clamp(0.0, (from[d] - 1) as f64);
+                let lo = c.floor() as usize;
+                let hi = (lo + 1).min(from[d] - 1);
+                (lo, hi, (c - lo as f64) as f32)
+            })
+            .collect()
+    };
+    let nearest = |d: usize| -> Vec<usize> {
+        let ratio = from[d] as f64 / to[d] as f64;
+        (0..to[d])
+            .map(|x| (((x as f64 + 0.5) * ratio) as usize).min(from[d] - 1))
+            .collect()
+    };
+    let (ti, tj, tk) = (taps(0), taps(1), taps(2));
+    let at = |i: usize, j: usize, k: usize| i + from[0] * (j + from[1] * k);
+    let mut image = Vec::with_capacity(channels * n_to);
+    for c in 0..channels {
+        let src = &crop.image[c * n_from..(c + 1) * n_from];
+        for &(k0, k1, wk) in &tk {
+            for &(j0, j1, wj) in &tj {
+                for &(i0, i1, wi) in &ti {
+                    let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
+                    let plane = |k: usize| {
+                        lerp(
+                            lerp(src[at(i0, j0, k)], src[at(i1, j0, k)], wi),
+                            lerp(src[at(i0, j1, k)], src[at(i1, j1, k)], wi),
+                            wj,
+                        )
+                    };
+                    image.push(lerp(plane(k0), plane(k1), wk));
+                }
+            }
+        }
+    }
+    let (ni, nj, nk) = (nearest(0), nearest(1), nearest(2));
+    let mut labels = Vec::with_capacity(n_to);
+    for &k in &nk {
+        for &j in &nj {
+            for &i in &ni {
+                labels.push(crop.labels[at(i, j, k)]);
+            }
+        }
+    }
+    Crop {
+        image,
+        labels,
+        size: to,
+        ..crop
     }
 }
 
@@ -169,6 +249,18 @@ impl Source for CropSource {
 
     fn batch(&self, indices: &[usize], device: &Device) -> BratsBatch {
         self.crops(indices, device)
+    }
+
+    fn random_state(&self) -> Vec<u8> {
+        let rng = self.rng.lock().expect("crop RNG lock");
+        mckd_core::rng::rng_state(&rng).to_vec()
+    }
+
+    fn set_random_state(&self, state: &[u8]) -> std::result::Result<(), String> {
+        let restored = mckd_core::rng::rng_from_state(state)
+            .ok_or_else(|| format!("not a crop generator state ({} bytes)", state.len()))?;
+        *self.rng.lock().expect("crop RNG lock") = restored;
+        Ok(())
     }
 }
 
@@ -225,6 +317,42 @@ mod tests {
         );
         let t = mckd_train::to_vec(b.targets.unwrap());
         assert!(t.iter().all(|&v| v == 0.0 || v == 1.0));
+    }
+
+    #[test]
+    fn resized_crops_interpolate_a_ramp_and_keep_labels() {
+        // A ramp along i (value = i) of 8 voxels resampled to 4: sample centres at
+        // (x + 0.5)·2 − 0.5 = 0.5, 2.5, 4.5, 6.5, where the ramp's linear interpolation is
+        // exact. Labels take the nearest voxel: floor((x + 0.5)·2) = 1, 3, 5, 7.
+        let from = [8, 2, 2];
+        let n = 32;
+        let image: Vec<f32> = (0..n).map(|v| (v % 8) as f32).collect();
+        let labels: Vec<u8> = (0..n).map(|v| (v % 8) as u8).collect();
+        let crop = Crop {
+            image: image.clone(),
+            labels,
+            size: from,
+            origin: [0; 3],
+            flipped: [false; 3],
+            centre: None,
+        };
+        let out = resize_crop(crop, from, [4, 2, 2], 1);
+        assert_eq!(&out.image[..4], &[0.5, 2.5, 4.5, 6.5]);
+        assert_eq!(&out.labels[..4], &[1, 3, 5, 7]);
+        assert_eq!(out.image.len(), 16);
+        // Up-sampling 2 → 4: centres at (x + 0.5)/2 − 0.5 = −0.25 (clamped to 0), 0.25, 0.75,
+        // 1.25 (clamped to 1): values 0, 0.25, 0.75, 1 of a ramp 0, 1.
+        let crop = Crop {
+            image: vec![0.0, 1.0],
+            labels: vec![0, 4],
+            size: [2, 1, 1],
+            origin: [0; 3],
+            flipped: [false; 3],
+            centre: None,
+        };
+        let out = resize_crop(crop, [2, 1, 1], [4, 1, 1], 1);
+        assert_eq!(out.image, vec![0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(out.labels, vec![0, 0, 4, 4]);
     }
 
     #[test]

@@ -56,6 +56,15 @@ pub enum BratsError {
     /// An argument or setting is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A configuration value is invalid or a config file unreadable (names the field / file).
+    #[error(transparent)]
+    Settings(#[from] mckd_train::config::ConfigError),
+    /// The training loop failed (checkpoint, resume).
+    #[error(transparent)]
+    Loop(#[from] mckd_train::train::LoopError),
+    /// Training stopped: diverged, or interrupted (a checkpoint allows `--resume`).
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// Result type of `mckd-brats`.

@@ -7,19 +7,61 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
-use mckd_core::{MckdModel, mask_tensor};
+use mckd_core::{Levels, Mckd, MckdModel, mask_tensor};
 use mckd_volume::sliding::{DEFAULT_OVERLAP, DEFAULT_TILE};
 use mckd_volume::{
     ClipRule, Header, LabelConvention, MODALITIES, Volume, normalise_with, probs_to_labels,
-    read_volume, sliding_window, write_labels_like,
+    read_volume, sliding_window,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::data::{batch_from_buffers, dhw};
 use crate::error::{BratsError, Result};
-use crate::model::{BratsUNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
+use crate::model::{BratsBatch, BratsUNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
+
+/// Whatever predicts the logits of a batch of tiles (a trained method in inference mode).
+pub trait TilePredictor {
+    /// Logits of `batch` (any spatial size that is a multiple of 8) with presence `mask`.
+    ///
+    /// # Shapes
+    /// - `batch.images`: 4 × `[B, 1, D, H, W]`; `mask`: `[B, 4]`
+    /// - output: `[B, 3, D, H, W]`
+    fn predict_tile(&self, batch: &BratsBatch, mask: &Tensor<2>) -> Tensor<5>;
+}
+
+/// An MCKD (or Baseline) model in inference mode, with the level policy it was trained with.
+pub struct MckdPredictor {
+    model: MckdModel<BratsUNet>,
+    impute: Levels,
+}
+
+impl MckdPredictor {
+    /// The inference copy of a trained method.
+    pub fn new(method: &Mckd<BratsUNet>) -> Self {
+        Self {
+            model: method.model().valid(),
+            impute: method.config().levels.impute,
+        }
+    }
+
+    /// A model (on a device without autodiff) imputing at `impute`.
+    pub fn from_model(model: MckdModel<BratsUNet>, impute: Levels) -> Self {
+        Self { model, impute }
+    }
+}
+
+impl TilePredictor for MckdPredictor {
+    fn predict_tile(&self, batch: &BratsBatch, mask: &Tensor<2>) -> Tensor<5> {
+        let net = MckdModel {
+            task: self.model.task.clone().with_spatial(batch.spatial()),
+            iwv: self.model.iwv.clone(),
+        };
+        net.forward(batch, mask, self.impute).output
+    }
+}
 
 /// Sliding-window settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,15 +106,15 @@ impl InferConfig {
 
 /// Averaged sigmoid probabilities of the three regions over the whole volume.
 ///
-/// `model` must live on a device without autodiff (use `.valid()`); `images` are the four
-/// normalised modalities on one grid (the content of absent ones is ignored: they are zeroed).
+/// `images` are the four normalised modalities on one grid (the content of absent ones is
+/// ignored: they are zeroed).
 ///
 /// # Shapes
 /// - `images`: 4 volumes of `dims` (i, j, k)
 /// - `present`: `[4]`, at least one `true`
 /// - returns `[3, dk, dj, di]` flattened (ET, TC, WT)
 pub fn predict_probs(
-    model: &MckdModel<BratsUNet>,
+    model: &dyn TilePredictor,
     images: &[Volume],
     present: &[bool],
     cfg: &InferConfig,
@@ -107,10 +149,6 @@ pub fn predict_probs(
             input.extend(std::iter::repeat_n(0.0f32, n));
         }
     }
-    let net = MckdModel {
-        task: model.task.clone().with_spatial(dhw(tile)),
-        iwv: model.iwv.clone(),
-    };
     let tn = tile.iter().product::<usize>();
     let mask = mask_tensor(&[present.to_vec()], device);
     let probs = sliding_window(
@@ -125,7 +163,7 @@ pub fn predict_probs(
                 .map(|m| buf[m * tn..(m + 1) * tn].to_vec())
                 .collect();
             let batch = batch_from_buffers(images, None, 1, dhw(tile), device);
-            let logits = net.forward(&batch, &mask).output; // [1, 3, tk, tj, ti]
+            let logits = model.predict_tile(&batch, &mask); // [1, 3, tk, tj, ti]
             mckd_train::to_vec(sigmoid(logits))
         },
     )?;
@@ -137,7 +175,7 @@ pub fn predict_probs(
 /// # Shapes
 /// returns `[dk, dj, di]` flattened.
 pub fn predict_labels(
-    model: &MckdModel<BratsUNet>,
+    model: &dyn TilePredictor,
     images: &[Volume],
     present: &[bool],
     cfg: &InferConfig,
@@ -203,7 +241,7 @@ pub fn read_inputs(files: &[Option<PathBuf>; 4]) -> Result<(Vec<Volume>, Vec<boo
 /// Predicts one case from files and writes the label map as NIfTI (uint8) with the header and
 /// affine of the first given modality file. Returns the label map.
 pub fn predict_files(
-    model: &MckdModel<BratsUNet>,
+    model: &dyn TilePredictor,
     files: &[Option<PathBuf>; 4],
     out: &Path,
     cfg: &InferConfig,
@@ -212,15 +250,7 @@ pub fn predict_files(
 ) -> Result<Vec<u8>> {
     let (vols, present, header) = read_inputs(files)?;
     let labels = predict_labels(model, &vols, &present, cfg, convention, device)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            BratsError::Invalid(format!(
-                "cannot create the output folder {}: {e}",
-                dir.display()
-            ))
-        })?;
-    }
-    write_labels_like(out, &labels, &header)?;
+    crate::evaluate::write_label_file(out, &labels, &header)?;
     Ok(labels)
 }
 
@@ -230,10 +260,13 @@ mod tests {
     use crate::model::UNetConfig;
     use mckd_core::Normalisation;
 
-    fn model(device: &Device) -> MckdModel<BratsUNet> {
+    fn model(device: &Device) -> MckdPredictor {
         device.seed(3);
         let net = UNetConfig::new().with_base(4).init(device);
-        MckdModel::new(net, Normalisation::Softmax, 0, device)
+        MckdPredictor::from_model(
+            MckdModel::new(net, Normalisation::Softmax, 0, device),
+            Levels::Bottleneck,
+        )
     }
 
     fn volume(dims: [usize; 3], m: usize) -> Volume {
@@ -246,7 +279,7 @@ mod tests {
 
     /// Direct forward of the model on the sub-box `i0..i0 + ti` (all of j, k).
     fn direct(
-        model: &MckdModel<BratsUNet>,
+        model: &MckdPredictor,
         vols: &[Volume],
         present: &[bool],
         i0: usize,
@@ -275,11 +308,13 @@ mod tests {
             .collect();
         let batch = batch_from_buffers(images, None, 1, dhw(tile), device);
         let net = MckdModel {
-            task: model.task.clone().with_spatial(dhw(tile)),
-            iwv: model.iwv.clone(),
+            task: model.model.task.clone().with_spatial(dhw(tile)),
+            iwv: model.model.iwv.clone(),
         };
         let mask = mask_tensor(&[present.to_vec()], device);
-        mckd_train::to_vec(sigmoid(net.forward(&batch, &mask).output))
+        mckd_train::to_vec(sigmoid(
+            net.forward(&batch, &mask, Levels::Bottleneck).output,
+        ))
     }
 
     #[test]

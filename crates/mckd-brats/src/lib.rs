@@ -3,26 +3,37 @@
 //! The BraTS task of the toolkit (DESIGN §2.2, paper Table 1):
 //!
 //! * [`model`]: a 3D UNet whose encoder is shared by the four MRI modalities (each fed as a
-//!   1-channel volume), fusion by channel concatenation at every level, CKD at the bottleneck,
-//!   and the soft-Dice + BCE loss; it implements [`mckd_core::Task`].
+//!   1-channel volume), fusion by channel concatenation at every level, and the soft-Dice + BCE
+//!   loss; it implements [`mckd_core::Task`].
+//! * [`config`]: the run configuration (method, optimiser, schedule, loop, task) and presets.
 //! * [`data`]: training and meta-validation crops as a [`mckd_train::train::Source`].
+//! * [`train`]: one training run through the shared loop, with the feature-gap probe.
 //! * [`infer`]: sliding-window prediction on any modality subset, label maps, NIfTI output.
-//! * [`experiment`]: training runs, evaluation of all 15 subsets, the paper-style table,
-//!   plot data, the demo.
-//! * [`seeds`]: the demo over several seeds and its summary (mean ± std, paired t-test).
+//! * [`evaluate`]: prediction and scoring as separate stages on files (nnU-Net's shape).
+//! * [`eval`]: the `brats eval` shortcut (predict + score a run's test cases), overlays.
+//! * [`report`]: the paper-style table and `results.json`.
+//! * [`plots`]: IWV, losses, feature gap and overlay figures.
+//! * [`demo`], [`seeds`]: the phantom demo, over one or several seeds.
 //! * [`cli`]: the `mckd brats ...` subcommands ([`cli::BratsCommand`], [`cli::run`]).
 //!
 //! Axis order: volumes are NIfTI (i, j, k) with i fastest (see `mckd-volume`); tensors are
 //! `[batch, channels, D, H, W]` with `(D, H, W) = (k, j, i)`.
 
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
-pub mod experiment;
+pub mod eval;
+pub mod evaluate;
 pub mod infer;
 pub mod model;
+pub mod plots;
+pub mod report;
 pub mod seeds;
+pub mod train;
 
 pub use cli::{BratsCommand, run};
+pub use config::{BratsMethod, BratsRunConfig, BratsTask};
 pub use error::BratsError;
-pub use model::{BratsBatch, BratsUNet, UNetConfig, segmentation_loss};
+pub use model::{BratsBatch, BratsUNet, DiceReduction, UNetConfig, segmentation_loss};

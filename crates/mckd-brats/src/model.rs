@@ -48,7 +48,7 @@ use burn::nn::{InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig, Pad
 use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mckd_core::fusion::zero_missing;
-use mckd_core::{ModalitySet, Task};
+use mckd_core::{Encoded, ModalitySet, Task};
 use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, conv3d_layer, instance_norm_leaky_relu};
 use mckd_volume::MODALITIES;
 
@@ -72,15 +72,30 @@ pub struct UNetConfig {
     /// [`BratsUNet::with_spatial`]. Multiples of 8.
     #[config(default = "[64, 64, 64]")]
     pub spatial: [usize; 3],
-    /// Impute missing modalities in the skip connections too. The reference code imputes
-    /// (and weights in the meta step) only the bottleneck; its skips carry the features of
-    /// the zeroed inputs. Default: as the reference.
-    #[config(default = false)]
-    pub impute_skips: bool,
-    /// Distil every level (the skips too), the CKD loss averaged over the four levels. The
-    /// reference distils only the bottleneck. Default: as the reference.
-    #[config(default = false)]
-    pub distill_skips: bool,
+    /// How the soft Dice of the loss is reduced over the batch.
+    #[config(default = "DiceReduction::PerSample")]
+    pub dice: DiceReduction,
+}
+
+/// How the soft Dice term of [`segmentation_loss`] treats the batch.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DiceReduction {
+    /// Dice per sample and channel, then the mean (the reference, DESIGN §2.2).
+    #[default]
+    PerSample,
+    /// One Dice per channel over the whole batch (an earlier reading; kept for the ablation).
+    Pooled,
 }
 
 /// Conv → InstanceNorm → LeakyReLU, twice; the first convolution may be strided.
@@ -161,9 +176,7 @@ pub struct BratsUNet {
     #[module(skip)]
     spatial: [usize; 3],
     #[module(skip)]
-    impute_skips: bool,
-    #[module(skip)]
-    distill_skips: bool,
+    dice: DiceReduction,
 }
 
 /// A batch: one 1-channel volume per modality and (for training) the region targets.
@@ -226,8 +239,7 @@ impl UNetConfig {
             modalities: ModalitySet::new(MODALITIES),
             base: c,
             spatial: self.spatial,
-            impute_skips: self.impute_skips,
-            distill_skips: self.distill_skips,
+            dice: self.dice,
         }
     }
 }
@@ -315,7 +327,7 @@ impl Task for BratsUNet {
     ///
     /// # Panics
     /// If the batch's spatial size is not the network's ([`BratsUNet::with_spatial`]).
-    fn encode(&self, batch: &BratsBatch, modality: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+    fn encode(&self, batch: &BratsBatch, modality: usize, present: Tensor<1>) -> Encoded {
         let x = batch.images[modality].clone();
         let [b, ch, d, h, w] = x.dims();
         assert_eq!(ch, 1, "each modality is a 1-channel volume");
@@ -332,7 +344,13 @@ impl Task for BratsUNet {
                 debug_assert_eq!(t.dims()[0], b);
                 t
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// The deepest level (e4).
+    fn bottleneck(&self) -> usize {
+        3
     }
 
     /// # Shapes
@@ -358,51 +376,49 @@ impl Task for BratsUNet {
             .targets
             .clone()
             .expect("a training batch carries targets");
-        segmentation_loss(output, targets)
+        segmentation_loss(output, targets, self.dice)
     }
 
     fn batch_size(batch: &BratsBatch) -> usize {
         batch.images[0].dims()[0]
     }
-
-    fn distill_level(&self) -> usize {
-        3
-    }
-
-    /// The bottleneck; every level with `distill_skips`.
-    fn distill_levels(&self, levels: usize) -> Vec<usize> {
-        if self.distill_skips {
-            (0..levels).collect()
-        } else {
-            vec![self.distill_level()]
-        }
-    }
-
-    /// The bottleneck always; the skips only with `impute_skips`.
-    fn mckd_level(&self, level: usize) -> bool {
-        level == 3 || self.impute_skips
-    }
 }
 
-/// Soft Dice averaged over channels + BCE-with-logits summed over channels (DESIGN §2.2).
+/// Soft Dice averaged over channels (and samples) + BCE-with-logits summed over channels
+/// (DESIGN §2.2).
 ///
-/// Per channel `c` with `p = sigmoid(x)` and sums over the batch and every voxel:
-/// `dice_c = 1 − 2Σ p·g / (Σ p + Σ g + 1)`; `bce_c = mean(max(x, 0) − x·g + log(1 + e^−|x|))`
-/// (BCE with logits, computed stably). Loss = `mean_c dice_c + Σ_c bce_c`.
+/// With `p = sigmoid(x)`: `dice = 1 − 2Σ p·g / (Σ p + Σ g + 1)`, the sums over the voxels of one
+/// sample and channel ([`DiceReduction::PerSample`], then the mean over samples and channels) or
+/// of one channel over the whole batch ([`DiceReduction::Pooled`], then the mean over channels);
+/// `bce_c = mean(max(x, 0) − x·g + log(1 + e^−|x|))` over the batch and voxels of channel `c`
+/// (BCE with logits, computed stably). Loss = `mean dice + Σ_c bce_c`.
 ///
 /// # Shapes
 /// - `logits`, `targets`: `[batch, C, D, H, W]` (targets 0/1)
 /// - output: `[1]`
-pub fn segmentation_loss(logits: Tensor<5>, targets: Tensor<5>) -> Tensor<1> {
+pub fn segmentation_loss(logits: Tensor<5>, targets: Tensor<5>, dice: DiceReduction) -> Tensor<1> {
     assert_eq!(logits.dims(), targets.dims(), "logits and targets differ");
     let [b, c, d, h, w] = logits.dims();
     let n = b * d * h * w;
+    let dice = match dice {
+        DiceReduction::PerSample => {
+            let v = d * h * w;
+            let p: Tensor<2> = sigmoid(logits.clone()).reshape([b * c, v]); // [B·C, voxels]
+            let y: Tensor<2> = targets.clone().reshape([b * c, v]);
+            let inter = (p.clone() * y.clone()).sum_dim(1); // [B·C, 1]
+            let denom = p.sum_dim(1) + y.sum_dim(1) + 1.0;
+            (inter * 2.0 / denom).neg() + 1.0
+        }
+        DiceReduction::Pooled => {
+            let p: Tensor<2> = sigmoid(logits.clone()).swap_dims(0, 1).reshape([c, n]);
+            let y: Tensor<2> = targets.clone().swap_dims(0, 1).reshape([c, n]);
+            let inter = (p.clone() * y.clone()).sum_dim(1); // [C, 1]
+            let denom = p.sum_dim(1) + y.sum_dim(1) + 1.0;
+            (inter * 2.0 / denom).neg() + 1.0
+        }
+    };
     let x: Tensor<2> = logits.swap_dims(0, 1).reshape([c, n]); // [C, voxels]
     let y: Tensor<2> = targets.swap_dims(0, 1).reshape([c, n]);
-    let p = sigmoid(x.clone());
-    let inter = (p.clone() * y.clone()).sum_dim(1); // [C, 1]
-    let denom = p.sum_dim(1) + y.clone().sum_dim(1) + 1.0;
-    let dice = (inter * 2.0 / denom).neg() + 1.0; // [C, 1]
     // −y·log σ(x) − (1 − y)·log σ(−x) = max(x, 0) − x·y + log(1 + e^−|x|); burn's log_sigmoid
     // is the stable log-sum-exp form with an exact backward (the max/abs form has a wrong
     // subgradient at x = 0).
@@ -421,8 +437,61 @@ mod tests {
     const X: [f32; 6] = [0.5, -1.0, 2.0, 0.0, -0.3, 1.5];
     const Y: [f32; 6] = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0];
 
+    const POOLED: DiceReduction = DiceReduction::Pooled;
+
     fn tensor5(v: &[f32], device: &Device) -> Tensor<5> {
         Tensor::from_data(TensorData::new(v.to_vec(), [1, 3, 1, 1, 2]), device)
+    }
+
+    #[test]
+    fn per_sample_dice_is_the_mean_over_samples() {
+        // Two samples, 3 channels, 2 voxels each. Sample 0 as in the pooled test; sample 1:
+        // x1 = [[1.0, 2.0], [-2.0, 0.5], [0.0, -1.0]], y1 = [[0, 1], [0, 0], [1, 1]]. The
+        // expected values are computed below in f64 with plain loops (the numpy equivalent:
+        // per = 1 - 2*(p*y).sum(2)/(p.sum(2)+y.sum(2)+1) over [sample, channel, voxel] arrays,
+        // pooled the same with the sums over axes (0, 2)).
+        let x1 = [1.0f32, 2.0, -2.0, 0.5, 0.0, -1.0];
+        let y1 = [0.0f32, 1.0, 0.0, 0.0, 1.0, 1.0];
+        let device = Device::flex();
+        let two = |a: &[f32], b: &[f32]| {
+            let v: Vec<f32> = a.iter().chain(b).copied().collect();
+            Tensor::<5>::from_data(TensorData::new(v, [2, 3, 1, 1, 2]), &device)
+        };
+        let (x, y) = (two(&X, &x1), two(&Y, &y1));
+        // Independent computation in f64.
+        let sig = |v: f32| 1.0 / (1.0 + (-f64::from(v)).exp());
+        let (xs, ys): (Vec<&[f32]>, Vec<&[f32]>) = (vec![&X, &x1], vec![&Y, &y1]);
+        let mut per = 0.0;
+        let (mut pi, mut ps, mut pg) = ([0.0f64; 3], [0.0f64; 3], [0.0f64; 3]);
+        let mut bce = 0.0;
+        for s in 0..2 {
+            for c in 0..3 {
+                let (mut i, mut sp, mut sg) = (0.0, 0.0, 0.0);
+                for k in 0..2 {
+                    let (xv, yv) = (xs[s][c * 2 + k], f64::from(ys[s][c * 2 + k]));
+                    let p = sig(xv);
+                    i += p * yv;
+                    sp += p;
+                    sg += yv;
+                    let xv = f64::from(xv);
+                    bce += (xv.max(0.0) - xv * yv + (-xv.abs()).exp().ln_1p()) / 4.0;
+                }
+                per += (1.0 - 2.0 * i / (sp + sg + 1.0)) / 6.0;
+                pi[c] += i;
+                ps[c] += sp;
+                pg[c] += sg;
+            }
+        }
+        let pooled: f64 = (0..3)
+            .map(|c| (1.0 - 2.0 * pi[c] / (ps[c] + pg[c] + 1.0)) / 3.0)
+            .sum();
+        let got = |r| f64::from(segmentation_loss(x.clone(), y.clone(), r).into_scalar::<f32>());
+        assert!((got(DiceReduction::PerSample) - (per + bce)).abs() < 1e-5);
+        assert!((got(DiceReduction::Pooled) - (pooled + bce)).abs() < 1e-5);
+        assert!(
+            (per - pooled).abs() > 1e-3,
+            "the reductions must differ here"
+        );
     }
 
     #[test]
@@ -436,7 +505,7 @@ mod tests {
         //   -> [0.39366934, 0.4100376 , 0.37788426]
         // dice.mean() + bce.sum() -> 1.659880035160203
         let device = Device::flex();
-        let loss = segmentation_loss(tensor5(&X, &device), tensor5(&Y, &device));
+        let loss = segmentation_loss(tensor5(&X, &device), tensor5(&Y, &device), POOLED);
         let v = loss.into_scalar::<f32>();
         assert!((v - 1.659_88).abs() < 1e-5, "{v}");
         // Perfect confident predictions: Dice → 1 − 2g/(2g+1), BCE → 0.
@@ -444,8 +513,8 @@ mod tests {
             .iter()
             .map(|&y| if y > 0.5 { 200.0 } else { -200.0 })
             .collect();
-        let v =
-            segmentation_loss(tensor5(&big, &device), tensor5(&Y, &device)).into_scalar::<f32>();
+        let v = segmentation_loss(tensor5(&big, &device), tensor5(&Y, &device), POOLED)
+            .into_scalar::<f32>();
         // channel sums of g: 1, 2, 1 → dice 1/3, 1/5, 1/3
         let expect = (1.0 / 3.0 + 1.0 / 5.0 + 1.0 / 3.0) / 3.0;
         assert!((v - expect).abs() < 1e-5, "{v} vs {expect}");
@@ -457,7 +526,7 @@ mod tests {
         // with dDice_c/dp_k = −2·(g_k·(S+1) − I)/(S+1)², I = Σpg, S = Σp + Σg.
         let device = Device::flex().autodiff();
         let x = tensor5(&X, &device).require_grad();
-        let loss = segmentation_loss(x.clone(), tensor5(&Y, &device));
+        let loss = segmentation_loss(x.clone(), tensor5(&Y, &device), POOLED);
         let grads = loss.backward();
         let g = to_vec(x.grad(&grads).expect("gradient"));
         let n = 2;
@@ -513,9 +582,9 @@ mod tests {
             ],
             &device,
         );
-        let fwd = model.forward(&batch, &mask);
+        let fwd = model.forward(&batch, &mask, mckd_core::Levels::Bottleneck);
         assert_eq!(fwd.output.dims(), [b, 3, 8, 24, 40]);
-        let dims: Vec<[usize; 3]> = fwd.features.iter().map(|f| f.dims()).collect();
+        let dims: Vec<[usize; 3]> = (0..4).map(|l| fwd.distilled(l).dims()).collect();
         assert_eq!(
             dims,
             vec![
@@ -529,10 +598,10 @@ mod tests {
     }
 
     #[test]
-    fn distill_skips_averages_the_ckd_loss_over_every_level() {
+    fn distilling_every_level_averages_the_ckd_loss_over_the_levels() {
         // The inner step's CKD value against ckd_loss applied to each level of the features
         // the network computes for the same batch (before the step changes the weights).
-        use mckd_core::{Distance, MckdConfig, MckdTrainer, ckd_loss};
+        use mckd_core::{CkdReduction, Distance, LevelPolicy, Levels, Mckd, MckdConfig, ckd_loss};
         let device = Device::flex().autodiff();
         let spatial = [8, 8, 16];
         let b = 2;
@@ -556,30 +625,42 @@ mod tests {
             targets: Some(targets),
         };
         let mask = mckd_core::mask_tensor(&vec![vec![true, false, true, true]; b], &device);
-        let step = |distill_skips: bool| {
+        let step = |distill: Levels| {
             device.seed(0);
             let net = UNetConfig::new()
                 .with_base(2)
                 .with_spatial(spatial)
-                .with_distill_skips(distill_skips)
                 .init(&device);
             let model = MckdModel::new(net, Normalisation::Softmax, 0, &device);
             let w = model.iwv.normalised_detached();
-            let per_level: Vec<f32> = model
-                .encode_all(&batch, &mask)
-                .into_iter()
-                .map(|f| {
-                    let v = ckd_loss(f.detach(), mask.clone(), w.clone(), Distance::L1);
+            let per_level: Vec<f32> = (0..4)
+                .map(|l| {
+                    let enc = model.encode_all(&batch, &mask);
+                    let f = Tensor::stack(enc.iter().map(|e| e.distilled(l)).collect(), 1);
+                    let v = ckd_loss(
+                        f.detach(),
+                        mask.clone(),
+                        w.clone(),
+                        Distance::L1,
+                        CkdReduction::BatchMean,
+                    );
                     v.into_scalar::<f32>()
                 })
                 .collect();
-            let mut trainer = MckdTrainer::new(MckdConfig::new(), task_optimiser());
-            let (_, stats) = trainer.inner_step(model, &batch, &mask, 1e-3);
+            let config = MckdConfig {
+                levels: LevelPolicy {
+                    distill,
+                    ..LevelPolicy::default()
+                },
+                ..MckdConfig::default()
+            };
+            let mut trainer = Mckd::new(model, config, task_optimiser());
+            let stats = trainer.inner_step(&batch, &mask, 1e-3);
             (stats.ckd_loss, per_level)
         };
         // Each check against the same network's own levels (other tests may draw from the
         // device's generator between seeding and initialisation).
-        let (bottleneck, levels) = step(false);
+        let (bottleneck, levels) = step(Levels::Bottleneck);
         assert_eq!(levels.len(), 4);
         assert!(levels.iter().all(|&v| v > 0.0));
         let rel = |a: f32, b: f32| (a - b).abs() / b.abs();
@@ -587,7 +668,7 @@ mod tests {
             rel(bottleneck, levels[3]) < 1e-4,
             "{bottleneck} vs {levels:?}"
         );
-        let (all, levels) = step(true);
+        let (all, levels) = step(Levels::All);
         let mean = levels.iter().sum::<f32>() / 4.0;
         assert!(rel(all, mean) < 1e-4, "{all} vs mean of {levels:?}");
         assert!(

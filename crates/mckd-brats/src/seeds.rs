@@ -18,8 +18,9 @@ use mckd_train::stats::{mean_std, paired_t_test_greater};
 use mckd_volume::MODALITIES;
 use serde_json::{Map, Value, json};
 
+use crate::demo::{DemoConfig, demo};
 use crate::error::{BratsError, Result};
-use crate::experiment::{DemoConfig, T1C, demo};
+use crate::train::T1C;
 
 /// The regions in table order (metric keys `dice_et`, `dice_tc`, `dice_wt`).
 const REGIONS: [&str; 3] = ["et", "tc", "wt"];
@@ -74,17 +75,14 @@ impl SeedResult {
                 "baseline" => 1,
                 _ => continue,
             };
-            if row.subset.iter().any(|s| s == MODALITIES[T1C]) {
+            if row.subset.contains(MODALITIES[T1C]) {
                 continue;
             }
             for (k, region) in REGIONS.iter().enumerate() {
                 // NaN (both masks empty on every case) is stored as null and skipped, as the
                 // demo's own averages do.
-                if let Some(v) = row
-                    .metrics
-                    .get(&format!("dice_{region}"))
-                    .and_then(Value::as_f64)
-                {
+                let v = row.metrics.get(&format!("dice_{region}"));
+                if !v.is_nan() {
                     sums[m][k] += v;
                     counts[m][k] += 1;
                 }
@@ -156,15 +154,21 @@ fn finished_with(dir: &Path, cfg: &DemoConfig) -> bool {
 
 /// Runs the demo for `seeds` seeds starting at `cfg.seed`, each into `seed-<s>/` of `out`
 /// (finished seeds with the same settings are reused), then writes the summary.
-pub fn demo_seeds(cfg: &DemoConfig, seeds: u64, out: &RunDir, quiet: bool) -> Result<SeedsSummary> {
+pub fn demo_seeds(
+    cfg: &DemoConfig,
+    seeds: u64,
+    out: &RunDir,
+    resume: bool,
+    quiet: bool,
+) -> Result<SeedsSummary> {
     if seeds == 0 {
         return Err(BratsError::Invalid("--seeds must be at least 1".into()));
     }
     let mut dirs = Vec::new();
-    for seed in cfg.seed..cfg.seed + seeds {
+    for seed in cfg.run.seed..cfg.run.seed + seeds {
         let dir = seed_dir(out.path(), seed);
         let mut c = cfg.clone();
-        c.seed = seed;
+        c.run.seed = seed;
         if finished_with(&dir, &c) {
             if !quiet {
                 eprintln!("seed {seed}: reusing {}", dir.display());
@@ -173,7 +177,7 @@ pub fn demo_seeds(cfg: &DemoConfig, seeds: u64, out: &RunDir, quiet: bool) -> Re
             if !quiet {
                 eprintln!("seed {seed}: running the demo into {}", dir.display());
             }
-            demo(&c, &RunDir::create(&dir)?, quiet)?;
+            demo(&c, &RunDir::create(&dir)?, resume, quiet)?;
         }
         dirs.push((seed, dir));
     }
@@ -338,14 +342,14 @@ mod tests {
                 let subset = mckd_core::present_names(&MODALITIES, &mask);
                 let value = if mask[T1C] { 0.99 } else { v };
                 let mut row = Row::new(method, subset, "dice_et", value);
-                row.metrics.insert("dice_tc".into(), json_f64(value));
+                row.metrics.set("dice_tc", value);
                 // WT 0.1 higher, and one NaN region that must be skipped.
                 let wt = if mask == [true, false, false, false] {
                     f64::NAN
                 } else {
                     value + 0.1
                 };
-                row.metrics.insert("dice_wt".into(), json_f64(wt));
+                row.metrics.set("dice_wt", wt);
                 rows.push(row);
             }
         }
@@ -421,7 +425,7 @@ mod tests {
     #[test]
     fn finished_seeds_are_reused_only_with_the_same_settings() {
         let tmp = Scratch::new("reuse");
-        let cfg = DemoConfig::preset(true);
+        let cfg = DemoConfig::preset(crate::demo::DemoPreset::Reference, true, 0);
         let d = tmp.path().join("s");
         std::fs::create_dir_all(&d).unwrap();
         let mut v = json!({"task": "brats", "rows": [], "iwv": {}});
@@ -429,7 +433,7 @@ mod tests {
         std::fs::write(d.join("results.json"), serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(finished_with(&d, &cfg));
         let mut other = cfg.clone();
-        other.alpha = 0.05;
+        other.run.method.mckd_mut().alpha = 0.05;
         assert!(!finished_with(&d, &other));
         assert!(!finished_with(&tmp.path().join("none"), &cfg));
     }

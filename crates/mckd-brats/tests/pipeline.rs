@@ -1,5 +1,6 @@
-//! End-to-end tests of the BraTS task: training steps on real and phantom crops, prediction
-//! files, bad inputs, and a tiny train → evaluate smoke run.
+//! End-to-end tests of the BraTS task: the refactored loop against the pre-refactor log,
+//! training steps on real and phantom crops, meta phases, prediction files, scoring of
+//! prediction folders, bad inputs, and a tiny train → predict → evaluate run.
 //!
 //! The real case comes from `$MCKD_DATA_DIR/brats-sample` (default `<workspace>/../shared/data`);
 //! the test that needs it fails with a clear message when it is absent.
@@ -9,16 +10,18 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 use mckd_brats::BratsError;
+use mckd_brats::config::{BratsRunConfig, Method, Preset, preset};
 use mckd_brats::data::{CropSource, TrainCase};
-use mckd_brats::experiment::{
-    Method, TrainConfig, evaluate, init_model, load_model, task_optimiser, train_run,
-};
-use mckd_brats::infer::{InferConfig, predict_files};
-use mckd_core::{MckdTrainer, mask_tensor};
+use mckd_brats::eval::evaluate_runs;
+use mckd_brats::evaluate::{evaluate_folder, predict_cases, prediction_path};
+use mckd_brats::infer::{InferConfig, MckdPredictor, predict_files};
+use mckd_brats::train::{build_method, init_model, load_model, train_run};
+use mckd_core::{Method as _, mask_tensor};
+use mckd_train::config::Budget;
 use mckd_train::run::RunDir;
 use mckd_volume::{
     CropConfig, LabelConvention, PhantomConfig, discover_cases, load_case, read_header,
-    read_labels, write_phantom_dataset,
+    read_labels, write_labels_like, write_phantom_dataset,
 };
 
 fn data_dir() -> PathBuf {
@@ -44,15 +47,48 @@ impl Drop for TempDir {
     }
 }
 
-fn small_config(data: PathBuf, method: Method, size: usize) -> TrainConfig {
-    let mut cfg = TrainConfig::new(data, method);
-    cfg.base = 4;
-    cfg.crop = [size; 3];
-    cfg.infer.tile = [size; 3];
+/// A legacy-preset run on small phantoms (UNet c = 4).
+fn small_config(data: PathBuf, method: Method, size: usize, seed: u64) -> BratsRunConfig {
+    let mut cfg = preset(Preset::Legacy, method, data, seed);
+    cfg.task.arch = mckd_brats::config::Arch::Unet { base: 4 };
+    cfg.task.crop = [size; 3];
+    cfg.task.infer.tile = [size; 3];
     cfg
 }
 
-/// Runs `steps` inner steps on one fixed batch (all modalities present) and returns the task
+#[test]
+fn the_shared_loop_reproduces_the_pre_refactor_log_byte_for_byte() {
+    // tests/golden/README.md: phantoms (6 of 16³, seed 4), 12 iterations, meta every 3.
+    let tmp = TempDir::new("golden");
+    let data = tmp.0.join("ph");
+    let pcfg = PhantomConfig {
+        size: [16; 3],
+        ..Default::default()
+    };
+    write_phantom_dataset(&data, 6, &pcfg, 4).unwrap();
+    let mut cfg = small_config(data, Method::Mckd, 16, 5);
+    cfg.loop_.budget = Budget::Iterations(12);
+    cfg.loop_.meta.interval = 3;
+    cfg.loop_.meta.interval_stage2 = 3;
+    let run = RunDir::create(&tmp.0.join("run")).unwrap();
+    train_run(&cfg, &run, false, true).unwrap();
+    let got = std::fs::read_to_string(run.file("train_log.csv")).unwrap();
+    let want = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/legacy-mckd-phantoms6x16-seed5-12it.csv"),
+    )
+    .unwrap();
+    assert!(
+        got == want,
+        "the log differs from the pre-refactor one; first differing line: {:?}",
+        got.lines()
+            .zip(want.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("got {a} | want {b}"))
+    );
+}
+
+/// Runs `steps` training steps on one fixed batch (all modalities present) and returns the task
 /// losses, measured before each update.
 fn losses_on_fixed_batch(cases: Vec<Arc<TrainCase>>, steps: usize) -> Vec<f32> {
     let device = Device::flex().autodiff();
@@ -63,17 +99,12 @@ fn losses_on_fixed_batch(cases: Vec<Arc<TrainCase>>, steps: usize) -> Vec<f32> {
     };
     let src = CropSource::new(cases, crop, LabelConvention::Brats2018, 2, 7).unwrap();
     let batch = src.crops(&[0, 1], &device);
-    let cfg = small_config(PathBuf::new(), Method::Mckd, 32);
-    let mut model = init_model(&cfg, src.spatial(), &device);
-    let mut trainer = MckdTrainer::new(cfg.mckd_config(), task_optimiser(&cfg));
+    let cfg = small_config(PathBuf::new(), Method::Mckd, 32, 0);
+    let mut method = build_method(&cfg, init_model(&cfg, src.spatial(), &device));
     let mask = mask_tensor(&[vec![true; 4], vec![true; 4]], &device);
-    let mut losses = vec![];
-    for _ in 0..steps {
-        let (m, s) = trainer.inner_step(model, &batch, &mask, cfg.lr);
-        model = m;
-        losses.push(s.task_loss);
-    }
-    losses
+    (0..steps)
+        .map(|_| method.train_step(&batch, &mask, 1e-2)[0])
+        .collect()
 }
 
 #[test]
@@ -115,6 +146,60 @@ fn training_steps_on_phantoms_lower_the_loss() {
 }
 
 #[test]
+fn meta_phases_follow_the_interval_and_steps_and_stage_one_drops_nothing() {
+    // 12 iterations, stage 1 = the first 6 (every modality present), meta phases of 3 steps of
+    // one crop every 4 iterations in stage 1 and every 5 in stage 2: phases after iterations
+    // 4 (stage 1) and 10 (stage 2), 6 IWV steps in all.
+    let tmp = TempDir::new("phases");
+    let data = tmp.0.join("ph");
+    write_phantom_dataset(
+        &data,
+        6,
+        &PhantomConfig {
+            size: [16; 3],
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let mut cfg = preset(Preset::Reference, Method::Mckd, data, 2);
+    cfg.task.arch = mckd_brats::config::Arch::Unet { base: 2 };
+    cfg.task.crop = [16; 3];
+    cfg.task.infer.tile = [16; 3];
+    cfg.task.probe_interval = 0;
+    cfg.loop_.budget = Budget::Iterations(12);
+    cfg.loop_.full_fraction = 0.5;
+    cfg.loop_.meta.interval = 4;
+    cfg.loop_.meta.interval_stage2 = 5;
+    cfg.loop_.meta.steps = 3;
+    cfg.loop_.meta.batch = 1;
+    let run = RunDir::create(&tmp.0.join("run")).unwrap();
+    let t = train_run(&cfg, &run, false, true).unwrap();
+    let phases: Vec<usize> = t
+        .log
+        .iter()
+        .filter(|r| r.meta_loss.is_some())
+        .map(|r| r.iteration)
+        .collect();
+    assert_eq!(phases, [4, 10]);
+    assert_eq!(t.timing.meta_steps, 6, "3 IWV steps per phase");
+    let stages: Vec<usize> = t.log.iter().map(|r| r.stage).collect();
+    assert_eq!(stages, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+    // The IWV moves only in meta phases.
+    for w in t.log.windows(2) {
+        if w[1].meta_loss.is_none() {
+            assert_eq!(w[0].state, w[1].state, "iteration {}", w[1].iteration);
+        } else {
+            assert_ne!(w[0].state, w[1].state, "iteration {}", w[1].iteration);
+        }
+    }
+    // Stage 1 draws no missing modality: with every input present the CKD distance of the
+    // bottleneck is computed over all 12 pairs; the log's stage column shows the switch.
+    let text = std::fs::read_to_string(run.file("train_log.csv")).unwrap();
+    assert!(text.starts_with("iteration,epoch,stage,lr,task_loss,ckd_loss,meta_loss,iwv_flair"));
+}
+
+#[test]
 fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     let tmp = TempDir::new("predict");
     let pcfg = PhantomConfig {
@@ -129,8 +214,9 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     };
     let odd = write_phantom_dataset(tmp.0.join("b"), 1, &other, 2).unwrap();
     let device = Device::flex();
-    let cfg = small_config(PathBuf::new(), Method::Mckd, 16);
-    let model = init_model(&cfg, [16, 16, 16], &device);
+    let cfg = small_config(PathBuf::new(), Method::Mckd, 16, 0);
+    let method = build_method(&cfg, init_model(&cfg, [16, 16, 16], &device));
+    let model = MckdPredictor::new(&method);
     let infer = InferConfig {
         tile: [16, 16, 16],
         ..Default::default()
@@ -138,15 +224,17 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     let m = &cases[0].modalities;
     let out = tmp.0.join("out/pred.nii.gz");
     let files = [Some(m[0].clone()), None, Some(m[2].clone()), None];
-    let labels = predict_files(
-        &model,
-        &files,
-        &out,
-        &infer,
-        LabelConvention::Brats2018,
-        &device,
-    )
-    .unwrap();
+    let predict = |files: &[Option<PathBuf>; 4]| {
+        predict_files(
+            &model,
+            files,
+            &out,
+            &infer,
+            LabelConvention::Brats2018,
+            &device,
+        )
+    };
+    let labels = predict(&files).unwrap();
     let (back, dims, header) = read_labels(&out, LabelConvention::Brats2018).unwrap();
     assert_eq!(back, labels);
     assert_eq!(dims, [24, 16, 16]);
@@ -157,16 +245,7 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
 
     // A missing modality file.
     let missing = tmp.0.join("nope_t1ce.nii.gz");
-    let files = [Some(m[0].clone()), None, Some(missing.clone()), None];
-    let err = predict_files(
-        &model,
-        &files,
-        &out,
-        &infer,
-        LabelConvention::Brats2018,
-        &device,
-    )
-    .unwrap_err();
+    let err = predict(&[Some(m[0].clone()), None, Some(missing.clone()), None]).unwrap_err();
     assert!(matches!(err, BratsError::MissingInput { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -175,20 +254,12 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     );
 
     // Modalities on different grids.
-    let files = [
+    let msg = predict(&[
         Some(m[0].clone()),
         None,
         None,
         Some(odd[0].modalities[3].clone()),
-    ];
-    let msg = predict_files(
-        &model,
-        &files,
-        &out,
-        &infer,
-        LabelConvention::Brats2018,
-        &device,
-    )
+    ])
     .unwrap_err()
     .to_string();
     assert!(msg.contains("shape mismatch"), "{msg}");
@@ -199,23 +270,140 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
     );
 
     // No modality at all, and a run folder without config.
-    let msg = predict_files(
-        &model,
-        &[None, None, None, None],
-        &out,
-        &infer,
-        LabelConvention::Brats2018,
-        &device,
-    )
-    .unwrap_err()
-    .to_string();
+    let msg = predict(&[None, None, None, None]).unwrap_err().to_string();
     assert!(msg.contains("at least one modality"), "{msg}");
     let msg = load_model(&tmp.0, &device).err().unwrap().to_string();
     assert!(msg.contains("config.json"), "{msg}");
 }
 
+/// Dice of a binary region by hand: 2|A ∩ B| / (|A| + |B|).
+fn dice(a: &[bool], b: &[bool]) -> f64 {
+    let both = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let total = a.iter().filter(|x| **x).count() + b.iter().filter(|x| **x).count();
+    2.0 * both as f64 / total as f64
+}
+
 #[test]
-fn tiny_train_and_evaluate_all_subsets() {
+fn evaluate_scores_a_hand_made_prediction_folder_and_names_bad_cases() {
+    let tmp = TempDir::new("score");
+    let data = tmp.0.join("ref");
+    let cases = write_phantom_dataset(
+        &data,
+        2,
+        &PhantomConfig {
+            size: [16; 3],
+            ..Default::default()
+        },
+        9,
+    )
+    .unwrap();
+    let pred = tmp.0.join("pred");
+    let mask = [false, true, false, false];
+    // Case 0: the reference itself with every ET voxel (4) turned into necrosis (1): ET is
+    // empty in the prediction, TC and WT unchanged. Case 1: WT grown by relabelling every
+    // background voxel of the first slice k = 0 as edema (2).
+    let mut expect = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        let (seg, dims, header) =
+            read_labels(c.seg.as_ref().unwrap(), LabelConvention::Brats2018).unwrap();
+        let plane = dims[0] * dims[1];
+        let p: Vec<u8> = seg
+            .iter()
+            .enumerate()
+            .map(|(v, &l)| match i {
+                0 if l == 4 => 1,
+                1 if v < plane && l == 0 => 2,
+                _ => l,
+            })
+            .collect();
+        let path = prediction_path(&pred, &mask, &c.id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_labels_like(&path, &p, &header).unwrap();
+        let region = |labels: &[u8], f: fn(u8) -> bool| -> Vec<bool> {
+            labels.iter().map(|&l| f(l)).collect()
+        };
+        let et = |l| l == 4;
+        let tc = |l| l == 1 || l == 4;
+        let wt = |l| l != 0;
+        let d_et = if region(&seg, et).iter().any(|&x| x) || region(&p, et).iter().any(|&x| x) {
+            dice(&region(&p, et), &region(&seg, et))
+        } else {
+            f64::NAN
+        };
+        expect.push([
+            d_et,
+            dice(&region(&p, tc), &region(&seg, tc)),
+            dice(&region(&p, wt), &region(&seg, wt)),
+        ]);
+    }
+    assert_eq!(expect[0][0], 0.0, "case 0 lost its ET");
+    assert!(expect[1][2] < 1.0 && expect[1][1] == 1.0);
+    let all = discover_cases(&data).unwrap();
+    let scores = evaluate_folder(
+        &pred,
+        &all,
+        &[mask.to_vec()],
+        LabelConvention::Brats2018,
+        Some(&tmp.0.join("out")),
+        true,
+    )
+    .unwrap();
+    for (k, (id, m)) in scores[0].per_case.iter().enumerate() {
+        let i = cases.iter().position(|c| &c.id == id).unwrap();
+        for (got, want) in [m.dice_et, m.dice_tc, m.dice_wt].iter().zip(expect[i]) {
+            assert!(
+                (got - want).abs() < 1e-12 || (got.is_nan() && want.is_nan()),
+                "case {k}: {got} vs {want}"
+            );
+        }
+    }
+    assert!(tmp.0.join("out/t1/summary.json").is_file());
+    // A missing prediction names the case; a prediction on another grid names the case too.
+    let gone = prediction_path(&pred, &mask, &cases[1].id);
+    std::fs::remove_file(&gone).unwrap();
+    let msg = evaluate_folder(
+        &pred,
+        &all,
+        &[mask.to_vec()],
+        LabelConvention::Brats2018,
+        None,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains(&cases[1].id) && msg.contains("no prediction"),
+        "{msg}"
+    );
+    let small = write_phantom_dataset(
+        tmp.0.join("small"),
+        1,
+        &PhantomConfig {
+            size: [8; 3],
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    std::fs::copy(small[0].seg.as_ref().unwrap(), &gone).unwrap();
+    let msg = evaluate_folder(
+        &pred,
+        &all,
+        &[mask.to_vec()],
+        LabelConvention::Brats2018,
+        None,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains(&cases[1].id) && msg.contains("[8, 8, 8]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn tiny_train_predict_evaluate_all_subsets() {
     let tmp = TempDir::new("e2e");
     let data = tmp.0.join("data");
     let pcfg = PhantomConfig {
@@ -223,24 +411,25 @@ fn tiny_train_and_evaluate_all_subsets() {
         ..Default::default()
     };
     write_phantom_dataset(&data, 7, &pcfg, 3).unwrap();
-    let mut cfg = small_config(data.clone(), Method::Mckd, 16);
-    cfg.iterations = 4;
-    cfg.meta_interval = 2;
-    cfg.probe_interval = 2;
+    let mut cfg = small_config(data.clone(), Method::Mckd, 16, 0);
+    cfg.loop_.budget = Budget::Iterations(4);
+    cfg.loop_.meta.interval = 2;
+    cfg.loop_.meta.interval_stage2 = 2;
+    cfg.task.probe_interval = 2;
     let mckd = RunDir::create(&tmp.0.join("mckd")).unwrap();
-    let t = train_run(&cfg, &mckd, None, true).unwrap();
+    let t = train_run(&cfg, &mckd, false, true).unwrap();
     assert_eq!(t.log.len(), 4);
     assert_eq!(t.log.iter().filter(|r| r.meta_loss.is_some()).count(), 2);
     assert_eq!(t.feature_gap.len(), 3);
     let mut bcfg = cfg.clone();
-    bcfg.method = Method::Baseline;
+    bcfg.method = mckd_brats::BratsMethod::of(Method::Baseline, cfg.method.mckd().clone());
+    bcfg.task.splits_file = Some(mckd.file("splits.json"));
     let base = RunDir::create(&tmp.0.join("baseline")).unwrap();
-    let b = train_run(&bcfg, &base, Some(&mckd.file("splits.json")), true).unwrap();
+    let b = train_run(&bcfg, &base, false, true).unwrap();
     assert!(b.log.iter().all(|r| r.meta_loss.is_none()));
     // The Baseline never moves its IWV.
-    assert_eq!(b.log[0].iwv, b.log[3].iwv);
+    assert_eq!(b.log[0].state, b.log[3].state);
     for f in [
-        "config.json",
         "splits.json",
         "model.bpk",
         "train_log.csv",
@@ -257,24 +446,28 @@ fn tiny_train_and_evaluate_all_subsets() {
         std::fs::read(mckd.file("splits.json")).unwrap(),
         std::fs::read(base.file("splits.json")).unwrap()
     );
+    mckd.write("config.json", cfg.to_json().as_bytes()).unwrap();
+    base.write("config.json", bcfg.to_json().as_bytes())
+        .unwrap();
     // A reloaded checkpoint carries the trained IWV.
     let (_, reloaded) = load_model(mckd.path(), &Device::flex()).unwrap();
-    assert_eq!(reloaded.iwv.raw_values(), t.model.iwv.raw_values());
+    assert_eq!(
+        reloaded.model().iwv.raw_values(),
+        t.method.model().iwv.raw_values()
+    );
 
-    let (report, evals) = evaluate(
-        &[
-            (Method::Mckd, mckd.path().to_path_buf()),
-            (Method::Baseline, base.path().to_path_buf()),
-        ],
+    let out = RunDir::create(&tmp.0.join("eval")).unwrap();
+    let report = evaluate_runs(
+        &[mckd.path().to_path_buf(), base.path().to_path_buf()],
         None,
-        &mckd,
+        &out,
         true,
     )
     .unwrap();
-    assert_eq!(evals.len(), 2);
+    assert_eq!(report.evals.len(), 2);
     assert_eq!(report.results.rows.len(), 30);
     assert_eq!(report.results.task, "brats");
-    let keys: Vec<&String> = report.results.rows[0].metrics.keys().collect();
+    let keys: Vec<&str> = report.results.rows[0].metrics.names().collect();
     assert_eq!(
         keys,
         [
@@ -289,17 +482,54 @@ fn tiny_train_and_evaluate_all_subsets() {
     for f in [
         "table.md",
         "table.csv",
+        "per_case.csv",
         "results.json",
         "plot_slice.json",
         "overlay.png",
         "eval/mckd/flair+t1+t1c+t2/summary.json",
         "eval/baseline/t1c/summary.json",
+        "predictions/mckd/t1",
     ] {
-        assert!(mckd.file(f).is_file(), "{f} missing");
+        assert!(out.file(f).exists(), "{f} missing");
+    }
+    // `predict` on any folder of cases, then `evaluate` of that folder: the numbers of the
+    // one-step evaluation.
+    let device = Device::flex();
+    let (cfg2, method) = load_model(mckd.path(), &device).unwrap();
+    let test = mckd_brats::eval::test_cases(mckd.path(), &data).unwrap();
+    let subsets = mckd_core::all_subsets(4);
+    let pred = tmp.0.join("pred");
+    predict_cases(
+        &MckdPredictor::new(&method),
+        &test,
+        &subsets,
+        &cfg2.task.infer,
+        LabelConvention::Brats2018,
+        &pred,
+        &device,
+        true,
+    )
+    .unwrap();
+    let scores = evaluate_folder(
+        &pred,
+        &test,
+        &subsets,
+        LabelConvention::Brats2018,
+        None,
+        true,
+    )
+    .unwrap();
+    for (s, (mask, means)) in scores.iter().zip(&report.evals[0].subsets) {
+        assert_eq!(&s.mask, mask);
+        assert_eq!(
+            format!("{:?}", s.means),
+            format!("{means:?}"),
+            "subset {mask:?}"
+        );
     }
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mckd.file("plot_slice.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(out.file("plot_slice.json")).unwrap())
             .unwrap();
     assert_eq!(v["ground_truth"].as_array().unwrap().len(), 16 * 16);
-    assert!(v["predictions"]["mckd"].is_array() && v["predictions"]["baseline"].is_array());
+    assert!(v["predictions"]["MCKD"].is_array() && v["predictions"]["Baseline"].is_array());
 }

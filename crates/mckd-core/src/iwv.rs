@@ -9,13 +9,18 @@ use serde::{Deserialize, Serialize};
 
 /// How the raw weights are normalised (paper Table 3 ablation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum Normalisation {
     /// `softmax(w)` (the paper's default).
     #[default]
+    #[serde(alias = "Softmax")]
     Softmax,
     /// `sigmoid(w)` element-wise.
+    #[serde(alias = "Sigmoid")]
     Sigmoid,
     /// `relu(w)` element-wise.
+    #[serde(alias = "Relu")]
     Relu,
 }
 

@@ -8,27 +8,36 @@
 //! * [`fusion`]: zeroing of missing inputs, mean imputation of missing features (Eq. 2), fusion by
 //!   concatenation in modality order (Eq. 3), and weighting of features by the IWV.
 //! * [`iwv`]: the importance weight vector and its normalisations (Eq. 6; softmax, sigmoid, ReLU).
-//! * [`ckd`]: the pairwise cross-modal distillation loss (Eq. 5).
+//! * [`ckd`]: the pairwise cross-modal distillation loss (Eq. 5) and its batch reduction.
 //! * [`task`]: the [`Task`](task::Task) trait a task (AV-MNIST, BraTS, the synthetic demo)
 //!   implements: per-modality encoding, decoding, task loss.
-//! * [`step`]: the model wrapper, the inner (task) step and the first-order meta step (Eq. 4).
+//! * [`method`]: the [`Method`](method::Method) seam through which MCKD, its Baseline and the
+//!   peer methods are trained and evaluated.
+//! * [`mckd`]: MCKD as a method — the model wrapper, the level policy, the inner (task) step and
+//!   the first-order meta step (Eq. 4), the α = 0 Baseline.
+//! * [`rng`]: saving and restoring seeded generators for checkpoints.
 //!
 //! This crate does no file I/O and knows no dataset.
 
 pub mod ckd;
 pub mod fusion;
 pub mod iwv;
+pub mod mckd;
+pub mod method;
 pub mod modality;
-pub mod step;
+pub mod rng;
 pub mod task;
 
-pub use ckd::{Distance, ckd_loss};
+pub use ckd::{CkdReduction, Distance, ckd_loss};
 pub use iwv::{Iwv, IwvConfig, Normalisation};
+pub use mckd::{
+    IwvOptimConfig, LevelPolicy, Levels, Mckd, MckdConfig, MckdModel, StepStats, scalar,
+};
+pub use method::{Method, StateError, StateFiles};
 pub use modality::{
     ModalitySet, SubsetSampling, all_subsets, mask_tensor, present_names, sample_subset,
 };
-pub use step::{MckdConfig, MckdModel, MckdTrainer, StepStats};
-pub use task::Task;
+pub use task::{Encoded, Task};
 
 #[cfg(test)]
 pub(crate) mod test_util {

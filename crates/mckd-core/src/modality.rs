@@ -114,14 +114,19 @@ pub fn all_subsets(n: usize) -> Vec<Vec<bool>> {
 
 /// How non-dedicated training draws the present modalities of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum SubsetSampling {
     /// The reference code's rule: the number k of present modalities is uniform in 1..=N, then a
     /// uniformly random subset of size k (the paper's "randomly drop 0 to N−1 modalities").
     #[default]
+    #[serde(alias = "Reference")]
     Reference,
     /// Uniform over the 2^N − 1 non-empty subsets.
+    #[serde(alias = "Uniform")]
     Uniform,
     /// Every modality present (no dropping; the UpperB and dedicated-training setting).
+    #[serde(alias = "Full")]
     Full,
 }
 

@@ -5,12 +5,49 @@ use burn::prelude::*;
 
 use crate::modality::ModalitySet;
 
+/// The features of one modality at every level of a task's encoder.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Per level, the features that are fused and decoded, `[batch, features_l]`.
+    pub levels: Vec<Tensor<2>>,
+    /// Per level, the deterministic features the CKD loss distils, when they differ from
+    /// [`levels`](Self::levels) (an encoder that ends in dropout returns its output before
+    /// dropout here: with independent masks on teacher and student, distilling dropped
+    /// features only shrinks the student, DESIGN §1.5). `None`: distil `levels`.
+    pub distilled: Option<Vec<Tensor<2>>>,
+}
+
+impl Encoded {
+    /// Features that are fused and distilled alike.
+    pub fn new(levels: Vec<Tensor<2>>) -> Self {
+        Self {
+            levels,
+            distilled: None,
+        }
+    }
+
+    /// The features the CKD loss distils at `level`.
+    pub fn distilled(&self, level: usize) -> Tensor<2> {
+        self.distilled
+            .as_ref()
+            .map_or(&self.levels[level], |d| &d[level])
+            .clone()
+    }
+}
+
+impl From<Vec<Tensor<2>>> for Encoded {
+    fn from(levels: Vec<Tensor<2>>) -> Self {
+        Self::new(levels)
+    }
+}
+
 /// A multi-modal task: per-modality encoder(s), a decoder over fused features, and a task loss.
 ///
 /// The core calls [`encode`](Task::encode) once per modality, stacks the features of each level
-/// into `[batch, modalities, features]`, imputes missing ones (Eq. 2), concatenates them in
-/// modality order (Eq. 3) and calls [`decode`](Task::decode). A shared encoder (BraTS) is one
-/// module used for every modality; separate encoders (AV-MNIST) are picked by `modality`.
+/// into `[batch, modalities, features]`, imputes missing ones (Eq. 2) at the levels the method's
+/// [`LevelPolicy`](crate::LevelPolicy) names, concatenates them in modality order (Eq. 3) and
+/// calls [`decode`](Task::decode). A shared encoder (BraTS) is one module used for every
+/// modality; separate encoders (AV-MNIST) are picked by `modality`.
 pub trait Task: Module + ModuleDisplay {
     /// A batch of inputs and targets, on the task's device.
     type Batch;
@@ -30,7 +67,11 @@ pub trait Task: Module + ModuleDisplay {
     /// - output: one `[batch, features_l]` tensor per feature level `l` (a UNet's skips and
     ///   bottleneck; a single level for a vector encoder). `features_l` must be the same for
     ///   every modality.
-    fn encode(&self, batch: &Self::Batch, modality: usize, present: Tensor<1>) -> Vec<Tensor<2>>;
+    fn encode(&self, batch: &Self::Batch, modality: usize, present: Tensor<1>) -> Encoded;
+
+    /// Index of the bottleneck among the encoder's levels: the level the reference imputes,
+    /// distils and weights (DESIGN §1.2, §1.5, §1.7).
+    fn bottleneck(&self) -> usize;
 
     /// Decodes fused features.
     ///
@@ -47,25 +88,21 @@ pub trait Task: Module + ModuleDisplay {
     /// Number of samples in a batch.
     fn batch_size(batch: &Self::Batch) -> usize;
 
-    /// The feature level distilled by the CKD loss (default: the last, e.g. a bottleneck).
-    fn distill_level(&self) -> usize {
-        usize::MAX
+    /// The state of the task's own random generators (e.g. seeded dropout), for checkpoints;
+    /// empty when it has none.
+    fn random_state(&self) -> Vec<u8> {
+        Vec::new()
     }
 
-    /// The feature levels distilled by the CKD loss, among `levels` levels; the inner step
-    /// averages the CKD loss over them (so α keeps its scale). Default: [`Task::distill_level`]
-    /// alone (clamped to the last level).
-    fn distill_levels(&self, levels: usize) -> Vec<usize> {
-        vec![self.distill_level().min(levels.saturating_sub(1))]
-    }
-
-    /// Whether level `level` takes part in MCKD's fusion: a missing modality's feature is
-    /// replaced by the mean of the present ones (Eq. 2), and the meta step scales it by the
-    /// modality's weight. A level that does not (e.g. a UNet skip connection in the reference
-    /// code, where only the bottleneck is imputed) is fused as encoded, the zeroed input's
-    /// feature included. Default: every level.
-    fn mckd_level(&self, level: usize) -> bool {
-        let _ = level;
-        true
+    /// Restores [`random_state`](Task::random_state); an error says what does not fit.
+    fn set_random_state(&self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "this task has no random state, got {} bytes",
+                state.len()
+            ))
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! Evaluation of a classification model over every modality subset.
+//! Evaluation of a classification method over every modality subset.
 
 use burn::prelude::*;
-use mckd_core::{MckdModel, Task, all_subsets, mask_tensor};
+use mckd_core::{Method, all_subsets, mask_tensor};
 
 use crate::train::Source;
 
@@ -17,27 +17,27 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
         .neg()
 }
 
-/// A classification task: logits out, integer labels in the batch.
-pub trait Classifier: Task<Output = Tensor<2>> {
-    /// The labels of a batch.
-    fn labels(batch: &Self::Batch) -> Tensor<1, Int>;
+/// A batch with integer class labels.
+pub trait Labelled {
+    /// The labels, `[batch]`.
+    fn labels(&self) -> Tensor<1, Int>;
 }
 
-/// Accuracy (fraction) of `model` on every sample of `source` with presence `mask` (the same
+/// Accuracy (fraction) of `method` on every sample of `source` with presence `mask` (the same
 /// for every sample; modalities a sample lacks are removed, and samples left with none are
 /// skipped). Runs in inference mode. Returns `(accuracy, samples counted)`.
-pub fn accuracy<T, S>(
-    model: &MckdModel<T>,
+pub fn accuracy<M, S>(
+    method: &M,
     source: &S,
     mask: &[bool],
     batch_size: usize,
     device: &Device,
 ) -> (f64, usize)
 where
-    T: Classifier,
-    S: Source<Batch = T::Batch>,
+    M: Method<Output = Tensor<2>>,
+    M::Batch: Labelled,
+    S: Source<Batch = M::Batch>,
 {
-    let model = model.valid();
     let device = device.clone().without_autodiff();
     let (mut correct, mut total) = (0usize, 0usize);
     let usable: Vec<usize> = (0..source.len())
@@ -54,9 +54,9 @@ where
             })
             .collect();
         let batch = source.batch(chunk, &device);
-        let logits = model.forward(&batch, &mask_tensor(&masks, &device)).output;
+        let logits = method.predict(&batch, &mask_tensor(&masks, &device));
         let pred = crate::to_vec_int(logits.argmax(1).flatten::<1>(0, 1));
-        let labels = crate::to_vec_int(T::labels(&batch));
+        let labels = crate::to_vec_int(batch.labels());
         correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
         total += chunk.len();
     }
@@ -71,21 +71,22 @@ where
 }
 
 /// Accuracy for each of the 2^N − 1 subsets, in [`all_subsets`] order.
-pub fn accuracy_all_subsets<T, S>(
-    model: &MckdModel<T>,
+pub fn accuracy_all_subsets<M, S>(
+    method: &M,
     source: &S,
     batch_size: usize,
     device: &Device,
 ) -> Vec<(Vec<bool>, f64)>
 where
-    T: Classifier,
-    S: Source<Batch = T::Batch>,
+    M: Method<Output = Tensor<2>>,
+    M::Batch: Labelled,
+    S: Source<Batch = M::Batch>,
 {
-    let n = model.task.modalities().len();
+    let n = method.modalities().len();
     all_subsets(n)
         .into_iter()
         .map(|m| {
-            let (acc, _) = accuracy(model, source, &m, batch_size, device);
+            let (acc, _) = accuracy(method, source, &m, batch_size, device);
             (m, acc)
         })
         .collect()

@@ -1,14 +1,18 @@
 //! # mckd-train — training, evaluation and reports for MCKD tasks
 //!
-//! The layer between the method core ([`mckd_core`]) and the command line: the generic loop
-//! ([`train`]: non-dedicated inner steps, periodic meta steps, schedules, progress, logs),
-//! evaluation over every modality subset ([`eval`]), tables, statistics and `results.json`
-//! ([`report`], [`stats`]), run folders ([`run`]) and device choice
-//! ([`device`]). Tasks (AV-MNIST, BraTS, the synthetic demo) plug in through
-//! [`mckd_core::Task`] and [`train::Source`].
+//! The layer between the method core ([`mckd_core`]) and the command line: the one training
+//! loop ([`train`]: iteration budget, sampling policy, stages, meta phases, observers,
+//! checkpoints and resume) for every [`mckd_core::Method`], the nested run configuration
+//! ([`config`]), the observers every run uses and checkpoint folders ([`observe`]), evaluation
+//! over every modality subset ([`eval`]), tables, statistics and `results.json` ([`report`],
+//! [`stats`]), run folders that never mix runs ([`run`]) and device choice ([`device`]).
+//! Tasks (AV-MNIST, BraTS, the synthetic demo) plug in through [`mckd_core::Task`] and
+//! [`train::Source`].
 
+pub mod config;
 pub mod device;
 pub mod eval;
+pub mod observe;
 pub mod report;
 pub mod run;
 pub mod stats;

@@ -1,8 +1,16 @@
 //! Run folders: every run writes its config, splits, logs, metrics and plots into one folder.
+//!
+//! A run folder is never mixed with another run: an existing non-empty `--out` is refused unless
+//! the run resumes it ([`OutPolicy::Resume`]) or replaces it ([`OutPolicy::Overwrite`]: the old
+//! folder is moved aside, never deleted or merged). Every file is written atomically (temporary
+//! file, then rename), and `status.json` says whether the run is `running`, `finished` or
+//! `failed`, so that a reader never mistakes a half-written run for a result.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 /// An error about the run folder, naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +31,115 @@ pub enum RunError {
         /// The serde error.
         source: serde_json::Error,
     },
+    /// The output folder holds another run, and neither resuming nor overwriting was asked.
+    #[error(
+        "the output folder {path} already exists and is not empty; pass --resume to continue \
+         the run in it, --overwrite to move it aside and start again, or another --out"
+    )]
+    Exists {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// `--resume` of a folder that holds no resumable run.
+    #[error("cannot resume {path}: {problem}")]
+    NotResumable {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        problem: String,
+    },
+    /// An output path is one of the command's inputs.
+    #[error("refusing to write {output}: it is an input of this command ({input})")]
+    WouldOverwriteInput {
+        /// The output path.
+        output: PathBuf,
+        /// The input it coincides with or contains.
+        input: PathBuf,
+    },
+}
+
+/// What to do with an existing non-empty output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutPolicy {
+    /// Refuse it (the default).
+    #[default]
+    Refuse,
+    /// Continue the run in it (from its last checkpoint).
+    Resume,
+    /// Move it aside (`<name>.replaced-<timestamp>`) and start a new run.
+    Overwrite,
+}
+
+impl OutPolicy {
+    /// The policy of the `--resume` / `--overwrite` flags (clap makes them exclusive).
+    pub fn from_flags(resume: bool, overwrite: bool) -> Self {
+        match (resume, overwrite) {
+            (true, _) => OutPolicy::Resume,
+            (_, true) => OutPolicy::Overwrite,
+            _ => OutPolicy::Refuse,
+        }
+    }
+}
+
+/// The state of a run folder (`status.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Being written (or killed while being written: see the checkpoint).
+    Running,
+    /// Complete: its results can be read.
+    Finished,
+    /// Stopped by an error; `status.json` says which.
+    Failed,
+}
+
+/// `status.json` of a run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The state.
+    pub state: RunState,
+    /// Why it failed, or what it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Iterations done when written (training runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<usize>,
+    /// UTC time `YYYYMMDD-HHMMSS`.
+    pub updated: String,
+}
+
+/// Whether `dir` exists and holds anything.
+fn non_empty(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Refuses an output that is one of the inputs, or an output folder that contains an input
+/// (replacing or moving it aside would take the input with it).
+pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<(), RunError> {
+    let canon = |p: &Path| -> PathBuf {
+        // The output may not exist yet: canonicalise its parent.
+        fs::canonicalize(p).unwrap_or_else(|_| match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => fs::canonicalize(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            })
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| p.to_path_buf()),
+            _ => p.to_path_buf(),
+        })
+    };
+    let out = canon(output);
+    for input in inputs {
+        let inp = canon(input);
+        if out == inp || inp.starts_with(&out) {
+            return Err(RunError::WouldOverwriteInput {
+                output: output.to_path_buf(),
+                input: input.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An output folder that has been created and checked writable.
@@ -32,7 +149,95 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates (or reuses) `path` and checks that a file can be written in it.
+    /// Opens `path` as the folder of a new run under `policy`; returns the folder and whether
+    /// the run resumes one already in it. A new run's folder is created and marked `running`.
+    pub fn open(path: &Path, policy: OutPolicy) -> Result<(Self, bool), RunError> {
+        let exists = non_empty(path);
+        match policy {
+            OutPolicy::Refuse if exists => {
+                return Err(RunError::Exists {
+                    path: path.to_path_buf(),
+                });
+            }
+            OutPolicy::Resume => {
+                if !exists {
+                    return Err(RunError::NotResumable {
+                        path: path.to_path_buf(),
+                        problem: "it does not exist or is empty".into(),
+                    });
+                }
+                let dir = Self::create(path)?;
+                if dir.status().is_some_and(|s| s.state == RunState::Finished) {
+                    return Ok((dir, true));
+                }
+                dir.set_status(RunState::Running, Some("resumed".into()), None)?;
+                return Ok((dir, true));
+            }
+            OutPolicy::Overwrite if exists => {
+                let stamp = utc_stamp(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                );
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "run".into());
+                let mut aside = path.with_file_name(format!("{name}.replaced-{stamp}"));
+                let mut k = 1;
+                while aside.exists() {
+                    aside = path.with_file_name(format!("{name}.replaced-{stamp}-{k}"));
+                    k += 1;
+                }
+                fs::rename(path, &aside).map_err(|source| RunError::Unwritable {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                eprintln!(
+                    "moved the old {} aside to {}",
+                    path.display(),
+                    aside.display()
+                );
+            }
+            _ => {}
+        }
+        let dir = Self::create(path)?;
+        dir.set_status(RunState::Running, None, None)?;
+        Ok((dir, false))
+    }
+
+    /// The folder's `status.json`, if it has a readable one.
+    pub fn status(&self) -> Option<Status> {
+        let text = fs::read(self.file("status.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Writes `status.json`.
+    pub fn set_status(
+        &self,
+        state: RunState,
+        message: Option<String>,
+        iteration: Option<usize>,
+    ) -> Result<(), RunError> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.write_json(
+            "status.json",
+            &Status {
+                state,
+                message,
+                iteration,
+                updated: utc_stamp(secs),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Creates (or reuses) `path` and checks that a file can be written in it. Commands that
+    /// start a run use [`RunDir::open`], which refuses to mix runs.
     pub fn create(path: &Path) -> Result<Self, RunError> {
         let err = |source| RunError::Unwritable {
             path: path.to_path_buf(),
@@ -95,11 +300,11 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), RunError> {
         path: target.to_path_buf(),
         source,
     };
-    let tmp = target.with_extension(format!(
-        "{}.tmp{}",
-        target.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;

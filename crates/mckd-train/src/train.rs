@@ -1,13 +1,19 @@
-//! The generic MCKD training loop: non-dedicated inner steps, periodic meta steps, learning-rate
-//! schedules, a progress bar and a per-iteration log.
+//! The one training loop every task and method goes through: an iteration budget (epochs as a
+//! convenience), a sampling policy, two stages (every modality present, then random dropping),
+//! meta phases, observers (progress, logging, probes, timing, the divergence guard),
+//! checkpoints and resume.
+
+use std::time::Instant;
 
 use burn::prelude::*;
-use indicatif::ProgressBar;
-use mckd_core::{MckdModel, MckdTrainer, SubsetSampling, Task, mask_tensor};
+use mckd_core::rng::{rng_from_state, rng_state};
+use mckd_core::{Method, StateFiles, SubsetSampling, mask_tensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::{Budget, LoopConfig, LrSchedule, MaskGranularity, MetaSchedule, Sampling};
 
 /// A data source the loop draws batches from.
 pub trait Source {
@@ -23,88 +29,165 @@ pub trait Source {
     fn available(&self, i: usize) -> &[bool];
     /// A batch of the given samples on `device`.
     fn batch(&self, indices: &[usize], device: &Device) -> Self::Batch;
-}
-
-/// Whether one presence mask is drawn per batch (as the reference code) or per sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MaskGranularity {
-    /// One draw per iteration, shared by the batch (intersected with what each sample has).
-    #[default]
-    Batch,
-    /// One draw per sample.
-    Sample,
-}
-
-/// Learning-rate schedule over epochs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum LrSchedule {
-    /// A constant rate.
-    Constant {
-        /// The rate.
-        lr: f64,
-    },
-    /// `lr · gamma^(epoch / every)` (AV-MNIST: ×0.9 every 20 epochs).
-    Step {
-        /// Initial rate.
-        lr: f64,
-        /// Epochs between decays.
-        every: usize,
-        /// Decay factor.
-        gamma: f64,
-    },
-    /// Cosine annealing from `lr` to 0 over the whole run, per iteration.
-    Cosine {
-        /// Initial rate.
-        lr: f64,
-    },
-}
-
-impl LrSchedule {
-    /// The rate at `epoch` (0-based) and `progress` ∈ [0, 1) of the whole run.
-    pub fn at(&self, epoch: usize, progress: f64) -> f64 {
-        match *self {
-            LrSchedule::Constant { lr } => lr,
-            LrSchedule::Step { lr, every, gamma } => lr * gamma.powi((epoch / every.max(1)) as i32),
-            LrSchedule::Cosine { lr } => 0.5 * lr * (1.0 + (std::f64::consts::PI * progress).cos()),
+    /// The state of the source's own random generator (random crops), for checkpoints; empty
+    /// when it has none.
+    fn random_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Restores [`random_state`](Source::random_state).
+    fn set_random_state(&self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err("this source has no random state".into())
         }
     }
 }
 
-/// Loop settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoopConfig {
-    /// Passes over the training source.
-    pub epochs: usize,
-    /// Samples per inner batch (and per meta batch).
-    pub batch_size: usize,
-    /// Seed of shuffling, mask draws and meta batches.
-    pub seed: u64,
-    /// Learning rate of the task optimiser.
-    pub lr: LrSchedule,
-    /// Mask drawing granularity.
-    pub granularity: MaskGranularity,
-    /// Drop the last incomplete batch of an epoch (batch norm dislikes batches of one).
-    pub drop_last: bool,
-}
-
 /// One line of `train_log.csv`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRow {
     /// Inner iteration, 1-based.
     pub iteration: usize,
-    /// Epoch, 0-based.
+    /// Epoch, 0-based (0 throughout when sampling by draws).
     pub epoch: usize,
+    /// Training stage, 0-based.
+    pub stage: usize,
     /// Learning rate used.
     pub lr: f64,
-    /// Task loss of the inner step.
-    pub task_loss: f32,
-    /// CKD loss of the inner step (before α).
-    pub ckd_loss: f32,
-    /// Meta loss if a meta step ran after this iteration.
+    /// The method's loss terms ([`Method::term_names`]).
+    pub terms: Vec<f32>,
+    /// Mean meta loss of the meta phase after this iteration, if one ran.
     pub meta_loss: Option<f32>,
-    /// Normalised IWV after this iteration.
-    pub iwv: Vec<f32>,
+    /// The method's state values after this iteration ([`Method::state_names`], e.g. the
+    /// normalised IWV).
+    pub state: Vec<f32>,
+}
+
+impl LogRow {
+    /// The value of term `name` among `names` (NaN if absent).
+    pub fn term(&self, names: &[String], name: &str) -> f32 {
+        names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| self.terms.get(i).copied())
+            .unwrap_or(f32::NAN)
+    }
+}
+
+/// Column names of a train log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogColumns {
+    /// Loss-term names.
+    pub terms: Vec<String>,
+    /// State-value names.
+    pub state: Vec<String>,
+    /// Whether the run has two stages (adds a `stage` column).
+    pub staged: bool,
+}
+
+impl LogColumns {
+    /// The columns of a method's log.
+    pub fn of<M: Method>(method: &M, cfg: &LoopConfig) -> Self {
+        Self {
+            terms: method.term_names(),
+            state: method.state_names(),
+            staged: cfg.full_fraction > 0.0,
+        }
+    }
+}
+
+/// `train_log.csv` content: `iteration,epoch[,stage],lr,<terms>,meta_loss,<state>`.
+pub fn log_csv(rows: &[LogRow], columns: &LogColumns) -> String {
+    let mut out = String::from("iteration,epoch");
+    if columns.staged {
+        out.push_str(",stage");
+    }
+    out.push_str(",lr");
+    for n in &columns.terms {
+        out.push_str(&format!(",{n}"));
+    }
+    out.push_str(",meta_loss");
+    for n in &columns.state {
+        out.push_str(&format!(",{n}"));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&format!("{},{}", r.iteration, r.epoch));
+        if columns.staged {
+            out.push_str(&format!(",{}", r.stage));
+        }
+        out.push_str(&format!(",{:e}", r.lr));
+        for t in &r.terms {
+            out.push_str(&format!(",{t}"));
+        }
+        out.push_str(&format!(
+            ",{}",
+            r.meta_loss.map(|v| v.to_string()).unwrap_or_default()
+        ));
+        for w in &r.state {
+            out.push_str(&format!(",{w}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads a `train_log.csv` written by [`log_csv`] back into its columns and rows.
+pub fn parse_log_csv(text: &str) -> Result<(LogColumns, Vec<LogRow>), String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty log")?.split(',').collect();
+    let staged = header.get(2) == Some(&"stage");
+    let lr_at = if staged { 3 } else { 2 };
+    if header.first() != Some(&"iteration") || header.get(lr_at) != Some(&"lr") {
+        return Err(
+            "not a train log: the header must start with iteration,epoch[,stage],lr".into(),
+        );
+    }
+    let meta_at = header
+        .iter()
+        .position(|&h| h == "meta_loss")
+        .ok_or("no meta_loss column")?;
+    let columns = LogColumns {
+        terms: header[lr_at + 1..meta_at]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        state: header[meta_at + 1..]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        staged,
+    };
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let bad = |what: &str| format!("line {}: {what}", i + 2);
+        if cells.len() != header.len() {
+            return Err(bad("wrong number of cells"));
+        }
+        let num = |c: &str| {
+            c.parse::<f64>()
+                .map_err(|_| bad(&format!("`{c}` is not a number")))
+        };
+        let f32s = |cs: &[&str]| -> Result<Vec<f32>, String> {
+            cs.iter().map(|c| num(c).map(|v| v as f32)).collect()
+        };
+        rows.push(LogRow {
+            iteration: num(cells[0])? as usize,
+            epoch: num(cells[1])? as usize,
+            stage: if staged { num(cells[2])? as usize } else { 0 },
+            lr: num(cells[lr_at])?,
+            terms: f32s(&cells[lr_at + 1..meta_at])?,
+            meta_loss: if cells[meta_at].is_empty() {
+                None
+            } else {
+                Some(num(cells[meta_at])? as f32)
+            },
+            state: f32s(&cells[meta_at + 1..])?,
+        });
+    }
+    Ok((columns, rows))
 }
 
 /// Draws the presence mask of one sample: the rule applied to the sample's available
@@ -151,90 +234,6 @@ fn draw_masks<S: Source, R: Rng>(
     }
 }
 
-/// Trains `model` on `train`, with meta steps on `meta` (skipped when `None` or when the
-/// trainer's interval is 0). `on_iteration` sees every log row (for live logs); the progress
-/// bar advances once per iteration.
-// Each argument is a distinct role (model, optimisers, two sources, settings, device, progress,
-// log sink); bundling them would only hide that.
-#[allow(clippy::too_many_arguments)]
-pub fn train<T, S>(
-    model: MckdModel<T>,
-    trainer: &mut MckdTrainer,
-    train: &S,
-    meta: Option<&S>,
-    cfg: &LoopConfig,
-    device: &Device,
-    progress: &ProgressBar,
-    mut on_iteration: impl FnMut(&LogRow),
-) -> MckdModel<T>
-where
-    T: Task,
-    S: Source<Batch = T::Batch>,
-{
-    // The other pool workers spin through the steps instead of sleeping between kernels.
-    mckd_kernels::with_busy_workers(move || {
-        let mut model = model;
-        let n = model.task.modalities().len();
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let per_epoch = iterations_per_epoch(train.len(), cfg.batch_size, cfg.drop_last);
-        let total = (per_epoch * cfg.epochs).max(1);
-        let mut meta_order: Vec<usize> = meta.map(|m| (0..m.len()).collect()).unwrap_or_default();
-        // Start past the end so that the first meta step shuffles.
-        let mut meta_pos = meta_order.len();
-        let mut iteration = 0;
-        for epoch in 0..cfg.epochs {
-            let mut order: Vec<usize> = (0..train.len()).collect();
-            order.shuffle(&mut rng);
-            for chunk in order.chunks(cfg.batch_size) {
-                if cfg.drop_last && chunk.len() < cfg.batch_size && per_epoch > 0 {
-                    continue;
-                }
-                let lr = cfg.lr.at(epoch, iteration as f64 / total as f64);
-                iteration += 1;
-                let masks = draw_masks(
-                    train,
-                    chunk,
-                    trainer.config.sampling,
-                    cfg.granularity,
-                    n,
-                    &mut rng,
-                );
-                let batch = train.batch(chunk, device);
-                let mask = mask_tensor(&masks, device);
-                let (m, stats) = trainer.inner_step(model, &batch, &mask, lr);
-                model = m;
-                let mut meta_loss = None;
-                if let Some(meta) = meta.filter(|m| !m.is_empty())
-                    && trainer.is_meta_iteration(iteration)
-                {
-                    let bs = cfg.batch_size.min(meta.len());
-                    if meta_pos + bs > meta_order.len() {
-                        meta_order.shuffle(&mut rng);
-                        meta_pos = 0;
-                    }
-                    let idx = &meta_order[meta_pos..meta_pos + bs];
-                    meta_pos += bs;
-                    let (m, loss) = trainer.meta_step(model, &meta.batch(idx, device));
-                    model = m;
-                    meta_loss = Some(loss);
-                }
-                let row = LogRow {
-                    iteration,
-                    epoch,
-                    lr,
-                    task_loss: stats.task_loss,
-                    ckd_loss: stats.ckd_loss,
-                    meta_loss,
-                    iwv: model.iwv.normalised_values(),
-                };
-                on_iteration(&row);
-                progress.inc(1);
-            }
-        }
-        model
-    })
-}
-
 /// Inner iterations per epoch.
 pub fn iterations_per_epoch(len: usize, batch_size: usize, drop_last: bool) -> usize {
     if drop_last && len >= batch_size {
@@ -244,29 +243,461 @@ pub fn iterations_per_epoch(len: usize, batch_size: usize, drop_last: bool) -> u
     }
 }
 
-/// `train_log.csv` content from log rows, with one IWV column per modality.
-pub fn log_csv(rows: &[LogRow], modality_names: &[String]) -> String {
-    let mut out = String::from("iteration,epoch,lr,task_loss,ckd_loss,meta_loss");
-    for n in modality_names {
-        out.push_str(&format!(",iwv_{n}"));
-    }
-    out.push('\n');
-    for r in rows {
-        out.push_str(&format!(
-            "{},{},{:e},{},{},{}",
-            r.iteration,
-            r.epoch,
-            r.lr,
-            r.task_loss,
-            r.ckd_loss,
-            r.meta_loss.map(|v| v.to_string()).unwrap_or_default()
-        ));
-        for w in &r.iwv {
-            out.push_str(&format!(",{w}"));
+/// Inner iterations a run takes.
+pub fn total_iterations(cfg: &LoopConfig, train_len: usize) -> usize {
+    match (cfg.budget, cfg.sampling) {
+        (Budget::Iterations(n), _) => n,
+        (Budget::Epochs(e), Sampling::EpochShuffle { drop_last }) => {
+            iterations_per_epoch(train_len, cfg.batch_size, drop_last) * e
         }
-        out.push('\n');
+        (Budget::Epochs(e), Sampling::Draws) => e * train_len.div_ceil(cfg.batch_size.max(1)),
     }
-    out
+}
+
+/// The last iteration of stage 1 (0 when the run has one stage).
+pub fn stage1_iterations(cfg: &LoopConfig, total: usize) -> usize {
+    (total as f64 * cfg.full_fraction).floor() as usize
+}
+
+/// Where the loop stands: enough to continue exactly (checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Iterations done.
+    pub iteration: usize,
+    /// Current epoch (epoch shuffle).
+    pub epoch: usize,
+    /// The loop's generator ([`mckd_core::rng::rng_state`]).
+    pub rng: Vec<u8>,
+    /// Epoch shuffle: this epoch's order; draws: the samples left before a refill.
+    pub order: Vec<usize>,
+    /// Epoch shuffle: the next position in `order`.
+    pub pos: usize,
+    /// The meta source's order (shuffled chunks, or samples left before a refill).
+    pub meta_order: Vec<usize>,
+    /// Epoch shuffle: the next position in `meta_order`.
+    pub meta_pos: usize,
+    /// The training source's random state.
+    pub train_source: Vec<u8>,
+    /// The meta source's random state.
+    pub meta_source: Vec<u8>,
+    /// Seconds spent in inner steps, meta steps, and meta steps run.
+    pub timing: Timing,
+}
+
+/// Time spent in the steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Seconds in inner steps.
+    pub inner_seconds: f64,
+    /// Seconds in meta steps.
+    pub meta_seconds: f64,
+    /// Meta steps run.
+    pub meta_steps: usize,
+}
+
+impl Timing {
+    /// Mean seconds per inner step over `iterations`.
+    pub fn per_inner(&self, iterations: usize) -> f64 {
+        self.inner_seconds / iterations.max(1) as f64
+    }
+
+    /// Mean seconds per meta step (NaN when none ran).
+    pub fn per_meta(&self) -> f64 {
+        if self.meta_steps == 0 {
+            f64::NAN
+        } else {
+            self.meta_seconds / self.meta_steps as f64
+        }
+    }
+}
+
+/// A checkpoint: the method's state, the loop's, and the log so far.
+pub struct Checkpoint<'a> {
+    /// The method's state files.
+    pub method: StateFiles,
+    /// The loop's state.
+    pub state: &'a LoopState,
+    /// The log rows so far.
+    pub log: &'a [LogRow],
+}
+
+/// What observers may ask of the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Write a checkpoint and stop (e.g. after SIGINT); the run can be resumed.
+    Stop,
+    /// Stop without writing a checkpoint: the model is not to be trusted (the last good
+    /// checkpoint stays); the message says why.
+    Fail(String),
+}
+
+/// Something that watches the loop: progress, logs, probes, timing, the divergence guard.
+pub trait Observer<M: Method> {
+    /// After every iteration (the meta phase included), with its log row.
+    fn on_step(&mut self, row: &LogRow, method: &M) -> Control {
+        let _ = (row, method);
+        Control::Continue
+    }
+}
+
+/// Where checkpoints go (the run folder).
+pub trait CheckpointSink {
+    /// Stores a checkpoint durably; the previous one stays valid until this one is complete.
+    fn save(&mut self, checkpoint: &Checkpoint) -> Result<(), String>;
+}
+
+/// How a loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    /// The budget was trained.
+    Finished,
+    /// An observer asked to stop; a checkpoint was written.
+    Stopped,
+    /// An observer reported a failure; the message says what.
+    Failed(String),
+}
+
+/// The outcome of [`train`].
+#[derive(Debug)]
+pub struct Trained {
+    /// Every log row (those of a resumed checkpoint included).
+    pub log: Vec<LogRow>,
+    /// How it ended.
+    pub ended: Ended,
+    /// Where it stands (for the final checkpoint).
+    pub state: LoopState,
+}
+
+/// Errors of the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A checkpoint could not be written.
+    #[error("cannot write a checkpoint: {0}")]
+    Checkpoint(String),
+    /// A checkpoint does not fit this run.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+}
+
+/// Everything the loop needs besides the method and the data.
+pub struct LoopSetup<'a, M: Method> {
+    /// Loop settings.
+    pub cfg: &'a LoopConfig,
+    /// Learning-rate schedule.
+    pub schedule: &'a LrSchedule,
+    /// Seed of the loop's generator (shuffles, mask draws, meta batches).
+    pub seed: u64,
+    /// Device of the batches (autodiff).
+    pub device: &'a Device,
+    /// Observers, called in order after every iteration.
+    pub observers: Vec<&'a mut dyn Observer<M>>,
+    /// Checkpoint sink (`None`: no checkpoints).
+    pub checkpoints: Option<&'a mut dyn CheckpointSink>,
+    /// Continue from this state and log (restore the method's state before).
+    pub resume: Option<(LoopState, Vec<LogRow>)>,
+}
+
+/// Trains `method` on `train`, with meta phases on `meta` (when the method has a meta step and
+/// the schedule asks for them).
+///
+/// Per iteration: pick the batch (sampling policy), draw the presence masks (every available
+/// modality in stage 1, the subset rule in stage 2), one [`Method::train_step`], then, every
+/// `meta.interval` iterations, a meta phase of `meta.steps` [`Method::meta_step`]s on their
+/// own meta batches; then the observers see the log row. Same seed, same data: same log.
+pub fn train<M, S>(
+    method: &mut M,
+    train: &S,
+    meta: Option<&S>,
+    setup: LoopSetup<'_, M>,
+) -> Result<Trained, LoopError>
+where
+    M: Method,
+    S: Source<Batch = M::Batch>,
+{
+    let LoopSetup {
+        cfg,
+        schedule,
+        seed,
+        device,
+        mut observers,
+        mut checkpoints,
+        resume,
+    } = setup;
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(crate::config::ConfigError::Invalid {
+            field: "training data".into(),
+            problem: "no training samples".into(),
+        }
+        .into());
+    }
+    // The other pool workers spin through the steps instead of sleeping between kernels.
+    mckd_kernels::with_busy_workers(move || {
+        let n = method.modalities().len();
+        let total = total_iterations(cfg, train.len()).max(1);
+        let s1 = stage1_iterations(cfg, total);
+        let meta = meta.filter(|m| !m.is_empty() && method.has_meta_step());
+        let (mut st, mut log, mut rng) = match resume {
+            Some((st, log)) => {
+                let rng = rng_from_state(&st.rng)
+                    .ok_or_else(|| LoopError::Resume("bad loop generator state".into()))?;
+                if st.iteration > total || log.len() != st.iteration {
+                    return Err(LoopError::Resume(format!(
+                        "the checkpoint is at iteration {} with {} log rows, the run has {total}",
+                        st.iteration,
+                        log.len()
+                    )));
+                }
+                train
+                    .set_random_state(&st.train_source)
+                    .map_err(LoopError::Resume)?;
+                if let Some(m) = meta {
+                    m.set_random_state(&st.meta_source)
+                        .map_err(LoopError::Resume)?;
+                }
+                (st, log, rng)
+            }
+            None => {
+                let st = LoopState {
+                    iteration: 0,
+                    epoch: 0,
+                    rng: Vec::new(),
+                    order: Vec::new(),
+                    pos: 0,
+                    // Epoch shuffle: the identity, with the position past its end so that the
+                    // first meta batch shuffles it; draws: empty, refilled at the first draw.
+                    meta_order: match (cfg.sampling, meta) {
+                        (Sampling::EpochShuffle { .. }, Some(m)) => (0..m.len()).collect(),
+                        _ => Vec::new(),
+                    },
+                    meta_pos: meta.map_or(0, |m| m.len()),
+                    train_source: Vec::new(),
+                    meta_source: Vec::new(),
+                    timing: Timing::default(),
+                };
+                (
+                    st,
+                    Vec::with_capacity(total),
+                    ChaCha8Rng::seed_from_u64(seed),
+                )
+            }
+        };
+        if st.iteration == 0
+            && let Sampling::EpochShuffle { .. } = cfg.sampling
+        {
+            st.order = shuffled(train.len(), &mut rng);
+        }
+        let mut current_stage = None;
+        let mut ended = Ended::Finished;
+        while st.iteration < total {
+            let stage = usize::from(s1 > 0 && st.iteration >= s1);
+            if current_stage != Some(stage) {
+                method.begin_stage(stage);
+                current_stage = Some(stage);
+            }
+            // The schedule restarts with each stage.
+            let (stage_start, stage_len) = match (s1, stage) {
+                (0, _) => (0, total),
+                (_, 0) => (0, s1),
+                _ => (s1, total - s1),
+            };
+            let idx = next_batch(cfg, train.len(), &mut st, &mut rng);
+            // A step schedule counts epochs from the start of the run.
+            let epoch = match cfg.sampling {
+                Sampling::EpochShuffle { .. } => st.epoch,
+                Sampling::Draws => 0,
+            };
+            let progress = (st.iteration - stage_start) as f64 / stage_len.max(1) as f64;
+            let lr = schedule.at(epoch, progress);
+            st.iteration += 1;
+            // Stage 1 of a two-stage run: every available modality present.
+            let rule = if stage == 0 && s1 > 0 {
+                SubsetSampling::Full
+            } else {
+                cfg.subsets
+            };
+            let masks = draw_masks(train, &idx, rule, cfg.granularity, n, &mut rng);
+            let batch = train.batch(&idx, device);
+            let mask = mask_tensor(&masks, device);
+            let t = Instant::now();
+            let terms = method.train_step(&batch, &mask, lr);
+            st.timing.inner_seconds += t.elapsed().as_secs_f64();
+            let interval = if stage == 0 {
+                cfg.meta.interval
+            } else {
+                cfg.meta.interval_stage2
+            };
+            let mut meta_loss = None;
+            if let Some(meta) = meta
+                && interval > 0
+                && st.iteration.is_multiple_of(interval)
+            {
+                let mut sum = 0.0f32;
+                for _ in 0..cfg.meta.steps {
+                    let bs = if cfg.meta.batch == 0 {
+                        cfg.batch_size
+                    } else {
+                        cfg.meta.batch
+                    };
+                    // Consecutive chunks of one order cannot hold more than the source; draws
+                    // with refill can (the crops of one case differ).
+                    let bs = match cfg.sampling {
+                        Sampling::EpochShuffle { .. } => bs.min(meta.len()),
+                        Sampling::Draws => bs,
+                    };
+                    let midx = next_meta_batch(cfg, meta.len(), bs, &mut st, &mut rng);
+                    let mb = meta.batch(&midx, device);
+                    let t = Instant::now();
+                    sum += method.meta_step(&mb);
+                    st.timing.meta_seconds += t.elapsed().as_secs_f64();
+                    st.timing.meta_steps += 1;
+                }
+                meta_loss = Some(if cfg.meta.steps == 1 {
+                    sum
+                } else {
+                    sum / cfg.meta.steps as f32
+                });
+            }
+            let row = LogRow {
+                iteration: st.iteration,
+                epoch,
+                stage,
+                lr,
+                terms,
+                meta_loss,
+                state: method.state_values(),
+            };
+            let mut control = Control::Continue;
+            for o in observers.iter_mut() {
+                match o.on_step(&row, method) {
+                    Control::Continue => {}
+                    c => {
+                        control = c;
+                        break;
+                    }
+                }
+            }
+            log.push(row);
+            if let Control::Fail(msg) = control {
+                ended = Ended::Failed(msg);
+                break;
+            }
+            let due = cfg.checkpoint_every > 0 && st.iteration.is_multiple_of(cfg.checkpoint_every);
+            if (due || control == Control::Stop)
+                && st.iteration < total
+                && let Some(sink) = checkpoints.as_deref_mut()
+            {
+                save_checkpoint(sink, method, &mut st, &rng, train, meta, &log)?;
+            }
+            if control == Control::Stop {
+                ended = Ended::Stopped;
+                break;
+            }
+        }
+        st.rng = rng_state(&rng).to_vec();
+        st.train_source = train.random_state();
+        st.meta_source = meta.map(|m| m.random_state()).unwrap_or_default();
+        Ok(Trained {
+            log,
+            ended,
+            state: st,
+        })
+    })
+}
+
+fn save_checkpoint<M: Method, S: Source>(
+    sink: &mut dyn CheckpointSink,
+    method: &M,
+    st: &mut LoopState,
+    rng: &ChaCha8Rng,
+    train: &S,
+    meta: Option<&S>,
+    log: &[LogRow],
+) -> Result<(), LoopError> {
+    st.rng = rng_state(rng).to_vec();
+    st.train_source = train.random_state();
+    st.meta_source = meta.map(|m| m.random_state()).unwrap_or_default();
+    let files = method
+        .save_state()
+        .map_err(|e| LoopError::Checkpoint(e.to_string()))?;
+    sink.save(&Checkpoint {
+        method: files,
+        state: st,
+        log,
+    })
+    .map_err(LoopError::Checkpoint)
+}
+
+fn shuffled(len: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(rng);
+    order
+}
+
+/// The samples of the next batch.
+fn next_batch(
+    cfg: &LoopConfig,
+    len: usize,
+    st: &mut LoopState,
+    rng: &mut ChaCha8Rng,
+) -> Vec<usize> {
+    let bs = cfg.batch_size;
+    match cfg.sampling {
+        Sampling::EpochShuffle { drop_last } => {
+            loop {
+                let left = len.saturating_sub(st.pos);
+                // An incomplete last batch is skipped when dropping (unless no full batch fits).
+                let usable = left > 0 && !(drop_last && left < bs && len >= bs);
+                if usable {
+                    let end = (st.pos + bs).min(len);
+                    let idx = st.order[st.pos..end].to_vec();
+                    st.pos = end;
+                    return idx;
+                }
+                st.epoch += 1;
+                st.order = shuffled(len, rng);
+                st.pos = 0;
+            }
+        }
+        Sampling::Draws => (0..bs).map(|_| draw(&mut st.order, len, rng)).collect(),
+    }
+}
+
+/// The samples of the next meta batch.
+fn next_meta_batch(
+    cfg: &LoopConfig,
+    len: usize,
+    bs: usize,
+    st: &mut LoopState,
+    rng: &mut ChaCha8Rng,
+) -> Vec<usize> {
+    match cfg.sampling {
+        Sampling::EpochShuffle { .. } => {
+            if st.meta_pos + bs > st.meta_order.len() {
+                st.meta_order.shuffle(rng);
+                st.meta_pos = 0;
+            }
+            let idx = st.meta_order[st.meta_pos..st.meta_pos + bs].to_vec();
+            st.meta_pos += bs;
+            idx
+        }
+        Sampling::Draws => (0..bs)
+            .map(|_| draw(&mut st.meta_order, len, rng))
+            .collect(),
+    }
+}
+
+/// One sample from the shuffled order, refilled when empty.
+fn draw(order: &mut Vec<usize>, len: usize, rng: &mut ChaCha8Rng) -> usize {
+    if order.is_empty() {
+        *order = shuffled(len, rng);
+    }
+    order.pop().expect("refilled")
 }
 
 #[cfg(test)]
@@ -285,19 +716,42 @@ mod tests {
     }
 
     #[test]
-    fn schedules() {
-        let s = LrSchedule::Step {
-            lr: 1e-3,
-            every: 20,
-            gamma: 0.9,
+    fn log_csv_round_trips() {
+        let columns = LogColumns {
+            terms: vec!["task_loss".into(), "ckd_loss".into()],
+            state: vec!["iwv_a".into(), "iwv_b".into()],
+            staged: true,
         };
-        assert_eq!(s.at(0, 0.0), 1e-3);
-        assert!((s.at(19, 0.3) - 1e-3).abs() < 1e-15);
-        assert!((s.at(20, 0.3) - 0.9e-3).abs() < 1e-15);
-        assert!((s.at(45, 0.8) - 0.81e-3).abs() < 1e-15);
-        let c = LrSchedule::Cosine { lr: 1e-2 };
-        assert_eq!(c.at(0, 0.0), 1e-2);
-        assert!((c.at(0, 0.5) - 0.5e-2).abs() < 1e-12);
+        let rows = vec![
+            LogRow {
+                iteration: 1,
+                epoch: 0,
+                stage: 0,
+                lr: 1e-3,
+                terms: vec![2.380433, 3.3623738],
+                meta_loss: Some(2.3069544),
+                state: vec![0.37880674, 0.6211933],
+            },
+            LogRow {
+                iteration: 2,
+                epoch: 1,
+                stage: 1,
+                lr: 9.829629131445342e-3,
+                terms: vec![0.1, f32::MIN_POSITIVE],
+                meta_loss: None,
+                state: vec![0.5, 0.5],
+            },
+        ];
+        let text = log_csv(&rows, &columns);
+        assert!(text.starts_with("iteration,epoch,stage,lr,task_loss,ckd_loss,meta_loss,iwv_a,"));
+        let (c, r) = parse_log_csv(&text).unwrap();
+        assert_eq!(c, columns);
+        assert_eq!(r, rows);
+        assert!(parse_log_csv("a,b\n1,2\n").is_err());
+    }
+
+    #[test]
+    fn iteration_counts() {
         assert_eq!(iterations_per_epoch(1050, 64, true), 16);
         assert_eq!(iterations_per_epoch(1050, 64, false), 17);
     }

@@ -10,9 +10,12 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use mckd_core::fusion::zero_missing;
-use mckd_core::{MckdConfig, MckdModel, MckdTrainer, ModalitySet, Task};
-use mckd_train::eval::{Classifier, accuracy_all_subsets, cross_entropy};
-use mckd_train::train::{LogRow, LoopConfig, LrSchedule, MaskGranularity, Source, train};
+use mckd_core::{Encoded, Mckd, MckdConfig, MckdModel, Method, ModalitySet, SubsetSampling, Task};
+use mckd_train::eval::{Labelled, accuracy_all_subsets, cross_entropy};
+use mckd_train::train::{
+    Budget, LogColumns, LogRow, LoopConfig, LoopSetup, LrSchedule, MaskGranularity, MetaSchedule,
+    Sampling, Source, train,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
@@ -57,8 +60,12 @@ pub struct DemoConfig {
     /// Adam learning rate of the task network.
     #[config(default = 1e-3)]
     pub lr: f64,
-    /// Method settings (α, meta interval, ...). The Baseline uses the same with α = 0.
+    /// Method settings (α, distance, normalisation, ...). The Baseline trains the same network
+    /// with α = 0 and no meta step.
     pub method: MckdConfig,
+    /// A meta step every this many iterations (MCKD).
+    #[config(default = 5)]
+    pub meta_interval: usize,
     /// Seed of data, initialisation and sampling.
     #[config(default = 0)]
     pub seed: u64,
@@ -67,7 +74,7 @@ pub struct DemoConfig {
 impl DemoConfig {
     /// The default demo (under 3 minutes on 2 cores).
     pub fn standard() -> Self {
-        Self::new(MckdConfig::new().with_meta_interval(5))
+        Self::new(MckdConfig::default())
     }
 
     /// `--quick`: fewer epochs and test samples (a few seconds).
@@ -244,9 +251,13 @@ impl Task for DemoNet {
         &self.modalities
     }
 
-    fn encode(&self, batch: &DemoBatch, modality: usize, present: Tensor<1>) -> Vec<Tensor<2>> {
+    fn encode(&self, batch: &DemoBatch, modality: usize, present: Tensor<1>) -> Encoded {
         let x = zero_missing(batch.inputs[modality].clone(), present);
-        vec![self.encoders[modality].forward(x)]
+        vec![self.encoders[modality].forward(x)].into()
+    }
+
+    fn bottleneck(&self) -> usize {
+        0
     }
 
     fn decode(&self, fused: Vec<Tensor<2>>) -> Tensor<2> {
@@ -265,9 +276,9 @@ impl Task for DemoNet {
     }
 }
 
-impl Classifier for DemoNet {
-    fn labels(batch: &DemoBatch) -> Tensor<1, Int> {
-        batch.labels.clone()
+impl Labelled for DemoBatch {
+    fn labels(&self) -> Tensor<1, Int> {
+        self.labels.clone()
     }
 }
 
@@ -279,48 +290,80 @@ pub struct MethodResult {
     pub iwv: Vec<f32>,
     /// Per-iteration log.
     pub log: Vec<LogRow>,
+    /// Its columns.
+    pub columns: LogColumns,
 }
 
-/// Trains one method (`alpha` overrides the config's α) and evaluates it on every subset.
+/// The two methods of the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMethod {
+    /// MCKD with the config's α and meta steps.
+    Mckd,
+    /// The same network with α = 0 and no meta step.
+    Baseline,
+}
+
+/// The loop settings of the demo.
+pub fn loop_config(cfg: &DemoConfig) -> LoopConfig {
+    LoopConfig {
+        budget: Budget::Epochs(cfg.epochs),
+        batch_size: cfg.batch_size,
+        sampling: Sampling::EpochShuffle { drop_last: false },
+        subsets: SubsetSampling::Reference,
+        granularity: MaskGranularity::Sample,
+        full_fraction: 0.0,
+        meta: MetaSchedule {
+            interval: cfg.meta_interval,
+            interval_stage2: cfg.meta_interval,
+            steps: 1,
+            batch: 0,
+        },
+        checkpoint_every: 0,
+    }
+}
+
+/// Trains one method and evaluates it on every subset.
 pub fn run_method(
     cfg: &DemoConfig,
     data: &DemoData,
-    alpha: f64,
+    which: DemoMethod,
     device: &Device,
     progress: &indicatif::ProgressBar,
 ) -> MethodResult {
+    // burn's Dropout draws from the device's process-wide generator.
     let _guard = mckd_train::rng_guard();
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
     let net = DemoNet::new(cfg, &ad);
     let model = MckdModel::new(net, cfg.method.normalisation, cfg.seed, &ad);
-    let method = cfg.method.clone().with_alpha(alpha);
     let optim = mckd_kernels::FusedAdamConfig::new(1e-8, Some(1e-4)).init();
-    let mut trainer = MckdTrainer::new(method, optim);
-    let loop_cfg = LoopConfig {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        seed: cfg.seed,
-        lr: LrSchedule::Constant { lr: cfg.lr },
-        granularity: MaskGranularity::Sample,
-        drop_last: false,
+    let mut method = match which {
+        DemoMethod::Mckd => Mckd::new(model, cfg.method.clone(), optim),
+        DemoMethod::Baseline => Mckd::baseline(model, cfg.method.clone(), optim),
     };
-    let mut log = Vec::new();
-    let model = train(
-        model,
-        &mut trainer,
+    let loop_cfg = loop_config(cfg);
+    let mut bar = mckd_train::observe::Progress::new(progress, method.name().to_string());
+    let trained = train(
+        &mut method,
         &data.train,
         Some(&data.meta),
-        &loop_cfg,
-        &ad,
-        progress,
-        |row| log.push(row.clone()),
-    );
-    let accuracy = accuracy_all_subsets(&model, &data.test, 512, device);
+        LoopSetup {
+            cfg: &loop_cfg,
+            schedule: &LrSchedule::Constant { lr: cfg.lr },
+            seed: cfg.seed,
+            device: &ad,
+            observers: vec![&mut bar],
+            checkpoints: None,
+            resume: None,
+        },
+    )
+    .expect("the demo's loop settings are valid");
+    let accuracy = accuracy_all_subsets(&method, &data.test, 512, device);
     MethodResult {
         accuracy,
-        iwv: model.iwv.normalised_values(),
-        log,
+        iwv: method.state_values(),
+        columns: LogColumns::of(&method, &loop_cfg),
+        log: trained.log,
     }
 }
 
@@ -361,8 +404,8 @@ mod tests {
         for seed in 0..seeds {
             let cfg = DemoConfig::standard().with_seed(seed);
             let data = DemoData::generate(&cfg);
-            let mckd = run_method(&cfg, &data, cfg.method.alpha, &device, &bar);
-            let base = run_method(&cfg, &data, 0.0, &device, &bar);
+            let mckd = run_method(&cfg, &data, DemoMethod::Mckd, &device, &bar);
+            let base = run_method(&cfg, &data, DemoMethod::Baseline, &device, &bar);
             let w = &mckd.iwv;
             assert!(w[0] > w[1] && w[0] > w[2], "seed {seed}: IWV {w:?}");
             // Strong alone is far better than chance (10 classes).
@@ -383,13 +426,10 @@ mod tests {
         let bar = indicatif::ProgressBar::hidden();
         let cfg = DemoConfig::quick().with_epochs(3).with_test(300);
         let data = DemoData::generate(&cfg);
-        let a = run_method(&cfg, &data, 0.1, &device, &bar);
-        let b = run_method(&cfg, &data, 0.1, &device, &bar);
+        let a = run_method(&cfg, &data, DemoMethod::Mckd, &device, &bar);
+        let b = run_method(&cfg, &data, DemoMethod::Mckd, &device, &bar);
         assert_eq!(a.accuracy, b.accuracy);
         assert_eq!(a.iwv, b.iwv);
-        assert_eq!(
-            a.log.last().unwrap().task_loss,
-            b.log.last().unwrap().task_loss
-        );
+        assert_eq!(a.log, b.log);
     }
 }

@@ -1,7 +1,7 @@
 //! Tables and `results.json` of the demo (several seeds: mean ± std and a paired t-test).
 
 use mckd_core::present_names;
-use mckd_train::report::{Results, Row, iwv_map, json_f64, markdown_table, subset_label};
+use mckd_train::report::{PerSeed, Results, Row, iwv_map, markdown_table, subset_label};
 use mckd_train::stats::{mean_std, paired_t_test_greater};
 use serde_json::{Map, Value};
 
@@ -47,17 +47,15 @@ pub fn results(seeds: &[SeedResult], extra: Map<String, Value>) -> Results {
                 "accuracy",
                 mean,
             );
-            row.metrics.insert("accuracy_std".into(), json_f64(std));
-            let mut per_seed = Map::new();
-            per_seed.insert(
-                "seed".into(),
-                Value::Array(seeds.iter().map(|r| Value::from(r.seed)).collect()),
-            );
-            per_seed.insert(
-                "accuracy".into(),
-                Value::Array(v.into_iter().map(json_f64).collect()),
-            );
-            row.per_seed = Some(per_seed);
+            row.metrics.set("accuracy_std", std);
+            row.per_seed = Some(PerSeed {
+                seed: seeds.iter().map(|r| r.seed).collect(),
+                values: [(
+                    "accuracy".to_string(),
+                    v.into_iter().map(|a| (!a.is_nan()).then_some(a)).collect(),
+                )]
+                .into(),
+            });
             rows.push(row);
         }
     }
@@ -152,7 +150,7 @@ pub fn plots(
         chart = chart.series(
             *name,
             log.iter()
-                .map(|r| (r.iteration as f64, f64::from(r.iwv[m]))),
+                .map(|r| (r.iteration as f64, f64::from(r.state[m]))),
         );
     }
     chart.save_png(run.file("iwv.png"))?;
@@ -179,11 +177,11 @@ pub fn plots(
         "epoch",
         "loss",
     )
-    .series("MCKD task loss", per_epoch(log, &|r| r.task_loss))
-    .series("MCKD CKD loss", per_epoch(log, &|r| r.ckd_loss))
+    .series("MCKD task loss", per_epoch(log, &|r| r.terms[0]))
+    .series("MCKD CKD loss", per_epoch(log, &|r| r.terms[1]))
     .series(
         "Baseline task loss",
-        per_epoch(&first.baseline.log, &|r| r.task_loss),
+        per_epoch(&first.baseline.log, &|r| r.terms[0]),
     )
     .save_png(run.file("loss.png"))
 }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use mckd::demo::{DemoConfig, DemoData, MODALITIES, run_method};
+use mckd::demo::{DemoConfig, DemoData, DemoMethod, MODALITIES, run_method};
 use mckd::demo_report::{self, SeedResult};
 use mckd_core::{Distance, Normalisation};
 use mckd_train::device::DeviceChoice;
-use mckd_train::run::RunDir;
+use mckd_train::run::{OutPolicy, RunDir, RunState};
 use mckd_train::train::{iterations_per_epoch, log_csv};
 
 /// MCKD: meta-learned cross-modal knowledge distillation for missing modalities.
@@ -40,9 +40,13 @@ struct DemoArgs {
     /// Smaller data and fewer epochs (under a minute).
     #[arg(long)]
     quick: bool,
-    /// Output folder [default: runs/<timestamp>-demo].
+    /// Output folder [default: runs/<timestamp>-demo]; an existing non-empty one is refused
+    /// unless --overwrite.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Move an existing --out aside (renamed, never deleted) and start again.
+    #[arg(long)]
+    overwrite: bool,
     /// First seed of data, initialisation and sampling; seeds `seed .. seed + seeds`.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,11 +54,11 @@ struct DemoArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     seeds: Option<u64>,
     /// Training epochs (overrides the preset).
-    #[arg(long)]
-    epochs: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: Option<u64>,
     /// Training samples (overrides the preset).
-    #[arg(long)]
-    train_samples: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    train_samples: Option<u64>,
     /// Noise σ of strong, medium and weak, comma separated (overrides the preset).
     #[arg(long, value_delimiter = ',')]
     noise: Option<Vec<f32>>,
@@ -128,7 +132,6 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| RunDir::default_path("demo"));
-    let run = RunDir::create(&out)?;
     let mut cfg = if args.quick {
         DemoConfig::quick()
     } else {
@@ -136,10 +139,10 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     cfg.seed = args.seed;
     if let Some(e) = args.epochs {
-        cfg.epochs = e;
+        cfg.epochs = e as usize;
     }
     if let Some(n) = args.train_samples {
-        cfg.train = n;
+        cfg.train = n as usize;
     }
     if let Some(n) = &args.noise {
         match n[..] {
@@ -148,7 +151,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     cfg.method.alpha = args.alpha;
-    cfg.method.meta_interval = args.meta_interval as usize;
+    cfg.meta_interval = args.meta_interval as usize;
     cfg.method.distance = match args.distance {
         DistanceArg::L1 => Distance::L1,
         DistanceArg::Mse => Distance::Mse,
@@ -158,6 +161,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         NormArg::Sigmoid => Normalisation::Sigmoid,
         NormArg::Relu => Normalisation::Relu,
     };
+    let (run, _) = RunDir::open(&out, OutPolicy::from_flags(false, args.overwrite))?;
     run.write_json("config.json", &cfg)?;
 
     let n_seeds = args.seeds.unwrap_or(if args.quick { 3 } else { 5 });
@@ -172,15 +176,15 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for seed in args.seed..args.seed + n_seeds {
         let cfg = cfg.clone().with_seed(seed);
         let data = DemoData::generate(&cfg);
-        let mckd = run_method(&cfg, &data, cfg.method.alpha, &device, &bar);
-        let baseline = run_method(&cfg, &data, 0.0, &device, &bar);
+        let mckd = run_method(&cfg, &data, DemoMethod::Mckd, &device, &bar);
+        let baseline = run_method(&cfg, &data, DemoMethod::Baseline, &device, &bar);
         run.write(
             &format!("train_log_seed{seed}.csv"),
-            log_csv(&mckd.log, &names).as_bytes(),
+            log_csv(&mckd.log, &mckd.columns).as_bytes(),
         )?;
         run.write(
             &format!("train_log_baseline_seed{seed}.csv"),
-            log_csv(&baseline.log, &names).as_bytes(),
+            log_csv(&baseline.log, &baseline.columns).as_bytes(),
         )?;
         seeds.push(SeedResult {
             seed,
@@ -216,6 +220,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         iwv.join(", ")
     );
     println!("Wall time {secs:.1} s; run folder {}", run.path().display());
+    run.set_status(RunState::Finished, None, None)?;
     Ok(())
 }
 

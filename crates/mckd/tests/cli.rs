@@ -179,7 +179,7 @@ fn brats_train_reads_the_2023_layout_and_infers_its_labels() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("inferred").join("config.json")).unwrap())
             .unwrap();
-    assert_eq!(config["convention"], "Brats2023", "{config}");
+    assert_eq!(config["task"]["convention"], "Brats2023", "{config}");
 
     let out = train("forced", &["--convention", "brats2018"]);
     let err = String::from_utf8_lossy(&out.stderr);

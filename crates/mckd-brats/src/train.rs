@@ -1,0 +1,441 @@
+//! One BraTS training run through the shared loop.
+//!
+//! A run folder holds `config.json` ([`BratsRunConfig`]), `splits.json`, `status.json`,
+//! `model.bpk` (burn's burnpack record of the [`MckdModel`], IWV included), `train_log.csv`
+//! (per iteration: lr, task loss, CKD loss, meta loss, normalised IWV), `timing.json`,
+//! `feature_gap.csv` and the plots; `checkpoint/` while it trains.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::prelude::*;
+use mckd_core::{Mckd, MckdConfig, MckdModel, Method};
+use mckd_train::observe::{
+    DivergenceGuard, FolderCheckpoints, Progress, StopOnSignal, load_checkpoint,
+};
+use mckd_train::report::{iwv_map, json_f64};
+use mckd_train::run::RunDir;
+use mckd_train::train::{
+    CheckpointSink, Control, Ended, LogColumns, LogRow, LoopSetup, Observer, Timing, log_csv,
+    total_iterations,
+};
+use mckd_volume::{CropConfig, LoadedCase, Splits, discover_cases, load_case, make_splits};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::{Arch, BratsRunConfig, Method as Kind, validate};
+use crate::data::{CropSource, TrainCase, dhw};
+use crate::error::{BratsError, Result};
+use crate::model::{BratsBatch, BratsUNet, UNetConfig};
+use crate::plots::{PlotData, write_plots};
+
+/// Index of T1c, the most informative modality (DESIGN §1).
+pub const T1C: usize = 2;
+
+/// The method every BraTS run trains.
+pub type BratsMckd = Mckd<BratsUNet>;
+
+/// The T1c feature gap at one iteration (paper Fig. 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGap {
+    /// Inner iteration (0 = before training).
+    pub iteration: usize,
+    /// Mean absolute difference between the generated (mean of Flair, T1, T2) and the real
+    /// T1c bottleneck features.
+    pub l1: f32,
+    /// Cosine similarity between them (per sample, averaged).
+    pub cosine: f32,
+}
+
+/// The outcome of a training run.
+pub struct Trained {
+    /// The trained method (model on the autodiff device).
+    pub method: BratsMckd,
+    /// Per-iteration log.
+    pub log: Vec<LogRow>,
+    /// Feature-gap probes.
+    pub feature_gap: Vec<FeatureGap>,
+    /// Step timing.
+    pub timing: Timing,
+}
+
+impl Trained {
+    /// Mean seconds per inner step.
+    pub fn seconds_per_inner(&self) -> f64 {
+        self.timing.per_inner(self.log.len())
+    }
+}
+
+/// Loads the cases named in `ids` (in order) from `cases`.
+pub fn load_named(
+    all: &[mckd_volume::Case],
+    ids: &[String],
+    convention: mckd_volume::LabelConvention,
+    quiet: bool,
+    what: &str,
+) -> Result<Vec<LoadedCase>> {
+    let bar = mckd_train::progress_bar(ids.len() as u64, what, quiet);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let case = all
+            .iter()
+            .find(|c| &c.id == id)
+            .ok_or_else(|| BratsError::Invalid(format!("case {id} of splits.json not found")))?;
+        out.push(load_case(case, convention)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Splits for a run: the config's `splits_file` if given, else the run's own `splits.json` if
+/// present, else new seeded splits. Always (re)written to `<run>/splits.json`.
+pub fn resolve_splits(cfg: &BratsRunConfig, run: &RunDir, ids: &[String]) -> Result<Splits> {
+    let own = run.file("splits.json");
+    let splits = match &cfg.task.splits_file {
+        Some(p) => Splits::load(p)?,
+        None if own.is_file() => Splits::load(&own)?,
+        None => make_splits(ids, cfg.task.fractions, cfg.seed)?,
+    };
+    splits.check_cases(ids)?;
+    if splits.train.is_empty() || splits.meta_val.is_empty() || splits.test.is_empty() {
+        return Err(BratsError::Invalid(format!(
+            "splits need at least one train, meta-val and test case; got {} / {} / {} \
+             (from {} cases)",
+            splits.train.len(),
+            splits.meta_val.len(),
+            splits.test.len(),
+            ids.len()
+        )));
+    }
+    splits.save(&own)?;
+    Ok(splits)
+}
+
+/// A freshly initialised model for `cfg` on `device` (seeded), for inputs of spatial size
+/// `spatial` (D, H, W).
+pub fn init_model(
+    cfg: &BratsRunConfig,
+    spatial: [usize; 3],
+    device: &Device,
+) -> MckdModel<BratsUNet> {
+    device.seed(cfg.seed);
+    let Arch::Unet { base } = cfg.task.arch;
+    let net = UNetConfig::new()
+        .with_base(base)
+        .with_spatial(spatial)
+        .with_dice(cfg.task.dice)
+        .init(device);
+    MckdModel::new(net, cfg.method.mckd().normalisation, cfg.seed, device)
+}
+
+/// The method of `cfg` around `model`.
+pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsUNet>) -> BratsMckd {
+    let mckd = cfg.method.mckd().clone();
+    let optim = cfg.optimizer.init();
+    match cfg.method.kind() {
+        Kind::Mckd => Mckd::new(model, mckd, optim),
+        Kind::Baseline => Mckd::baseline(model, mckd, optim),
+        Kind::Placebo => {
+            Mckd::new(model, MckdConfig { alpha: 0.0, ..mckd }, optim).named("placebo")
+        }
+    }
+}
+
+/// Loads the model of a training run (`config.json` + `model.bpk`) on `device`.
+pub fn load_model(run: &Path, device: &Device) -> Result<(BratsRunConfig, BratsMckd)> {
+    let cfg = load_config(run)?;
+    let path = run.join("model.bpk");
+    if !path.is_file() {
+        return Err(BratsError::Checkpoint {
+            path,
+            problem: if run.join("config.json").is_file() {
+                "not found (has the run finished training?)".into()
+            } else {
+                "not found".into()
+            },
+        });
+    }
+    let model = init_model(&cfg, dhw(cfg.task.crop), device);
+    let mut method = build_method(&cfg, model);
+    let bytes = std::fs::read(&path).map_err(|e| BratsError::Checkpoint {
+        path: path.clone(),
+        problem: format!("cannot read it: {e}"),
+    })?;
+    method
+        .load_model(&bytes)
+        .map_err(|e| BratsError::Checkpoint {
+            path: path.clone(),
+            problem: format!("{e} (is it a BraTS model of this run's network?)"),
+        })?;
+    Ok((cfg, method))
+}
+
+/// Reads a run's `config.json`.
+pub fn load_config(run: &Path) -> Result<BratsRunConfig> {
+    let path = run.join("config.json");
+    if !path.is_file() {
+        return Err(BratsError::Config {
+            path,
+            problem: format!(
+                "not found; is {} a BraTS training run folder?",
+                run.display()
+            ),
+        });
+    }
+    BratsRunConfig::load(&path).map_err(|e| BratsError::Config {
+        path,
+        problem: e.to_string(),
+    })
+}
+
+/// Generated-vs-real T1c bottleneck features on `probe` (all modalities encoded).
+pub fn feature_gap(
+    model: &MckdModel<BratsUNet>,
+    probe: &BratsBatch,
+    iteration: usize,
+) -> FeatureGap {
+    let model = model.valid();
+    let device = probe.images[0].device();
+    let b = <BratsUNet as mckd_core::Task>::batch_size(probe);
+    let ones = Tensor::<2>::ones([b, 4], &device);
+    let enc = model.encode_all(probe, &ones);
+    let bottleneck = <BratsUNet as mckd_core::Task>::bottleneck(&model.task);
+    let f = Tensor::stack(enc.iter().map(|e| e.distilled(bottleneck)).collect(), 1); // [b, 4, F]
+    let [b, n, nf] = f.dims();
+    let real: Tensor<2> = f.clone().narrow(1, T1C, 1).reshape([b, nf]);
+    let others: Vec<Tensor<3>> = (0..n)
+        .filter(|&m| m != T1C)
+        .map(|m| f.clone().narrow(1, m, 1))
+        .collect();
+    let generated: Tensor<2> = Tensor::cat(others, 1).mean_dim(1).reshape([b, nf]);
+    let l1 = (generated.clone() - real.clone())
+        .abs()
+        .mean()
+        .into_scalar::<f32>();
+    let dot = (generated.clone() * real.clone()).sum_dim(1);
+    let norms = (generated.powf_scalar(2.0).sum_dim(1) * real.powf_scalar(2.0).sum_dim(1))
+        .sqrt()
+        .clamp_min(1e-12);
+    let cosine = (dot / norms).mean().into_scalar::<f32>();
+    FeatureGap {
+        iteration,
+        l1,
+        cosine,
+    }
+}
+
+/// Probes the T1c feature gap every `interval` iterations and at the last one; appends each
+/// probe to `feature_gap.jsonl` so that a resumed run keeps the earlier ones.
+struct GapProbe<'a> {
+    probe: &'a BratsBatch,
+    interval: usize,
+    total: usize,
+    gaps: Vec<FeatureGap>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Observer<BratsMckd> for GapProbe<'_> {
+    fn on_step(&mut self, row: &LogRow, method: &BratsMckd) -> Control {
+        let it = row.iteration;
+        if self.interval > 0 && (it.is_multiple_of(self.interval) || it == self.total) {
+            let g = feature_gap(method.model(), self.probe, it);
+            if let Some(f) = &self.file {
+                append_gap(f, &g);
+            }
+            self.gaps.push(g);
+        }
+        Control::Continue
+    }
+}
+
+fn append_gap(file: &Path, g: &FeatureGap) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        let _ = writeln!(f, "{}", serde_json::to_string(g).unwrap_or_default());
+    }
+}
+
+fn read_gaps(file: &Path, up_to: usize) -> Vec<FeatureGap> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<FeatureGap>(l).ok())
+        .filter(|g| g.iteration <= up_to)
+        .collect()
+}
+
+/// Trains one method on the cases of `cfg.task.data` and writes the run folder (see the module
+/// docs). With `resume`, continues from the folder's last checkpoint.
+pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool, quiet: bool) -> Result<Trained> {
+    validate(cfg)?;
+    let cases = discover_cases(&cfg.task.data)?;
+    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+    let splits = resolve_splits(cfg, run, &ids)?;
+    let conv = cfg.task.convention;
+    let to_train = |v: Vec<LoadedCase>| -> Result<Vec<Arc<TrainCase>>> {
+        v.into_iter()
+            .map(|c| TrainCase::from_loaded(c, conv).map(Arc::new))
+            .collect()
+    };
+    let train_cases = to_train(load_named(
+        &cases,
+        &splits.train,
+        conv,
+        quiet,
+        "loading train",
+    )?)?;
+    let meta_cases = to_train(load_named(
+        &cases,
+        &splits.meta_val,
+        conv,
+        quiet,
+        "loading meta-val",
+    )?)?;
+    let crop = CropConfig {
+        size: cfg.task.crop,
+        foreground_prob: cfg.task.foreground_prob,
+        flip_prob: cfg.task.flip_prob,
+    };
+    let n_train = train_cases.len();
+    let train_src = CropSource::new(train_cases, crop.clone(), conv, n_train, cfg.seed)?
+        .with_scale(cfg.task.scale);
+    let meta_src = CropSource::new(
+        meta_cases.clone(),
+        crop.clone(),
+        conv,
+        meta_cases.len(),
+        cfg.seed ^ 0x5eed_0001,
+    )?
+    .with_scale(cfg.task.scale);
+    // Fixed probe crops for the feature-gap curve: tumour-centred, no flips.
+    let probe_src = CropSource::new(
+        meta_cases,
+        CropConfig {
+            size: cfg.task.crop,
+            foreground_prob: 1.0,
+            flip_prob: [0.0; 3],
+        },
+        conv,
+        1,
+        cfg.seed ^ 0x5eed_0002,
+    )?;
+    let plain = cfg
+        .device
+        .device()
+        .map_err(|e| BratsError::Invalid(e.to_string()))?;
+    let device = plain.clone().autodiff();
+    let probe_idx: Vec<usize> =
+        (0..cfg.loop_.batch_size.min(probe_src.cases().len()).max(1)).collect();
+    let probe = probe_src.crops(&probe_idx, &plain);
+
+    let model = init_model(cfg, train_src.spatial(), &device);
+    let mut method = build_method(cfg, model);
+    let total = total_iterations(&cfg.loop_, n_train);
+    let gap_file = run.file("feature_gap.jsonl");
+    let mut resume_from = None;
+    let mut gaps = Vec::new();
+    if resume && let Some(c) = load_checkpoint(run.path()).map_err(BratsError::Invalid)? {
+        method
+            .load_state(&c.method)
+            .map_err(|e| BratsError::Checkpoint {
+                path: run.file("checkpoint"),
+                problem: e.to_string(),
+            })?;
+        gaps = read_gaps(&gap_file, c.state.iteration);
+        resume_from = Some((c.state, c.log));
+    }
+    // The probe file holds exactly the probes up to where training (re)starts.
+    let _ = std::fs::remove_file(&gap_file);
+    if resume_from.is_none() && cfg.task.probe_interval > 0 {
+        gaps.push(feature_gap(method.model(), &probe, 0));
+    }
+    for g in &gaps {
+        append_gap(&gap_file, g);
+    }
+    let bar = mckd_train::progress_bar(total as u64, &format!("train {}", method.name()), quiet);
+    if let Some((st, _)) = &resume_from {
+        bar.inc(st.iteration as u64);
+    }
+    let mut guard = DivergenceGuard::new(&method);
+    let mut progress = Progress::new(&bar, method.name().to_string());
+    let mut signal = StopOnSignal::install();
+    let mut probe_obs = GapProbe {
+        probe: &probe,
+        interval: cfg.task.probe_interval,
+        total,
+        gaps,
+        file: Some(gap_file.clone()),
+    };
+    let mut sink = FolderCheckpoints::new(run.path());
+    let trained = mckd_train::train::train(
+        &mut method,
+        &train_src,
+        Some(&meta_src),
+        LoopSetup {
+            cfg: &cfg.loop_,
+            schedule: &cfg.schedule,
+            seed: cfg.seed ^ 0x5eed_0003,
+            device: &device,
+            observers: vec![&mut guard, &mut probe_obs, &mut progress, &mut signal],
+            checkpoints: Some(&mut sink as &mut dyn CheckpointSink),
+            resume: resume_from,
+        },
+    )?;
+    bar.finish_and_clear();
+    match &trained.ended {
+        Ended::Finished => {}
+        Ended::Stopped => {
+            return Err(BratsError::Stopped(format!(
+                "interrupted at iteration {}; a checkpoint was written: continue with --resume",
+                trained.state.iteration
+            )));
+        }
+        Ended::Failed(msg) => return Err(BratsError::Stopped(msg.clone())),
+    }
+    let gaps = probe_obs.gaps;
+    let ckpt = run.file("model.bpk");
+    let bytes = method
+        .model()
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| BratsError::Checkpoint {
+            path: ckpt.clone(),
+            problem: format!("cannot serialise it: {e:?}"),
+        })?;
+    run.write("model.bpk", &bytes)?;
+    let columns = LogColumns::of(&method, &cfg.loop_);
+    run.write("train_log.csv", log_csv(&trained.log, &columns).as_bytes())?;
+    let names = method.modalities().names().to_vec();
+    let timing = trained.state.timing;
+    run.write_json(
+        "timing.json",
+        &json!({
+            "seconds_per_inner_step": timing.per_inner(trained.log.len()),
+            "seconds_per_meta_step": json_f64(timing.per_meta()),
+            "meta_steps": timing.meta_steps,
+            "iterations": trained.log.len(),
+            "final_iwv": iwv_map(&names, &method.state_values()),
+        }),
+    )?;
+    write_plots(
+        run,
+        &PlotData {
+            log: Some((&trained.log, &columns)),
+            feature_gap: Some(&gaps),
+            slice: None,
+        },
+    )?;
+    Ok(Trained {
+        method,
+        log: trained.log,
+        feature_gap: gaps,
+        timing,
+    })
+}
