@@ -8,7 +8,8 @@
 //! - [`crop`]: seeded training crops; [`sliding`]: sliding-window inference;
 //! - [`metrics`]: Dice and HD95 with the official BraTS edge cases, `summary.json`;
 //! - [`phantom`]: seeded synthetic heads with tumours (the CPU default data set);
-//! - [`splits`]: seeded train / meta-val / test splits in `splits.json`.
+//! - [`splits`]: seeded train / meta-val / test splits in `splits.json`;
+//! - [`check`]: every case a command will use checked up front, all problems in one report.
 //!
 //! # Conventions
 //! - Voxel order is NIfTI's, `i` fastest: `index = i + di * (j + dj * k)`; every
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod brats;
+pub mod check;
 pub mod crop;
 pub mod error;
 pub mod metrics;
@@ -32,13 +34,17 @@ pub mod sliding;
 pub mod splits;
 pub mod volume;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use brats::{
     Case, FileNaming, LabelConvention, LoadedCase, MODALITIES, MODALITY_SUFFIXES, Region,
     discover_cases, implied_convention, labels_to_regions, load_case, probs_to_labels,
     regions_to_labels,
 };
+pub use check::{CheckOptions, DataReport, Problem, check_case, check_data};
 pub use crop::{Crop, CropConfig, ForegroundIndex, random_crop};
-pub use error::{Result, VolumeError};
+pub use error::{Result, VolumeError, error_chain};
 pub use metrics::{CaseMetrics, MeanMetrics, RegionMetrics, evaluate_case, mean_metrics};
 pub use nifti_io::{
     StorageType, read_header, read_labels, read_volume, write_labels_like, write_volume_as,
