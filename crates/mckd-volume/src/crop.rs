@@ -11,7 +11,7 @@
 //!
 //! # Crops larger than the volume
 //! Policy: an error ([`VolumeError::CropTooLarge`], naming both sizes and the axis), neither
-//! padding nor clamping. At a coarser spacing (the `--spacing` pipeline) a brain is about
+//! padding nor clamping. At a coarser spacing ([`crate::resample`]) a brain is about
 //! 70×85×70 voxels at 2 mm, so a crop size meant for 1 mm would otherwise train silently on
 //! crops that are mostly zero padding; clamping would change the batch shape from case to
 //! case. [`CropConfig::check_fits`] is the same check for validating every case before

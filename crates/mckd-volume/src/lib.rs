@@ -9,6 +9,9 @@
 //! - [`metrics`]: Dice and HD95 with the official BraTS edge cases, `summary.json`;
 //! - [`phantom`]: seeded synthetic heads with tumours (the CPU default data set);
 //! - [`splits`]: seeded train / meta-val / test splits in `splits.json`;
+//! - [`resample`]: brain bounding boxes, crops and linear resampling to another spacing;
+//! - [`prepared`]: cases cropped and resampled for the `--spacing MM` pipeline, the way back
+//!   for predictions, and an on-disk cache of prepared cases;
 //! - [`check`]: every case a command will use checked up front, all problems in one report.
 //!
 //! # Conventions
@@ -29,7 +32,9 @@ pub mod error;
 pub mod metrics;
 pub mod nifti_io;
 pub mod phantom;
+pub mod prepared;
 pub mod preprocess;
+pub mod resample;
 pub mod sliding;
 pub mod splits;
 pub mod volume;
@@ -51,7 +56,12 @@ pub use nifti_io::{
     write_volume_like,
 };
 pub use phantom::{Phantom, PhantomConfig, make_phantom, write_phantom_dataset};
+pub use prepared::{
+    CacheOutcome, CaseGrid, PreparedCache, ResampledCase, prepare_case, prepare_loaded,
+    restore_labels, restore_probabilities,
+};
 pub use preprocess::{ClipRule, normalise, normalise_with};
+pub use resample::BBox;
 pub use sliding::sliding_window;
 pub use splits::{SplitFractions, Splits, make_splits};
 pub use volume::{Header, Volume};
