@@ -298,12 +298,15 @@ pub struct Case {
     pub naming: FileNaming,
 }
 
-/// `<dir>/<id><sep><suffix>.nii.gz`, or `.nii` if only that exists.
+/// `<dir>/<id><sep><suffix>.nii.gz`, or `.nii` if only that exists. A folder with the file's
+/// name is returned too, so that reading it says "is a directory" instead of "missing".
 fn find_file(dir: &Path, naming: FileNaming, id: &str, suffix: &str) -> Option<PathBuf> {
-    ["nii.gz", "nii"]
+    let candidates = ["nii.gz", "nii"].map(|ext| dir.join(naming.file_name(id, suffix, ext)));
+    candidates
         .iter()
-        .map(|ext| dir.join(naming.file_name(id, suffix, ext)))
         .find(|p| p.is_file())
+        .or_else(|| candidates.iter().find(|p| p.exists()))
+        .cloned()
 }
 
 impl Case {
@@ -352,7 +355,7 @@ impl Case {
 
 /// Whether `dir` looks like a case folder: it holds a `<dirname>_*.nii[.gz]` or
 /// `<dirname>-*.nii[.gz]` file.
-fn is_case_dir(dir: &Path) -> bool {
+pub(crate) fn is_case_dir(dir: &Path) -> bool {
     let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return false;
     };
@@ -377,7 +380,7 @@ pub fn implied_convention(cases: &[Case]) -> LabelConvention {
     }
 }
 
-fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
     let mut out: Vec<PathBuf> = rd
         .flatten()
@@ -392,9 +395,11 @@ fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 ///
 /// Layouts: BraTS 2018 (`<root>/HGG|LGG/<case>/<case>_*.nii.gz`; every sub-folder of
 /// `HGG` and `LGG` that holds a `<case>_*.nii[.gz]` file) or a flat folder of case folders
-/// (`<root>/<case>/...`). Folders without such files (e.g. run outputs) are skipped; a case
-/// folder missing a modality is an error naming the file; no case at all, or the same id
-/// twice, is a [`VolumeError::Layout`].
+/// (`<root>/<case>/...`). Folders without such files (e.g. run outputs, and empty folders)
+/// are skipped; a case folder missing a modality is an error naming the file; no case at
+/// all, or the same id twice, is a [`VolumeError::Layout`]. Discovery stops at the first
+/// problem and reads no file; [`crate::check::check_data`] reports every problem of the
+/// cases a command will use, empty case folders included.
 pub fn discover_cases(root: impl AsRef<Path>) -> Result<Vec<Case>> {
     let root = root.as_ref();
     if !root.is_dir() {
@@ -478,7 +483,9 @@ impl LoadedCase {
 }
 
 /// Loads a case: reads the four modalities (in parallel), checks that every file has the
-/// same grid (a mismatch is an error naming both files), normalises each modality
+/// same grid (dims: [`VolumeError::ShapeMismatch`]; spacing and affine within the
+/// tolerances of [`crate::check`]: [`VolumeError::GridMismatch`]; both name the two files),
+/// normalises each modality
 /// ([`crate::preprocess::normalise_with`], [`ClipRule::Scaled`]: the reference on BraTS-sized
 /// volumes) and reads the segmentation with `convention`.
 ///
@@ -494,13 +501,13 @@ pub fn load_case(case: &Case, convention: LabelConvention) -> Result<LoadedCase>
         })
         .collect();
     let mut vols = Vec::with_capacity(4);
-    let mut header = None;
+    let mut headers = Vec::with_capacity(4);
     for r in reads {
         let (v, h) = r?;
-        header.get_or_insert(h);
+        headers.push(h);
         vols.push(v);
     }
-    let header = header.expect("four modalities");
+    let header = headers[0].clone();
     let dims = vols[0].dims;
     for (m, v) in vols.iter().enumerate().skip(1) {
         if v.dims != dims {
@@ -512,9 +519,12 @@ pub fn load_case(case: &Case, convention: LabelConvention) -> Result<LoadedCase>
             });
         }
     }
+    for (m, h) in headers.iter().enumerate().skip(1) {
+        check_same_grid(&header, &case.modalities[0], h, &case.modalities[m])?;
+    }
     let seg = match &case.seg {
         Some(p) => {
-            let (labels, sdims, _) = read_labels(p, convention)?;
+            let (labels, sdims, sh) = read_labels(p, convention)?;
             if sdims != dims {
                 return Err(VolumeError::ShapeMismatch {
                     path_a: case.modalities[0].clone(),
@@ -523,6 +533,7 @@ pub fn load_case(case: &Case, convention: LabelConvention) -> Result<LoadedCase>
                     dims_b: sdims,
                 });
             }
+            check_same_grid(&header, &case.modalities[0], &sh, p)?;
             Some(labels)
         }
         None => None,
@@ -536,6 +547,18 @@ pub fn load_case(case: &Case, convention: LabelConvention) -> Result<LoadedCase>
         seg,
         header,
     })
+}
+
+/// [`VolumeError::GridMismatch`] if `b` (file `path_b`) is not on the grid of `a`.
+pub(crate) fn check_same_grid(a: &Header, path_a: &Path, b: &Header, path_b: &Path) -> Result<()> {
+    match crate::check::grid_difference(a, b) {
+        None => Ok(()),
+        Some(problem) => Err(VolumeError::GridMismatch {
+            path_a: path_a.to_path_buf(),
+            path_b: path_b.to_path_buf(),
+            problem,
+        }),
+    }
 }
 
 #[cfg(test)]

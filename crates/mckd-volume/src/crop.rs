@@ -5,10 +5,17 @@
 //!    drawn uniformly among the non-empty ones of (ET, TC, WT), then a voxel uniformly in
 //!    it (the reference draws a class the same way, so small ET is not drowned by WT);
 //!    otherwise — or when the case has no tumour — the crop position is uniform;
-//! 2. per axis the start is clamped to `[min(0, n − s), max(0, n − s)]` (size `s`, volume
-//!    `n`): a crop never leaves the volume when it fits, and a volume smaller than the crop
-//!    lies wholly inside it, zero-padded (images 0, labels 0 = background);
+//! 2. per axis the start is clamped to `[0, n − s]` (size `s`, volume `n`): a crop never
+//!    leaves the volume;
 //! 3. each axis is flipped independently with probability `flip_prob[axis]`.
+//!
+//! # Crops larger than the volume
+//! Policy: an error ([`VolumeError::CropTooLarge`], naming both sizes and the axis), neither
+//! padding nor clamping. At a coarser spacing ([`crate::resample`]) a brain is about
+//! 70×85×70 voxels at 2 mm, so a crop size meant for 1 mm would otherwise train silently on
+//! crops that are mostly zero padding; clamping would change the batch shape from case to
+//! case. [`CropConfig::check_fits`] is the same check for validating every case before
+//! training starts. [`extract_crop`] (an explicit box) still zero-pads what lies outside.
 //!
 //! Sizes are (i, j, k): [`DEFAULT_CROP`] = `[160, 160, 80]` is the paper's 80×160×160
 //! (D, H, W). A crop buffer per channel is laid out like a [`Volume`] of dims `size`.
@@ -40,6 +47,23 @@ impl Default for CropConfig {
             size: DEFAULT_CROP,
             foreground_prob: 0.5,
             flip_prob: [0.5; 3],
+        }
+    }
+}
+
+impl CropConfig {
+    /// Checks that crops of this size fit a volume of `dims` (i, j, k) on every axis; the
+    /// error ([`VolumeError::CropTooLarge`]) names both sizes, the first axis that does not
+    /// fit and `what` (e.g. the case id).
+    pub fn check_fits(&self, dims: [usize; 3], what: Option<&str>) -> Result<()> {
+        match (0..3).find(|&a| self.size[a] > dims[a]) {
+            None => Ok(()),
+            Some(axis) => Err(VolumeError::CropTooLarge {
+                crop: self.size,
+                volume: dims,
+                axis,
+                what: what.map(str::to_string),
+            }),
         }
     }
 }
@@ -166,7 +190,8 @@ fn check_inputs(images: &[Volume], labels: &[u8]) -> Result<[usize; 3]> {
     Ok(dims)
 }
 
-/// Draws one training crop (see the module docs).
+/// Draws one training crop (see the module docs). A crop larger than the volume on any
+/// axis is a [`VolumeError::CropTooLarge`].
 ///
 /// # Shapes
 /// `images`: C volumes of `dims` (e.g. the 4 modalities); `labels: [dk, dj, di]`;
@@ -185,12 +210,10 @@ pub fn random_crop<R: Rng + ?Sized>(
             cfg.size
         )));
     }
+    cfg.check_fits(dims, None)?;
     let size = cfg.size;
-    // Allowed start range per axis.
-    let range = |d: usize| {
-        let slack = dims[d] as isize - size[d] as isize;
-        (slack.min(0), slack.max(0))
-    };
+    // Allowed start range per axis (the crop fits: n − s >= 0).
+    let range = |d: usize| (0isize, dims[d] as isize - size[d] as isize);
     let non_empty: Vec<&Vec<usize>> = index.voxels.iter().filter(|v| !v.is_empty()).collect();
     let mut centre = None;
     if !non_empty.is_empty() && rng.random_bool(cfg.foreground_prob.clamp(0.0, 1.0)) {
@@ -272,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn random_crops_are_seeded_half_centred_on_tumour_and_padded_when_small() {
+    fn random_crops_are_seeded_half_centred_on_tumour_and_refused_when_too_large() {
         let dims = [40, 36, 30];
         let v = coords_volume(dims);
         let mut labels = vec![0u8; v.len()];
@@ -315,19 +338,46 @@ mod tests {
         let flips = a.iter().filter(|c| c.flipped[0]).count();
         assert!((60..=140).contains(&flips), "{flips}");
 
-        // Volume smaller than the crop: the whole volume lies inside, zero-padded.
-        let big = CropConfig {
-            size: [48, 40, 32],
+        // A crop exactly the size of the volume is the whole volume.
+        let whole = CropConfig {
+            size: dims,
             flip_prob: [0.0; 3],
             ..CropConfig::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for _ in 0..20 {
-            let c = random_crop(&images[..1], &labels, &index, &big, &mut rng).unwrap();
-            let nonzero = c.image.iter().filter(|&&x| x != 0.0).count();
-            assert_eq!(nonzero, v.len(), "every voxel is in the crop once");
-            assert_eq!(c.labels.iter().filter(|&&l| l > 0).count(), 80);
+        for _ in 0..5 {
+            let c = random_crop(&images[..1], &labels, &index, &whole, &mut rng).unwrap();
+            assert_eq!(
+                (c.image.as_slice(), c.origin),
+                (v.data.as_slice(), [0, 0, 0])
+            );
         }
+        // Larger than the volume on one axis (j: 37 > 36): an error naming both sizes and
+        // the axis, from random_crop and from the up-front check.
+        let big = CropConfig {
+            size: [40, 37, 30],
+            ..CropConfig::default()
+        };
+        let err = random_crop(&images[..1], &labels, &index, &big, &mut rng).unwrap_err();
+        assert!(
+            matches!(err, VolumeError::CropTooLarge { axis: 1, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("[40, 37, 30]") && msg.contains("[40, 36, 30]") && msg.contains("axis 1"),
+            "{msg}"
+        );
+        let msg = big
+            .check_fits(dims, Some("case_7"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("of case_7") && msg.contains("needs 37"),
+            "{msg}"
+        );
+        cfg.check_fits(dims, None).unwrap();
+        whole.check_fits(dims, None).unwrap();
         // No tumour at all: still works (uniform crops).
         let empty = ForegroundIndex::new(&vec![0u8; v.len()], c);
         let z = random_crop(&images, &vec![0u8; v.len()], &empty, &cfg, &mut rng).unwrap();

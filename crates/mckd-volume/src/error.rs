@@ -12,8 +12,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// An I/O operation on `path` failed (other than "not found", see
-    /// [`VolumeError::MissingFile`]).
-    #[error("I/O error on {}: {source}", path.display())]
+    /// [`VolumeError::MissingFile`]). The message does not repeat the OS error: it is the
+    /// [`source`](std::error::Error::source), which chain printers (`{:#}` of `anyhow`,
+    /// [`error_chain`]) append once.
+    #[error("I/O error on {}", path.display())]
     Io {
         /// File or folder the operation was about.
         path: PathBuf,
@@ -29,6 +31,34 @@ pub enum VolumeError {
         /// What the file is (e.g. `"t1ce modality file"`, `"file"`).
         what: String,
     },
+    /// A folder (or another non-file) is where a file is expected.
+    #[error("{} is a directory, expected {expected}", path.display())]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+        /// What was expected there (e.g. `"a .nii.gz or .nii file"`).
+        expected: String,
+    },
+    /// A crop is larger than the volume it is cut from (see [`crate::crop`] for the policy).
+    #[error(
+        "crop {crop:?} (i,j,k) does not fit the volume {volume:?}{}: axis {axis} needs {} \
+         voxels but the volume has {}",
+        what.as_ref().map(|w| format!(" of {w}")).unwrap_or_default(),
+        crop[*axis], volume[*axis]
+    )]
+    CropTooLarge {
+        /// Crop size (i, j, k).
+        crop: [usize; 3],
+        /// Volume dims (i, j, k).
+        volume: [usize; 3],
+        /// First axis (0 = i, 1 = j, 2 = k) where the crop is larger.
+        axis: usize,
+        /// What the volume is (e.g. a case id), if known.
+        what: Option<String>,
+    },
+    /// Checking a data set up front found problems; the report lists every one.
+    #[error("{0}")]
+    DataCheck(Box<crate::check::DataReport>),
     /// The gzip stream of `path` ends early or is corrupt.
     #[error("truncated or corrupt gzip stream in {}: {problem}", path.display())]
     Gzip {
@@ -108,6 +138,20 @@ pub enum VolumeError {
         /// Its dims (i, j, k).
         dims_b: [usize; 3],
     },
+    /// Two files of one case have the same dims but different spacings or affines (beyond
+    /// the tolerances of [`crate::check`]).
+    #[error(
+        "grid mismatch: {} is not on the grid of {}: {problem}",
+        path_b.display(), path_a.display()
+    )]
+    GridMismatch {
+        /// Reference file (the Flair).
+        path_a: PathBuf,
+        /// File that differs.
+        path_b: PathBuf,
+        /// What differs and by how much.
+        problem: String,
+    },
     /// A value cannot be stored in the requested NIfTI data type.
     #[error("cannot write {}: {problem}", path.display())]
     Unrepresentable {
@@ -124,8 +168,9 @@ pub enum VolumeError {
         /// What was expected and what was found.
         problem: String,
     },
-    /// A JSON file could not be written or parsed.
-    #[error("JSON error in {}: {source}", path.display())]
+    /// A JSON file could not be written or parsed (the parser's message is the source, see
+    /// [`VolumeError::Io`]).
+    #[error("JSON error in {}", path.display())]
     Json {
         /// JSON file.
         path: PathBuf,
@@ -145,6 +190,20 @@ pub enum VolumeError {
     /// configuration value is out of range. Not about a file.
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+/// The message of `error` followed by those of its sources, joined by `": "` (what `anyhow`
+/// prints for `{:#}`). Every source is printed once: no variant of [`VolumeError`] repeats
+/// its source in its own message.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Result type of `mckd-volume`.

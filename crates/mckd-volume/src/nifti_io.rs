@@ -10,7 +10,13 @@
 //!   `value = raw * scl_slope + scl_inter`;
 //! - data types uint8, int8, int16, uint16, int32, uint32, int64, uint64, float32 and
 //!   float64 are accepted; complex and RGB types are an error;
-//! - 4-D+ files are accepted only when the extra dimensions are 1.
+//! - 4-D+ files are accepted only when the extra dimensions are 1;
+//! - a folder where a file is expected is a [`VolumeError::NotAFile`];
+//! - memory is bounded by what the file holds, never by what its header claims: the
+//!   declared size (`vox_offset` + voxels × bytes per voxel) must be at most
+//!   [`MAX_NIFTI_BYTES`], a gzip stream is decompressed only up to that size, and the voxel
+//!   buffer is allocated only after the data was found to be there (details at
+//!   `decode_nifti`; the fuzz tests check it).
 //!
 //! Writers copy the input's header (dims, pixdim, qform, sform, codes, units, description),
 //! set the data type, `scl_slope = 1`, `scl_inter = 0`, `cal_min = cal_max = 0`,
@@ -54,10 +60,10 @@ impl StorageType {
 }
 
 /// A decoded file: header, grid and voxel values (scaled) as `f32`.
-struct RawVolume {
-    header: Header,
-    dims: [usize; 3],
-    values: Vec<f32>,
+pub(crate) struct RawVolume {
+    pub(crate) header: Header,
+    pub(crate) dims: [usize; 3],
+    pub(crate) values: Vec<f32>,
 }
 
 /// Reads a 3-D image (any supported data type) as `f32`, with scaling applied.
@@ -119,9 +125,11 @@ pub fn read_labels(
     Ok((labels, raw.dims, raw.header))
 }
 
-/// Reads only the header (and extension list) of a NIfTI file.
+/// Reads only the header (and extension list) of a NIfTI file: the start of the file is
+/// read and decompressed, the voxel data is neither read nor checked (a truncated file
+/// still gives its header; [`read_volume`] reports it).
 pub fn read_header(path: impl AsRef<Path>) -> Result<Header> {
-    Ok(read_raw(path.as_ref())?.header)
+    read_header_only(path.as_ref())
 }
 
 /// Writes a label map as `uint8` on the grid of `header` (its affine, qform, sform, pixdim).
@@ -242,7 +250,7 @@ fn write_nifti(
 }
 
 /// Serialises a NIfTI-1 header as 348 little-endian bytes.
-fn header_bytes(h: &nifti::NiftiHeader) -> Vec<u8> {
+pub(crate) fn header_bytes(h: &nifti::NiftiHeader) -> Vec<u8> {
     let mut b = Vec::with_capacity(348);
     b.extend_from_slice(&h.sizeof_hdr.to_le_bytes());
     b.extend_from_slice(&h.data_type);
@@ -370,33 +378,63 @@ fn looks_like_extensions(bytes: &[u8]) -> bool {
     off == bytes.len()
 }
 
-/// Reads the whole file, decompressing gzip (detected by magic bytes).
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| VolumeError::io(path, e))?;
-    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
-        // ISIZE trailer (uncompressed size mod 2^32) as a capacity hint.
-        let hint = if bytes.len() >= 18 {
-            let n = bytes.len();
-            u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]) as usize
-        } else {
-            0
-        };
-        let mut out = Vec::with_capacity(hint.min(1 << 31));
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| VolumeError::Gzip {
-                path: path.to_path_buf(),
-                problem: e.to_string(),
-            })?;
-        Ok(out)
-    } else {
-        Ok(bytes)
-    }
+/// Largest decompressed NIfTI file (header, extensions and voxel data) the readers accept:
+/// 2 GiB. A header that declares more is a [`VolumeError::Header`] error before anything is
+/// allocated for the voxels (a BraTS volume is 18 MB; 1024³ `uint8` voxels still fit).
+pub const MAX_NIFTI_BYTES: usize = 1 << 31;
+
+/// Decompressed bytes after the voxel data that are read (and discarded) so that the gzip
+/// checksum of the stream is verified; a stream with more is an error.
+const MAX_TRAILING_BYTES: u64 = 64 << 20;
+
+/// The gzip size trailer is trusted as a capacity hint only up to this many times the
+/// compressed size (the buffer then grows as data arrives).
+const GZIP_HINT_RATIO: usize = 64;
+
+/// Whether `bytes` start with the gzip magic number.
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 
-/// Parses header, extension list and voxel values of a single-file NIfTI-1 volume.
-fn read_raw(path: &Path) -> Result<RawVolume> {
-    let bytes = read_bytes(path)?;
+/// Reads a whole file; a folder is a [`VolumeError::NotAFile`].
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| VolumeError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(VolumeError::NotAFile {
+            path: path.to_path_buf(),
+            expected: "a .nii.gz or .nii file".to_string(),
+        });
+    }
+    std::fs::read(path).map_err(|e| VolumeError::io(path, e))
+}
+
+/// Appends to `buf` what `reader` yields until `buf` holds `limit` bytes or the stream ends.
+fn read_up_to(path: &Path, reader: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> Result<()> {
+    let want = limit.saturating_sub(buf.len()) as u64;
+    reader
+        .take(want)
+        .read_to_end(buf)
+        .map(|_| ())
+        .map_err(|e| VolumeError::Gzip {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })
+}
+
+/// What the header says about the voxel data, validated.
+struct Layout {
+    raw: nifti::NiftiHeader,
+    dims: [usize; 3],
+    dtype: DType,
+    little: bool,
+    vox_offset: usize,
+    /// `vox_offset` + voxels × bytes per voxel, at most [`MAX_NIFTI_BYTES`].
+    expected: usize,
+}
+
+/// Parses and validates the 348-byte header at the start of `bytes` (a shorter buffer is a
+/// [`VolumeError::Truncated`]): magic, dims, data type, offsets and the declared size.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Layout> {
     let header_err = |problem: String| VolumeError::Header {
         path: path.to_path_buf(),
         problem,
@@ -453,7 +491,7 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
     let n = voxel_count(dims);
 
     // Data type.
-    let (code, size) = match raw.datatype {
+    let (dtype, size) = match raw.datatype {
         2 => (DType::U8, 1),
         4 => (DType::I16, 2),
         8 => (DType::I32, 4),
@@ -478,31 +516,111 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
             "vox_offset = {vox} is not a byte offset"
         )));
     }
+    if f64::from(vox) > MAX_NIFTI_BYTES as f64 {
+        return Err(header_err(format!(
+            "vox_offset = {vox} is beyond the {MAX_NIFTI_BYTES}-byte limit of this reader"
+        )));
+    }
     let vox_offset = if vox == 0.0 { 352 } else { vox as usize };
     if vox_offset < 348 {
         return Err(header_err(format!(
             "vox_offset = {vox_offset} points inside the 348-byte header"
         )));
     }
-    let Some(expected) = n.checked_mul(size).and_then(|b| b.checked_add(vox_offset)) else {
-        return Err(header_err(format!(
-            "vox_offset {vox_offset} + {n} voxels × {size} bytes overflows"
-        )));
-    };
-    if bytes.len() < expected {
-        return Err(VolumeError::Truncated {
+    let expected = n
+        .checked_mul(size)
+        .and_then(|b| b.checked_add(vox_offset))
+        .filter(|&e| e <= MAX_NIFTI_BYTES)
+        .ok_or_else(|| {
+            header_err(format!(
+                "dims {dims:?} of {size}-byte voxels at offset {vox_offset} declare more than \
+                 the {MAX_NIFTI_BYTES}-byte limit of this reader"
+            ))
+        })?;
+    Ok(Layout {
+        raw,
+        dims,
+        dtype,
+        little,
+        vox_offset,
+        expected,
+    })
+}
+
+/// Decodes a whole NIfTI file held in memory (`file` as read from disk, gzip-compressed or
+/// not; `path` only names it in errors).
+///
+/// Memory (the bound the fuzz tests check): an uncompressed file is not copied; a gzip
+/// stream is decompressed only up to the size the header declares ([`MAX_NIFTI_BYTES`] at
+/// most), into a buffer preallocated to at most `min(declared, gzip size trailer,
+/// 64 × file size)` that then grows as data arrives (at most twice the bytes present); the
+/// voxel values take 4 bytes per voxel present. No header value alone can make the reader
+/// allocate more than that.
+pub(crate) fn decode_nifti(path: &Path, file: &[u8]) -> Result<RawVolume> {
+    let (layout, bytes): (Layout, std::borrow::Cow<[u8]>) = if is_gzip(file) {
+        let mut dec = flate2::read::MultiGzDecoder::new(file);
+        let mut buf = Vec::with_capacity(352);
+        read_up_to(path, &mut dec, &mut buf, 348)?;
+        let layout = parse_header(path, &buf)?;
+        let isize_hint = if file.len() >= 18 {
+            let n = file.len();
+            u32::from_le_bytes([file[n - 4], file[n - 3], file[n - 2], file[n - 1]]) as usize
+        } else {
+            0
+        };
+        let hint = layout
+            .expected
+            .min(isize_hint)
+            .min(file.len().saturating_mul(GZIP_HINT_RATIO));
+        buf.reserve(hint.saturating_sub(buf.len()));
+        read_up_to(path, &mut dec, &mut buf, layout.expected)?;
+        if buf.len() < layout.expected {
+            return Err(VolumeError::Truncated {
+                path: path.to_path_buf(),
+                expected: layout.expected,
+                actual: buf.len(),
+                vox_offset: layout.vox_offset,
+            });
+        }
+        // Read to the end of the stream so that its checksum is verified.
+        let trailing = std::io::copy(
+            &mut (&mut dec).take(MAX_TRAILING_BYTES + 1),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| VolumeError::Gzip {
             path: path.to_path_buf(),
-            expected,
-            actual: bytes.len(),
-            vox_offset,
-        });
-    }
-    let extensions = parse_extensions(&bytes, vox_offset, little);
+            problem: e.to_string(),
+        })?;
+        if trailing > MAX_TRAILING_BYTES {
+            return Err(VolumeError::Header {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "more than {MAX_TRAILING_BYTES} bytes follow the {} bytes of header and \
+                     voxel data",
+                    layout.expected
+                ),
+            });
+        }
+        (layout, std::borrow::Cow::Owned(buf))
+    } else {
+        let layout = parse_header(path, file)?;
+        if file.len() < layout.expected {
+            return Err(VolumeError::Truncated {
+                path: path.to_path_buf(),
+                expected: layout.expected,
+                actual: file.len(),
+                vox_offset: layout.vox_offset,
+            });
+        }
+        let end = layout.expected;
+        (layout, std::borrow::Cow::Borrowed(&file[..end]))
+    };
+    let extensions = parse_extensions(&bytes, layout.vox_offset, layout.little);
 
     // Values, scaled.
-    let data = &bytes[vox_offset..expected];
-    let mut values = decode(data, code, little);
-    let (slope, inter) = (raw.scl_slope, raw.scl_inter);
+    let mut values = decode(&bytes[layout.vox_offset..], layout.dtype, layout.little);
+    drop(bytes);
+    let (slope, inter) = (layout.raw.scl_slope, layout.raw.scl_inter);
     if slope != 0.0 && slope.is_finite() && (slope != 1.0 || inter != 0.0) {
         let inter = if inter.is_finite() { inter } else { 0.0 };
         let (s, c) = (f64::from(slope), f64::from(inter));
@@ -511,19 +629,62 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
         }
     }
     Ok(RawVolume {
-        header: Header::from_parts(raw, extensions, Some(path.to_path_buf())),
-        dims,
+        header: Header::from_parts(layout.raw, extensions, Some(path.to_path_buf())),
+        dims: layout.dims,
         values,
     })
 }
 
-/// Lists the extensions between byte 352 and `vox_offset` (stops at the first malformed
-/// one; only informational).
+/// Parses header, extension list and voxel values of a single-file NIfTI-1 volume.
+fn read_raw(path: &Path) -> Result<RawVolume> {
+    let file = read_file(path)?;
+    decode_nifti(path, &file)
+}
+
+/// Extension bytes read by [`read_header`] at most (the AFNI extensions of BraTS files are
+/// a few kB).
+const MAX_HEADER_EXTENSION_BYTES: usize = 16 << 20;
+
+/// Reads the header and the extensions in front of the voxel data, streaming: only the
+/// first bytes of the file are read and decompressed.
+fn read_header_only(path: &Path) -> Result<Header> {
+    use std::io::BufRead;
+    let meta = std::fs::metadata(path).map_err(|e| VolumeError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(VolumeError::NotAFile {
+            path: path.to_path_buf(),
+            expected: "a .nii.gz or .nii file".to_string(),
+        });
+    }
+    let file = std::fs::File::open(path).map_err(|e| VolumeError::io(path, e))?;
+    let mut input = std::io::BufReader::new(file);
+    let start = input.fill_buf().map_err(|e| VolumeError::io(path, e))?;
+    let mut reader: Box<dyn Read> = if is_gzip(start) {
+        Box::new(flate2::read::MultiGzDecoder::new(input))
+    } else {
+        Box::new(input)
+    };
+    let mut buf = Vec::with_capacity(352);
+    read_up_to(path, &mut reader, &mut buf, 348)?;
+    let layout = parse_header(path, &buf)?;
+    let prefix = layout.vox_offset.min(348 + MAX_HEADER_EXTENSION_BYTES);
+    read_up_to(path, &mut reader, &mut buf, prefix)?;
+    let extensions = parse_extensions(&buf, layout.vox_offset, layout.little);
+    Ok(Header::from_parts(
+        layout.raw,
+        extensions,
+        Some(path.to_path_buf()),
+    ))
+}
+
+/// Lists the extensions between byte 352 and `vox_offset`, within the bytes given (stops at
+/// the first malformed one; only informational).
 fn parse_extensions(bytes: &[u8], vox_offset: usize, little: bool) -> Vec<ExtensionInfo> {
     let mut out = Vec::new();
     if vox_offset < 352 || bytes.len() < 352 || bytes[348] == 0 {
         return out;
     }
+    let end = vox_offset.min(bytes.len());
     let rd = |o: usize| {
         let a = [bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]];
         if little {
@@ -533,9 +694,9 @@ fn parse_extensions(bytes: &[u8], vox_offset: usize, little: bool) -> Vec<Extens
         }
     };
     let mut off = 352;
-    while off + 8 <= vox_offset {
+    while off + 8 <= end {
         let (esize, ecode) = (rd(off), rd(off + 4));
-        if esize < 8 || off + esize as usize > vox_offset {
+        if esize < 8 || off + esize as usize > end {
             break;
         }
         out.push(ExtensionInfo {

@@ -179,7 +179,12 @@ impl Splits {
     pub fn load(path: impl AsRef<Path>) -> Result<Splits> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| VolumeError::io(path, e))?;
-        let s: Splits = serde_json::from_str(&text).map_err(|e| VolumeError::Json {
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and validates the text of a `splits.json` (`path` names it in errors).
+    pub(crate) fn from_json(text: &str, path: &Path) -> Result<Splits> {
+        let s: Splits = serde_json::from_str(text).map_err(|e| VolumeError::Json {
             path: path.to_path_buf(),
             source: e,
         })?;
