@@ -465,6 +465,7 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
     }
     let mut seen = HashSet::new();
     let mut paths = Vec::with_capacity(sounds.len());
+    let mut missing = Vec::new();
     for (d, name) in &sounds {
         let path = kit.fsdd.join(name);
         if parse_fsdd_name(name).map(|n| n.0 as usize) != Some(*d) || !seen.insert(name) {
@@ -474,9 +475,34 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
             ));
         }
         if !path.is_file() {
-            return Err(DataError::Missing { path });
+            missing.push(name.as_str());
         }
         paths.push(path);
+    }
+    match missing[..] {
+        [] => {}
+        [one] => {
+            return Err(DataError::Missing {
+                path: kit.fsdd.join(one),
+            });
+        }
+        [..] => {
+            let more = missing.len().saturating_sub(5);
+            return Err(DataError::Layout {
+                dir: kit.fsdd.clone(),
+                msg: format!(
+                    "{} of the {} recordings the split names are missing: {}{}",
+                    missing.len(),
+                    paths.len(),
+                    missing[..missing.len().min(5)].join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
     }
 
     let f = |n: &str| kit.mnist.join(n);
@@ -698,6 +724,22 @@ mod tests {
         let e = load_avmnist(t.path(), Some(&split)).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e}");
         assert!(e.to_string().contains("3_theo_20.wav"), "{e}");
+        std::fs::remove_file(kit.join("fsdd/0_jackson_3.wav")).unwrap();
+        let e = load_avmnist(t.path(), Some(&split))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "2 of the 1500 recordings the split names are missing: 3_theo_20.wav, \
+                 0_jackson_3.wav"
+            ),
+            "{e}"
+        );
+        symlink(
+            real.join("avmnist/fsdd/0_jackson_3.wav"),
+            kit.join("fsdd/0_jackson_3.wav"),
+        )
+        .unwrap();
         let stereo = crate::wav::tests::make_wav(1, 2, 16, &[0; 8], None);
         t.write("avmnist/fsdd/3_theo_20.wav", &stereo);
         let e = load_avmnist(t.path(), Some(&split))
