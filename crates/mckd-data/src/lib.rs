@@ -4,7 +4,8 @@
 //! * [`wav`]: 16-bit PCM mono WAV reader (FSDD);
 //! * [`mfcc`]: SMIL's 20x20 MFCC (librosa 0.7.0 semantics);
 //! * [`split`]: SMIL's file selection and pairing (`smil_split.json` or the rule);
-//! * [`avmnist`]: the 1,050 + 450 normalised samples and the missing-modality settings;
+//! * [`avmnist`]: the 1,050 + 450 normalised samples, the missing-modality settings and the
+//!   paper's 900 / 150 / 450 split ([`ValidationCarve::Paper`]);
 //! * [`download`]: find or fetch the raw kit, verify sha256;
 //! * [`manifest`]: `sha256sum`-style manifests (the kit's, and the compiled-in one of the
 //!   public sources).
@@ -37,7 +38,7 @@ pub use error::{DataError, Result};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use manifest::Manifest;
 pub use mfcc::{Mfcc, smil_mfcc};
-pub use split::{SmilSplit, TestSet, smil_split_from_rule};
+pub use split::{CarveLayout, SmilSplit, TestSet, ValidationCarve, smil_split_from_rule};
 pub use wav::{Wav, read_wav};
 
 #[cfg(test)]
