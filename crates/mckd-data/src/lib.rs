@@ -19,6 +19,8 @@
 pub mod avmnist;
 pub mod download;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod idx;
 pub mod manifest;
 pub mod mfcc;

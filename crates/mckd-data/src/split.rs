@@ -59,6 +59,8 @@ pub const TEST_PER_CLASS: usize = 45;
 pub const FSDD_FIRST_TRAIN_INDEX: u32 = 15;
 /// Recordings per digit and speaker in FSDD v1.0.8.
 pub const FSDD_PER_SPEAKER: u32 = 50;
+/// Largest split file [`SmilSplit::load`] reads (16 MiB; the kit's is 70,707 bytes).
+pub const MAX_SPLIT_BYTES: u64 = 16 << 20;
 
 /// Which 45 MNIST test images per digit form the test set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,10 +266,26 @@ struct RawTest {
 }
 
 impl SmilSplit {
-    /// Read and validate a `smil_split.json` file.
+    /// Read and validate a `smil_split.json` file (at most [`MAX_SPLIT_BYTES`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        Self::from_json(&text, path)
+        let len = std::fs::metadata(path)
+            .map_err(|e| DataError::io(path, e))?
+            .len();
+        if len > MAX_SPLIT_BYTES {
+            return Err(DataError::format(
+                path,
+                format!("{len} bytes; split files above {MAX_SPLIT_BYTES} bytes are not read"),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        Self::from_json_bytes(&bytes, path)
+    }
+
+    /// [`SmilSplit::from_json`] on the bytes of a file, which must be UTF-8.
+    pub fn from_json_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| DataError::format(path, format!("not UTF-8 text: {e}")))?;
+        Self::from_json(text, path)
     }
 
     /// Parse and validate JSON text; `path` is only used in error messages.
