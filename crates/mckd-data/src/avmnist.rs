@@ -605,9 +605,9 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
     }
     if std::env::var_os("MCKD_DATA_TIMING").is_some() {
         eprintln!(
-            "load_avmnist: MNIST done at {t_mnist:?}, {} MFCCs done at {t_mfcc:?} (in \
-             parallel), total {:?}",
+            "load_avmnist: MNIST {t_mnist:?}, {} MFCCs {:?}, total {:?}",
             paths.len(),
+            t_mfcc - t_mnist,
             t0.elapsed()
         );
     }
