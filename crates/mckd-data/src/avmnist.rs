@@ -20,6 +20,14 @@
 //!   train recordings are then present, only `p` images per digit;
 //! * (c) [`AvMnist::paired_train`]`(105)` (equal to `train`): the full paired set.
 //!
+//! The paper's 60 / 10 / 30 split (900 / 150 / 450) takes a meta-validation set out of the
+//! pool first ([`ValidationCarve::Paper`], rule in [`crate::split`]'s module doc):
+//! [`AvMnist::validation`] gives its 150 paired samples, and
+//! [`AvMnist::missing_audio_carved`] / [`AvMnist::missing_visual_carved`] /
+//! [`AvMnist::paired_train_carved`] build the settings above from the remaining 90 per digit
+//! (the same SMIL pairs; `p` at most 90). The methods without `_carved` are
+//! [`ValidationCarve::None`].
+//!
 //! [`AvMnist::paired_train`]`(p)` gives the `p` SMIL pairs per digit alone. `p` must be a
 //! multiple of 3 in `0..=105` (SMIL's lists misalign otherwise). The test set is
 //! [`AvMnist::test`], 45 pairs per digit (`TestSet::Last45` unless chosen otherwise); a
@@ -34,11 +42,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::error::{DataError, Result};
 use crate::idx::{IdxImages, read_idx_images, read_idx_labels};
 use crate::mfcc::{MAX_FRAMES, Mfcc, N_MFCC, smil_mfcc, smil_mfcc_frames};
 use crate::split::{
-    NUM_CLASSES, SmilSplit, TestSet, check_p, parse_fsdd_name, smil_sound_position,
+    CarveLayout, NUM_CLASSES, SmilSplit, TestSet, ValidationCarve, parse_fsdd_name,
     smil_split_from_rule,
 };
 use crate::wav::read_wav;
@@ -171,13 +181,37 @@ impl AvMnist {
     /// with sound `j` of `jackson[:p/3] + nicolas[:p/3] + theo[:p/3]`. `p = pool` gives
     /// `train` itself (setting (c)).
     pub fn paired_train(&self, p: usize) -> Result<Vec<AvSample>> {
-        let pool = self.pool_per_class()?;
-        check_p(p, pool)?;
+        self.paired_train_carved(p, ValidationCarve::None)
+    }
+
+    /// Setting (a): [`AvMnist::paired_train`]`(p)` plus images `p..pool` of each digit
+    /// without sound.
+    pub fn missing_audio(&self, p: usize) -> Result<MissingAudio> {
+        self.missing_audio_carved(p, ValidationCarve::None)
+    }
+
+    /// Setting (b): [`AvMnist::paired_train`]`(p)` plus, per digit, the `pool - p` recordings
+    /// SMIL's pairing leaves unused (`speaker[p/3..pool/3]` for each speaker) without image.
+    pub fn missing_visual(&self, p: usize) -> Result<MissingVisual> {
+        self.missing_visual_carved(p, ValidationCarve::None)
+    }
+
+    /// The carve's positions for this dataset's pool (see [`crate::split`]'s module doc);
+    /// the paper's carve needs a pool that is a multiple of 21 (105 for the real data).
+    pub fn carve_layout(&self, carve: ValidationCarve) -> Result<CarveLayout> {
+        carve.layout(self.pool_per_class()?)
+    }
+
+    /// SMIL's `p` training pairs per digit under `carve` (the same pairs with or without the
+    /// carve; `p` at most the training samples per digit, 90 of 105 with the paper's carve).
+    pub fn paired_train_carved(&self, p: usize, carve: ValidationCarve) -> Result<Vec<AvSample>> {
+        let l = self.carve_layout(carve)?;
+        l.check_p(p)?;
         let mut out = Vec::with_capacity(NUM_CLASSES * p);
         for d in 0..NUM_CLASSES {
-            let base = d * pool;
+            let base = d * l.pool;
             for j in 0..p {
-                let sound = &self.train[base + smil_sound_position(j, p, pool)];
+                let sound = &self.train[base + l.train_sound(j, p)];
                 let img = &self.train[base + j];
                 out.push(AvSample {
                     image: img.image.clone(),
@@ -190,22 +224,23 @@ impl AvMnist {
         Ok(out)
     }
 
-    /// Setting (a): [`AvMnist::paired_train`]`(p)` plus images `p..pool` of each digit
-    /// without sound.
-    pub fn missing_audio(&self, p: usize) -> Result<MissingAudio> {
-        let paired = self.paired_train(p)?;
-        let pool = self.train.len() / NUM_CLASSES;
+    /// Setting (a) under `carve`: [`AvMnist::paired_train_carved`] plus, per digit, the
+    /// training images `p..train_per_class` without sound (`pos` = image position). With the
+    /// paper's carve: `10 p` paired + `10 (90 - p)` image-only = 900 training samples.
+    pub fn missing_audio_carved(&self, p: usize, carve: ValidationCarve) -> Result<MissingAudio> {
+        let paired = self.paired_train_carved(p, carve)?;
+        let l = self.carve_layout(carve)?;
         let image_only = self
             .train
             .iter()
-            .filter(|s| s.pos >= p)
+            .filter(|s| (p..l.train_per_class()).contains(&s.pos))
             .map(|s| ImageSample {
                 image: s.image.clone(),
                 label: s.label,
                 pos: s.pos,
             })
             .collect::<Vec<_>>();
-        debug_assert_eq!(image_only.len(), NUM_CLASSES * (pool - p));
+        debug_assert_eq!(image_only.len(), NUM_CLASSES * (l.train_per_class() - p));
         Ok(MissingAudio {
             p,
             paired,
@@ -213,28 +248,53 @@ impl AvMnist {
         })
     }
 
-    /// Setting (b): [`AvMnist::paired_train`]`(p)` plus, per digit, the `pool - p` recordings
-    /// SMIL's pairing leaves unused (`speaker[p/3..pool/3]` for each speaker) without image.
-    pub fn missing_visual(&self, p: usize) -> Result<MissingVisual> {
-        let paired = self.paired_train(p)?;
-        let pool = self.train.len() / NUM_CLASSES;
-        let per = pool / 3;
-        let audio_only = self
-            .train
-            .iter()
-            .filter(|s| s.pos % per >= p / 3)
-            .map(|s| AudioSample {
-                audio: s.audio.clone(),
-                label: s.label,
-                pos: s.pos,
-            })
-            .collect::<Vec<_>>();
-        debug_assert_eq!(audio_only.len(), NUM_CLASSES * (pool - p));
+    /// Setting (b) under `carve`: [`AvMnist::paired_train_carved`] plus, per digit, the
+    /// training recordings no pair uses (`speaker[p/3..]` up to the carve) without image
+    /// (`pos` = full-pool sound position). With the paper's carve: `10 p` paired +
+    /// `10 (90 - p)` audio-only = 900 training samples.
+    pub fn missing_visual_carved(&self, p: usize, carve: ValidationCarve) -> Result<MissingVisual> {
+        let paired = self.paired_train_carved(p, carve)?;
+        let l = self.carve_layout(carve)?;
+        let unpaired = l.audio_only_sounds(p);
+        let mut audio_only = Vec::with_capacity(NUM_CLASSES * unpaired.len());
+        for d in 0..NUM_CLASSES {
+            for &i in &unpaired {
+                let s = &self.train[d * l.pool + i];
+                audio_only.push(AudioSample {
+                    audio: s.audio.clone(),
+                    label: s.label,
+                    pos: s.pos,
+                });
+            }
+        }
         Ok(MissingVisual {
             p,
             paired,
             audio_only,
         })
+    }
+
+    /// The meta-validation set D_v under `carve`, both modalities, class-major: empty for
+    /// [`ValidationCarve::None`]; with the paper's carve 15 per digit (150): image `90 + v`
+    /// (`pos` = 90 + v) with the `v`-th of each speaker's last 5 train recordings
+    /// (`jackson[30..35] + nicolas[30..35] + theo[30..35]`). Disjoint from every training
+    /// setting built with the same carve and from `test`.
+    pub fn validation(&self, carve: ValidationCarve) -> Result<Vec<AvSample>> {
+        let l = self.carve_layout(carve)?;
+        let mut out = Vec::with_capacity(NUM_CLASSES * l.validation_per_class());
+        for d in 0..NUM_CLASSES {
+            let base = d * l.pool;
+            for (v, i) in l.validation_images().enumerate() {
+                let img = &self.train[base + i];
+                out.push(AvSample {
+                    image: img.image.clone(),
+                    audio: self.train[base + l.validation_sound(v)].audio.clone(),
+                    label: img.label,
+                    pos: i,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Deterministic synthetic stand-in with the same layout (for smoke tests without the
@@ -430,27 +490,13 @@ fn mfcc_of(path: &Path) -> Result<Mfcc> {
     Ok(smil_mfcc(&w.samples))
 }
 
-/// MFCCs of `paths`, in order, on all available cores.
+/// MFCCs of `paths`, in order, on rayon's thread pool. Each file is computed independently by
+/// the same code, so the values are bit-identical to a serial map; the results are gathered in
+/// input order and the first failing file *in that order* is reported (rayon's own
+/// `Result` collect would return an arbitrary one of several errors).
 fn mfccs_parallel(paths: &[PathBuf]) -> Result<Vec<Mfcc>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
-    let chunk = paths.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<Mfcc>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = paths
-            .chunks(chunk)
-            .map(|c| scope.spawn(move || c.iter().map(|p| mfcc_of(p)).collect()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("MFCC worker panicked"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(paths.len());
-    for part in parts {
-        out.extend(part?);
-    }
-    Ok(out)
+    let each: Vec<Result<Mfcc>> = paths.par_iter().map(|p| mfcc_of(p)).collect();
+    each.into_iter().collect()
 }
 
 /// Load with an explicit split and test set. See [`load_avmnist`].
@@ -477,6 +523,7 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
     }
     let mut seen = HashSet::new();
     let mut paths = Vec::with_capacity(sounds.len());
+    let mut missing = Vec::new();
     for (d, name) in &sounds {
         let path = kit.fsdd.join(name);
         if parse_fsdd_name(name).map(|n| n.0 as usize) != Some(*d) || !seen.insert(name) {
@@ -486,9 +533,34 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
             ));
         }
         if !path.is_file() {
-            return Err(DataError::Missing { path });
+            missing.push(name.as_str());
         }
         paths.push(path);
+    }
+    match missing[..] {
+        [] => {}
+        [one] => {
+            return Err(DataError::Missing {
+                path: kit.fsdd.join(one),
+            });
+        }
+        [..] => {
+            let more = missing.len().saturating_sub(5);
+            return Err(DataError::Layout {
+                dir: kit.fsdd.clone(),
+                msg: format!(
+                    "{} of the {} recordings the split names are missing: {}{}",
+                    missing.len(),
+                    paths.len(),
+                    missing[..missing.len().min(5)].join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
     }
 
     let f = |n: &str| kit.mnist.join(n);
@@ -505,9 +577,8 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
     let train_images = read_idx_images(&tri)?;
     let test_images = read_idx_images(&tei)?;
     let t_mnist = t0.elapsed();
-
     let mfccs = mfccs_parallel(&paths)?;
-    let t_mfcc = t0.elapsed() - t_mnist;
+    let t_mfcc = t0.elapsed();
     let mut audio = mfccs.iter().map(normalise_mfcc);
 
     let mut train = Vec::with_capacity(sounds.len());
@@ -534,8 +605,9 @@ pub fn load_avmnist_with(data_dir: &Path, split: &SmilSplit, test_set: TestSet) 
     }
     if std::env::var_os("MCKD_DATA_TIMING").is_some() {
         eprintln!(
-            "load_avmnist: MNIST {t_mnist:?}, {} MFCCs {t_mfcc:?}, total {:?}",
+            "load_avmnist: MNIST {t_mnist:?}, {} MFCCs {:?}, total {:?}",
             paths.len(),
+            t_mfcc - t_mnist,
             t0.elapsed()
         );
     }
@@ -638,6 +710,157 @@ mod tests {
         }
     }
 
+    /// The parallel MFCC map equals the serial one bit for bit and in order, and reports the
+    /// first bad file in input order.
+    #[test]
+    fn parallel_mfccs_are_bit_identical_and_ordered() {
+        let fsdd = data_dir().join("avmnist/fsdd");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&fsdd)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("_theo_"))
+            .collect();
+        paths.sort();
+        paths.truncate(150);
+        let par = mfccs_parallel(&paths).unwrap();
+        let bits = |m: &Mfcc| m.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (p, m) in paths.iter().zip(&par) {
+            assert_eq!(bits(m), bits(&mfcc_of(p).unwrap()), "{}", p.display());
+        }
+        let t = TempDir::new("mfcc_par_bad");
+        let bad1 = t.write("a_bad.wav", b"not a wav");
+        let bad2 = t.write("b_bad.wav", b"RIFX");
+        let mut with_bad = paths[..40].to_vec();
+        with_bad.insert(30, bad1);
+        with_bad.push(bad2);
+        let e = mfccs_parallel(&with_bad).unwrap_err().to_string();
+        assert!(e.contains("a_bad.wav"), "{e}");
+    }
+
+    /// The paper's 60 / 10 / 30 split on the real data, for the pairs per digit of the four
+    /// rows (5 / 10 / 15 / 20 % -> 6 / 15 / 21 / 30, mckd-avmnist's `PercentMapping::Total`):
+    /// 900 training samples per setting, 150 validation (15 per digit, both modalities, each
+    /// image and recording the split names for it, labels agreeing), 450 test; training pairs
+    /// are SMIL's; no image or recording of the validation set is in any training setting or in
+    /// the test set (compared by content).
+    #[test]
+    fn paper_carve_900_150_450() {
+        let av = loaded();
+        let split = SmilSplit::load(&data_dir().join("avmnist/smil_split.json")).unwrap();
+        let m = data_dir().join("avmnist/mnist");
+        let images = read_idx_images(&m.join("train-images-idx3-ubyte.gz")).unwrap();
+        let labels = read_idx_labels(&m.join("train-labels-idx1-ubyte.gz")).unwrap();
+        let fsdd = data_dir().join("avmnist/fsdd");
+        let val = av.validation(ValidationCarve::Paper).unwrap();
+        assert_eq!(val.len(), 150);
+        for (k, s) in val.iter().enumerate() {
+            let (d, v) = (k / 15, k % 15);
+            assert_eq!((s.label as usize, s.pos), (d, 90 + v));
+            let (i, name) = &split.validation_pairs(d, ValidationCarve::Paper).unwrap()[v];
+            assert_eq!(labels[*i] as usize, d);
+            assert_eq!(s.image, normalise_image(images.image(*i).unwrap()));
+            let want = normalise_mfcc(&smil_mfcc(&read_wav(&fsdd.join(name)).unwrap().samples));
+            assert_eq!(s.audio, want, "{name}");
+            assert!(name.starts_with(&format!("{d}_")));
+        }
+        assert_eq!(av.test.len(), 450);
+        let val_images: Vec<&Vec<f32>> = val.iter().map(|s| &s.image).collect();
+        let val_audio: Vec<&Vec<f32>> = val.iter().map(|s| &s.audio).collect();
+        for t in &av.test {
+            assert!(!val_images.contains(&&t.image) && !val_audio.contains(&&t.audio));
+        }
+        for p in [6, 15, 21, 30] {
+            let a = av.missing_audio_carved(p, ValidationCarve::Paper).unwrap();
+            let b = av.missing_visual_carved(p, ValidationCarve::Paper).unwrap();
+            assert_eq!((a.paired.len(), a.image_only.len()), (10 * p, 900 - 10 * p));
+            assert_eq!((b.paired.len(), b.audio_only.len()), (10 * p, 900 - 10 * p));
+            assert_eq!(
+                a.paired,
+                av.paired_train(p).unwrap(),
+                "SMIL's pairs at p = {p}"
+            );
+            assert_eq!(a.paired, b.paired);
+            for d in 0..10u8 {
+                assert_eq!(a.paired.iter().filter(|s| s.label == d).count(), p);
+                assert_eq!(a.image_only.iter().filter(|s| s.label == d).count(), 90 - p);
+                assert_eq!(b.audio_only.iter().filter(|s| s.label == d).count(), 90 - p);
+            }
+            let train_images = a
+                .paired
+                .iter()
+                .map(|s| &s.image)
+                .chain(a.image_only.iter().map(|s| &s.image));
+            let train_audio = b
+                .paired
+                .iter()
+                .map(|s| &s.audio)
+                .chain(b.audio_only.iter().map(|s| &s.audio));
+            let mut n = 0;
+            for x in train_images {
+                assert!(
+                    !val_images.contains(&x),
+                    "p = {p}: a validation image trains"
+                );
+                n += 1;
+            }
+            for x in train_audio {
+                assert!(
+                    !val_audio.contains(&x),
+                    "p = {p}: a validation recording trains"
+                );
+                n += 1;
+            }
+            assert_eq!(n, 1800);
+        }
+        // Without carve: no validation, the settings as before.
+        assert!(av.validation(ValidationCarve::None).unwrap().is_empty());
+        assert_eq!(
+            av.missing_visual_carved(15, ValidationCarve::None).unwrap(),
+            av.missing_visual(15).unwrap()
+        );
+        let e = av
+            .missing_audio_carved(93, ValidationCarve::Paper)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..=90"), "{e}");
+    }
+
+    /// The carve on a synthetic pool of 21 per digit (1 validation recording per speaker),
+    /// positions checked by hand; pools that are not a multiple of 21 are refused.
+    #[test]
+    fn paper_carve_on_synthetic_pools() {
+        let a = AvMnist::synthetic(21, 2, 3).unwrap();
+        let l = a.carve_layout(ValidationCarve::Paper).unwrap();
+        assert_eq!((l.train_per_class(), l.validation_per_class()), (18, 3));
+        // Speakers hold full-pool sounds 0..7, 7..14, 14..21; the last of each validates.
+        assert_eq!(
+            (0..3).map(|v| l.validation_sound(v)).collect::<Vec<_>>(),
+            [6, 13, 20]
+        );
+        assert_eq!(
+            l.audio_only_sounds(3),
+            [1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16, 17, 18, 19]
+        );
+        let val = a.validation(ValidationCarve::Paper).unwrap();
+        assert_eq!(val.len(), 30);
+        // Digit 1, validation sample 2 = image 20 with full-pool sound 20.
+        assert_eq!(val[5].image, a.train[21 + 20].image);
+        assert_eq!(val[5].audio, a.train[21 + 20].audio);
+        assert_eq!(val[4].audio, a.train[21 + 13].audio);
+        let b = a.missing_visual_carved(6, ValidationCarve::Paper).unwrap();
+        assert_eq!(b.audio_only.len(), 120);
+        assert_eq!(
+            b.audio_only[..12].iter().map(|s| s.pos).collect::<Vec<_>>(),
+            [2, 3, 4, 5, 9, 10, 11, 12, 16, 17, 18, 19]
+        );
+        let e = AvMnist::synthetic(9, 3, 4)
+            .unwrap()
+            .validation(ValidationCarve::Paper)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multiple of 21"), "{e}");
+    }
+
     #[test]
     fn synthetic_is_deterministic_and_valid() {
         let a = AvMnist::synthetic(6, 2, 7).unwrap();
@@ -683,6 +906,22 @@ mod tests {
         let e = load_avmnist(t.path(), Some(&split)).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e}");
         assert!(e.to_string().contains("3_theo_20.wav"), "{e}");
+        std::fs::remove_file(kit.join("fsdd/0_jackson_3.wav")).unwrap();
+        let e = load_avmnist(t.path(), Some(&split))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "2 of the 1500 recordings the split names are missing: 3_theo_20.wav, \
+                 0_jackson_3.wav"
+            ),
+            "{e}"
+        );
+        symlink(
+            real.join("avmnist/fsdd/0_jackson_3.wav"),
+            kit.join("fsdd/0_jackson_3.wav"),
+        )
+        .unwrap();
         let stereo = crate::wav::tests::make_wav(1, 2, 16, &[0; 8], None);
         t.write("avmnist/fsdd/3_theo_20.wav", &stereo);
         let e = load_avmnist(t.path(), Some(&split))

@@ -42,14 +42,95 @@ impl IdxImages {
     }
 }
 
-/// Read the whole file, gunzipping it when its name ends in `.gz`.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let is_gz = path
-        .file_name()
+/// Largest idx content (header + payload, after decompression) and largest file the readers
+/// accept: 256 MiB. MNIST's largest file has 47,040,016 bytes.
+pub const MAX_IDX_BYTES: u64 = 256 << 20;
+
+/// deflate cannot expand data by more than 1032:1, so a gzip file of `n` bytes cannot hold
+/// more than about `1032 n` bytes; a header that promises more is corrupt.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The two idx file kinds MNIST uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IdxKind {
+    /// idx3-ubyte: `magic, count, rows, cols`, then `count * rows * cols` bytes.
+    Images,
+    /// idx1-ubyte: `magic, count`, then `count` bytes.
+    Labels,
+}
+
+impl IdxKind {
+    fn header_len(self) -> usize {
+        match self {
+            IdxKind::Images => 16,
+            IdxKind::Labels => 8,
+        }
+    }
+
+    fn magic(self) -> u32 {
+        match self {
+            IdxKind::Images => IDX_IMAGES_MAGIC,
+            IdxKind::Labels => IDX_LABELS_MAGIC,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            IdxKind::Images => "idx3 (images)",
+            IdxKind::Labels => "idx1 (labels)",
+        }
+    }
+
+    /// The kind a file name implies (`*idx3*` images, `*idx1*` labels).
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        if name.contains("idx3") {
+            Some(IdxKind::Images)
+        } else if name.contains("idx1") {
+            Some(IdxKind::Labels)
+        } else {
+            None
+        }
+    }
+
+    /// Total file length (header + payload) a checked header promises, if it fits in u64.
+    fn promised_len(self, header: &[u8]) -> Option<u64> {
+        let n = |at| u64::from(be_u32(header, at));
+        let payload = match self {
+            IdxKind::Images => n(4).checked_mul(n(8))?.checked_mul(n(12))?,
+            IdxKind::Labels => n(4),
+        };
+        payload.checked_add(self.header_len() as u64)
+    }
+}
+
+fn is_gz_name(path: &Path) -> bool {
+    path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".gz"));
-    if !is_gz {
+        .is_some_and(|n| n.ends_with(".gz"))
+}
+
+/// Read a file of at most [`MAX_IDX_BYTES`] into memory.
+fn read_capped(path: &Path) -> Result<Vec<u8>> {
+    let len = fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    if len > MAX_IDX_BYTES {
+        return Err(DataError::format(
+            path,
+            format!("{len} bytes; idx files above {MAX_IDX_BYTES} bytes are not read"),
+        ));
+    }
+    fs::read(path).map_err(|e| DataError::io(path, e))
+}
+
+/// The idx bytes (header + payload) of a file's content: `raw` itself, or its gunzipped
+/// content when `gz`. For gzip the header is read first and decompression stops one byte past
+/// what it promises, so a gzip bomb allocates no more than the header states, and the header
+/// may promise at most [`MAX_IDX_BYTES`] and what `raw.len()` bytes of deflate can hold.
+/// Checks the magic number and header length; the payload length is checked by the parsers.
+pub(crate) fn idx_content(raw: Vec<u8>, gz: bool, path: &Path, kind: IdxKind) -> Result<Vec<u8>> {
+    if !gz {
+        check_header(&raw, path, kind.magic(), kind.header_len(), kind.name())?;
         return Ok(raw);
     }
     if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
@@ -61,19 +142,59 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let mut out = Vec::with_capacity(raw.len() * 5);
-    flate2::read::MultiGzDecoder::new(&raw[..])
+    let corrupt = |at: usize, e: std::io::Error| {
+        DataError::format(
+            path,
+            format!("corrupt or truncated gzip stream after {at} output bytes: {e}"),
+        )
+    };
+    let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut out = Vec::with_capacity(kind.header_len());
+    (&mut decoder)
+        .take(kind.header_len() as u64)
         .read_to_end(&mut out)
-        .map_err(|e| {
-            DataError::format(
+        .map_err(|e| corrupt(0, e))?;
+    check_header(&out, path, kind.magic(), kind.header_len(), kind.name())?;
+    let limit = (raw.len() as u64)
+        .saturating_mul(MAX_DEFLATE_RATIO)
+        .saturating_add(1024)
+        .min(MAX_IDX_BYTES);
+    let promised = match kind.promised_len(&out) {
+        Some(p) if p <= limit => p,
+        p => {
+            return Err(DataError::format(
                 path,
                 format!(
-                    "corrupt or truncated gzip stream after {} output bytes: {e}",
-                    out.len()
+                    "idx header promises {} bytes, more than this {}-byte gzip file can hold \
+                     or the {MAX_IDX_BYTES}-byte limit: the header is corrupt",
+                    p.map_or("over 2^64".to_string(), |p| p.to_string()),
+                    raw.len()
                 ),
-            )
-        })?;
+            ));
+        }
+    };
+    let rest = promised - kind.header_len() as u64;
+    decoder
+        .take(rest + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(out.len(), e))?;
+    if out.len() as u64 > promised {
+        return Err(DataError::format(
+            path,
+            format!("the gzip stream holds more than the {promised} bytes its idx header promises"),
+        ));
+    }
     Ok(out)
+}
+
+/// The validated idx bytes (header + payload) of the file at `path` (`*.gz` is gunzipped).
+pub(crate) fn read_idx_content(path: &Path, kind: IdxKind) -> Result<Vec<u8>> {
+    let bytes = idx_content(read_capped(path)?, is_gz_name(path), path, kind)?;
+    match kind {
+        IdxKind::Images => check_images(&bytes, path).map(|_| ())?,
+        IdxKind::Labels => check_labels(&bytes, path)?,
+    }
+    Ok(bytes)
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
@@ -119,8 +240,8 @@ fn check_header(bytes: &[u8], path: &Path, magic: u32, header: usize, kind: &str
     Ok(())
 }
 
-/// Parse idx3-ubyte image bytes; `path` is only used in error messages.
-pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
+/// Header checks of idx3 bytes; `(count, rows, cols)`.
+fn check_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
     check_header(bytes, path, IDX_IMAGES_MAGIC, 16, "idx3 (images)")?;
     let (count, rows, cols) = (
         be_u32(bytes, 4) as usize,
@@ -138,6 +259,25 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
             ),
         ));
     }
+    Ok((count, rows, cols))
+}
+
+fn check_labels(bytes: &[u8], path: &Path) -> Result<()> {
+    check_header(bytes, path, IDX_LABELS_MAGIC, 8, "idx1 (labels)")?;
+    let count = be_u32(bytes, 4) as usize;
+    let payload = bytes.len() - 8;
+    if payload != count {
+        return Err(DataError::format(
+            path,
+            format!("header says {count} labels, payload has {payload} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parse idx3-ubyte image bytes; `path` is only used in error messages.
+pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
+    let (count, rows, cols) = check_images(bytes, path)?;
     Ok(IdxImages {
         count,
         rows,
@@ -148,30 +288,44 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
 
 /// Parse idx1-ubyte label bytes; `path` is only used in error messages.
 pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
-    check_header(bytes, path, IDX_LABELS_MAGIC, 8, "idx1 (labels)")?;
-    let count = be_u32(bytes, 4) as usize;
-    let payload = bytes.len() - 8;
-    if payload != count {
-        return Err(DataError::format(
-            path,
-            format!("header says {count} labels, payload has {payload} bytes"),
-        ));
-    }
+    check_labels(bytes, path)?;
     Ok(bytes[8..].to_vec())
+}
+
+/// [`parse_idx_images`] on owned bytes, without copying the payload.
+pub(crate) fn idx_images_from(mut bytes: Vec<u8>, path: &Path) -> Result<IdxImages> {
+    let (count, rows, cols) = check_images(&bytes, path)?;
+    bytes.drain(..16);
+    Ok(IdxImages {
+        count,
+        rows,
+        cols,
+        pixels: bytes,
+    })
+}
+
+/// [`parse_idx_labels`] on owned bytes, without copying the payload.
+pub(crate) fn idx_labels_from(mut bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    check_labels(&bytes, path)?;
+    bytes.drain(..8);
+    Ok(bytes)
 }
 
 /// Read an idx3-ubyte image file (`*.gz` is gunzipped).
 ///
 /// Errors: [`DataError::Missing`] if absent, [`DataError::Format`] for a corrupt or truncated
-/// gzip stream, a wrong magic number, a short header or a payload length that differs from
-/// `count * rows * cols`.
+/// gzip stream, a wrong magic number, a short header, a payload length that differs from
+/// `count * rows * cols`, or more than [`MAX_IDX_BYTES`] (file or decompressed content).
+/// Memory: the file, plus for gzip at most what its header promises (checked first).
 pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
-    parse_idx_images(&read_maybe_gz(path)?, path)
+    let bytes = idx_content(read_capped(path)?, is_gz_name(path), path, IdxKind::Images)?;
+    idx_images_from(bytes, path)
 }
 
 /// Read an idx1-ubyte label file (`*.gz` is gunzipped). Errors as [`read_idx_images`].
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    parse_idx_labels(&read_maybe_gz(path)?, path)
+    let bytes = idx_content(read_capped(path)?, is_gz_name(path), path, IdxKind::Labels)?;
+    idx_labels_from(bytes, path)
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! * [`wav`]: 16-bit PCM mono WAV reader (FSDD);
 //! * [`mfcc`]: SMIL's 20x20 MFCC (librosa 0.7.0 semantics);
 //! * [`split`]: SMIL's file selection and pairing (`smil_split.json` or the rule);
-//! * [`avmnist`]: the 1,050 + 450 normalised samples and the missing-modality settings;
-//! * [`download`]: find or fetch the raw kit, verify sha256.
+//! * [`avmnist`]: the 1,050 + 450 normalised samples, the missing-modality settings and the
+//!   paper's 900 / 150 / 450 split ([`ValidationCarve::Paper`]);
+//! * [`download`]: find or fetch the raw kit, verify sha256;
+//! * [`manifest`]: `sha256sum`-style manifests (the kit's, and the compiled-in one of the
+//!   public sources).
 //!
 //! Data folder convention: `data_dir` is the folder that *contains* `avmnist/`
 //! (`$MCKD_DATA_DIR`), holding `avmnist/mnist/*-idx?-ubyte.gz`, `avmnist/fsdd/*.wav` and
@@ -16,8 +19,10 @@
 pub mod avmnist;
 pub mod download;
 pub mod error;
-mod hashes;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod idx;
+pub mod manifest;
 pub mod mfcc;
 mod snapshot;
 pub mod split;
@@ -27,11 +32,15 @@ pub use avmnist::{
     AudioSample, AvMnist, AvSample, ImageSample, KitPaths, MissingAudio, MissingVisual,
     load_avmnist, load_avmnist_with, normalise_image, normalise_mfcc,
 };
-pub use download::{DATA_DIR_ENV, Sources, ensure_avmnist, ensure_avmnist_with, verify_avmnist};
+pub use download::{
+    DATA_DIR_ENV, Sources, check_kit, download_avmnist, ensure_avmnist, ensure_avmnist_with,
+    verify_avmnist,
+};
 pub use error::{DataError, Result};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
+pub use manifest::Manifest;
 pub use mfcc::{Mfcc, smil_mfcc};
-pub use split::{SmilSplit, TestSet, smil_split_from_rule};
+pub use split::{CarveLayout, SmilSplit, TestSet, ValidationCarve, smil_split_from_rule};
 pub use wav::{Wav, read_wav};
 
 #[cfg(test)]

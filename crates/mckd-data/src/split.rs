@@ -16,6 +16,27 @@
 //!   (`jackson_0, jackson_1, jackson_10, ..., jackson_14, jackson_2, ...`).
 //!
 //! Lists are class-major (digit 0 first).
+//!
+//! # The paper's 60 / 10 / 30 split ([`ValidationCarve::Paper`])
+//!
+//! MCKD's Eq. 4 needs a meta-validation set D_v disjoint from the training set D_t, and the
+//! paper splits the 1,500 samples 60 / 10 / 30 % = 900 / 150 / 450. SMIL's code has no
+//! validation set, so the 150 are carved from the 1,050-sample train pool by a fixed rule
+//! (our reading, not the paper's words), chosen so that the training pairs stay SMIL's:
+//!
+//! * validation (15 per digit, both modalities): the last 15 images of each digit's 105-image
+//!   pool (positions 90..105), image `90 + v` paired with element `v` of
+//!   `jackson[30..35] + nicolas[30..35] + theo[30..35]`, i.e. each speaker's last 5 training
+//!   recordings (FSDD indices 45..49) — SMIL's pairing rule applied to the carved part;
+//! * training (90 per digit): images 0..90 and each speaker's recordings 15..44. For a row
+//!   with `p` pairs per digit (a multiple of 3, at most 90) the pairs are exactly SMIL's
+//!   ([`SmilSplit::pairing_for`]`(d, p)`: image `j` with element `j` of `jackson[:p/3] +
+//!   nicolas[:p/3] + theo[:p/3]`, all within indices 15..44); missing-audio rows add images
+//!   `p..90` image-only, missing-visual rows add the recordings `speaker[p/3..30]` audio-only,
+//!   so every row trains on 900 samples (10 p paired);
+//! * test: unchanged, 45 per digit.
+//!
+//! [`ValidationCarve::None`] is SMIL's protocol (105 per digit for training, no validation).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -38,6 +59,8 @@ pub const TEST_PER_CLASS: usize = 45;
 pub const FSDD_FIRST_TRAIN_INDEX: u32 = 15;
 /// Recordings per digit and speaker in FSDD v1.0.8.
 pub const FSDD_PER_SPEAKER: u32 = 50;
+/// Largest split file [`SmilSplit::load`] reads (16 MiB; the kit's is 70,707 bytes).
+pub const MAX_SPLIT_BYTES: u64 = 16 << 20;
 
 /// Which 45 MNIST test images per digit form the test set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +70,113 @@ pub enum TestSet {
     Last45,
     /// First 45 sorted names (`MetaTeSouMNIST`, defined but unused by SMIL).
     First45,
+}
+
+/// How the meta-validation set is carved from the train pool (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValidationCarve {
+    /// No validation set: the whole pool (105 per digit) is training data, as in SMIL.
+    #[default]
+    None,
+    /// The paper's 60 / 10 / 30 split: per digit the last `pool / 7` images (15 of 105), each
+    /// paired with one of every speaker's last `pool / 21` train recordings (FSDD 45..49), are
+    /// validation; the other `6 pool / 7` (90) images and recordings are training data.
+    Paper,
+}
+
+impl ValidationCarve {
+    /// The positions the carve implies for a pool of `pool` samples per digit (a multiple of 3;
+    /// a multiple of 21 for [`ValidationCarve::Paper`], else [`DataError::InvalidSetting`]).
+    pub fn layout(self, pool: usize) -> Result<CarveLayout> {
+        if pool == 0 || !pool.is_multiple_of(3) {
+            return Err(DataError::invalid(format!(
+                "pool of {pool} per digit is not a positive multiple of 3"
+            )));
+        }
+        let val_per_speaker = match self {
+            ValidationCarve::None => 0,
+            ValidationCarve::Paper if pool.is_multiple_of(21) => pool / 21,
+            ValidationCarve::Paper => {
+                return Err(DataError::invalid(format!(
+                    "the paper's validation carve takes 1/7 of the pool, 1/21 per speaker: a pool \
+                     of {pool} per digit is not a multiple of 21"
+                )));
+            }
+        };
+        Ok(CarveLayout {
+            pool,
+            val_per_speaker,
+        })
+    }
+}
+
+/// Where training and validation samples sit in one digit's pool under a
+/// [`ValidationCarve`]. Positions index the pool's images (`0..pool`, SMIL order) and its
+/// full-pool sound list `jackson + nicolas + theo` (`0..pool`, `pool / 3` per speaker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CarveLayout {
+    /// Samples per digit in the pool (105 for SMIL).
+    pub pool: usize,
+    /// Validation recordings per speaker (5 for the paper's carve of 105, 0 without carve).
+    pub val_per_speaker: usize,
+}
+
+impl CarveLayout {
+    fn per_speaker(&self) -> usize {
+        self.pool / 3
+    }
+
+    /// Training samples per digit: `pool - 3 val_per_speaker` (90 or 105).
+    pub fn train_per_class(&self) -> usize {
+        self.pool - self.validation_per_class()
+    }
+
+    /// Validation samples per digit: `3 val_per_speaker` (15 or 0).
+    pub fn validation_per_class(&self) -> usize {
+        3 * self.val_per_speaker
+    }
+
+    /// Checks that `p` is a multiple of 3 in `0..=train_per_class`.
+    pub fn check_p(&self, p: usize) -> Result<()> {
+        check_p(p, self.train_per_class())
+    }
+
+    /// Full-pool sound position of training pair `j < p`: SMIL's pairing, element `j` of
+    /// `jackson[:p/3] + nicolas[:p/3] + theo[:p/3]`.
+    ///
+    /// # Panics
+    /// If `j >= p` or `p < 3` (callers check `p` with [`CarveLayout::check_p`]).
+    pub fn train_sound(&self, j: usize, p: usize) -> usize {
+        smil_sound_position(j, p, self.pool)
+    }
+
+    /// Full-pool sound positions of the training recordings no pair uses at `p`:
+    /// `speaker[p/3 .. per_speaker - val_per_speaker]` for each speaker, in pool order.
+    pub fn audio_only_sounds(&self, p: usize) -> Vec<usize> {
+        let per = self.per_speaker();
+        (0..3)
+            .flat_map(|s| (s * per + p / 3)..(s * per + per - self.val_per_speaker))
+            .collect()
+    }
+
+    /// Image positions of the validation samples: the last `validation_per_class` of the pool.
+    pub fn validation_images(&self) -> std::ops::Range<usize> {
+        self.train_per_class()..self.pool
+    }
+
+    /// Full-pool sound position of validation sample `v` (`0..validation_per_class`):
+    /// element `v` of each speaker's last `val_per_speaker` recordings, speaker-major.
+    ///
+    /// # Panics
+    /// If `v >= validation_per_class` (internal contract).
+    pub fn validation_sound(&self, v: usize) -> usize {
+        assert!(
+            v < self.validation_per_class(),
+            "validation sample {v} out of range"
+        );
+        let (s, k) = (v / self.val_per_speaker, v % self.val_per_speaker);
+        s * self.per_speaker() + self.per_speaker() - self.val_per_speaker + k
+    }
 }
 
 /// The selection for one digit.
@@ -136,10 +266,26 @@ struct RawTest {
 }
 
 impl SmilSplit {
-    /// Read and validate a `smil_split.json` file.
+    /// Read and validate a `smil_split.json` file (at most [`MAX_SPLIT_BYTES`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        Self::from_json(&text, path)
+        let len = std::fs::metadata(path)
+            .map_err(|e| DataError::io(path, e))?
+            .len();
+        if len > MAX_SPLIT_BYTES {
+            return Err(DataError::format(
+                path,
+                format!("{len} bytes; split files above {MAX_SPLIT_BYTES} bytes are not read"),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        Self::from_json_bytes(&bytes, path)
+    }
+
+    /// [`SmilSplit::from_json`] on the bytes of a file, which must be UTF-8.
+    pub fn from_json_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| DataError::format(path, format!("not UTF-8 text: {e}")))?;
+        Self::from_json(text, path)
     }
 
     /// Parse and validate JSON text; `path` is only used in error messages.
@@ -362,6 +508,66 @@ impl SmilSplit {
             .collect())
     }
 
+    /// The training pairs of `digit` at `p` pairs per digit under `carve`: SMIL's pairs
+    /// (equal to [`SmilSplit::pairing_for`]); `p` must be a multiple of 3 up to 105
+    /// ([`ValidationCarve::None`]) or 90 ([`ValidationCarve::Paper`]).
+    pub fn train_pairs(
+        &self,
+        digit: usize,
+        p: usize,
+        carve: ValidationCarve,
+    ) -> Result<Vec<(usize, String)>> {
+        carve.layout(TRAIN_POOL)?.check_p(p)?;
+        self.pairing_for(digit, p)
+    }
+
+    /// MNIST train indices of `digit` that train image-only at `p` under `carve` (a
+    /// missing-audio row): images `p..105`, or `p..90` with the paper's carve.
+    pub fn train_image_only(
+        &self,
+        digit: usize,
+        p: usize,
+        carve: ValidationCarve,
+    ) -> Result<Vec<usize>> {
+        let l = carve.layout(TRAIN_POOL)?;
+        l.check_p(p)?;
+        Ok(self.class(digit)?.train_images[p..l.train_per_class()].to_vec())
+    }
+
+    /// Recordings of `digit` that train audio-only at `p` under `carve` (a missing-visual
+    /// row): `speaker[p/3..35]`, or `speaker[p/3..30]` with the paper's carve.
+    pub fn train_audio_only(
+        &self,
+        digit: usize,
+        p: usize,
+        carve: ValidationCarve,
+    ) -> Result<Vec<String>> {
+        let l = carve.layout(TRAIN_POOL)?;
+        l.check_p(p)?;
+        let sounds = self.train_sounds(digit)?;
+        Ok(l.audio_only_sounds(p)
+            .into_iter()
+            .map(|i| sounds[i].clone())
+            .collect())
+    }
+
+    /// The validation pairs `(MNIST train index, FSDD name)` of `digit` under `carve`: none
+    /// without carve; with the paper's carve image `90 + v` with element `v` of
+    /// `jackson[30..35] + nicolas[30..35] + theo[30..35]` (FSDD indices 45..49).
+    pub fn validation_pairs(
+        &self,
+        digit: usize,
+        carve: ValidationCarve,
+    ) -> Result<Vec<(usize, String)>> {
+        let l = carve.layout(TRAIN_POOL)?;
+        let c = self.class(digit)?;
+        let sounds = c.train_sounds.concat();
+        Ok(l.validation_images()
+            .enumerate()
+            .map(|(v, i)| (c.train_images[i], sounds[l.validation_sound(v)].clone()))
+            .collect())
+    }
+
     /// The 45 test pairs `(MNIST test index, FSDD name)` of `digit`, position-wise.
     pub fn test_pairs(&self, digit: usize, which: TestSet) -> Result<Vec<(usize, String)>> {
         let c = self.class(digit)?;
@@ -543,6 +749,109 @@ mod tests {
         assert!(s.pairing_for(10, 15).is_err());
         let e = s.pairing_for(0, 10).unwrap_err().to_string();
         assert!(e.contains("multiple of 3"), "{e}");
+    }
+
+    /// The paper's carve on the kit's split, for the pairs per digit of the four rows
+    /// (6 / 15 / 21 / 30): 900 training samples per setting, 150 validation, 450 test; no MNIST
+    /// image (train or test split) and no FSDD file shared between training (both settings),
+    /// validation and test; validation pairs agree in label; training pairs are SMIL's.
+    #[test]
+    fn paper_carve_is_disjoint_and_paired_by_label() {
+        let s = kit_split();
+        let (tl, sl) = labels();
+        let carve = ValidationCarve::Paper;
+        // By hand: digit 0's validation = images 90..105 with jackson/nicolas/theo 45..49.
+        let v0 = s.validation_pairs(0, carve).unwrap();
+        let names: Vec<&str> = v0.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names[0], "0_jackson_45.wav");
+        assert_eq!(names[5], "0_nicolas_45.wav");
+        assert_eq!(names[14], "0_theo_49.wav");
+        let imgs: Vec<usize> = v0.iter().map(|(i, _)| *i).collect();
+        assert_eq!(imgs, s.classes[0].train_images[90..]);
+        for p in [6, 15, 21, 30] {
+            let mut train_img = HashSet::new();
+            let mut train_snd = HashSet::new();
+            let (mut val_img, mut val_snd) = (HashSet::new(), HashSet::new());
+            let (mut test_img, mut test_snd) = (HashSet::new(), HashSet::new());
+            let (mut n_audio_row, mut n_visual_row, mut n_val) = (0, 0, 0);
+            for d in 0..10 {
+                let pairs = s.train_pairs(d, p, carve).unwrap();
+                assert_eq!(pairs, s.pairing_for(d, p).unwrap());
+                let io = s.train_image_only(d, p, carve).unwrap();
+                let ao = s.train_audio_only(d, p, carve).unwrap();
+                assert_eq!((pairs.len(), io.len(), ao.len()), (p, 90 - p, 90 - p));
+                n_audio_row += pairs.len() + io.len();
+                n_visual_row += pairs.len() + ao.len();
+                for (i, n) in &pairs {
+                    assert_eq!(
+                        (tl[*i] as usize, parse_fsdd_name(n).unwrap().0 as usize),
+                        (d, d)
+                    );
+                    train_img.insert(("train", *i));
+                    train_snd.insert(n.clone());
+                }
+                train_img.extend(io.iter().map(|i| ("train", *i)));
+                for n in &ao {
+                    assert_eq!(parse_fsdd_name(n).unwrap().0 as usize, d);
+                    train_snd.insert(n.clone());
+                }
+                for (i, n) in s.validation_pairs(d, carve).unwrap() {
+                    let (dd, _, k) = parse_fsdd_name(&n).unwrap();
+                    assert_eq!((tl[i] as usize, dd as usize), (d, d), "{n}");
+                    assert!((45..50).contains(&k), "{n}");
+                    val_img.insert(("train", i));
+                    val_snd.insert(n);
+                    n_val += 1;
+                }
+                for (i, n) in s.test_pairs(d, TestSet::Last45).unwrap() {
+                    assert_eq!(sl[i] as usize, d);
+                    test_img.insert(("test", i));
+                    test_snd.insert(n);
+                }
+            }
+            assert_eq!(
+                (n_audio_row, n_visual_row, n_val),
+                (900, 900, 150),
+                "p = {p}"
+            );
+            assert_eq!((test_img.len(), test_snd.len()), (450, 450));
+            assert_eq!((val_img.len(), val_snd.len()), (150, 150));
+            // Training uses 90 images and 90 recordings per digit across the two rows.
+            assert_eq!((train_img.len(), train_snd.len()), (900, 900));
+            for (a, b) in [
+                (&train_img, &val_img),
+                (&train_img, &test_img),
+                (&val_img, &test_img),
+            ] {
+                assert!(a.is_disjoint(b), "p = {p}: an MNIST image is shared");
+            }
+            for (a, b) in [
+                (&train_snd, &val_snd),
+                (&train_snd, &test_snd),
+                (&val_snd, &test_snd),
+            ] {
+                assert!(a.is_disjoint(b), "p = {p}: an FSDD file is shared");
+            }
+            assert!(
+                train_snd
+                    .iter()
+                    .all(|n| (15..45).contains(&parse_fsdd_name(n).unwrap().2))
+            );
+        }
+        // Without carve: SMIL's pool and no validation.
+        let none = ValidationCarve::None;
+        assert!(s.validation_pairs(3, none).unwrap().is_empty());
+        assert_eq!(
+            s.train_image_only(3, 15, none).unwrap(),
+            s.image_only_for(3, 15).unwrap()
+        );
+        assert_eq!(
+            s.train_audio_only(3, 15, none).unwrap(),
+            s.unpaired_sounds_for(3, 15).unwrap()
+        );
+        let e = s.train_pairs(0, 93, carve).unwrap_err().to_string();
+        assert!(e.contains("0..=90"), "{e}");
+        assert!(s.train_pairs(0, 93, none).is_ok());
     }
 
     #[test]
