@@ -421,6 +421,7 @@ pub fn run(cmd: AvmnistCommand) -> anyhow::Result<()> {
 /// what is missing, with a clear message offline).
 pub fn resolve_data_dir(data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(d) = data_dir {
+        mckd_data::check_kit(d, "--data-dir")?;
         return Ok(d.to_path_buf());
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")

@@ -746,7 +746,13 @@ mod tests {
     fn distilled_features_do_not_depend_on_dropout() {
         let device = Device::flex().autodiff();
         let net = AvmnistNetConfig::new().init_seeded(4, &device);
-        let b = batch(6, &device);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        use rand::Rng;
+        let x: Vec<f32> = (0..6 * 784).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b = AvBatch {
+            image: Tensor::from_data(TensorData::new(x, [6, 1, 28, 28]), &device),
+            ..batch(6, &device)
+        };
         let p = Tensor::<1>::ones([6], &device);
         let first = net.encode(&b, IMAGE, p.clone());
         let second = net.encode(&b, IMAGE, p);

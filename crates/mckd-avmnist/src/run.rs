@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use indicatif::ProgressBar;
 use mckd_core::{Mckd, MckdModel, Method};
-use mckd_data::AvMnist;
+use mckd_data::{AvMnist, ValidationCarve};
 use mckd_train::eval::accuracy;
 use mckd_train::observe::{
     DivergenceGuard, FolderCheckpoints, Progress, StopOnSignal, load_checkpoint,
@@ -175,16 +175,12 @@ pub struct Prepared {
 /// Builds the sources of a run.
 pub fn prepare(data: &AvMnist, cfg: &AvRunConfig) -> Result<Prepared> {
     let kind = cfg.method.kind();
-    let test = || AvSource::paired(&data.test);
     let mut prep = match cfg.task.split {
         DataSplit::Smil => prepare_smil(data, cfg)?,
         DataSplit::Paper => prepare_paper(data, cfg)?,
     };
     if kind != MethodKind::Mckd {
         prep.meta = None;
-    }
-    if cfg.task.evaluate_on == EvalSet::Test && cfg.task.split == DataSplit::Smil {
-        prep.eval = test();
     }
     if prep.train.is_empty() {
         return Err(AvmnistError::Config(
@@ -230,14 +226,34 @@ fn prepare_smil(data: &AvMnist, cfg: &AvRunConfig) -> Result<Prepared> {
     })
 }
 
-/// The paper's 900 / 150 / 450 split.
-fn prepare_paper(_data: &AvMnist, _cfg: &AvRunConfig) -> Result<Prepared> {
-    Err(AvmnistError::Config(
-        mckd_train::config::ConfigError::Invalid {
-            field: "task.split".into(),
-            problem: "the paper split is not wired yet".into(),
-        },
-    ))
+/// The paper's 900 / 150 / 450 split: training on the 900, the 150 validation samples (both
+/// modalities) as the meta set, evaluation on test (or on the validation samples).
+fn prepare_paper(data: &AvMnist, cfg: &AvRunConfig) -> Result<Prepared> {
+    let carve = ValidationCarve::Paper;
+    let validation = AvSource::paired(&data.validation(carve)?);
+    let eval = match cfg.task.evaluate_on {
+        EvalSet::Test => AvSource::paired(&data.test),
+        EvalSet::Validation => validation.clone(),
+    };
+    if let Some(keep) = cfg.method.kind().bound_mask() {
+        let per_class = data.carve_layout(carve)?.train_per_class();
+        return Ok(Prepared {
+            train: AvSource::restricted(&data.paired_train_carved(per_class, carve)?, keep),
+            meta: None,
+            eval,
+        });
+    }
+    let setting = setting_of(cfg)?;
+    let p = cfg.task.mapping.per_digit(setting.percent);
+    let train = match setting.missing {
+        Missing::Audio => AvSource::missing_audio(&data.missing_audio_carved(p, carve)?),
+        Missing::Visual => AvSource::missing_visual(&data.missing_visual_carved(p, carve)?),
+    };
+    Ok(Prepared {
+        train,
+        meta: Some(validation),
+        eval,
+    })
 }
 
 /// The seed of a run's loop generator (shuffles, masks, meta batches), derived from its seed.

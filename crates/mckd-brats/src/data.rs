@@ -80,6 +80,9 @@ impl CropSource {
             ));
         }
         check_spatial(dhw(crop.size))?;
+        for case in &cases {
+            crop.check_fits(case.images[0].dims, Some(&case.id))?;
+        }
         Ok(Self {
             cases,
             crop,
@@ -128,9 +131,13 @@ impl CropSource {
                 rng.random_bool(s.prob.clamp(0.0, 1.0))
                     .then(|| rng.random_range(s.range[0]..=s.range[1]))
             });
+            let dims = case.images[0].dims;
             let cfg = match factor {
+                // A scaled crop never exceeds the volume (the crop itself fits, checked in new).
                 Some(f) => CropConfig {
-                    size: size.map(|v| ((v as f64 * f).round() as usize).max(1)),
+                    size: [0, 1, 2].map(|d| {
+                        ((size[d] as f64 * f).round() as usize).clamp(1, dims[d].max(size[d]))
+                    }),
                     ..self.crop.clone()
                 },
                 None => self.crop.clone(),
