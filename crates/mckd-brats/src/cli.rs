@@ -37,6 +37,29 @@ pub enum BratsCommand {
     /// Phantoms → MCKD and Baseline → evaluation table (60 phantoms of 32³, 1,200 iterations
     /// per method: a few minutes on 2 cores).
     Demo(DemoArgs),
+    /// Prepares (crops to the brain and resamples) every case of a folder at a spacing into
+    /// the cache, checking every file; prints each case's grid.
+    Prepare(PrepareArgs),
+}
+
+/// `mckd brats prepare`.
+#[derive(clap::Args, Debug)]
+pub struct PrepareArgs {
+    /// Cases root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Target spacing (mm, isotropic).
+    #[arg(long, default_value_t = 2.0)]
+    pub spacing: f32,
+    /// Cache folder [default: this machine's, $MCKD_CACHE_DIR or ~/.cache/mckd/prepared].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Label convention [default: from the file names].
+    #[arg(long, value_enum)]
+    pub convention: Option<ConventionArg>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `mckd brats phantoms`.
@@ -456,7 +479,49 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         BratsCommand::Evaluate(a) => evaluate(&a),
         BratsCommand::Eval(a) => eval(&a),
         BratsCommand::Demo(a) => demo_cmd(&a),
+        BratsCommand::Prepare(a) => prepare(&a),
     }
+}
+
+fn prepare(a: &PrepareArgs) -> anyhow::Result<()> {
+    mckd_train::config::rules::positive("--spacing", f64::from(a.spacing))?;
+    let cases = discover_cases(&a.data)?;
+    let convention = crate::eval::convention_of(a.convention.map(Into::into), &cases);
+    let cache = mckd_volume::PreparedCache::new(
+        a.cache
+            .clone()
+            .unwrap_or_else(mckd_volume::PreparedCache::default_dir),
+    );
+    let bar = mckd_train::progress_bar(cases.len() as u64, "prepare", a.quiet);
+    let mut problems = Vec::new();
+    let mut rows = Vec::new();
+    for case in &cases {
+        match cache.load_or_prepare(case, a.spacing, convention) {
+            Ok((p, outcome)) => rows.push(format!(
+                "{}: {:?} at {} mm from {:?} (box {:?}..{:?}); {outcome:?}",
+                case.id,
+                p.dims(),
+                a.spacing,
+                p.grid.original_dims,
+                p.grid.bbox.lo,
+                p.grid.bbox.hi
+            )),
+            Err(e) => problems.push(format!("{}: {e}", case.id)),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for r in &rows {
+        println!("{r}");
+    }
+    println!("cache: {}", cache.dir().display());
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!("{} of {} cases could not be prepared", problems.len(), cases.len());
+    }
+    Ok(())
 }
 
 fn phantoms(a: &PhantomsArgs) -> anyhow::Result<()> {
@@ -638,6 +703,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 &subsets,
                 &infer,
                 cfg.task.convention,
+                &crate::evaluate::Grid::of(&cfg.task),
                 out.path(),
                 &device,
                 a.quiet,
@@ -682,6 +748,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 &a.out,
                 &infer,
                 cfg.task.convention,
+                cfg.task.spacing,
                 &device,
             )?;
             let tumour = labels.iter().filter(|&&l| l != 0).count();
@@ -741,16 +808,18 @@ fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
 /// The demo settings: the preset with the options given on the command line.
 fn demo_config(a: &DemoArgs) -> DemoConfig {
     let mut d = DemoConfig::preset(a.preset, a.quick, a.seed);
-    if let Some(v) = a.cases {
-        d.phantoms.cases = v;
+    if let Some(ph) = &mut d.phantoms {
+        if let Some(v) = a.cases {
+            ph.cases = v;
+        }
+        if let Some(v) = a.size {
+            ph.size = v;
+            d.run.task.crop = [v; 3];
+            d.run.task.infer.tile = [v.div_ceil(8) * 8; 3];
+        }
+        ph.enhancing_patches = a.enhancing_patches;
+        ph.flair_as_t2 = a.flair_as_t2;
     }
-    if let Some(v) = a.size {
-        d.phantoms.size = v;
-        d.run.task.crop = [v; 3];
-        d.run.task.infer.tile = [v.div_ceil(8) * 8; 3];
-    }
-    d.phantoms.enhancing_patches = a.enhancing_patches;
-    d.phantoms.flair_as_t2 = a.flair_as_t2;
     if let Some(m) = &a.methods {
         d.methods = m.clone();
     }
@@ -769,7 +838,7 @@ fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
     if d.methods.is_empty() {
         bail!("--methods is empty");
     }
-    if d.phantoms.cases < 3 {
+    if d.phantoms.as_ref().is_some_and(|p| p.cases < 3) {
         bail!("--cases must be at least 3 (train, meta-val and test need one each)");
     }
     validate(&d.run_config(Method::Mckd, PathBuf::from("data")))?;

@@ -155,6 +155,31 @@ pub struct BratsTask {
     pub infer: InferConfig,
     /// The T1c feature-gap probe runs every this many iterations (0 = never).
     pub probe_interval: usize,
+    /// Voxel spacing (mm, isotropic) the network trains and predicts at. 1: the cases as they
+    /// are; otherwise each case is cropped to its brain's box and resampled
+    /// (`mckd_volume::prepared`), and predictions are resampled back to the original grid
+    /// for evaluation, which is always at the original labels.
+    #[serde(default = "one_mm")]
+    pub spacing: f32,
+    /// Folder of prepared (resampled) cases (`None`: this machine's cache,
+    /// `mckd_volume::PreparedCache::default_dir`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn one_mm() -> f32 {
+    1.0
+}
+
+impl BratsTask {
+    /// The cache of prepared cases this task uses.
+    pub fn prepared_cache(&self) -> mckd_volume::PreparedCache {
+        mckd_volume::PreparedCache::new(
+            self.cache
+                .clone()
+                .unwrap_or_else(mckd_volume::PreparedCache::default_dir),
+        )
+    }
 }
 
 /// A whole BraTS run.
@@ -246,6 +271,8 @@ pub fn preset(preset: Preset, kind: Method, data: PathBuf, seed: u64) -> BratsRu
             splits_file: None,
             infer: InferConfig::default(),
             probe_interval: 25,
+            spacing: 1.0,
+            cache: None,
         },
         device: Default::default(),
     }
@@ -289,6 +316,7 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
             );
         }
     }
+    rules::positive("task.spacing (--spacing)", f64::from(t.spacing))?;
     t.infer
         .effective_tile([1, 1, 1])
         .map_err(|e| ConfigError::Invalid {

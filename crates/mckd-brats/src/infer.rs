@@ -239,17 +239,36 @@ pub fn read_inputs(files: &[Option<PathBuf>; 4]) -> Result<(Vec<Volume>, Vec<boo
 }
 
 /// Predicts one case from files and writes the label map as NIfTI (uint8) with the header and
-/// affine of the first given modality file. Returns the label map.
+/// affine of the first given modality file. With `spacing` ≠ 1 the case is prepared as in
+/// training (cropped to the brain, resampled) and the prediction resampled back to the input's
+/// grid. Returns the label map.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_files(
     model: &dyn TilePredictor,
     files: &[Option<PathBuf>; 4],
     out: &Path,
     cfg: &InferConfig,
     convention: LabelConvention,
+    spacing: f32,
     device: &Device,
 ) -> Result<Vec<u8>> {
     let (vols, present, header) = read_inputs(files)?;
-    let labels = predict_labels(model, &vols, &present, cfg, convention, device)?;
+    let labels = if spacing == 1.0 {
+        predict_labels(model, &vols, &present, cfg, convention, device)?
+    } else {
+        let dims = vols[0].dims;
+        let loaded = mckd_volume::LoadedCase {
+            id: out.display().to_string(),
+            dims,
+            spacing: header.spacing(),
+            modalities: vols.try_into().expect("four volumes"),
+            seg: None,
+            header: header.clone(),
+        };
+        let prepared = mckd_volume::prepare_loaded(&loaded, spacing, convention)?;
+        let probs = predict_probs(model, &prepared.modalities, &present, cfg, device)?;
+        mckd_volume::restore_labels(&probs, &prepared.grid, cfg.threshold, convention)?
+    };
     crate::evaluate::write_label_file(out, &labels, &header)?;
     Ok(labels)
 }

@@ -89,6 +89,38 @@ pub fn load_named(
     Ok(out)
 }
 
+/// The cases named in `ids` ready for cropping: at the original grid (spacing 1), else
+/// prepared at the run's spacing (cropped to the brain and resampled, from the cache).
+pub fn training_cases(
+    cfg: &BratsRunConfig,
+    all: &[mckd_volume::Case],
+    ids: &[String],
+    quiet: bool,
+    what: &str,
+) -> Result<Vec<Arc<TrainCase>>> {
+    let conv = cfg.task.convention;
+    if cfg.task.spacing == 1.0 {
+        return load_named(all, ids, conv, quiet, what)?
+            .into_iter()
+            .map(|c| TrainCase::from_loaded(c, conv).map(Arc::new))
+            .collect();
+    }
+    let cache = cfg.task.prepared_cache();
+    let bar = mckd_train::progress_bar(ids.len() as u64, what, quiet);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let case = all
+            .iter()
+            .find(|c| &c.id == id)
+            .ok_or_else(|| BratsError::Invalid(format!("case {id} of splits.json not found")))?;
+        let (prepared, _) = cache.load_or_prepare(case, cfg.task.spacing, conv)?;
+        out.push(Arc::new(TrainCase::from_prepared(prepared)?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
 /// Splits for a run: the config's `splits_file` if given, else the run's own `splits.json` if
 /// present, else new seeded splits. Always (re)written to `<run>/splits.json`.
 pub fn resolve_splits(cfg: &BratsRunConfig, run: &RunDir, ids: &[String]) -> Result<Splits> {

@@ -231,6 +231,7 @@ fn predictions_keep_the_affine_and_bad_inputs_name_the_file() {
             &out,
             &infer,
             LabelConvention::Brats2018,
+            1.0,
             &device,
         )
     };
@@ -505,6 +506,7 @@ fn tiny_train_predict_evaluate_all_subsets() {
         &subsets,
         &cfg2.task.infer,
         LabelConvention::Brats2018,
+        &mckd_brats::evaluate::Grid::Original,
         &pred,
         &device,
         true,
