@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod dualnet;
 pub mod error;
 pub mod experiment;
 pub mod infer;
