@@ -595,7 +595,11 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<()> {
         for p in &problems {
             eprintln!("{p}");
         }
-        bail!("{} of {} cases could not be prepared", problems.len(), cases.len());
+        bail!(
+            "{} of {} cases could not be prepared",
+            problems.len(),
+            cases.len()
+        );
     }
     Ok(())
 }

@@ -113,6 +113,26 @@ pub enum Arch {
         /// Base width `c`.
         base: usize,
     },
+    /// The reference network ([`crate::dualnet::DualNet`]: shared 3-D ResNet-50 encoder, ASPP
+    /// bottleneck, 43.7 M parameters at width 1): for users with a GPU; crops must be
+    /// multiples of 16 in D and 32 in H and W.
+    DualNet {
+        /// Width multiplier (1 = the reference).
+        width: f64,
+    },
+}
+
+impl Arch {
+    /// The multiple every crop and tile axis (i, j, k) must be.
+    pub fn size_multiple_ijk(&self) -> [usize; 3] {
+        match self {
+            Arch::Unet { .. } => [SIZE_MULTIPLE; 3],
+            Arch::DualNet { .. } => {
+                let [d, h, w] = crate::dualnet::SIZE_MULTIPLE;
+                [w, h, d]
+            }
+        }
+    }
 }
 
 /// Random scaling of training crops (the reference: p 0.5, factor in 0.9–1.1).
@@ -293,12 +313,15 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
     let t = &cfg.task;
     match t.arch {
         Arch::Unet { base } => rules::at_least_one("task.arch.base (--base)", base)?,
+        Arch::DualNet { width } => rules::positive("task.arch.width (--width)", width)?,
     }
-    if t.crop.iter().any(|&s| s == 0 || s % SIZE_MULTIPLE != 0) {
+    let multiple = t.arch.size_multiple_ijk();
+    if (0..3).any(|a| t.crop[a] == 0 || t.crop[a] % multiple[a] != 0) {
         return bad(
             "task.crop (--crop)",
             format!(
-                "{:?} (i, j, k): every axis must be a positive multiple of {SIZE_MULTIPLE}",
+                "{:?} (i, j, k): each axis must be a positive multiple of {multiple:?} for this \
+                 network",
                 t.crop
             ),
         );

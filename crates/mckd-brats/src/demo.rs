@@ -223,8 +223,7 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result
                     );
                 }
                 write_phantom_dataset(&data, ph.cases, &pcfg, cfg.run.seed)?;
-                RunDir::create(&data)?
-                    .write_json("phantom_config.json", &(&pcfg, cfg.run.seed))?;
+                RunDir::create(&data)?.write_json("phantom_config.json", &(&pcfg, cfg.run.seed))?;
             }
             data
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{batch_from_buffers, dhw};
 use crate::error::{BratsError, Result};
-use crate::model::{BratsBatch, BratsUNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
+use crate::model::{BratsBatch, BratsNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
 
 /// Whatever predicts the logits of a batch of tiles (a trained method in inference mode).
 pub trait TilePredictor {
@@ -34,13 +34,13 @@ pub trait TilePredictor {
 
 /// An MCKD (or Baseline) model in inference mode, with the level policy it was trained with.
 pub struct MckdPredictor {
-    model: MckdModel<BratsUNet>,
+    model: MckdModel<BratsNet>,
     impute: Levels,
 }
 
 impl MckdPredictor {
     /// The inference copy of a trained method.
-    pub fn new(method: &Mckd<BratsUNet>) -> Self {
+    pub fn new(method: &Mckd<BratsNet>) -> Self {
         Self {
             model: method.model().valid(),
             impute: method.config().levels.impute,
@@ -48,7 +48,7 @@ impl MckdPredictor {
     }
 
     /// A model (on a device without autodiff) imputing at `impute`.
-    pub fn from_model(model: MckdModel<BratsUNet>, impute: Levels) -> Self {
+    pub fn from_model(model: MckdModel<BratsNet>, impute: Levels) -> Self {
         Self { model, impute }
     }
 }
@@ -281,7 +281,7 @@ mod tests {
 
     fn model(device: &Device) -> MckdPredictor {
         device.seed(3);
-        let net = UNetConfig::new().with_base(4).init(device);
+        let net = BratsNet::Unet(UNetConfig::new().with_base(4).init(device));
         MckdPredictor::from_model(
             MckdModel::new(net, Normalisation::Softmax, 0, device),
             Levels::Bottleneck,

@@ -26,15 +26,16 @@ use serde_json::json;
 
 use crate::config::{Arch, BratsRunConfig, Method as Kind, validate};
 use crate::data::{CropSource, TrainCase, dhw};
+use crate::dualnet::{DualNetConfig, DualTask};
 use crate::error::{BratsError, Result};
-use crate::model::{BratsBatch, BratsUNet, UNetConfig};
+use crate::model::{BratsBatch, BratsNet, UNetConfig};
 use crate::plots::{PlotData, write_plots};
 
 /// Index of T1c, the most informative modality (DESIGN §1).
 pub const T1C: usize = 2;
 
 /// The method every BraTS run trains.
-pub type BratsMckd = Mckd<BratsUNet>;
+pub type BratsMckd = Mckd<BratsNet>;
 
 /// The T1c feature gap at one iteration (paper Fig. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -151,19 +152,31 @@ pub fn init_model(
     cfg: &BratsRunConfig,
     spatial: [usize; 3],
     device: &Device,
-) -> MckdModel<BratsUNet> {
+) -> MckdModel<BratsNet> {
     device.seed(cfg.seed);
-    let Arch::Unet { base } = cfg.task.arch;
-    let net = UNetConfig::new()
-        .with_base(base)
-        .with_spatial(spatial)
-        .with_dice(cfg.task.dice)
-        .init(device);
+    let net = match cfg.task.arch {
+        Arch::Unet { base } => BratsNet::Unet(
+            UNetConfig::new()
+                .with_base(base)
+                .with_spatial(spatial)
+                .with_dice(cfg.task.dice)
+                .init(device),
+        ),
+        Arch::DualNet { width } => BratsNet::Dual(
+            DualTask::new(
+                &DualNetConfig::new().with_width(width),
+                spatial,
+                cfg.task.dice,
+                device,
+            )
+            .expect("a validated crop fits the DualNet"),
+        ),
+    };
     MckdModel::new(net, cfg.method.mckd().normalisation, cfg.seed, device)
 }
 
 /// The method of `cfg` around `model`.
-pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsUNet>) -> BratsMckd {
+pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsNet>) -> BratsMckd {
     let mckd = cfg.method.mckd().clone();
     let optim = cfg.optimizer.init();
     match cfg.method.kind() {
@@ -224,16 +237,16 @@ pub fn load_config(run: &Path) -> Result<BratsRunConfig> {
 
 /// Generated-vs-real T1c bottleneck features on `probe` (all modalities encoded).
 pub fn feature_gap(
-    model: &MckdModel<BratsUNet>,
+    model: &MckdModel<BratsNet>,
     probe: &BratsBatch,
     iteration: usize,
 ) -> FeatureGap {
     let model = model.valid();
     let device = probe.images[0].device();
-    let b = <BratsUNet as mckd_core::Task>::batch_size(probe);
+    let b = <BratsNet as mckd_core::Task>::batch_size(probe);
     let ones = Tensor::<2>::ones([b, 4], &device);
     let enc = model.encode_all(probe, &ones);
-    let bottleneck = <BratsUNet as mckd_core::Task>::bottleneck(&model.task);
+    let bottleneck = <BratsNet as mckd_core::Task>::bottleneck(&model.task);
     let f = Tensor::stack(enc.iter().map(|e| e.distilled(bottleneck)).collect(), 1); // [b, 4, F]
     let [b, n, nf] = f.dims();
     let real: Tensor<2> = f.clone().narrow(1, T1C, 1).reshape([b, nf]);
