@@ -72,9 +72,6 @@ pub struct RealArgs {
     /// Field overrides of every method's run.
     #[command(flatten)]
     pub set: Overrides,
-    /// Voxel spacing (mm) [default: 2].
-    #[arg(long)]
-    pub spacing: Option<f32>,
     /// Seed (with --seeds, the first seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -223,6 +220,9 @@ pub struct Overrides {
     /// Compute device.
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
+    /// Voxel spacing (mm, isotropic) to train and predict at (1: the cases as they are).
+    #[arg(long)]
+    pub spacing: Option<f32>,
 }
 
 fn ijk(dhw: &[usize]) -> [usize; 3] {
@@ -316,6 +316,9 @@ impl Overrides {
         }
         if let Some(d) = self.device {
             cfg.device = d;
+        }
+        if let Some(s) = self.spacing {
+            cfg.task.spacing = s;
         }
     }
 }
@@ -538,9 +541,6 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
     let mut d = DemoConfig::real(root, a.quick, a.seed);
     if let Some(m) = &a.methods {
         d.methods = m.clone();
-    }
-    if let Some(s) = a.spacing {
-        d.run.task.spacing = s;
     }
     a.set.apply(&mut d.run);
     if a.set.iterations.is_some() {
