@@ -1,36 +1,60 @@
 //! Direct 3×3×3, stride-1, padding-1 convolution on NCDHW `f32` data, vectorised along W
-//! (AVX-512), without im2col: the UNet's same-size convolutions, forward and input gradient.
+//! (AVX-512 or AVX2), without im2col: the UNet's same-size convolutions, forward and input
+//! gradient.
 //!
 //! # Why
 //! With 8–16 output channels the im2col GEMM of [`crate::conv3d`] writes 27·Cin floats per
 //! voxel and multiplies each by only `Cout` weights: copying the columns (`shift_copy`) cost
 //! more than the GEMM itself (a quarter of the UNet step). Here each output row of `LB`
-//! voxels (16 or 32) for a block of 8 output channels is a register tile: for every input
-//! channel and kernel offset one (unaligned) load of the shifted input row and 8 fused
-//! multiply-adds with broadcast weights. The input planes a task needs are first copied into
+//! voxels for a block of `CB` output channels is a register tile: for every input channel and
+//! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
+//! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
+//! voxels; AVX2 (16 registers): 4 channels × 8, 16 or 24 voxels (12 accumulators, the input
+//! vectors and the broadcast weight fit the register file). The input planes a task needs are first copied into
 //! a zero-bordered scratch (`(planes + 2) × (H + 2) × (W + 2)` per channel), so the inner
 //! loop has no boundary tests.
 //!
 //! The input gradient of a same-size 3×3×3 convolution is the same convolution of the output
 //! gradient with the kernel flipped in space and `Cin`/`Cout` swapped (no bias).
 //!
-//! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw),
-//! whatever the number of threads. Used only when the CPU has AVX-512F and W is a multiple
-//! of 16; [`supported`] says so.
+//! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw)
+//! with fused multiply-adds, whatever the number of threads and at both levels (the forward
+//! and input gradient give the same bits with AVX2 and AVX-512; the weight gradient's lane
+//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512 and W
+//! is a multiple of 16; [`supported`] says so.
 
 use rayon::prelude::*;
 
 use crate::flex_buf::{assume_init_f32, uninit_f32};
+use crate::simd::SimdLevel;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::vec::{Avx2, Avx512, F32s};
 
-/// Output channels per register tile.
-const CB: usize = 8;
+/// Output channels per register tile of the forward and the weight gradient (AVX-512).
+const CB512: usize = 8;
+/// Output channels per register tile (AVX2: half the registers of AVX-512).
+const CB256: usize = 4;
 /// Output depth planes per task (scratch: `(PLANES + 2)` padded input planes per channel).
 const PLANES: usize = 4;
 
-/// Whether the direct kernel runs on this CPU for rows of `w` voxels (AVX-512 present and
-/// not switched off by `MCKD_KERNELS_BASELINE`, see [`crate::simd::avx512`]).
+/// Whether the direct kernel runs at the current level for rows of `w` voxels.
 pub(crate) fn supported(w: usize) -> bool {
-    w.is_multiple_of(16) && crate::simd::avx512()
+    w.is_multiple_of(16) && crate::simd::level() != SimdLevel::Scalar
+}
+
+/// Whether [`conv3x3x3_same_weight_grad`] runs at the current level (rows of `w` voxels,
+/// `co` output channels: a multiple of the level's channel block).
+pub(crate) fn weight_grad_supported(w: usize, co: usize) -> bool {
+    supported(w) && co.is_multiple_of(channel_block(crate::simd::level()))
+}
+
+/// Output channels per register tile at `level`.
+fn channel_block(level: SimdLevel) -> usize {
+    if level == SimdLevel::Avx512 {
+        CB512
+    } else {
+        CB256
+    }
 }
 
 /// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), stride 1, padding 1:
@@ -47,14 +71,19 @@ pub(crate) fn conv3x3x3_same(
     co: usize,
     dims: [usize; 3],
 ) -> Vec<f32> {
-    assert!(supported(dims[2]), "direct conv: unsupported CPU or width");
+    assert!(
+        supported(dims[2]),
+        "direct conv: unsupported level or width"
+    );
+    let level = crate::simd::level();
+    let cb = channel_block(level);
     let [d, h, wd] = dims;
     let plane = h * wd;
     let vol = d * plane;
     assert_eq!(x.len(), b * ci * vol);
     assert_eq!(w.len(), co * ci * 27);
     // wt[(c, k)][cpad]: weights of one input channel and offset for all output channels.
-    let cpad = co.div_ceil(CB) * CB;
+    let cpad = co.div_ceil(cb) * cb;
     let mut wt = vec![0.0f32; ci * 27 * cpad];
     for o in 0..co {
         for c in 0..ci {
@@ -82,38 +111,21 @@ pub(crate) fn conv3x3x3_same(
                 pplane,
                 wp,
             };
-            for q in 0..np {
-                for r in 0..h {
-                    let mut w0 = 0;
-                    while w0 < wd {
-                        let lb = if wd - w0 >= 32 { 32 } else { 16 };
-                        for cb in (0..co).step_by(CB) {
-                            let base = q * pplane + r * wp + w0;
-                            // Output rows y[bi, o, d0 + q, r, w0..w0 + lb] of the block's
-                            // channels (a junk row for channels past Cout) and their biases.
-                            let mut junk = [0.0f32; 32];
-                            let mut rows = [junk.as_mut_ptr(); CB];
-                            let mut bv = [0.0f32; CB];
-                            for o in cb..(cb + CB).min(co) {
-                                let off = (bi * co + o) * vol + (d0 + q) * plane + r * wd + w0;
-                                // SAFETY: within `y` (off + lb ≤ its length).
-                                rows[o - cb] = unsafe { out.get().add(off) };
-                                bv[o - cb] = bias.map_or(0.0, |bs| bs[o]);
-                            }
-                            // SAFETY: `supported` checked AVX-512F; the slices cover every
-                            // index the kernel reads (see `tile`); it writes `lb` floats to
-                            // each row: this task's own elements of `y` (tasks partition
-                            // (batch, depth planes); `y` outlives the loop) or `junk`.
-                            unsafe {
-                                if lb == 32 {
-                                    tile::<2>(pad, &wt, &geo, base, cb, rows, bv);
-                                } else {
-                                    tile::<1>(pad, &wt, &geo, base, cb, rows, bv);
-                                }
-                            }
-                        }
-                        w0 += lb;
-                    }
+            let task = Task {
+                bi,
+                d0,
+                np,
+                co,
+                dims,
+                bias,
+                out,
+            };
+            // SAFETY: `supported` checked the level (so the CPU has its features); `pad`
+            // holds the task's padded planes and `wt` the packed weights (see `task_rows`).
+            unsafe {
+                match level {
+                    SimdLevel::Avx512 => task_avx512(pad, &wt, &geo, &task),
+                    _ => task_avx2(pad, &wt, &geo, &task),
                 }
             }
         });
@@ -121,6 +133,107 @@ pub(crate) fn conv3x3x3_same(
     // SAFETY: the tasks partition (batch, depth planes) and each writes every (co, row, w).
     unsafe { assume_init_f32(y) }
 }
+
+/// One forward task's place in the output: batch item `bi`, depth planes `d0 .. d0 + np`.
+struct Task<'a> {
+    bi: usize,
+    d0: usize,
+    np: usize,
+    co: usize,
+    dims: [usize; 3],
+    bias: Option<&'a [f32]>,
+    out: SendPtr,
+}
+
+/// [`task_rows`] with AVX-512: 8 channels × 16 or 32 voxels.
+///
+/// # Safety
+/// AVX-512F; as [`task_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
+    // SAFETY: as the caller guarantees.
+    unsafe { task_rows::<Avx512, CB512, 2>(pad, wt, geo, t) }
+}
+
+/// [`task_rows`] with AVX2 + FMA: 4 channels × 8, 16 or 24 voxels.
+///
+/// # Safety
+/// AVX2 and FMA; as [`task_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn task_avx2(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
+    // SAFETY: as the caller guarantees.
+    unsafe { task_rows::<Avx2, CB256, 3>(pad, wt, geo, t) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn task_avx512(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+/// Every output row of one task (planes `d0 ..`, all rows, all channel blocks of `CB`): tiles
+/// of up to `VMAX` vectors along W.
+///
+/// # Safety
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo`), `wt` the
+/// weights packed with `geo.cpad` a multiple of `CB`; `t.out` points to the output, of which
+/// this task alone writes its planes; W a multiple of 16 and of `S::LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
+    pad: &[f32],
+    wt: &[f32],
+    geo: &Tile,
+    t: &Task,
+) {
+    let [_, h, wd] = t.dims;
+    let plane = h * wd;
+    let vol = t.dims[0] * plane;
+    assert!(wd.is_multiple_of(S::LANES) && VMAX * S::LANES <= JUNK);
+    for q in 0..t.np {
+        for r in 0..h {
+            let mut w0 = 0;
+            while w0 < wd {
+                let v = ((wd - w0) / S::LANES).min(VMAX);
+                for cb in (0..t.co).step_by(CB) {
+                    let base = q * geo.pplane + r * geo.wp + w0;
+                    // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk
+                    // row for channels past Cout) and their biases.
+                    let mut junk = [0.0f32; JUNK];
+                    let mut rows = [junk.as_mut_ptr(); CB];
+                    let mut bv = [0.0f32; CB];
+                    for o in cb..(cb + CB).min(t.co) {
+                        let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
+                        // SAFETY: within `y` (off + v·LANES ≤ its length).
+                        rows[o - cb] = unsafe { t.out.get().add(off) };
+                        bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
+                    }
+                    // SAFETY: the caller's contract; the slices cover every index the kernel
+                    // reads (see `tile`); it writes v·LANES floats to each row: this task's
+                    // own elements of `y` (tasks partition (batch, depth planes); `y` outlives
+                    // the loop) or `junk`.
+                    unsafe {
+                        match v {
+                            1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
+                            2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
+                            _ => tile::<S, CB, 3>(pad, wt, geo, base, cb, rows, bv),
+                        }
+                    }
+                }
+                w0 += v * S::LANES;
+            }
+        }
+    }
+}
+
+/// Floats of the junk row that takes the tiles' rows past `Cout` (≥ the widest tile).
+const JUNK: usize = 32;
 
 /// The input gradient of [`conv3x3x3_same`]: `dx = conv(dy, w')` with
 /// `w'[c, o, k] = w[o, c, 26 − k]`.
@@ -182,14 +295,14 @@ fn pad_planes(
 }
 
 /// The weight gradient of [`conv3x3x3_same`], `[Cout, Cin, 27]`: per task (batch item, 4
-/// depth planes) `dW_t[o, c, k] = Σ_voxels dy[o, v] · x[c, v + off(k)]` with 8 output
-/// channels × 3 kw offsets in registers (16 lanes each, summed across lanes at the end),
-/// sweeping blocks of ~256 voxels (rows) through every input channel and offset so the
-/// block's `dy` stays in L1; then the task partials added in task order (independent of the
-/// thread count).
+/// depth planes) `dW_t[o, c, k] = Σ_voxels dy[o, v] · x[c, v + off(k)]` with `CB` output
+/// channels × 3 kw offsets in registers (8 × 3 vectors of 16 lanes with AVX-512, 4 × 3 of 8
+/// with AVX2; summed across lanes at the end), sweeping blocks of ~256 voxels (rows) through
+/// every input channel and offset so the block's `dy` stays in L1; then the task partials
+/// added in task order (independent of the thread count).
 ///
 /// # Panics
-/// If `co` is not a multiple of 8 or [`supported`] is false for `dims[2]`.
+/// If [`weight_grad_supported`] is false.
 pub(crate) fn conv3x3x3_same_weight_grad(
     x: &[f32],
     dy: &[f32],
@@ -199,9 +312,10 @@ pub(crate) fn conv3x3x3_same_weight_grad(
     dims: [usize; 3],
 ) -> Vec<f32> {
     assert!(
-        supported(dims[2]) && co.is_multiple_of(CB),
+        weight_grad_supported(dims[2], co),
         "direct weight gradient: unsupported"
     );
+    let level = crate::simd::level();
     let [d, h, wd] = dims;
     let vol = d * h * wd;
     assert_eq!(x.len(), b * ci * vol);
@@ -219,56 +333,21 @@ pub(crate) fn conv3x3x3_same_weight_grad(
             with_pad_scratch(ci * pchan, |pad| {
                 pad_planes(x, bi, ci, dims, d0, np, pad);
                 let dyb = &dy[bi * co * vol..][..co * vol];
-                // Lane accumulators of every (c, output block, kd, kh): 8 × 3 vectors each,
-                // carried across blocks of rows so that a block's dy rows stay in L1 while
-                // every input channel and offset uses them. Each lane still sums its products
-                // in (plane, row, column) order.
-                let nob = co / CB;
-                let slot = CB * 3 * 16;
-                let mut accm = vec![0.0f32; ci * nob * 9 * slot];
-                let rb = (256 / wd).max(1);
-                for q in 0..np {
-                    for r0 in (0..h).step_by(rb) {
-                        let rows = r0..(r0 + rb).min(h);
-                        for c in 0..ci {
-                            let pc = &pad[c * pchan..][..pchan];
-                            for obi in 0..nob {
-                                for k2 in 0..9 {
-                                    let at = ((c * nob + obi) * 9 + k2) * slot;
-                                    let acc = &mut accm[at..at + slot];
-                                    let (kd, kh) = (k2 / 3, k2 % 3);
-                                    // SAFETY: `supported` checked AVX-512F; bounds in the
-                                    // callee's asserts.
-                                    unsafe {
-                                        wgrad_rows(
-                                            pc,
-                                            dyb,
-                                            dims,
-                                            [d0, q],
-                                            rows.clone(),
-                                            obi * CB,
-                                            [kd, kh],
-                                            acc,
-                                        )
-                                    };
-                                }
-                            }
-                        }
-                    }
-                }
-                for c in 0..ci {
-                    for obi in 0..nob {
-                        for k2 in 0..9 {
-                            let at = ((c * nob + obi) * 9 + k2) * slot;
-                            for o in 0..CB {
-                                for kw in 0..3 {
-                                    let lanes = &accm[at + (o * 3 + kw) * 16..][..16];
-                                    let to = ((obi * CB + o) * ci + c) * 27 + k2 * 3 + kw;
-                                    // SAFETY: `supported` checked AVX-512F.
-                                    dw[to] = unsafe { reduce16(lanes) };
-                                }
-                            }
-                        }
+                let t = WgradTask {
+                    ci,
+                    co,
+                    dims,
+                    d0,
+                    np,
+                    pchan,
+                };
+                // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
+                // features) and that `co` is a multiple of its channel block; sizes as
+                // asserted above.
+                unsafe {
+                    match level {
+                        SimdLevel::Avx512 => wgrad_task_avx512(pad, dyb, &t, &mut dw),
+                        _ => wgrad_task_avx2(pad, dyb, &t, &mut dw),
                     }
                 }
             });
@@ -282,16 +361,127 @@ pub(crate) fn conv3x3x3_same_weight_grad(
     dw
 }
 
-/// `acc[(o·3 + kw)·16 + l] += Σ_{r ∈ rows, w ≡ l (mod 16)} dy[ob + o, d0 + q, r, w] ·
+/// Sizes of one weight-gradient task (batch item, depth planes `d0 .. d0 + np`).
+struct WgradTask {
+    ci: usize,
+    co: usize,
+    dims: [usize; 3],
+    d0: usize,
+    np: usize,
+    /// Floats per padded channel of the task's scratch.
+    pchan: usize,
+}
+
+/// [`wgrad_task`] with AVX-512 (8 channels × 3 offsets × 16 lanes).
+///
+/// # Safety
+/// AVX-512F; as [`wgrad_task`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wgrad_task_avx512(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_task::<Avx512, CB512>(pad, dyb, t, dw) }
+}
+
+/// [`wgrad_task`] with AVX2 + FMA (4 channels × 3 offsets × 8 lanes).
+///
+/// # Safety
+/// AVX2 and FMA; as [`wgrad_task`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_task_avx2(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_task::<Avx2, CB256>(pad, dyb, t, dw) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_task_avx512(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+/// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten).
+///
+/// # Safety
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels of `t.pchan` floats,
+/// `dyb` the batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a
+/// multiple of `CB`, W of 16.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wgrad_task<S: F32s, const CB: usize>(
+    pad: &[f32],
+    dyb: &[f32],
+    t: &WgradTask,
+    dw: &mut [f32],
+) {
+    let (ci, co, wd, h) = (t.ci, t.co, t.dims[2], t.dims[1]);
+    assert!(co.is_multiple_of(CB) && dw.len() == co * ci * 27);
+    // Lane accumulators of every (c, output block, kd, kh): CB × 3 vectors each, carried
+    // across blocks of rows so that a block's dy rows stay in L1 while every input channel
+    // and offset uses them. Each lane still sums its products in (plane, row, column) order.
+    let nob = co / CB;
+    let slot = CB * 3 * S::LANES;
+    let mut accm = vec![0.0f32; ci * nob * 9 * slot];
+    let rb = (256 / wd).max(1);
+    for q in 0..t.np {
+        for r0 in (0..h).step_by(rb) {
+            let rows = r0..(r0 + rb).min(h);
+            for c in 0..ci {
+                let pc = &pad[c * t.pchan..][..t.pchan];
+                for obi in 0..nob {
+                    for k2 in 0..9 {
+                        let at = ((c * nob + obi) * 9 + k2) * slot;
+                        let acc = &mut accm[at..at + slot];
+                        let (kd, kh) = (k2 / 3, k2 % 3);
+                        // SAFETY: the CPU supports `S`; bounds in the callee's asserts.
+                        unsafe {
+                            wgrad_rows::<S, CB>(
+                                pc,
+                                dyb,
+                                t.dims,
+                                [t.d0, q],
+                                rows.clone(),
+                                obi * CB,
+                                [kd, kh],
+                                acc,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+    for c in 0..ci {
+        for obi in 0..nob {
+            for k2 in 0..9 {
+                let at = ((c * nob + obi) * 9 + k2) * slot;
+                for o in 0..CB {
+                    for kw in 0..3 {
+                        let lanes = &accm[at + (o * 3 + kw) * S::LANES..][..S::LANES];
+                        let to = ((obi * CB + o) * ci + c) * 27 + k2 * 3 + kw;
+                        // SAFETY: the CPU supports `S`; `lanes` holds one vector.
+                        dw[to] = unsafe { S::sum(S::load(lanes.as_ptr())) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
 /// pc[q + kd, r + kh, w + kw]` (the padded channel `pc` of one input channel), lane by lane
 /// in row and column order.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `W` a multiple of 16.
+/// The CPU must support `S`; `W` a multiple of `S::LANES`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_rows(
+unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     pc: &[f32],
     dyb: &[f32],
     [d, h, wd]: [usize; 3],
@@ -301,76 +491,44 @@ unsafe fn wgrad_rows(
     [kd, kh]: [usize; 2],
     acc: &mut [f32],
 ) {
-    use core::arch::x86_64::*;
+    let lanes = S::LANES;
     let (plane, vol) = (h * wd, d * h * wd);
     let (wp, pplane) = (wd + 2, (h + 2) * (wd + 2));
-    assert!(wd.is_multiple_of(16) && d0 + q < d && rows.end <= h && acc.len() >= CB * 48);
+    assert!(wd.is_multiple_of(lanes) && d0 + q < d && rows.end <= h && acc.len() >= CB * 3 * lanes);
     assert!((ob + CB) * vol <= dyb.len());
     assert!(rows.is_empty() || (q + kd) * pplane + (rows.end - 1 + kh) * wp + wd + 2 <= pc.len());
-    let mut a = [[_mm512_setzero_ps(); 3]; CB];
-    for (o, ao) in a.iter_mut().enumerate() {
-        for (kw, v) in ao.iter_mut().enumerate() {
-            // SAFETY: (o·3 + kw)·16 + 16 ≤ 48·CB ≤ acc.len().
-            *v = unsafe { _mm512_loadu_ps(acc.as_ptr().add((o * 3 + kw) * 16)) };
+    // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
+    // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r (asserted
+    // in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
+    // w + kw + LANES ≤ W + 2.
+    unsafe {
+        let mut a = [[S::zero(); 3]; CB];
+        for (o, ao) in a.iter_mut().enumerate() {
+            for (kw, v) in ao.iter_mut().enumerate() {
+                *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
+            }
         }
-    }
-    for r in rows {
-        // SAFETY (pointer reads below): dy rows of channels ob..ob+8 at plane d0 + q, row r
-        // (asserted in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
-        // w + kw + 16 ≤ W + 2.
-        let xrow = unsafe { pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp) };
-        let yoff = (d0 + q) * plane + r * wd;
-        for w in (0..wd).step_by(16) {
-            let x0 = unsafe { _mm512_loadu_ps(xrow.add(w)) };
-            let x1 = unsafe { _mm512_loadu_ps(xrow.add(w + 1)) };
-            let x2 = unsafe { _mm512_loadu_ps(xrow.add(w + 2)) };
-            for (o, ao) in a.iter_mut().enumerate() {
-                let g = unsafe { _mm512_loadu_ps(dyb.as_ptr().add((ob + o) * vol + yoff + w)) };
-                ao[0] = _mm512_fmadd_ps(g, x0, ao[0]);
-                ao[1] = _mm512_fmadd_ps(g, x1, ao[1]);
-                ao[2] = _mm512_fmadd_ps(g, x2, ao[2]);
+        for r in rows {
+            let xrow = pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp);
+            let yoff = (d0 + q) * plane + r * wd;
+            for w in (0..wd).step_by(lanes) {
+                let x0 = S::load(xrow.add(w));
+                let x1 = S::load(xrow.add(w + 1));
+                let x2 = S::load(xrow.add(w + 2));
+                for (o, ao) in a.iter_mut().enumerate() {
+                    let g = S::load(dyb.as_ptr().add((ob + o) * vol + yoff + w));
+                    ao[0] = S::fmadd(g, x0, ao[0]);
+                    ao[1] = S::fmadd(g, x1, ao[1]);
+                    ao[2] = S::fmadd(g, x2, ao[2]);
+                }
+            }
+        }
+        for (o, ao) in a.iter().enumerate() {
+            for (kw, &v) in ao.iter().enumerate() {
+                S::store(acc.as_mut_ptr().add((o * 3 + kw) * lanes), v);
             }
         }
     }
-    for (o, ao) in a.iter().enumerate() {
-        for (kw, &v) in ao.iter().enumerate() {
-            // SAFETY: as for the loads.
-            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add((o * 3 + kw) * 16), v) };
-        }
-    }
-}
-
-/// The sum of 16 lanes (`_mm512_reduce_add_ps`).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn reduce16(lanes: &[f32]) -> f32 {
-    use core::arch::x86_64::*;
-    assert!(lanes.len() >= 16);
-    // SAFETY: 16 floats.
-    _mm512_reduce_add_ps(unsafe { _mm512_loadu_ps(lanes.as_ptr()) })
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_rows(
-    _: &[f32],
-    _: &[f32],
-    _: [usize; 3],
-    _: [usize; 2],
-    _: core::ops::Range<usize>,
-    _: usize,
-    _: [usize; 2],
-    _: &mut [f32],
-) {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn reduce16(_: &[f32]) -> f32 {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
 /// Sizes of a task's padded scratch and weights.
@@ -384,16 +542,16 @@ struct Tile {
 }
 
 /// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
-/// `l < 16·V`, `o < 8`.
+/// `l < LANES·V`, `o < CB`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F. `pad` must hold `geo.ci` channels of `geo.pchan` floats
-/// with `base + 2·pplane + 2·wp + 2 + 16·V ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
-/// `cb + 8 ≤ cpad`; every `rows[o]` must be valid for writing `16·V` floats that nobody
+/// The CPU must support `S`. `pad` must hold `geo.ci` channels of `geo.pchan` floats with
+/// `base + 2·pplane + 2·wp + 2 + LANES·V ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
+/// `cb + CB ≤ cpad`; every `rows[o]` must be valid for writing `LANES·V` floats that nobody
 /// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile<const V: usize>(
+#[inline(always)]
+unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
@@ -402,58 +560,47 @@ unsafe fn tile<const V: usize>(
     rows: [*mut f32; CB],
     bias: [f32; CB],
 ) {
-    use core::arch::x86_64::*;
+    let lanes = S::LANES;
     assert!(
         geo.ci * geo.pchan <= pad.len()
-            && base + 2 * geo.pplane + 2 * geo.wp + 2 + 16 * V <= geo.pchan
+            && base + 2 * geo.pplane + 2 * geo.wp + 2 + lanes * V <= geo.pchan
     );
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
-    let mut a = [[_mm512_setzero_ps(); V]; CB];
-    for (ao, &bv) in a.iter_mut().zip(&bias) {
-        *ao = [_mm512_set1_ps(bv); V];
-    }
-    for c in 0..geo.ci {
-        // SAFETY (all pointer reads below): within the bounds asserted above.
-        let pc = unsafe { pad.as_ptr().add(c * geo.pchan + base) };
-        let wc = unsafe { wt.as_ptr().add(c * 27 * geo.cpad + cb) };
-        for kd in 0..3 {
-            for kh in 0..3 {
-                let row = unsafe { pc.add(kd * geo.pplane + kh * geo.wp) };
-                for kw in 0..3 {
-                    let mut xs = [_mm512_setzero_ps(); V];
-                    for (v, x) in xs.iter_mut().enumerate() {
-                        *x = unsafe { _mm512_loadu_ps(row.add(kw + 16 * v)) };
-                    }
-                    let wk = unsafe { wc.add((kd * 9 + kh * 3 + kw) * geo.cpad) };
-                    for (o, ao) in a.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(unsafe { *wk.add(o) });
-                        for v in 0..V {
-                            ao[v] = _mm512_fmadd_ps(wv, xs[v], ao[v]);
+    // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
+    // bounds asserted above, writes as the caller's contract states.
+    unsafe {
+        let mut a = [[S::zero(); V]; CB];
+        for (ao, &bv) in a.iter_mut().zip(&bias) {
+            *ao = [S::splat(bv); V];
+        }
+        for c in 0..geo.ci {
+            let pc = pad.as_ptr().add(c * geo.pchan + base);
+            let wc = wt.as_ptr().add(c * 27 * geo.cpad + cb);
+            for kd in 0..3 {
+                for kh in 0..3 {
+                    let row = pc.add(kd * geo.pplane + kh * geo.wp);
+                    for kw in 0..3 {
+                        let mut xs = [S::zero(); V];
+                        for (v, x) in xs.iter_mut().enumerate() {
+                            *x = S::load(row.add(kw + lanes * v));
+                        }
+                        let wk = wc.add((kd * 9 + kh * 3 + kw) * geo.cpad);
+                        for (o, ao) in a.iter_mut().enumerate() {
+                            let wv = S::splat(*wk.add(o));
+                            for v in 0..V {
+                                ao[v] = S::fmadd(wv, xs[v], ao[v]);
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    for (ao, &row) in a.iter().zip(&rows) {
-        for (v, &av) in ao.iter().enumerate() {
-            // SAFETY: 16·v + 16 ≤ 16·V floats of `row` (the caller's contract).
-            unsafe { _mm512_storeu_ps(row.add(16 * v), av) };
+        for (ao, &row) in a.iter().zip(&rows) {
+            for (v, &av) in ao.iter().enumerate() {
+                S::store(row.add(lanes * v), av);
+            }
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const V: usize>(
-    _: &[f32],
-    _: &[f32],
-    _: &Tile,
-    _: usize,
-    _: usize,
-    _: [*mut f32; CB],
-    _: [f32; CB],
-) {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
 /// A raw output pointer for tasks writing disjoint elements.

@@ -29,8 +29,10 @@
 //! * [`with_busy_workers`]: the pool's other workers spin through a training loop instead
 //!   of sleeping between its parallel calls.
 //!
-//! The AVX-512 paths are chosen at run time; `MCKD_KERNELS_BASELINE=1` switches them off
-//! (the general paths then run, e.g. to test them on an AVX-512 machine).
+//! Each kernel has a scalar, an AVX2 and an AVX-512 path ([`SimdLevel`]); the best one the
+//! CPU has is chosen at run time, and `MCKD_SIMD=scalar|avx2|avx512` ([`SIMD_ENV`]) forces
+//! one, e.g. to measure or test the AVX2 path on an AVX-512 machine. Programs call
+//! [`simd_level`] first: it refuses a level the CPU lacks with an error.
 //!
 //! Training numbers change at float-rounding level against burn's layers (different summation
 //! order); the tests state the tolerances.
@@ -47,7 +49,7 @@ pub mod instnorm;
 pub mod layers;
 pub mod pool;
 pub mod rows;
-mod simd;
+pub mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
 mod window;
@@ -61,3 +63,4 @@ pub use instnorm::instance_norm_leaky_relu;
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
 pub use pool::{run_on_pool, with_busy_workers};
 pub use rows::select_rows;
+pub use simd::{SIMD_ENV, SimdError, SimdLevel, active_simd_level, simd_level};
