@@ -93,6 +93,10 @@ pub struct Args {
     /// Seed of parameters, data and masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the kernels' instruction-set level (`MCKD_SIMD`, or the CPU's best) and exit;
+    /// an error if the CPU lacks it.
+    #[arg(long)]
+    pub print_simd: bool,
 }
 
 /// Parser for the standalone binary.
@@ -165,6 +169,10 @@ const CHILD_MODEL: &str = "MCKD_BENCH_CHILD_MODEL";
 /// If the thread pool cannot be configured, a child process fails, or sizes are invalid.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let level = mckd_kernels::simd_level()?;
+    if args.print_simd {
+        println!("{level}");
+        return Ok(());
+    }
     let model = match std::env::var(CHILD_MODEL).ok().as_deref() {
         Some("avmnist") => Model::Avmnist,
         Some("unet") => Model::Unet,
