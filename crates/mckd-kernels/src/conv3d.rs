@@ -927,12 +927,20 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                             let kvol = g.kvol();
                             let dc = &dcols[j * t..][..kvol * t];
                             j += kvol;
-                            if level == crate::simd::SimdLevel::Avx512 {
+                            let planes = planes.clone();
+                            match level {
                                 // SAFETY: the level says the CPU has AVX-512F; `short_rows`
                                 // checked unit stride along W and rows of ≤ 16 floats.
-                                unsafe { col2im_short_rows(dxc, dc, t, g, planes.clone()) };
-                            } else {
-                                col2im_short_rows_portable(dxc, dc, t, g, planes.clone());
+                                crate::simd::SimdLevel::Avx512 => unsafe {
+                                    col2im_short_rows(dxc, dc, t, g, planes)
+                                },
+                                // SAFETY: the level says the CPU has AVX2; as above.
+                                crate::simd::SimdLevel::Avx2 => unsafe {
+                                    col2im_short_rows_avx2(dxc, dc, t, g, planes)
+                                },
+                                crate::simd::SimdLevel::Scalar => {
+                                    col2im_short_rows_portable(dxc, dc, t, g, planes)
+                                }
                             }
                             continue;
                         }
@@ -1041,8 +1049,101 @@ unsafe fn col2im_short_rows(
     unreachable!("x86-64 only (guarded by the AVX-512 level)")
 }
 
+/// [`col2im_short_rows`] with AVX2: each destination row as two 8-lane halves, masked loads
+/// (which do not touch the lanes outside their mask) and stores; the same additions in the
+/// same order.
+///
+/// # Safety
+/// The CPU must support AVX2; `g.s[2] == 1`, `W ≤ 16` and `W' ≤ 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn col2im_short_rows_avx2(
+    dxc: &mut [f32],
+    dc: &[f32],
+    t: usize,
+    g: &Geometry,
+    planes: core::ops::Range<usize>,
+) {
+    use core::arch::x86_64::*;
+    let [di, hi, wi] = g.din;
+    let [_, ho, wo] = g.dout;
+    assert!(g.s[2] == 1 && wi <= 16 && wo <= 16 && dc.len() >= g.kvol() * t);
+    assert!(dxc.len() >= di * hi * wi && t >= planes.len() * ho * wo);
+    let lane = [
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15),
+    ];
+    // Lanes l of half h with lo ≤ 8·h + l < hi.
+    let within = |h: usize, lo: i32, hi: i32| {
+        _mm256_and_si256(
+            _mm256_cmpgt_epi32(lane[h], _mm256_set1_epi32(lo - 1)),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane[h]),
+        )
+    };
+    let row_mask = [within(0, 0, wi as i32), within(1, 0, wi as i32)];
+    let halves = wi.div_ceil(8);
+    for kd in 0..g.k[0] {
+        for kh in 0..g.k[1] {
+            for (pi, od) in planes.clone().enumerate() {
+                let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                if id < 0 || id >= di as isize {
+                    continue;
+                }
+                for oh in 0..ho {
+                    let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                    if ih < 0 || ih >= hi as isize {
+                        continue;
+                    }
+                    let row = dxc[(id as usize * hi + ih as usize) * wi..][..wi].as_mut_ptr();
+                    let mut acc = [_mm256_setzero_ps(); 2];
+                    for h in 0..halves {
+                        // SAFETY: `row` has wi floats; the mask covers lanes 8·h + l < wi.
+                        acc[h] = unsafe { _mm256_maskload_ps(row.add(8 * h), row_mask[h]) };
+                    }
+                    for kw in 0..g.k[2] {
+                        let j = (kd * g.k[1] + kh) * g.k[2] + kw;
+                        let seg = dc[j * t + (pi * ho + oh) * wo..][..wo].as_ptr();
+                        // Lane iw takes seg[iw − off] for iw − off in 0..W' and iw in 0..W.
+                        let off = kw as isize - g.p[2] as isize;
+                        let lo = off.max(0) as i32;
+                        let hi_l = (wo as isize + off).min(wi as isize).max(0) as i32;
+                        if hi_l <= lo {
+                            continue;
+                        }
+                        for (h, a) in acc.iter_mut().enumerate().take(halves) {
+                            let m = within(h, lo, hi_l);
+                            // SAFETY: only the masked lanes are read: seg[iw − off] with
+                            // iw − off in 0..W' (inside `seg`); the base pointer is formed with
+                            // wrapping arithmetic and never dereferenced elsewhere.
+                            let v = unsafe {
+                                _mm256_maskload_ps(seg.wrapping_offset(8 * h as isize - off), m)
+                            };
+                            *a = _mm256_add_ps(*a, v);
+                        }
+                    }
+                    for h in 0..halves {
+                        // SAFETY: as for the load.
+                        unsafe { _mm256_maskstore_ps(row.add(8 * h), row_mask[h], acc[h]) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn col2im_short_rows_avx2(
+    _: &mut [f32],
+    _: &[f32],
+    _: usize,
+    _: &Geometry,
+    _: core::ops::Range<usize>,
+) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
+}
+
 crate::simd::multiversion! {
-    /// [`col2im_short_rows`] without masked loads (the AVX2 and scalar levels): each
+    /// [`col2im_short_rows`] without masked loads (the scalar level): each
     /// destination row goes through a 16-float buffer that takes the `kw` shifted source rows;
     /// every element gets the same additions in the same order as in the general loop.
     fn col2im_short_rows_portable(

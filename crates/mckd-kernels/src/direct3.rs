@@ -97,20 +97,12 @@ pub(crate) fn conv3x3x3_same(
     let tasks: Vec<(usize, usize)> = (0..b)
         .flat_map(|bi| (0..d).step_by(PLANES).map(move |p| (bi, p)))
         .collect();
-    let (hp, wp) = (h + 2, wd + 2);
     tasks.into_par_iter().for_each(|(bi, d0)| {
         let np = PLANES.min(d - d0);
-        let pplane = hp * wp;
-        let pchan = (np + 2) * pplane;
-        with_pad_scratch(ci * pchan, |pad| {
-            pad_planes(x, bi, ci, [d, h, wd], d0, np, pad);
-            let geo = Tile {
-                ci,
-                cpad,
-                pchan,
-                pplane,
-                wp,
-            };
+        let lay = Layout::new(ci, np, h, wd, level);
+        with_pad_scratch(lay.len, |pad| {
+            pad_planes(x, bi, ci, [d, h, wd], d0, np, &lay, pad);
+            let geo = Tile { ci, cpad, lay };
             let task = Task {
                 bi,
                 d0,
@@ -202,7 +194,7 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
             while w0 < wd {
                 let v = ((wd - w0) / S::LANES).min(VMAX);
                 for cb in (0..t.co).step_by(CB) {
-                    let base = q * geo.pplane + r * geo.wp + w0;
+                    let base = q * geo.lay.plane + r * geo.lay.row + w0;
                     // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk
                     // row for channels past Cout) and their biases.
                     let mut junk = [0.0f32; JUNK];
@@ -256,8 +248,51 @@ pub(crate) fn conv3x3x3_same_input_grad(
     conv3x3x3_same(dy, &wf, None, b, co, ci, dims)
 }
 
+/// Where a task's zero-bordered input lives in its scratch: the value of channel `c`, padded
+/// plane `q`, padded row `r`, column `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`.
+///
+/// With AVX-512 channel-major (`[channel][plane][row][W + 2]`); with AVX2 the channels are
+/// interleaved row by row (`[plane][row][channel][W + 2]`), so that the 9 input rows of every
+/// channel that an output row needs are 9 contiguous runs: its tiles of 4 output channels
+/// sweep those rows twice for 8 channels (AVX-512 once), and the interleaved layout measured
+/// faster for them and slower for AVX-512 (40 → 8 channels at 64³, forward).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    chan: usize,
+    plane: usize,
+    row: usize,
+    /// Floats of the whole scratch.
+    len: usize,
+}
+
+impl Layout {
+    /// `ci` channels of `np + 2` planes of `h + 2` rows of `wd + 2` values, for `level`.
+    fn new(ci: usize, np: usize, h: usize, wd: usize, level: SimdLevel) -> Self {
+        let wp = wd + 2;
+        if level != SimdLevel::Avx2 {
+            let plane = (h + 2) * wp;
+            let chan = (np + 2) * plane;
+            return Self {
+                chan,
+                plane,
+                row: wp,
+                len: ci * chan,
+            };
+        }
+        let row = ci * wp;
+        let plane = (h + 2) * row;
+        Self {
+            chan: wp,
+            plane,
+            row,
+            len: (np + 2) * plane,
+        }
+    }
+}
+
 /// Zero-bordered copy of the depth planes `d0 − 1 ..= d0 + np` of every channel of batch item
-/// `bi` into `pad` (`ci` channels of `(np + 2) × (H + 2) × (W + 2)`).
+/// `bi` into `pad` (laid out as `lay`).
+#[allow(clippy::too_many_arguments)]
 fn pad_planes(
     x: &[f32],
     bi: usize,
@@ -265,30 +300,25 @@ fn pad_planes(
     [d, h, wd]: [usize; 3],
     d0: usize,
     np: usize,
+    lay: &Layout,
     pad: &mut [f32],
 ) {
     let (plane, vol) = (h * wd, d * h * wd);
-    let (hp, wp) = (h + 2, wd + 2);
-    let pplane = hp * wp;
-    let pchan = (np + 2) * pplane;
+    let wp = wd + 2;
+    assert!(pad.len() >= lay.len);
     for c in 0..ci {
         let xc = &x[(bi * ci + c) * vol..][..vol];
-        let pc = &mut pad[c * pchan..][..pchan];
         for q in 0..np + 2 {
-            let pq = &mut pc[q * pplane..][..pplane];
             let src_d = (d0 + q) as isize - 1;
-            if src_d < 0 || src_d >= d as isize {
-                pq.fill(0.0);
-                continue;
-            }
-            let xs = &xc[src_d as usize * plane..][..plane];
-            pq[..wp].fill(0.0);
-            pq[(hp - 1) * wp..].fill(0.0);
-            for r in 0..h {
-                let row = &mut pq[(r + 1) * wp..][..wp];
+            for r in 0..h + 2 {
+                let row = &mut pad[c * lay.chan + q * lay.plane + r * lay.row..][..wp];
+                if src_d < 0 || src_d >= d as isize || r == 0 || r == h + 1 {
+                    row.fill(0.0);
+                    continue;
+                }
                 row[0] = 0.0;
                 row[wp - 1] = 0.0;
-                row[1..=wd].copy_from_slice(&xs[r * wd..][..wd]);
+                row[1..=wd].copy_from_slice(&xc[src_d as usize * plane + (r - 1) * wd..][..wd]);
             }
         }
     }
@@ -327,11 +357,10 @@ pub(crate) fn conv3x3x3_same_weight_grad(
         .into_par_iter()
         .map(|(bi, d0)| {
             let np = PLANES.min(d - d0);
-            let (hp, wp) = (h + 2, wd + 2);
-            let pchan = (np + 2) * hp * wp;
+            let lay = Layout::new(ci, np, h, wd, level);
             let mut dw = vec![0.0f32; co * ci * 27];
-            with_pad_scratch(ci * pchan, |pad| {
-                pad_planes(x, bi, ci, dims, d0, np, pad);
+            with_pad_scratch(lay.len, |pad| {
+                pad_planes(x, bi, ci, dims, d0, np, &lay, pad);
                 let dyb = &dy[bi * co * vol..][..co * vol];
                 let t = WgradTask {
                     ci,
@@ -339,7 +368,7 @@ pub(crate) fn conv3x3x3_same_weight_grad(
                     dims,
                     d0,
                     np,
-                    pchan,
+                    lay,
                 };
                 // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
                 // features) and that `co` is a multiple of its channel block; sizes as
@@ -368,8 +397,8 @@ struct WgradTask {
     dims: [usize; 3],
     d0: usize,
     np: usize,
-    /// Floats per padded channel of the task's scratch.
-    pchan: usize,
+    /// The task's scratch.
+    lay: Layout,
 }
 
 /// [`wgrad_task`] with AVX-512 (8 channels × 3 offsets × 16 lanes).
@@ -407,7 +436,7 @@ unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
 /// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten).
 ///
 /// # Safety
-/// The CPU must support `S`; `pad` holds the task's `ci` padded channels of `t.pchan` floats,
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`),
 /// `dyb` the batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a
 /// multiple of `CB`, W of 16.
 #[cfg(target_arch = "x86_64")]
@@ -431,7 +460,8 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
         for r0 in (0..h).step_by(rb) {
             let rows = r0..(r0 + rb).min(h);
             for c in 0..ci {
-                let pc = &pad[c * t.pchan..][..t.pchan];
+                // Channel c's rows: the scratch from its first value on.
+                let pc = &pad[c * t.lay.chan..t.lay.len];
                 for obi in 0..nob {
                     for k2 in 0..9 {
                         let at = ((c * nob + obi) * 9 + k2) * slot;
@@ -441,6 +471,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
                         unsafe {
                             wgrad_rows::<S, CB>(
                                 pc,
+                                &t.lay,
                                 dyb,
                                 t.dims,
                                 [t.d0, q],
@@ -473,8 +504,8 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
 }
 
 /// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
-/// pc[q + kd, r + kh, w + kw]` (the padded channel `pc` of one input channel), lane by lane
-/// in row and column order.
+/// pc[q + kd, r + kh, w + kw]` (`pc`: the scratch from one input channel's first value on,
+/// laid out as `lay`), lane by lane in row and column order.
 ///
 /// # Safety
 /// The CPU must support `S`; `W` a multiple of `S::LANES`.
@@ -483,6 +514,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     pc: &[f32],
+    lay: &Layout,
     dyb: &[f32],
     [d, h, wd]: [usize; 3],
     [d0, q]: [usize; 2],
@@ -493,10 +525,12 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
 ) {
     let lanes = S::LANES;
     let (plane, vol) = (h * wd, d * h * wd);
-    let (wp, pplane) = (wd + 2, (h + 2) * (wd + 2));
     assert!(wd.is_multiple_of(lanes) && d0 + q < d && rows.end <= h && acc.len() >= CB * 3 * lanes);
     assert!((ob + CB) * vol <= dyb.len());
-    assert!(rows.is_empty() || (q + kd) * pplane + (rows.end - 1 + kh) * wp + wd + 2 <= pc.len());
+    assert!(
+        rows.is_empty()
+            || (q + kd) * lay.plane + (rows.end - 1 + kh) * lay.row + wd + 2 <= pc.len()
+    );
     // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
     // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r (asserted
     // in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
@@ -509,7 +543,7 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
             }
         }
         for r in rows {
-            let xrow = pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp);
+            let xrow = pc.as_ptr().add((q + kd) * lay.plane + (r + kh) * lay.row);
             let yoff = (d0 + q) * plane + r * wd;
             for w in (0..wd).step_by(lanes) {
                 let x0 = S::load(xrow.add(w));
@@ -535,18 +569,17 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
 struct Tile {
     ci: usize,
     cpad: usize,
-    /// Floats per padded channel, per padded plane, per padded row.
-    pchan: usize,
-    pplane: usize,
-    wp: usize,
+    /// The task's padded input.
+    lay: Layout,
 }
 
 /// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
 /// `l < LANES·V`, `o < CB`.
 ///
 /// # Safety
-/// The CPU must support `S`. `pad` must hold `geo.ci` channels of `geo.pchan` floats with
-/// `base + 2·pplane + 2·wp + 2 + LANES·V ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
+/// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay` with
+/// `base + (ci − 1)·chan + 2·plane + 2·row + 2 + LANES·V ≤ lay.len`; `wt` must hold
+/// `ci·27·cpad` floats with
 /// `cb + CB ≤ cpad`; every `rows[o]` must be valid for writing `LANES·V` floats that nobody
 /// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
@@ -561,9 +594,16 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
     bias: [f32; CB],
 ) {
     let lanes = S::LANES;
+    let lay = geo.lay;
     assert!(
-        geo.ci * geo.pchan <= pad.len()
-            && base + 2 * geo.pplane + 2 * geo.wp + 2 + lanes * V <= geo.pchan
+        lay.len <= pad.len()
+            && base
+                + geo.ci.saturating_sub(1) * lay.chan
+                + 2 * lay.plane
+                + 2 * lay.row
+                + 2
+                + lanes * V
+                <= lay.len
     );
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
     // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
@@ -574,11 +614,11 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
             *ao = [S::splat(bv); V];
         }
         for c in 0..geo.ci {
-            let pc = pad.as_ptr().add(c * geo.pchan + base);
+            let pc = pad.as_ptr().add(c * lay.chan + base);
             let wc = wt.as_ptr().add(c * 27 * geo.cpad + cb);
             for kd in 0..3 {
                 for kh in 0..3 {
-                    let row = pc.add(kd * geo.pplane + kh * geo.wp);
+                    let row = pc.add(kd * lay.plane + kh * lay.row);
                     for kw in 0..3 {
                         let mut xs = [S::zero(); V];
                         for (v, x) in xs.iter_mut().enumerate() {
