@@ -2,7 +2,7 @@
 # Side-by-side benchmark of mckd (burn flex) against PyTorch on the same two MCKD training
 # steps (issue 5), per instruction-set path (issue 20). Usage:
 #   bench/run.sh [--threads N] [--rounds R] [--avmnist-steps N] [--unet-steps N]
-#                [--simd LIST] [--torch-isa match|native] [--quick]
+#                [--simd LIST] [--torch-isa match|native] [--models LIST] [--quick]
 #
 # * --simd LIST: comma-separated paths of our kernels, each of scalar, avx2, avx512 (default:
 #   the CPU's best). Each path runs with MCKD_SIMD=<path>; a path the CPU lacks is refused
@@ -11,6 +11,7 @@
 #   and scalar paths (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), so
 #   `--simd avx2,avx512` on an AVX-512 machine compares both sides as on an AVX2 machine and
 #   as on this one; `native` leaves PyTorch on the CPU's best.
+# * --models LIST: avmnist, unet or both (default avmnist,unet).
 # * Creates the Python environment on first use, outside the repo:
 #   ${MCKD_BENCH_VENV:-$HOME/.cache/mckd-bench/venv} with torch==2.15.0 and numpy.
 # * Builds the release binary `mckd-bench`.
@@ -30,6 +31,7 @@ AV_STEPS=20
 UNET_STEPS=3
 SIMD=""
 TORCH_ISA=match
+MODELS=avmnist,unet
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
@@ -38,8 +40,9 @@ while [[ $# -gt 0 ]]; do
     --unet-steps) UNET_STEPS="$2"; shift 2 ;;
     --simd) SIMD="$2"; shift 2 ;;
     --torch-isa) TORCH_ISA="$2"; shift 2 ;;
+    --models) MODELS="$2"; shift 2 ;;
     --quick) ROUNDS=1; AV_STEPS=5; UNET_STEPS=1; shift ;;
-    -h|--help) sed -n 2,27p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +50,13 @@ case "$TORCH_ISA" in
   match|native) ;;
   *) echo "--torch-isa must be match or native, not $TORCH_ISA" >&2; exit 2 ;;
 esac
+IFS=',' read -r -a MODEL_LIST <<<"$MODELS"
+for m in "${MODEL_LIST[@]}"; do
+  case "$m" in
+    avmnist|unet) ;;
+    *) echo "--models: unknown model $m (expected avmnist, unet)" >&2; exit 2 ;;
+  esac
+done
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -106,11 +116,13 @@ TORCH=("$PY" "$HERE/torch_mckd.py" --threads "$THREADS")
 for r in $(seq 1 "$ROUNDS"); do
   for p in "${PATHS[@]}"; do
     echo "round $r/$ROUNDS, path $p" >&2
-    # shellcheck disable=SC2046  # torch_env prints VAR=value words for env
-    MCKD_SIMD="$p" "${MCKD[@]}" --model avmnist --steps "$AV_STEPS" >>"$LINES"
-    env $(torch_env "$p") "${TORCH[@]}" --simd "$p" --model avmnist --steps "$AV_STEPS" >>"$LINES"
-    MCKD_SIMD="$p" "${MCKD[@]}" --model unet --steps "$UNET_STEPS" >>"$LINES"
-    env $(torch_env "$p") "${TORCH[@]}" --simd "$p" --model unet --steps "$UNET_STEPS" >>"$LINES"
+    for m in "${MODEL_LIST[@]}"; do
+      steps="$AV_STEPS"
+      [[ "$m" == unet ]] && steps="$UNET_STEPS"
+      MCKD_SIMD="$p" "${MCKD[@]}" --model "$m" --steps "$steps" >>"$LINES"
+      # shellcheck disable=SC2046  # torch_env prints VAR=value words for env
+      env $(torch_env "$p") "${TORCH[@]}" --simd "$p" --model "$m" --steps "$steps" >>"$LINES"
+    done
   done
 done
 for p in "${PATHS[@]}"; do
@@ -131,5 +143,5 @@ fi
 "$PY" "$HERE/report.py" "$LINES" "$HERE/results.json" \
   --machine "$MODEL_NAME, $(getconf _NPROCESSORS_ONLN) CPUs, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), ${MHZ} MHz" \
   --cpu-model "$MODEL_NAME" --cpu-flags "$FLAGS" \
-  --command "bench/run.sh --threads $THREADS --rounds $ROUNDS --avmnist-steps $AV_STEPS --unet-steps $UNET_STEPS --simd $SIMD --torch-isa $TORCH_ISA" \
+  --command "bench/run.sh --threads $THREADS --rounds $ROUNDS --avmnist-steps $AV_STEPS --unet-steps $UNET_STEPS --simd $SIMD --torch-isa $TORCH_ISA --models $MODELS" \
   --rounds "$ROUNDS" --note "$BUSY"

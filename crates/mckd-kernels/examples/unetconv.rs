@@ -30,12 +30,14 @@ fn main() {
     ad.seed(0);
     println!("level {level}");
     // (name, Cin, Cout, side, stride): e1.conv1 (Cin 1), e1.conv2, e2.conv1 (stride 2), the
-    // decoder's first level (40 → 8), e3.conv2 at 16³.
+    // decoder's first level (40 → 8) and a layer of the shape of its input gradient (8 → 40),
+    // e3.conv2 at 16³.
     for (name, ci, co, s, stride) in [
         ("e1.conv1", 1, 8, 64, 1),
         ("e1.conv2", 8, 8, 64, 1),
         ("e2.conv1", 8, 16, 64, 2),
         ("d1.conv1", 40, 8, 64, 1),
+        ("d1.conv1-dx", 8, 40, 64, 1),
         ("e3.conv2", 32, 32, 16, 1),
     ] {
         let layer = Conv3dConfig::new([ci, co], [3, 3, 3])

@@ -362,13 +362,22 @@ impl Geometry {
         ok.then_some(c)
     }
 
-    /// A 3×3×3, stride-1, padding-1 convolution that the direct kernel runs at the current
-    /// level ([`crate::direct3`]).
-    fn direct(&self) -> bool {
-        self.k == [3, 3, 3]
-            && self.s == [1, 1, 1]
-            && self.p == [1, 1, 1]
-            && crate::direct3::supported(self.din[2])
+    /// A 3×3×3, padding-1 convolution of stride 1 or 2 that the direct kernel runs at the
+    /// current level ([`crate::direct3`]), as its sizes.
+    fn direct(&self) -> Option<crate::direct3::Conv3> {
+        let stride = match self.s {
+            [1, 1, 1] => 1,
+            [2, 2, 2] => 2,
+            _ => return None,
+        };
+        let c = crate::direct3::Conv3 {
+            b: self.b,
+            ci: self.ci,
+            co: self.co,
+            dims: self.din,
+            stride,
+        };
+        (self.k == [3, 3, 3] && self.p == [1, 1, 1] && crate::direct3::supported(&c)).then_some(c)
     }
 }
 
@@ -1249,16 +1258,8 @@ impl Conv3dGemmOps for Flex {
             padding,
         );
         let (x, w, b) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
-        let y = if g.direct() {
-            crate::direct3::conv3x3x3_same(
-                slice(&x),
-                slice(&w),
-                Some(slice(&b)),
-                g.b,
-                g.ci,
-                g.co,
-                g.din,
-            )
+        let y = if let Some(c) = g.direct() {
+            crate::direct3::conv3x3x3(slice(&x), slice(&w), Some(slice(&b)), &c)
         } else if let Some(c) = g.direct2d().filter(|c| c.ci >= 8) {
             // With one input channel (the first layers) a sample's tile has only k² taps and
             // the GEMM path was faster (examples/avconv.rs): direct from 8 input channels.
@@ -1289,15 +1290,8 @@ impl Backward<Flex, 3> for Conv3dBackward {
         let (x, w, stride, padding) = ops.state;
         let g = Geometry::new(x.shape().as_slice(), w.shape().as_slice(), stride, padding);
         if let Some(node) = node_w {
-            let dw = if g.direct() && crate::direct3::weight_grad_supported(g.din[2], g.co) {
-                crate::direct3::conv3x3x3_same_weight_grad(
-                    slice(&x),
-                    slice(&dy),
-                    g.b,
-                    g.ci,
-                    g.co,
-                    g.din,
-                )
+            let dw = if let Some(c) = g.direct().filter(crate::direct3::weight_grad_supported) {
+                crate::direct3::weight_grad(slice(&x), slice(&dy), &c)
             } else if let Some(c) = g
                 .direct2d()
                 .filter(|c| c.ci >= 8 && crate::direct2::weight_grad_supported(c))
@@ -1319,15 +1313,8 @@ impl Backward<Flex, 3> for Conv3dBackward {
             // would multiply mostly zeros) or its columns are smaller than the gather's
             // (depth-1 kernels: the AV-MNIST convolutions); else gather.
             let scatter = g.k[0] <= 2 * g.s[0] && (g.s[0] > 1 || g.ci * g.pout() <= g.co * g.pin());
-            let dx = if g.direct() {
-                crate::direct3::conv3x3x3_same_input_grad(
-                    slice(&dy),
-                    slice(&w),
-                    g.b,
-                    g.ci,
-                    g.co,
-                    g.din,
-                )
+            let dx = if let Some(c) = g.direct().filter(|c| c.stride == 1) {
+                crate::direct3::input_grad(slice(&dy), slice(&w), &c)
             } else if let Some(c) = g
                 .direct2d()
                 .filter(|c| c.kh - c.ph <= 2 && c.kw - c.pw <= 2)
@@ -1446,13 +1433,27 @@ mod tests {
     /// kernel runs at the AVX2 and AVX-512 levels, the GEMM path at the scalar level.
     #[test]
     fn direct_convolutions_match_burn() {
+        let conv = |w: usize, stride: usize| crate::direct3::Conv3 {
+            b: 1,
+            ci: 2,
+            co: 8,
+            dims: [4, 4, w],
+            stride,
+        };
         for_each_level(|level| {
             assert_eq!(
-                crate::direct3::supported(16),
+                crate::direct3::supported(&conv(16, 1)),
                 level != SimdLevel::Scalar,
                 "the direct kernel runs at the vector levels"
             );
-            assert!(!crate::direct3::supported(24), "W must be a multiple of 16");
+            assert!(
+                !crate::direct3::supported(&conv(24, 1)),
+                "W must be a multiple of 16"
+            );
+            assert!(
+                !crate::direct3::supported(&conv(16, 2)),
+                "W/2 must be a multiple of 16"
+            );
             check([2, 1, 5, 3, 16], 8, [3; 3], [1; 3], [1; 3], 40);
             check([1, 3, 6, 5, 32], 5, [3; 3], [1; 3], [1; 3], 41);
             check([2, 4, 3, 2, 48], 11, [3; 3], [1; 3], [1; 3], 42);
@@ -1461,6 +1462,27 @@ mod tests {
             check([2, 40, 3, 3, 16], 8, [3; 3], [1; 3], [1; 3], 45);
             check([1, 5, 3, 4, 32], 12, [3; 3], [1; 3], [1; 3], 46);
             check([1, 2, 2, 3, 16], 6, [3; 3], [1; 3], [1; 3], 47);
+        });
+    }
+
+    /// The direct kernel at stride 2 (forward and weight gradient; the input gradient stays on
+    /// the col2im path): output rows of 16 and 32 voxels (AVX2: 16 = 2 vectors, 32 = 24 + 8),
+    /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a weight
+    /// gradient on the GEMM path with AVX-512, direct with AVX2), Cin 1 and 9.
+    #[test]
+    fn direct_stride_2_matches_burn() {
+        for_each_level(|level| {
+            let c = crate::direct3::Conv3 {
+                b: 1,
+                ci: 3,
+                co: 8,
+                dims: [4, 6, 32],
+                stride: 2,
+            };
+            assert_eq!(crate::direct3::supported(&c), level != SimdLevel::Scalar);
+            check([2, 3, 10, 6, 32], 8, [3; 3], [2; 3], [1; 3], 80);
+            check([1, 9, 2, 4, 64], 12, [3; 3], [2; 3], [1; 3], 81);
+            check([1, 1, 4, 2, 32], 16, [3; 3], [2; 3], [1; 3], 82);
         });
     }
 

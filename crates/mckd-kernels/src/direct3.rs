@@ -1,6 +1,6 @@
-//! Direct 3×3×3, stride-1, padding-1 convolution on NCDHW `f32` data, vectorised along W
-//! (AVX-512 or AVX2), without im2col: the UNet's same-size convolutions, forward and input
-//! gradient.
+//! Direct 3×3×3, padding-1 convolution with stride 1 or 2 on NCDHW `f32` data, vectorised
+//! along W (AVX-512 or AVX2), without im2col: the UNet's convolutions — forward and weight
+//! gradient at both strides, input gradient at stride 1.
 //!
 //! # Why
 //! With 8–16 output channels the im2col GEMM of [`crate::conv3d`] writes 27·Cin floats per
@@ -10,9 +10,14 @@
 //! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
 //! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
 //! voxels; AVX2 (16 registers): 4 channels × 8, 16 or 24 voxels (12 accumulators, the input
-//! vectors and the broadcast weight fit the register file). The input planes a task needs are first copied into
-//! a zero-bordered scratch (`(planes + 2) × (H + 2) × (W + 2)` per channel), so the inner
-//! loop has no boundary tests.
+//! vectors and the broadcast weight fit the register file). The input planes a task needs are
+//! first copied into a zero-bordered scratch (see [`Layout`]), so the inner loop has no
+//! boundary tests.
+//!
+//! At stride 2 each padded input row is stored as its even values, then its odd values: the
+//! inputs `2·w + kw` of a row of outputs `w` are then contiguous for every `kw` (even values
+//! from `w` for `kw` = 0, odd ones from `w` for 1, even ones from `w + 1` for 2), so the same
+//! tiles run on them.
 //!
 //! The input gradient of a same-size 3×3×3 convolution is the same convolution of the output
 //! gradient with the kernel flipped in space and `Cin`/`Cout` swapped (no bias).
@@ -20,8 +25,8 @@
 //! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw)
 //! with fused multiply-adds, whatever the number of threads and at both levels (the forward
 //! and input gradient give the same bits with AVX2 and AVX-512; the weight gradient's lane
-//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512 and W
-//! is a multiple of 16; [`supported`] says so.
+//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512 and the
+//! output rows are a multiple of 16 voxels; [`supported`] says so.
 
 use rayon::prelude::*;
 
@@ -34,18 +39,44 @@ use crate::simd::vec::{Avx2, Avx512, F32s};
 const CB512: usize = 8;
 /// Output channels per register tile (AVX2: half the registers of AVX-512).
 const CB256: usize = 4;
-/// Output depth planes per task (scratch: `(PLANES + 2)` padded input planes per channel).
+/// Output depth planes per task (scratch: the padded input planes they need).
 const PLANES: usize = 4;
 
-/// Whether the direct kernel runs at the current level for rows of `w` voxels.
-pub(crate) fn supported(w: usize) -> bool {
-    w.is_multiple_of(16) && crate::simd::level() != SimdLevel::Scalar
+/// Sizes of one direct convolution: 3×3×3, padding 1, stride 1 or 2 along every axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Conv3 {
+    /// Batch, input and output channels.
+    pub b: usize,
+    pub ci: usize,
+    pub co: usize,
+    /// Input depth, height, width.
+    pub dims: [usize; 3],
+    /// 1 or 2 (stride 2 needs even sizes).
+    pub stride: usize,
 }
 
-/// Whether [`conv3x3x3_same_weight_grad`] runs at the current level (rows of `w` voxels,
-/// `co` output channels: a multiple of the level's channel block).
-pub(crate) fn weight_grad_supported(w: usize, co: usize) -> bool {
-    supported(w) && co.is_multiple_of(channel_block(crate::simd::level()))
+impl Conv3 {
+    /// Output depth, height, width.
+    pub fn out(&self) -> [usize; 3] {
+        self.dims.map(|n| n / self.stride)
+    }
+}
+
+/// Whether the direct kernel runs at the current level for this convolution: stride 1, or
+/// stride 2 with even sizes, and output rows of a multiple of 16 voxels.
+pub(crate) fn supported(c: &Conv3) -> bool {
+    let shape_ok = match c.stride {
+        1 => true,
+        2 => c.dims.iter().all(|n| n.is_multiple_of(2)),
+        _ => false,
+    };
+    shape_ok && c.out()[2].is_multiple_of(16) && crate::simd::level() != SimdLevel::Scalar
+}
+
+/// Whether [`weight_grad`] runs at the current level (also `Cout` a multiple of the level's
+/// channel block).
+pub(crate) fn weight_grad_supported(c: &Conv3) -> bool {
+    supported(c) && c.co.is_multiple_of(channel_block(crate::simd::level()))
 }
 
 /// Output channels per register tile at `level`.
@@ -57,58 +88,49 @@ fn channel_block(level: SimdLevel) -> usize {
     }
 }
 
-/// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), stride 1, padding 1:
-/// `[batch, Cout, D, H, W]`.
+/// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), padding 1, stride `c.stride`:
+/// `[batch, Cout, D/s, H/s, W/s]`.
 ///
 /// # Panics
-/// If [`supported`] is false for `dims[4]`, or the slices do not match the sizes.
-pub(crate) fn conv3x3x3_same(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
+/// If [`supported`] is false, or the slices do not match the sizes.
+pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -> Vec<f32> {
     assert!(
-        supported(dims[2]),
-        "direct conv: unsupported level or width"
+        supported(c),
+        "direct conv: unsupported level or shape {c:?}"
     );
     let level = crate::simd::level();
     let cb = channel_block(level);
-    let [d, h, wd] = dims;
-    let plane = h * wd;
-    let vol = d * plane;
-    assert_eq!(x.len(), b * ci * vol);
+    let (ci, co) = (c.ci, c.co);
+    let [d, h, wd] = c.dims;
+    let [dout, hout, wout] = c.out();
+    let vol_out = dout * hout * wout;
+    assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(w.len(), co * ci * 27);
     // wt[(c, k)][cpad]: weights of one input channel and offset for all output channels.
     let cpad = co.div_ceil(cb) * cb;
     let mut wt = vec![0.0f32; ci * 27 * cpad];
     for o in 0..co {
-        for c in 0..ci {
+        for i in 0..ci {
             for k in 0..27 {
-                wt[(c * 27 + k) * cpad + o] = w[(o * ci + c) * 27 + k];
+                wt[(i * 27 + k) * cpad + o] = w[(o * ci + i) * 27 + k];
             }
         }
     }
-    let mut y = uninit_f32(b * co * vol);
+    let mut y = uninit_f32(c.b * co * vol_out);
     let out = SendPtr(y.as_mut_ptr().cast::<f32>());
-    let tasks: Vec<(usize, usize)> = (0..b)
-        .flat_map(|bi| (0..d).step_by(PLANES).map(move |p| (bi, p)))
-        .collect();
-    tasks.into_par_iter().for_each(|(bi, d0)| {
-        let np = PLANES.min(d - d0);
-        let lay = Layout::new(ci, np, h, wd, level);
+    tasks(c).into_par_iter().for_each(|(bi, d0)| {
+        let np = PLANES.min(dout - d0);
+        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
         with_pad_scratch(lay.len, |pad| {
-            pad_planes(x, bi, ci, [d, h, wd], d0, np, &lay, pad);
+            pad_planes(x, bi, c, c.stride * d0, &lay, pad);
             let geo = Tile { ci, cpad, lay };
             let task = Task {
                 bi,
                 d0,
                 np,
                 co,
-                dims,
+                stride: c.stride,
+                out_dims: c.out(),
                 bias,
                 out,
             };
@@ -122,17 +144,28 @@ pub(crate) fn conv3x3x3_same(
             }
         });
     });
-    // SAFETY: the tasks partition (batch, depth planes) and each writes every (co, row, w).
+    // SAFETY: the tasks partition (batch, output depth planes) and each writes every
+    // (co, row, w) of its planes.
     unsafe { assume_init_f32(y) }
 }
 
-/// One forward task's place in the output: batch item `bi`, depth planes `d0 .. d0 + np`.
+/// The tasks of `c`: (batch item, first output plane) with up to [`PLANES`] planes each.
+fn tasks(c: &Conv3) -> Vec<(usize, usize)> {
+    let dout = c.out()[0];
+    (0..c.b)
+        .flat_map(|bi| (0..dout).step_by(PLANES).map(move |p| (bi, p)))
+        .collect()
+}
+
+/// One forward task's place in the output: batch item `bi`, output depth planes
+/// `d0 .. d0 + np`.
 struct Task<'a> {
     bi: usize,
     d0: usize,
     np: usize,
     co: usize,
-    dims: [usize; 3],
+    stride: usize,
+    out_dims: [usize; 3],
     bias: Option<&'a [f32]>,
     out: SendPtr,
 }
@@ -173,9 +206,9 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
 /// of up to `VMAX` vectors along W.
 ///
 /// # Safety
-/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo`), `wt` the
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo.lay`), `wt` the
 /// weights packed with `geo.cpad` a multiple of `CB`; `t.out` points to the output, of which
-/// this task alone writes its planes; W a multiple of 16 and of `S::LANES`.
+/// this task alone writes its planes; the output width a multiple of 16 and of `S::LANES`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
@@ -184,9 +217,10 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
     geo: &Tile,
     t: &Task,
 ) {
-    let [_, h, wd] = t.dims;
+    let [_, h, wd] = t.out_dims;
     let plane = h * wd;
-    let vol = t.dims[0] * plane;
+    let vol = t.out_dims[0] * plane;
+    let s = t.stride;
     assert!(wd.is_multiple_of(S::LANES) && VMAX * S::LANES <= JUNK);
     for q in 0..t.np {
         for r in 0..h {
@@ -194,7 +228,7 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
             while w0 < wd {
                 let v = ((wd - w0) / S::LANES).min(VMAX);
                 for cb in (0..t.co).step_by(CB) {
-                    let base = q * geo.lay.plane + r * geo.lay.row + w0;
+                    let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
                     // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk
                     // row for channels past Cout) and their biases.
                     let mut junk = [0.0f32; JUNK];
@@ -227,29 +261,34 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
 /// Floats of the junk row that takes the tiles' rows past `Cout` (≥ the widest tile).
 const JUNK: usize = 32;
 
-/// The input gradient of [`conv3x3x3_same`]: `dx = conv(dy, w')` with
+/// The input gradient of a stride-1 [`conv3x3x3`]: `dx = conv(dy, w')` with
 /// `w'[c, o, k] = w[o, c, 26 − k]`.
-pub(crate) fn conv3x3x3_same_input_grad(
-    dy: &[f32],
-    w: &[f32],
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
+///
+/// # Panics
+/// If `c.stride` is not 1 or [`supported`] is false.
+pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
+    assert_eq!(c.stride, 1, "direct input gradient: stride 1 only");
+    let (ci, co) = (c.ci, c.co);
     let mut wf = vec![0.0f32; ci * co * 27];
     for o in 0..co {
-        for c in 0..ci {
+        for i in 0..ci {
             for k in 0..27 {
-                wf[(c * co + o) * 27 + k] = w[(o * ci + c) * 27 + (26 - k)];
+                wf[(i * co + o) * 27 + k] = w[(o * ci + i) * 27 + (26 - k)];
             }
         }
     }
-    conv3x3x3_same(dy, &wf, None, b, co, ci, dims)
+    let t = Conv3 {
+        ci: co,
+        co: ci,
+        ..*c
+    };
+    conv3x3x3(dy, &wf, None, &t)
 }
 
 /// Where a task's zero-bordered input lives in its scratch: the value of channel `c`, padded
-/// plane `q`, padded row `r`, column `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`.
+/// plane `q`, padded row `r`, position `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`. At
+/// stride 2 a row holds its `(W + 2)/2` even values, then its odd values (`odd` is the offset
+/// of the odd half; at stride 1 the row is in order).
 ///
 /// With AVX-512 channel-major (`[channel][plane][row][W + 2]`); with AVX2 the channels are
 /// interleaved row by row (`[plane][row][channel][W + 2]`), so that the 9 input rows of every
@@ -261,21 +300,33 @@ struct Layout {
     chan: usize,
     plane: usize,
     row: usize,
+    /// Offsets in a row of the inputs of kernel columns kw = 0, 1, 2 for output position 0.
+    kw: [usize; 3],
+    /// Padded planes held.
+    planes: usize,
     /// Floats of the whole scratch.
     len: usize,
 }
 
 impl Layout {
-    /// `ci` channels of `np + 2` planes of `h + 2` rows of `wd + 2` values, for `level`.
-    fn new(ci: usize, np: usize, h: usize, wd: usize, level: SimdLevel) -> Self {
+    /// `ci` channels of `planes` padded planes of `h + 2` rows of `wd + 2` values, for a
+    /// convolution of stride `stride` at `level`.
+    fn new(ci: usize, planes: usize, [h, wd]: [usize; 2], stride: usize, level: SimdLevel) -> Self {
         let wp = wd + 2;
+        let kw = if stride == 2 {
+            [0, wp / 2, 1]
+        } else {
+            [0, 1, 2]
+        };
         if level != SimdLevel::Avx2 {
             let plane = (h + 2) * wp;
-            let chan = (np + 2) * plane;
+            let chan = planes * plane;
             return Self {
                 chan,
                 plane,
                 row: wp,
+                kw,
+                planes,
                 len: ci * chan,
             };
         }
@@ -285,87 +336,88 @@ impl Layout {
             chan: wp,
             plane,
             row,
-            len: (np + 2) * plane,
+            kw,
+            planes,
+            len: planes * plane,
         }
     }
 }
 
-/// Zero-bordered copy of the depth planes `d0 − 1 ..= d0 + np` of every channel of batch item
-/// `bi` into `pad` (laid out as `lay`).
-#[allow(clippy::too_many_arguments)]
-fn pad_planes(
-    x: &[f32],
-    bi: usize,
-    ci: usize,
-    [d, h, wd]: [usize; 3],
-    d0: usize,
-    np: usize,
-    lay: &Layout,
-    pad: &mut [f32],
-) {
+/// Zero-bordered copy of the input planes `p0 − 1 ..` (as many as `lay` holds) of every
+/// channel of batch item `bi` into `pad` (laid out as `lay`; at stride 2 each row as its even
+/// then its odd values).
+fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mut [f32]) {
+    let [d, h, wd] = c.dims;
     let (plane, vol) = (h * wd, d * h * wd);
     let wp = wd + 2;
     assert!(pad.len() >= lay.len);
-    for c in 0..ci {
-        let xc = &x[(bi * ci + c) * vol..][..vol];
-        for q in 0..np + 2 {
-            let src_d = (d0 + q) as isize - 1;
+    for ch in 0..c.ci {
+        let xc = &x[(bi * c.ci + ch) * vol..][..vol];
+        for q in 0..lay.planes {
+            let src_d = (p0 + q) as isize - 1;
             for r in 0..h + 2 {
-                let row = &mut pad[c * lay.chan + q * lay.plane + r * lay.row..][..wp];
+                let row = &mut pad[ch * lay.chan + q * lay.plane + r * lay.row..][..wp];
                 if src_d < 0 || src_d >= d as isize || r == 0 || r == h + 1 {
                     row.fill(0.0);
                     continue;
                 }
-                row[0] = 0.0;
-                row[wp - 1] = 0.0;
-                row[1..=wd].copy_from_slice(&xc[src_d as usize * plane + (r - 1) * wd..][..wd]);
+                let src = &xc[src_d as usize * plane + (r - 1) * wd..][..wd];
+                if c.stride == 2 {
+                    // Padded position j = 2m (even half, index m) holds x[2m − 1]; j = 2m + 1
+                    // (odd half) holds x[2m]; positions 0 and W + 1 are the zero border.
+                    let half = wp / 2;
+                    let (even, odd) = row.split_at_mut(half);
+                    even[0] = 0.0;
+                    odd[half - 1] = 0.0;
+                    for m in 0..wd / 2 {
+                        even[m + 1] = src[2 * m + 1];
+                        odd[m] = src[2 * m];
+                    }
+                } else {
+                    row[0] = 0.0;
+                    row[wp - 1] = 0.0;
+                    row[1..=wd].copy_from_slice(src);
+                }
             }
         }
     }
 }
 
-/// The weight gradient of [`conv3x3x3_same`], `[Cout, Cin, 27]`: per task (batch item, 4
-/// depth planes) `dW_t[o, c, k] = Σ_voxels dy[o, v] · x[c, v + off(k)]` with `CB` output
+/// The weight gradient of [`conv3x3x3`], `[Cout, Cin, 27]`: per task (batch item, 4 output
+/// depth planes) `dW_t[o, c, k] = Σ_outputs dy[o, v] · x[c, s·v + off(k)]` with `CB` output
 /// channels × 3 kw offsets in registers (8 × 3 vectors of 16 lanes with AVX-512, 4 × 3 of 8
-/// with AVX2; summed across lanes at the end), sweeping blocks of ~256 voxels (rows) through
+/// with AVX2; summed across lanes at the end), sweeping blocks of ~256 outputs (rows) through
 /// every input channel and offset so the block's `dy` stays in L1; then the task partials
 /// added in task order (independent of the thread count).
 ///
 /// # Panics
 /// If [`weight_grad_supported`] is false.
-pub(crate) fn conv3x3x3_same_weight_grad(
-    x: &[f32],
-    dy: &[f32],
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
     assert!(
-        weight_grad_supported(dims[2], co),
-        "direct weight gradient: unsupported"
+        weight_grad_supported(c),
+        "direct weight gradient: unsupported {c:?}"
     );
     let level = crate::simd::level();
-    let [d, h, wd] = dims;
-    let vol = d * h * wd;
-    assert_eq!(x.len(), b * ci * vol);
-    assert_eq!(dy.len(), b * co * vol);
-    let tasks: Vec<(usize, usize)> = (0..b)
-        .flat_map(|bi| (0..d).step_by(PLANES).map(move |p| (bi, p)))
-        .collect();
-    let partials: Vec<Vec<f32>> = tasks
+    let (ci, co) = (c.ci, c.co);
+    let [d, h, wd] = c.dims;
+    let [dout, ..] = c.out();
+    let vol_out: usize = c.out().iter().product();
+    assert_eq!(x.len(), c.b * ci * d * h * wd);
+    assert_eq!(dy.len(), c.b * co * vol_out);
+    let partials: Vec<Vec<f32>> = tasks(c)
         .into_par_iter()
         .map(|(bi, d0)| {
-            let np = PLANES.min(d - d0);
-            let lay = Layout::new(ci, np, h, wd, level);
+            let np = PLANES.min(dout - d0);
+            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
             let mut dw = vec![0.0f32; co * ci * 27];
             with_pad_scratch(lay.len, |pad| {
-                pad_planes(x, bi, ci, dims, d0, np, &lay, pad);
-                let dyb = &dy[bi * co * vol..][..co * vol];
+                pad_planes(x, bi, c, c.stride * d0, &lay, pad);
+                let dyb = &dy[bi * co * vol_out..][..co * vol_out];
                 let t = WgradTask {
                     ci,
                     co,
-                    dims,
+                    out_dims: c.out(),
+                    stride: c.stride,
                     d0,
                     np,
                     lay,
@@ -390,11 +442,12 @@ pub(crate) fn conv3x3x3_same_weight_grad(
     dw
 }
 
-/// Sizes of one weight-gradient task (batch item, depth planes `d0 .. d0 + np`).
+/// Sizes of one weight-gradient task (batch item, output depth planes `d0 .. d0 + np`).
 struct WgradTask {
     ci: usize,
     co: usize,
-    dims: [usize; 3],
+    out_dims: [usize; 3],
+    stride: usize,
     d0: usize,
     np: usize,
     /// The task's scratch.
@@ -436,9 +489,9 @@ unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
 /// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten).
 ///
 /// # Safety
-/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`),
-/// `dyb` the batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a
-/// multiple of `CB`, W of 16.
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`), `dyb` the
+/// batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a multiple of
+/// `CB`, the output width of 16.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_task<S: F32s, const CB: usize>(
@@ -447,7 +500,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     t: &WgradTask,
     dw: &mut [f32],
 ) {
-    let (ci, co, wd, h) = (t.ci, t.co, t.dims[2], t.dims[1]);
+    let (ci, co, wd, h) = (t.ci, t.co, t.out_dims[2], t.out_dims[1]);
     assert!(co.is_multiple_of(CB) && dw.len() == co * ci * 27);
     // Lane accumulators of every (c, output block, kd, kh): CB × 3 vectors each, carried
     // across blocks of rows so that a block's dy rows stay in L1 while every input channel
@@ -467,20 +520,15 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
                         let at = ((c * nob + obi) * 9 + k2) * slot;
                         let acc = &mut accm[at..at + slot];
                         let (kd, kh) = (k2 / 3, k2 % 3);
-                        // SAFETY: the CPU supports `S`; bounds in the callee's asserts.
-                        unsafe {
-                            wgrad_rows::<S, CB>(
-                                pc,
-                                &t.lay,
-                                dyb,
-                                t.dims,
-                                [t.d0, q],
-                                rows.clone(),
-                                obi * CB,
-                                [kd, kh],
-                                acc,
-                            )
+                        let rows = WgradRows {
+                            q,
+                            rows: rows.clone(),
+                            ob: obi * CB,
+                            kd,
+                            kh,
                         };
+                        // SAFETY: the CPU supports `S`; bounds in the callee's asserts.
+                        unsafe { wgrad_rows::<S, CB>(pc, t, dyb, &rows, acc) };
                     }
                 }
             }
@@ -503,38 +551,50 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     }
 }
 
-/// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
-/// pc[q + kd, r + kh, w + kw]` (`pc`: the scratch from one input channel's first value on,
-/// laid out as `lay`), lane by lane in row and column order.
-///
-/// # Safety
-/// The CPU must support `S`; `W` a multiple of `S::LANES`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_rows<S: F32s, const CB: usize>(
-    pc: &[f32],
-    lay: &Layout,
-    dyb: &[f32],
-    [d, h, wd]: [usize; 3],
-    [d0, q]: [usize; 2],
+/// The rows of one [`wgrad_rows`] call: output plane `q` of the task, output rows `rows`,
+/// output channels `ob ..`, kernel offsets (`kd`, `kh`).
+struct WgradRows {
+    q: usize,
     rows: core::ops::Range<usize>,
     ob: usize,
-    [kd, kh]: [usize; 2],
+    kd: usize,
+    kh: usize,
+}
+
+/// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
+/// x[s·q + kd, s·r + kh, s·w + kw]` (`pc`: the scratch from one input channel's first value
+/// on, laid out as `t.lay`), lane by lane in row and column order.
+///
+/// # Safety
+/// The CPU must support `S`; the output width a multiple of `S::LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wgrad_rows<S: F32s, const CB: usize>(
+    pc: &[f32],
+    t: &WgradTask,
+    dyb: &[f32],
+    w: &WgradRows,
     acc: &mut [f32],
 ) {
     let lanes = S::LANES;
+    let [d, h, wd] = t.out_dims;
     let (plane, vol) = (h * wd, d * h * wd);
-    assert!(wd.is_multiple_of(lanes) && d0 + q < d && rows.end <= h && acc.len() >= CB * 3 * lanes);
-    assert!((ob + CB) * vol <= dyb.len());
+    let (lay, s) = (&t.lay, t.stride);
+    let (q, kd, kh, ob) = (w.q, w.kd, w.kh, w.ob);
+    assert!(wd.is_multiple_of(lanes) && t.d0 + q < d && w.rows.end <= h);
+    assert!(acc.len() >= CB * 3 * lanes && (ob + CB) * vol <= dyb.len());
     assert!(
-        rows.is_empty()
-            || (q + kd) * lay.plane + (rows.end - 1 + kh) * lay.row + wd + 2 <= pc.len()
+        w.rows.is_empty()
+            || (s * q + kd) * lay.plane
+                + (s * (w.rows.end - 1) + kh) * lay.row
+                + lay.kw[1].max(lay.kw[2])
+                + wd
+                <= pc.len()
     );
     // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
     // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r (asserted
-    // in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
-    // w + kw + LANES ≤ W + 2.
+    // in range); the input row (s·q + kd, s·r + kh) holds the inputs of kw at kw-offset + w
+    // for w < W' (asserted for the last row; earlier rows come before it).
     unsafe {
         let mut a = [[S::zero(); 3]; CB];
         for (o, ao) in a.iter_mut().enumerate() {
@@ -542,15 +602,17 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
                 *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
             }
         }
-        for r in rows {
-            let xrow = pc.as_ptr().add((q + kd) * lay.plane + (r + kh) * lay.row);
-            let yoff = (d0 + q) * plane + r * wd;
-            for w in (0..wd).step_by(lanes) {
-                let x0 = S::load(xrow.add(w));
-                let x1 = S::load(xrow.add(w + 1));
-                let x2 = S::load(xrow.add(w + 2));
+        for r in w.rows.clone() {
+            let xrow = pc
+                .as_ptr()
+                .add((s * q + kd) * lay.plane + (s * r + kh) * lay.row);
+            let yoff = (t.d0 + q) * plane + r * wd;
+            for x in (0..wd).step_by(lanes) {
+                let x0 = S::load(xrow.add(lay.kw[0] + x));
+                let x1 = S::load(xrow.add(lay.kw[1] + x));
+                let x2 = S::load(xrow.add(lay.kw[2] + x));
                 for (o, ao) in a.iter_mut().enumerate() {
-                    let g = S::load(dyb.as_ptr().add((ob + o) * vol + yoff + w));
+                    let g = S::load(dyb.as_ptr().add((ob + o) * vol + yoff + x));
                     ao[0] = S::fmadd(g, x0, ao[0]);
                     ao[1] = S::fmadd(g, x1, ao[1]);
                     ao[2] = S::fmadd(g, x2, ao[2]);
@@ -574,14 +636,13 @@ struct Tile {
 }
 
 /// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
-/// `l < LANES·V`, `o < CB`.
+/// `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout).
 ///
 /// # Safety
 /// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay` with
-/// `base + (ci − 1)·chan + 2·plane + 2·row + 2 + LANES·V ≤ lay.len`; `wt` must hold
-/// `ci·27·cpad` floats with
-/// `cb + CB ≤ cpad`; every `rows[o]` must be valid for writing `LANES·V` floats that nobody
-/// else accesses during the call.
+/// `base + (ci − 1)·chan + 2·plane + 2·row + kw[2] + LANES·V ≤ lay.len` (and `kw[1] + LANES·V`
+/// inside the row); `wt` must hold `ci·27·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]`
+/// must be valid for writing `LANES·V` floats that nobody else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
@@ -601,7 +662,7 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
                 + geo.ci.saturating_sub(1) * lay.chan
                 + 2 * lay.plane
                 + 2 * lay.row
-                + 2
+                + lay.kw[1].max(lay.kw[2])
                 + lanes * V
                 <= lay.len
     );
@@ -622,7 +683,7 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
                     for kw in 0..3 {
                         let mut xs = [S::zero(); V];
                         for (v, x) in xs.iter_mut().enumerate() {
-                            *x = S::load(row.add(kw + lanes * v));
+                            *x = S::load(row.add(lay.kw[kw] + lanes * v));
                         }
                         let wk = wc.add((kd * 9 + kh * 3 + kw) * geo.cpad);
                         for (o, ao) in a.iter_mut().enumerate() {
