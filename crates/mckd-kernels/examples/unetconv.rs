@@ -59,8 +59,15 @@ fn main() {
                 .sum()
                 .backward();
         });
+        // Without the input's gradient: forward + weight (and bias) gradient.
+        let xd = x.clone().detach();
+        let fwd_wgrad = time(reps, || {
+            let _ = mckd_kernels::conv3d_layer(&layer, xd.clone())
+                .sum()
+                .backward();
+        });
         println!(
-            "{name} {ci}->{co} @ {s}^3 s{stride}: fwd {fwd:.1} ms ({:.1} GFLOP/s), fwd+bwd {both:.1} ms ({:.1} GFLOP/s)",
+            "{name} {ci}->{co} @ {s}^3 s{stride}: fwd {fwd:.1} ms ({:.1} GFLOP/s), fwd+bwd {both:.1} ms ({:.1} GFLOP/s), fwd+wgrad {fwd_wgrad:.1} ms",
             flop / fwd / 1e6,
             3.0 * flop / both / 1e6
         );

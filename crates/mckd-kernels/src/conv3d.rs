@@ -1427,10 +1427,11 @@ mod tests {
 
     /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
     /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 24-, 16- and 8-wide), Cout below, at
-    /// and above a channel block (4 with AVX2, 8 with AVX-512; the direct weight gradient needs
-    /// a multiple of it, else the GEMM one runs: Cout 5, 11 and 6 here), depths that are not a
-    /// multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs. The direct
-    /// kernel runs at the AVX2 and AVX-512 levels, the GEMM path at the scalar level.
+    /// and above a forward channel block (4 with AVX2, 8 with AVX-512; the direct weight
+    /// gradient needs a multiple of 4, else the GEMM one runs: Cout 5, 11 and 6 here), depths
+    /// that are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
+    /// The direct kernel runs at the AVX2 and AVX-512 levels, the GEMM path at the scalar
+    /// level.
     #[test]
     fn direct_convolutions_match_burn() {
         let conv = |w: usize, stride: usize| crate::direct3::Conv3 {
@@ -1467,8 +1468,8 @@ mod tests {
 
     /// The direct kernel at stride 2 (forward and weight gradient; the input gradient stays on
     /// the col2im path): output rows of 16 and 32 voxels (AVX2: 16 = 2 vectors, 32 = 24 + 8),
-    /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a weight
-    /// gradient on the GEMM path with AVX-512, direct with AVX2), Cin 1 and 9.
+    /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a forward
+    /// block of 8 part-filled with AVX-512), Cin 1 and 9.
     #[test]
     fn direct_stride_2_matches_burn() {
         for_each_level(|level| {
