@@ -1426,7 +1426,7 @@ mod tests {
     }
 
     /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
-    /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 24-, 16- and 8-wide), Cout below, at
+    /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 16- and 8-wide), Cout below, at
     /// and above a forward channel block (4 with AVX2, 8 with AVX-512; the direct weight
     /// gradient needs a multiple of 4, else the GEMM one runs: Cout 5, 11 and 6 here), depths
     /// that are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
@@ -1467,7 +1467,7 @@ mod tests {
     }
 
     /// The direct kernel at stride 2 (forward and weight gradient; the input gradient stays on
-    /// the col2im path): output rows of 16 and 32 voxels (AVX2: 16 = 2 vectors, 32 = 24 + 8),
+    /// the col2im path): output rows of 16 and 32 voxels (AVX-512: 1 and 2 vectors; AVX2: 2 and 4),
     /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a forward
     /// block of 8 part-filled with AVX-512), Cin 1 and 9.
     #[test]
@@ -1560,10 +1560,11 @@ mod tests {
                 [2, 3],
                 PaddingConfig2d::Explicit(2, 1, 2, 1),
             ),
-            // Cin ≥ 8: the direct kernels (direct2.rs) on AVX-512. The two AV-MNIST conv2
-            // layers; 17 and 70 output channels (a part-filled vector; blocks of 4 + 1
-            // vectors; 6 samples: two chunks of the weight gradient); a 2×3 kernel (flipped unevenly in the input gradient, which runs
-            // direct when k − p ≤ 2); tiles spanning output rows with a tail.
+            // Cin ≥ 8: the direct kernels (direct2.rs) with AVX2 and AVX-512. The two
+            // AV-MNIST conv2 layers; 17 and 70 output channels (a part-filled vector; blocks
+            // of 4 + 1 vectors; 6 samples: two chunks of the weight gradient); a 2×3 kernel
+            // (flipped unevenly in the input gradient, which runs direct when k − p ≤ 2);
+            // tiles spanning output rows with a tail.
             ([3, 20, 12, 12], 50, [5, 5], [1, 1], PaddingConfig2d::Valid),
             (
                 [2, 32, 10, 10],

@@ -9,7 +9,7 @@
 //! voxels for a block of `CB` output channels is a register tile: for every input channel and
 //! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
 //! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
-//! voxels; AVX2 (16 registers): 4 channels × 8, 16 or 24 voxels (12 accumulators, the input
+//! voxels; AVX2 (16 registers): 4 channels × 8 or 16 voxels (8 accumulators, the input
 //! vectors and the broadcast weight fit the register file). The input planes a task needs are
 //! first copied into a zero-bordered scratch (see [`Layout`]), so the inner loop has no
 //! boundary tests.
@@ -186,7 +186,9 @@ unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     unsafe { task_rows::<Avx512, CB512, 2>(pad, wt, geo, t) }
 }
 
-/// [`task_rows`] with AVX2 + FMA: 4 channels × 8, 16 or 24 voxels.
+/// [`task_rows`] with AVX2 + FMA: 4 channels × 8 or 16 voxels (8 accumulators: with 12, 4 ×
+/// 24 voxels, the 16 registers did not hold the tile, its accumulators went to the stack and
+/// it measured 18–20 % slower).
 ///
 /// # Safety
 /// AVX2 and FMA; as [`task_rows`].
@@ -194,7 +196,7 @@ unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     // SAFETY: as the caller guarantees.
-    unsafe { task_rows::<Avx2, CB256, 3>(pad, wt, geo, t) }
+    unsafe { task_rows::<Avx2, CB256, 2>(pad, wt, geo, t) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -226,7 +228,7 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
     let plane = h * wd;
     let vol = t.out_dims[0] * plane;
     let s = t.stride;
-    assert!(wd.is_multiple_of(S::LANES) && VMAX * S::LANES <= JUNK);
+    assert!(wd.is_multiple_of(S::LANES) && (1..=2).contains(&VMAX) && VMAX * S::LANES <= JUNK);
     for q in 0..t.np {
         for r in 0..h {
             let mut w0 = 0;
@@ -250,10 +252,10 @@ unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
                     // own elements of `y` (tasks partition (batch, depth planes); `y` outlives
                     // the loop) or `junk`.
                     unsafe {
-                        match v {
-                            1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
-                            2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
-                            _ => tile::<S, CB, 3>(pad, wt, geo, base, cb, rows, bv),
+                        if v == 1 {
+                            tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv);
+                        } else {
+                            tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv);
                         }
                     }
                 }

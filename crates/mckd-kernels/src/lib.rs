@@ -13,7 +13,7 @@
 //!   with given (running) statistics serves inference mode (`fused::batch_norm_relu_eval`,
 //!   `fused::batch_norm_relu_pool2d_eval`; [`bn_relu`] and [`bn_relu_maxpool2d`] pick it).
 //! * [`conv3d_layer`] / [`conv2d_layer`]: convolutions with GEMM forward and backward
-//!   ([`conv3d`]); 3×3×3 stride-1 layers run a direct AVX-512 kernel without im2col, and
+//!   ([`conv3d`]); 3×3×3 layers of stride 1 and 2 run a direct kernel without im2col, and
 //!   stride-1 2-D layers with ≥ 8 input channels (the AV-MNIST conv2 layers) another one with
 //!   the output channels in the vector lanes (`direct2.rs`: forward, the input gradient for
 //!   padding k − 1 − p ≤ 1, the weight gradient for 3- and 5-wide kernels).
