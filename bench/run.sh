@@ -17,8 +17,8 @@
 # * Builds the release binary `mckd-bench`.
 # * Times both sides interleaved (per round and path: mckd, torch, mckd, torch; each a fresh
 #   process per side and model so the peak RSS is per model; warm-up steps excluded inside
-#   each), then measures each path's fp32 peak with an FMA loop on all threads
-#   (`mckd-bench --model peak`) and PyTorch's sgemm.
+#   each); measures each path's fp32 peak with an FMA loop on all threads before and after
+#   the rounds (`mckd-bench --model peak`; the higher is kept) and PyTorch's sgemm.
 # * Prints per path: medians, min–max, peak RSS, mckd/PyTorch ratios and GFLOP/s against the
 #   measured peak; writes bench/results.json (with the CPU's model and flags); the last line
 #   has, per path, `simd=<path> avmnist_ratio=… avmnist_all_ratio=… meta_ratio=… unet_ratio=…
@@ -112,7 +112,11 @@ trap 'rm -f "$LINES"' EXIT
 MCKD=("$BIN" --threads "$THREADS")
 TORCH=("$PY" "$HERE/torch_mckd.py" --threads "$THREADS")
 
-# 4. Interleaved rounds: per round and path A B A B …
+# 4. Each path's fp32 peak (again after the rounds: the best of the two is kept, as other load
+#    on the machine lowers it), then interleaved rounds: per round and path A B A B …
+for p in "${PATHS[@]}"; do
+  MCKD_SIMD="$p" "${MCKD[@]}" --model peak >>"$LINES"
+done
 for r in $(seq 1 "$ROUNDS"); do
   for p in "${PATHS[@]}"; do
     echo "round $r/$ROUNDS, path $p" >&2
