@@ -108,6 +108,11 @@ fn main() {
     // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
     mckd_kernels::tune_allocator();
     let cli = Cli::parse();
+    // MCKD_SIMD may force the kernels' instruction-set path; refuse one the CPU lacks.
+    if let Err(e) = mckd_kernels::simd_level() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     // Each job runs on a worker of the kernels' thread pool (see mckd_kernels::pool); the
     // benchmark sizes its pool itself (`--threads`).
     let on_pool = |job: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
