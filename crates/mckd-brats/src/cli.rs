@@ -166,8 +166,16 @@ pub struct Overrides {
     #[arg(long)]
     pub momentum: Option<f64>,
     /// UNet base width c (8 for CPU, 16 paper-like).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "width")]
     pub base: Option<usize>,
+    /// The network: `unet` (the CPU default) or `dual-net` (the reference DualNet: 3-D
+    /// ResNet-50 encoder + ASPP, 43.7 M parameters at width 1; a GPU model; crops multiples of
+    /// 16 in D and 32 in H and W).
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchName>,
+    /// DualNet width multiplier (1 = the reference; e.g. 0.0625 for a CPU smoke run).
+    #[arg(long)]
+    pub width: Option<f64>,
     /// Weight α of the CKD loss.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -231,7 +239,7 @@ fn ijk(dhw: &[usize]) -> [usize; 3] {
 
 impl Overrides {
     /// Applies the given options to `cfg`.
-    pub fn apply(&self, cfg: &mut BratsRunConfig) {
+    pub fn apply(&self, cfg: &mut BratsRunConfig) -> anyhow::Result<()> {
         if let Some(v) = self.iterations {
             cfg.loop_.budget = Budget::Iterations(v);
         }
@@ -258,8 +266,24 @@ impl Overrides {
         {
             *momentum = v;
         }
-        if let Some(v) = self.base {
-            cfg.task.arch = crate::config::Arch::Unet { base: v };
+        use crate::config::Arch;
+        match (self.arch, cfg.task.arch) {
+            (Some(ArchName::DualNet), Arch::Unet { .. }) => {
+                cfg.task.arch = Arch::DualNet { width: 1.0 }
+            }
+            (Some(ArchName::Unet), Arch::DualNet { .. }) => cfg.task.arch = Arch::Unet { base: 8 },
+            _ => {}
+        }
+        match (&mut cfg.task.arch, self.base, self.width) {
+            (Arch::Unet { base }, Some(v), _) => *base = v,
+            (Arch::DualNet { width }, _, Some(v)) => *width = v,
+            (Arch::Unet { .. }, None, Some(_)) => {
+                anyhow::bail!("--width is the DualNet's: pass --arch dual-net with it")
+            }
+            (Arch::DualNet { .. }, Some(_), None) => {
+                anyhow::bail!("--base is the UNet's: pass --arch unet with it")
+            }
+            _ => {}
         }
         let m = cfg.method.mckd_mut();
         if let Some(v) = self.alpha {
@@ -320,7 +344,17 @@ impl Overrides {
         if let Some(s) = self.spacing {
             cfg.task.spacing = s;
         }
+        Ok(())
     }
+}
+
+/// `--arch`: the network of a BraTS run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchName {
+    /// The CPU-sized 3D UNet with a shared encoder (`--base` sets its width).
+    Unet,
+    /// The reference DualNet (`--width` sets its width multiplier).
+    DualNet,
 }
 
 /// `mckd brats train`.
@@ -542,7 +576,7 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.methods {
         d.methods = m.clone();
     }
-    a.set.apply(&mut d.run);
+    a.set.apply(&mut d.run)?;
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
             unreachable!("the experiment's budget is in iterations")
@@ -649,7 +683,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         }
         None => preset(a.preset, kind, data.clone(), seed),
     };
-    a.set.apply(&mut cfg);
+    a.set.apply(&mut cfg)?;
     if let Some(s) = &a.splits {
         cfg.task.splits_file = Some(s.clone());
     }
@@ -886,7 +920,7 @@ fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
 }
 
 /// The demo settings: the preset with the options given on the command line.
-fn demo_config(a: &DemoArgs) -> DemoConfig {
+fn demo_config(a: &DemoArgs) -> anyhow::Result<DemoConfig> {
     let mut d = DemoConfig::preset(a.preset, a.quick, a.seed);
     if let Some(ph) = &mut d.phantoms {
         if let Some(v) = a.cases {
@@ -903,18 +937,18 @@ fn demo_config(a: &DemoArgs) -> DemoConfig {
     if let Some(m) = &a.methods {
         d.methods = m.clone();
     }
-    a.set.apply(&mut d.run);
+    a.set.apply(&mut d.run)?;
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
             unreachable!("the demo budget is in iterations")
         };
         d.run.task.probe_interval = (n / 20).max(1);
     }
-    d
+    Ok(d)
 }
 
 fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
-    let d = demo_config(a);
+    let d = demo_config(a)?;
     if d.phantoms.as_ref().is_some_and(|p| p.cases < 3) {
         bail!("--cases must be at least 3 (train, meta-val and test need one each)");
     }
@@ -1008,7 +1042,7 @@ mod tests {
     fn demo_args(args: &[&str]) -> Result<DemoConfig, clap::Error> {
         let cli = Cli::try_parse_from(["brats", "demo"].iter().chain(args))?;
         match cli.cmd {
-            BratsCommand::Demo(a) => Ok(demo_config(&a)),
+            BratsCommand::Demo(a) => Ok(demo_config(&a).expect("a valid demo config")),
             other => panic!("parsed {other:?}"),
         }
     }

@@ -56,8 +56,14 @@ pub fn slurm_files(grid: &Path, runs: &[PathBuf], exe: &Path, opts: &SlurmOption
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "grid".into())
     ));
-    s.push_str(&format!("#SBATCH --array=0-{}\n", runs.len().saturating_sub(1)));
-    s.push_str(&format!("#SBATCH --cpus-per-task={}\n", opts.cpus_per_task.max(1)));
+    s.push_str(&format!(
+        "#SBATCH --array=0-{}\n",
+        runs.len().saturating_sub(1)
+    ));
+    s.push_str(&format!(
+        "#SBATCH --cpus-per-task={}\n",
+        opts.cpus_per_task.max(1)
+    ));
     s.push_str(&format!("#SBATCH --time={}\n", opts.time));
     s.push_str(&format!("#SBATCH --mem={}\n", opts.mem));
     s.push_str(&format!("#SBATCH --output={g}/slurm/%A_%a.out\n"));
@@ -110,6 +116,9 @@ mod tests {
         ] {
             assert!(f.script.contains(line), "{line} missing from\n{}", f.script);
         }
-        assert!(f.script.contains("RAYON_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\""));
+        assert!(
+            f.script
+                .contains("RAYON_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\"")
+        );
     }
 }

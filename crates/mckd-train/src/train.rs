@@ -803,8 +803,11 @@ mod tests {
         }
         fn train_step(&mut self, batch: &Vec<usize>, mask: &Tensor<2>, lr: f64) -> Vec<f32> {
             self.steps += 1;
-            let m = mask.clone().into_data().to_vec::<f32>().unwrap();
-            let rows = m.chunks(3).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
+            let m = mask.clone().into_data().try_to_vec::<f32>().unwrap();
+            let rows = m
+                .chunks(3)
+                .map(|r| r.iter().map(|&v| v > 0.5).collect())
+                .collect();
             self.masks.push((self.stage, rows));
             self.value += self.rng.random::<f32>() * lr as f32 + batch[0] as f32 * 1e-3;
             if self.nan_at == Some(self.steps) {
@@ -892,15 +895,28 @@ mod tests {
 
     impl CheckpointSink for Memory {
         fn save(&mut self, c: &Checkpoint) -> Result<(), String> {
-            self.0.push((c.method.clone(), c.state.clone(), c.log.to_vec()));
+            self.0
+                .push((c.method.clone(), c.state.clone(), c.log.to_vec()));
             Ok(())
         }
     }
 
-    fn run(method: &mut Recorder, sink: &mut Memory, resume: Option<(LoopState, Vec<LogRow>)>) -> Trained {
+    fn run(
+        method: &mut Recorder,
+        sink: &mut Memory,
+        resume: Option<(LoopState, Vec<LogRow>)>,
+    ) -> Trained {
         let cfg = loop_cfg();
-        let train_src = Ids { offset: 0, len: 7, all: [true; 3] };
-        let meta_src = Ids { offset: 1000, len: 3, all: [true; 3] };
+        let train_src = Ids {
+            offset: 0,
+            len: 7,
+            all: [true; 3],
+        };
+        let meta_src = Ids {
+            offset: 1000,
+            len: 3,
+            all: [true; 3],
+        };
         let mut guard = crate::observe::DivergenceGuard::new(method);
         train(
             method,
@@ -908,7 +924,10 @@ mod tests {
             Some(&meta_src),
             LoopSetup {
                 cfg: &cfg,
-                schedule: &LrSchedule::Poly { lr: 1.0, power: 1.0 },
+                schedule: &LrSchedule::Poly {
+                    lr: 1.0,
+                    power: 1.0,
+                },
                 seed: 4,
                 device: &Device::flex(),
                 observers: vec![&mut guard],
@@ -934,13 +953,26 @@ mod tests {
             }
         }
         // Stage 2 drops modalities (the reference rule over 15 iterations).
-        assert!(m.masks[15..].iter().any(|(_, ms)| ms[0].iter().any(|&p| !p)));
+        assert!(
+            m.masks[15..]
+                .iter()
+                .any(|(_, ms)| ms[0].iter().any(|&p| !p))
+        );
         // Meta phases after 4, 8, 12 (stage 1, every 4) and 20, 25, 30 (stage 2, every 5),
         // 3 steps each, on meta-validation samples only (ids ≥ 1000), one sample per batch.
-        let phases: Vec<usize> = t.log.iter().filter(|r| r.meta_loss.is_some()).map(|r| r.iteration).collect();
+        let phases: Vec<usize> = t
+            .log
+            .iter()
+            .filter(|r| r.meta_loss.is_some())
+            .map(|r| r.iteration)
+            .collect();
         assert_eq!(phases, [4, 8, 12, 20, 25, 30]);
         assert_eq!(m.meta_batches.len(), 18);
-        assert!(m.meta_batches.iter().all(|b| b.len() == 1 && b[0] >= 1000 && b[0] < 1003));
+        assert!(
+            m.meta_batches
+                .iter()
+                .all(|b| b.len() == 1 && b[0] >= 1000 && b[0] < 1003)
+        );
         assert!(m.masks.iter().all(|(_, ms)| ms.len() == 2));
         // The schedule restarts with stage 2: lr = 1 − progress within each stage.
         assert_eq!(t.log[0].lr, 1.0);
@@ -958,7 +990,11 @@ mod tests {
             assert_eq!(state.iteration, 5 * (k + 1));
             let mut m = Recorder::new();
             m.load_state(files).unwrap();
-            let b = run(&mut m, &mut Memory::default(), Some((state.clone(), log.clone())));
+            let b = run(
+                &mut m,
+                &mut Memory::default(),
+                Some((state.clone(), log.clone())),
+            );
             assert_eq!(b.log, a.log, "resumed from iteration {}", state.iteration);
             assert_eq!(m.value, whole.value);
         }
@@ -972,12 +1008,19 @@ mod tests {
         let t = run(&mut m, &mut sink, None);
         match &t.ended {
             Ended::Failed(msg) => {
-                assert!(msg.contains("iteration 7") && msg.contains("loss = NaN"), "{msg}")
+                assert!(
+                    msg.contains("iteration 7") && msg.contains("loss = NaN"),
+                    "{msg}"
+                )
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(t.log.len(), 7);
-        assert_eq!(sink.0.len(), 1, "the checkpoint of iteration 5 stays the last good one");
+        assert_eq!(
+            sink.0.len(),
+            1,
+            "the checkpoint of iteration 5 stays the last good one"
+        );
         assert_eq!(sink.0[0].1.iteration, 5);
     }
 }
