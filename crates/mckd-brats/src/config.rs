@@ -316,7 +316,7 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
         Arch::DualNet { width } => rules::positive("task.arch.width (--width)", width)?,
     }
     let multiple = t.arch.size_multiple_ijk();
-    if (0..3).any(|a| t.crop[a] == 0 || t.crop[a] % multiple[a] != 0) {
+    if (0..3).any(|a| t.crop[a] == 0 || !t.crop[a].is_multiple_of(multiple[a])) {
         return bad(
             "task.crop (--crop)",
             format!(
