@@ -37,6 +37,70 @@ pub enum BratsCommand {
     /// Phantoms → MCKD and Baseline → evaluation table (60 phantoms of 32³, 1,200 iterations
     /// per method: a few minutes on 2 cores).
     Demo(DemoArgs),
+    /// The real-data experiment: the cases of a folder (default $MCKD_DATA_DIR/brats-real) at
+    /// 2 mm, a seeded 13 / 2 / 5 split, MCKD and Baseline, all 15 subsets scored at the
+    /// original 1 mm labels; with --seeds N, a summary across seeds.
+    Real(RealArgs),
+    /// Prepares (crops to the brain and resamples) every case of a folder at a spacing into
+    /// the cache, checking every file; prints each case's grid.
+    Prepare(PrepareArgs),
+}
+
+/// `mckd brats real`.
+#[derive(clap::Args, Debug)]
+pub struct RealArgs {
+    /// Cases root [default: $MCKD_DATA_DIR/brats-real].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder [default: runs/<timestamp>-brats-real]; refused if non-empty unless
+    /// --resume or --overwrite.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue an experiment in --out (finished methods and seeds are kept; unfinished runs
+    /// resume from their checkpoints).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Move an existing --out aside and start again.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// A smoke run (20 iterations per method).
+    #[arg(long)]
+    pub quick: bool,
+    /// Methods, comma separated [default: mckd,baseline].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// Field overrides of every method's run.
+    #[command(flatten)]
+    pub set: Overrides,
+    /// Seed (with --seeds, the first seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of seeds (`seed-<s>/` each, then a summary).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mckd brats prepare`.
+#[derive(clap::Args, Debug)]
+pub struct PrepareArgs {
+    /// Cases root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Target spacing (mm, isotropic).
+    #[arg(long, default_value_t = 2.0)]
+    pub spacing: f32,
+    /// Cache folder [default: this machine's, $MCKD_CACHE_DIR or ~/.cache/mckd/prepared].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Label convention [default: from the file names].
+    #[arg(long, value_enum)]
+    pub convention: Option<ConventionArg>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `mckd brats phantoms`.
@@ -102,8 +166,16 @@ pub struct Overrides {
     #[arg(long)]
     pub momentum: Option<f64>,
     /// UNet base width c (8 for CPU, 16 paper-like).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "width")]
     pub base: Option<usize>,
+    /// The network: `unet` (the CPU default) or `dual-net` (the reference DualNet: 3-D
+    /// ResNet-50 encoder + ASPP, 43.7 M parameters at width 1; a GPU model; crops multiples of
+    /// 16 in D and 32 in H and W).
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchName>,
+    /// DualNet width multiplier (1 = the reference; e.g. 0.0625 for a CPU smoke run).
+    #[arg(long)]
+    pub width: Option<f64>,
     /// Weight α of the CKD loss.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -156,6 +228,9 @@ pub struct Overrides {
     /// Compute device.
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
+    /// Voxel spacing (mm, isotropic) to train and predict at (1: the cases as they are).
+    #[arg(long)]
+    pub spacing: Option<f32>,
 }
 
 fn ijk(dhw: &[usize]) -> [usize; 3] {
@@ -164,7 +239,7 @@ fn ijk(dhw: &[usize]) -> [usize; 3] {
 
 impl Overrides {
     /// Applies the given options to `cfg`.
-    pub fn apply(&self, cfg: &mut BratsRunConfig) {
+    pub fn apply(&self, cfg: &mut BratsRunConfig) -> anyhow::Result<()> {
         if let Some(v) = self.iterations {
             cfg.loop_.budget = Budget::Iterations(v);
         }
@@ -191,8 +266,24 @@ impl Overrides {
         {
             *momentum = v;
         }
-        if let Some(v) = self.base {
-            cfg.task.arch = crate::config::Arch::Unet { base: v };
+        use crate::config::Arch;
+        match (self.arch, cfg.task.arch) {
+            (Some(ArchName::DualNet), Arch::Unet { .. }) => {
+                cfg.task.arch = Arch::DualNet { width: 1.0 }
+            }
+            (Some(ArchName::Unet), Arch::DualNet { .. }) => cfg.task.arch = Arch::Unet { base: 8 },
+            _ => {}
+        }
+        match (&mut cfg.task.arch, self.base, self.width) {
+            (Arch::Unet { base }, Some(v), _) => *base = v,
+            (Arch::DualNet { width }, _, Some(v)) => *width = v,
+            (Arch::Unet { .. }, None, Some(_)) => {
+                anyhow::bail!("--width is the DualNet's: pass --arch dual-net with it")
+            }
+            (Arch::DualNet { .. }, Some(_), None) => {
+                anyhow::bail!("--base is the UNet's: pass --arch unet with it")
+            }
+            _ => {}
         }
         let m = cfg.method.mckd_mut();
         if let Some(v) = self.alpha {
@@ -250,7 +341,20 @@ impl Overrides {
         if let Some(d) = self.device {
             cfg.device = d;
         }
+        if let Some(s) = self.spacing {
+            cfg.task.spacing = s;
+        }
+        Ok(())
     }
+}
+
+/// `--arch`: the network of a BraTS run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchName {
+    /// The CPU-sized 3D UNet with a shared encoder (`--base` sets its width).
+    Unet,
+    /// The reference DualNet (`--width` sets its width multiplier).
+    DualNet,
 }
 
 /// `mckd brats train`.
@@ -456,7 +560,82 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         BratsCommand::Evaluate(a) => evaluate(&a),
         BratsCommand::Eval(a) => eval(&a),
         BratsCommand::Demo(a) => demo_cmd(&a),
+        BratsCommand::Prepare(a) => prepare(&a),
+        BratsCommand::Real(a) => real(&a),
     }
+}
+
+fn real(a: &RealArgs) -> anyhow::Result<()> {
+    let root = match &a.data {
+        Some(d) => d.clone(),
+        None => std::env::var_os("MCKD_DATA_DIR")
+            .map(|d| PathBuf::from(d).join("brats-real"))
+            .context("give the cases folder with --data (or set MCKD_DATA_DIR)")?,
+    };
+    let mut d = DemoConfig::real(root, a.quick, a.seed);
+    if let Some(m) = &a.methods {
+        d.methods = m.clone();
+    }
+    a.set.apply(&mut d.run)?;
+    if a.set.iterations.is_some() {
+        let Budget::Iterations(n) = d.run.loop_.budget else {
+            unreachable!("the experiment's budget is in iterations")
+        };
+        d.run.task.probe_interval = (n / 20).max(1);
+    }
+    run_experiment(
+        &d,
+        a.seeds,
+        a.out.as_deref(),
+        "brats-real",
+        (a.resume, a.overwrite),
+        a.quiet,
+    )
+}
+
+fn prepare(a: &PrepareArgs) -> anyhow::Result<()> {
+    mckd_train::config::rules::positive("--spacing", f64::from(a.spacing))?;
+    let cases = discover_cases(&a.data)?;
+    let convention = crate::eval::convention_of(a.convention.map(Into::into), &cases);
+    let cache = mckd_volume::PreparedCache::new(
+        a.cache
+            .clone()
+            .unwrap_or_else(mckd_volume::PreparedCache::default_dir),
+    );
+    let bar = mckd_train::progress_bar(cases.len() as u64, "prepare", a.quiet);
+    let mut problems = Vec::new();
+    let mut rows = Vec::new();
+    for case in &cases {
+        match cache.load_or_prepare(case, a.spacing, convention) {
+            Ok((p, outcome)) => rows.push(format!(
+                "{}: {:?} at {} mm from {:?} (box {:?}..{:?}); {outcome:?}",
+                case.id,
+                p.dims(),
+                a.spacing,
+                p.grid.original_dims,
+                p.grid.bbox.lo,
+                p.grid.bbox.hi
+            )),
+            Err(e) => problems.push(format!("{}: {e}", case.id)),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for r in &rows {
+        println!("{r}");
+    }
+    println!("cache: {}", cache.dir().display());
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!(
+            "{} of {} cases could not be prepared",
+            problems.len(),
+            cases.len()
+        );
+    }
+    Ok(())
 }
 
 fn phantoms(a: &PhantomsArgs) -> anyhow::Result<()> {
@@ -504,7 +683,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         }
         None => preset(a.preset, kind, data.clone(), seed),
     };
-    a.set.apply(&mut cfg);
+    a.set.apply(&mut cfg)?;
     if let Some(s) = &a.splits {
         cfg.task.splits_file = Some(s.clone());
     }
@@ -638,6 +817,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 &subsets,
                 &infer,
                 cfg.task.convention,
+                &crate::evaluate::Grid::of(&cfg.task),
                 out.path(),
                 &device,
                 a.quiet,
@@ -682,6 +862,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 &a.out,
                 &infer,
                 cfg.task.convention,
+                cfg.task.spacing,
                 &device,
             )?;
             let tumour = labels.iter().filter(|&&l| l != 0).count();
@@ -739,58 +920,87 @@ fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
 }
 
 /// The demo settings: the preset with the options given on the command line.
-fn demo_config(a: &DemoArgs) -> DemoConfig {
+fn demo_config(a: &DemoArgs) -> anyhow::Result<DemoConfig> {
     let mut d = DemoConfig::preset(a.preset, a.quick, a.seed);
-    if let Some(v) = a.cases {
-        d.phantoms.cases = v;
+    if let Some(ph) = &mut d.phantoms {
+        if let Some(v) = a.cases {
+            ph.cases = v;
+        }
+        if let Some(v) = a.size {
+            ph.size = v;
+            d.run.task.crop = [v; 3];
+            d.run.task.infer.tile = [v.div_ceil(8) * 8; 3];
+        }
+        ph.enhancing_patches = a.enhancing_patches;
+        ph.flair_as_t2 = a.flair_as_t2;
     }
-    if let Some(v) = a.size {
-        d.phantoms.size = v;
-        d.run.task.crop = [v; 3];
-        d.run.task.infer.tile = [v.div_ceil(8) * 8; 3];
-    }
-    d.phantoms.enhancing_patches = a.enhancing_patches;
-    d.phantoms.flair_as_t2 = a.flair_as_t2;
     if let Some(m) = &a.methods {
         d.methods = m.clone();
     }
-    a.set.apply(&mut d.run);
+    a.set.apply(&mut d.run)?;
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
             unreachable!("the demo budget is in iterations")
         };
         d.run.task.probe_interval = (n / 20).max(1);
     }
-    d
+    Ok(d)
 }
 
 fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
-    let d = demo_config(a);
+    let d = demo_config(a)?;
+    if d.phantoms.as_ref().is_some_and(|p| p.cases < 3) {
+        bail!("--cases must be at least 3 (train, meta-val and test need one each)");
+    }
+    run_experiment(
+        &d,
+        a.seeds,
+        a.out.as_deref(),
+        "brats-demo",
+        (a.resume, a.overwrite),
+        a.quiet,
+    )
+}
+
+/// Runs an experiment (one seed, or `seeds` seeds and their summary) into `out`.
+fn run_experiment(
+    d: &DemoConfig,
+    seeds: u64,
+    out: Option<&Path>,
+    kind: &str,
+    (resume, overwrite): (bool, bool),
+    quiet: bool,
+) -> anyhow::Result<()> {
     if d.methods.is_empty() {
         bail!("--methods is empty");
     }
-    if d.phantoms.cases < 3 {
-        bail!("--cases must be at least 3 (train, meta-val and test need one each)");
+    if seeds == 0 {
+        bail!("--seeds must be at least 1");
     }
-    validate(&d.run_config(Method::Mckd, PathBuf::from("data")))?;
-    let out_path = a
-        .out
-        .clone()
-        .unwrap_or_else(|| RunDir::default_path("brats-demo"));
-    let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(a.resume, a.overwrite))?;
+    validate(&d.run_config(Method::Mckd, d.run.task.data.clone()))?;
+    if d.phantoms.is_none() {
+        // Every case is opened and checked before anything is written.
+        discover_cases(&d.run.task.data)?;
+    }
+    let out_path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| RunDir::default_path(kind));
+    if d.phantoms.is_none() {
+        check_not_input(&out_path, &[&d.run.task.data])?;
+    }
+    let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(resume, overwrite))?;
     let t0 = Instant::now();
-    let result = if a.seeds != 1 {
-        demo_seeds(&d, a.seeds, &run, resumed, a.quiet).map(|summary| {
+    let result = if seeds != 1 {
+        demo_seeds(d, seeds, &run, resumed, quiet).map(|summary| {
             println!("{}", summary.markdown);
             println!(
-                "{} seeds finished in {:.1} min; run folder {}",
-                a.seeds,
+                "{seeds} seeds finished in {:.1} min; run folder {}",
                 t0.elapsed().as_secs_f64() / 60.0,
                 run.path().display()
             );
         })
     } else {
-        demo(&d, &run, resumed, a.quiet).map(|report| {
+        demo(d, &run, resumed, quiet).map(|report| {
             println!("{}", report.markdown);
             if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {
                 println!("mean Dice over the subsets without t1c: {v}");
@@ -800,7 +1010,7 @@ fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
                 serde_json::Value::Object(report.results.iwv.clone())
             );
             println!(
-                "demo finished in {:.1} min; run folder {}",
+                "finished in {:.1} min; run folder {}",
                 t0.elapsed().as_secs_f64() / 60.0,
                 run.path().display()
             );
@@ -832,7 +1042,7 @@ mod tests {
     fn demo_args(args: &[&str]) -> Result<DemoConfig, clap::Error> {
         let cli = Cli::try_parse_from(["brats", "demo"].iter().chain(args))?;
         match cli.cmd {
-            BratsCommand::Demo(a) => Ok(demo_config(&a)),
+            BratsCommand::Demo(a) => Ok(demo_config(&a).expect("a valid demo config")),
             other => panic!("parsed {other:?}"),
         }
     }

@@ -113,6 +113,26 @@ pub enum Arch {
         /// Base width `c`.
         base: usize,
     },
+    /// The reference network ([`crate::dualnet::DualNet`]: shared 3-D ResNet-50 encoder, ASPP
+    /// bottleneck, 43.7 M parameters at width 1): for users with a GPU; crops must be
+    /// multiples of 16 in D and 32 in H and W.
+    DualNet {
+        /// Width multiplier (1 = the reference).
+        width: f64,
+    },
+}
+
+impl Arch {
+    /// The multiple every crop and tile axis (i, j, k) must be.
+    pub fn size_multiple_ijk(&self) -> [usize; 3] {
+        match self {
+            Arch::Unet { .. } => [SIZE_MULTIPLE; 3],
+            Arch::DualNet { .. } => {
+                let [d, h, w] = crate::dualnet::SIZE_MULTIPLE;
+                [w, h, d]
+            }
+        }
+    }
 }
 
 /// Random scaling of training crops (the reference: p 0.5, factor in 0.9–1.1).
@@ -155,6 +175,31 @@ pub struct BratsTask {
     pub infer: InferConfig,
     /// The T1c feature-gap probe runs every this many iterations (0 = never).
     pub probe_interval: usize,
+    /// Voxel spacing (mm, isotropic) the network trains and predicts at. 1: the cases as they
+    /// are; otherwise each case is cropped to its brain's box and resampled
+    /// (`mckd_volume::prepared`), and predictions are resampled back to the original grid
+    /// for evaluation, which is always at the original labels.
+    #[serde(default = "one_mm")]
+    pub spacing: f32,
+    /// Folder of prepared (resampled) cases (`None`: this machine's cache,
+    /// `mckd_volume::PreparedCache::default_dir`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn one_mm() -> f32 {
+    1.0
+}
+
+impl BratsTask {
+    /// The cache of prepared cases this task uses.
+    pub fn prepared_cache(&self) -> mckd_volume::PreparedCache {
+        mckd_volume::PreparedCache::new(
+            self.cache
+                .clone()
+                .unwrap_or_else(mckd_volume::PreparedCache::default_dir),
+        )
+    }
 }
 
 /// A whole BraTS run.
@@ -246,6 +291,8 @@ pub fn preset(preset: Preset, kind: Method, data: PathBuf, seed: u64) -> BratsRu
             splits_file: None,
             infer: InferConfig::default(),
             probe_interval: 25,
+            spacing: 1.0,
+            cache: None,
         },
         device: Default::default(),
     }
@@ -266,12 +313,15 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
     let t = &cfg.task;
     match t.arch {
         Arch::Unet { base } => rules::at_least_one("task.arch.base (--base)", base)?,
+        Arch::DualNet { width } => rules::positive("task.arch.width (--width)", width)?,
     }
-    if t.crop.iter().any(|&s| s == 0 || s % SIZE_MULTIPLE != 0) {
+    let multiple = t.arch.size_multiple_ijk();
+    if (0..3).any(|a| t.crop[a] == 0 || t.crop[a] % multiple[a] != 0) {
         return bad(
             "task.crop (--crop)",
             format!(
-                "{:?} (i, j, k): every axis must be a positive multiple of {SIZE_MULTIPLE}",
+                "{:?} (i, j, k): each axis must be a positive multiple of {multiple:?} for this \
+                 network",
                 t.crop
             ),
         );
@@ -289,6 +339,7 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
             );
         }
     }
+    rules::positive("task.spacing (--spacing)", f64::from(t.spacing))?;
     t.infer
         .effective_tile([1, 1, 1])
         .map_err(|e| ConfigError::Invalid {

@@ -52,6 +52,25 @@ impl TrainCase {
     }
 }
 
+impl TrainCase {
+    /// From a case prepared at another spacing; a case without segmentation is an error.
+    pub fn from_prepared(case: mckd_volume::ResampledCase) -> Result<Self> {
+        let labels = case.labels.ok_or_else(|| {
+            BratsError::Invalid(format!(
+                "case {} has no segmentation and cannot be used for training",
+                case.id
+            ))
+        })?;
+        let index = ForegroundIndex::new(&labels, case.convention);
+        Ok(Self {
+            id: case.id,
+            images: case.modalities,
+            labels,
+            index,
+        })
+    }
+}
+
 /// Random crops of a set of cases.
 #[derive(Debug)]
 pub struct CropSource {

@@ -35,13 +35,14 @@ pub struct PhantomSet {
     pub flair_as_t2: bool,
 }
 
-/// Settings of the phantom demo: the phantoms, the methods, and the run config every method
-/// shares (its method field is replaced per method).
+/// Settings of an experiment — the phantom demo or the real-data one: the data (phantoms to
+/// generate, or the cases folder of the run config), the methods, and the run config every
+/// method shares (its method field is replaced per method).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
-    /// The phantoms.
-    pub phantoms: PhantomSet,
+    /// The phantoms to generate into `<out>/data`; `None`: the cases in `run.task.data`.
+    pub phantoms: Option<PhantomSet>,
     /// The methods, trained in this order on the same split.
     pub methods: Vec<Method>,
     /// The run config of every method (seed, optimiser, schedule, loop, task).
@@ -121,31 +122,75 @@ impl DemoConfig {
             };
         }
         Self {
-            phantoms: PhantomSet {
+            phantoms: Some(PhantomSet {
                 cases: if quick { 10 } else { 60 },
                 size,
                 // Larger tumours than the generator's default: less class imbalance.
                 tumour_radius: [0.45, 0.7],
                 enhancing_patches: false,
                 flair_as_t2: false,
-            },
+            }),
             methods: vec![Method::Mckd, Method::Baseline],
             run,
         }
     }
 
-    /// The phantom generator's settings.
-    pub fn phantom_config(&self) -> PhantomConfig {
-        PhantomConfig {
-            size: [self.phantoms.size; 3],
-            tumour_radius: self.phantoms.tumour_radius,
-            enhancing_patches: self.phantoms.enhancing_patches,
-            flair_as_t2: self.phantoms.flair_as_t2,
-            ..Default::default()
+    /// The real-data experiment (issue 16) on the cases in `root` (the 20 BraTS 2018 cases of
+    /// `brats-real`): 2 mm, a seeded split 13 / 2 / 5 (train / meta-val / test), the CPU UNet
+    /// (c = 8) on 56×72×56 crops (the smallest brain box at 2 mm is 63×79×65), 3,000
+    /// iterations with the reference's two stages and meta phases, each test case predicted
+    /// in one tile and evaluated at its original 1 mm labels. `quick`: 20 iterations.
+    pub fn real(root: PathBuf, quick: bool, seed: u64) -> Self {
+        let mut run = preset(Preset::Reference, Method::Mckd, root, seed);
+        run.task.spacing = 2.0;
+        run.task.fractions = mckd_volume::SplitFractions {
+            train: 0.65,
+            meta_val: 0.10,
+            test: 0.25,
+        };
+        run.task.arch = Arch::Unet { base: 8 };
+        run.task.crop = [56, 72, 56];
+        // Clamped per case to its box rounded up to 8: one tile per case.
+        run.task.infer.tile = [80, 96, 80];
+        // The demo's short-budget optimiser (momentum 0.9, lr 0.05; measured on phantoms).
+        run.optimizer = OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+            clip_norm: None,
+        };
+        run.schedule = LrSchedule::Poly {
+            lr: 0.05,
+            power: 0.9,
+        };
+        let iterations = if quick { 20 } else { 3000 };
+        run.loop_.budget = Budget::Iterations(iterations);
+        run.loop_.checkpoint_every = if quick { 0 } else { 250 };
+        run.task.probe_interval = (iterations / 20).max(1);
+        if quick {
+            run.loop_.meta.interval = 5;
+            run.loop_.meta.interval_stage2 = 5;
+            run.loop_.meta.steps = 2;
+        }
+        Self {
+            phantoms: None,
+            methods: vec![Method::Mckd, Method::Baseline],
+            run,
         }
     }
 
-    /// The run config of `method` with the phantoms in `data`.
+    /// The phantom generator's settings (`None` for real cases).
+    pub fn phantom_config(&self) -> Option<PhantomConfig> {
+        self.phantoms.as_ref().map(|p| PhantomConfig {
+            size: [p.size; 3],
+            tumour_radius: p.tumour_radius,
+            enhancing_patches: p.enhancing_patches,
+            flair_as_t2: p.flair_as_t2,
+            ..Default::default()
+        })
+    }
+
+    /// The run config of `method` with the cases in `data`.
     pub fn run_config(&self, method: Method, data: PathBuf) -> BratsRunConfig {
         let mut c = self.run.clone();
         c.method = crate::config::BratsMethod::of(method, self.run.method.mckd().clone());
@@ -159,26 +204,31 @@ impl DemoConfig {
 pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result<EvalReport> {
     let started = Instant::now();
     out.write_json("demo_config.json", cfg)?;
-    let data = out.path().join("data");
-    let pcfg = cfg.phantom_config();
-    // Reuse phantoms already in `out` only if they were made with the same settings.
-    let stamp = data.join("phantom_config.json");
-    let same = std::fs::read(&stamp)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<(PhantomConfig, u64)>(&b).ok())
-        .is_some_and(|(c, s)| c == pcfg && s == cfg.run.seed);
-    if !same || discover_cases(&data).map(|c| c.len()).unwrap_or(0) != cfg.phantoms.cases {
-        if !quiet {
-            eprintln!(
-                "writing {} phantoms of {}³ to {}",
-                cfg.phantoms.cases,
-                cfg.phantoms.size,
-                data.display()
-            );
+    let data = match (&cfg.phantoms, cfg.phantom_config()) {
+        (Some(ph), Some(pcfg)) => {
+            let data = out.path().join("data");
+            // Reuse phantoms already in `out` only if they were made with the same settings.
+            let stamp = data.join("phantom_config.json");
+            let same = std::fs::read(&stamp)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<(PhantomConfig, u64)>(&b).ok())
+                .is_some_and(|(c, s)| c == pcfg && s == cfg.run.seed);
+            if !same || discover_cases(&data).map(|c| c.len()).unwrap_or(0) != ph.cases {
+                if !quiet {
+                    eprintln!(
+                        "writing {} phantoms of {}³ to {}",
+                        ph.cases,
+                        ph.size,
+                        data.display()
+                    );
+                }
+                write_phantom_dataset(&data, ph.cases, &pcfg, cfg.run.seed)?;
+                RunDir::create(&data)?.write_json("phantom_config.json", &(&pcfg, cfg.run.seed))?;
+            }
+            data
         }
-        write_phantom_dataset(&data, cfg.phantoms.cases, &pcfg, cfg.run.seed)?;
-        RunDir::create(&data)?.write_json("phantom_config.json", &(&pcfg, cfg.run.seed))?;
-    }
+        _ => cfg.run.task.data.clone(),
+    };
     let mut runs = Vec::new();
     let mut splits: Option<PathBuf> = None;
     for &method in &cfg.methods {

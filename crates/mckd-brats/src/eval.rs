@@ -93,6 +93,7 @@ pub fn evaluate_runs(
             &subsets,
             &cfg.task.infer,
             cfg.task.convention,
+            &crate::evaluate::Grid::of(&cfg.task),
             &pred_dir,
             &plain,
             quiet,

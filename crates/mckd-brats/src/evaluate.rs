@@ -15,11 +15,11 @@ use mckd_core::all_subsets;
 use mckd_volume::metrics::write_summary_json;
 use mckd_volume::{
     Case, CaseMetrics, LabelConvention, MODALITIES, MeanMetrics, evaluate_case, load_case,
-    mean_metrics, read_labels, write_labels_like,
+    mean_metrics, read_labels, restore_labels, write_labels_like,
 };
 
 use crate::error::{BratsError, Result};
-use crate::infer::{InferConfig, TilePredictor, predict_labels};
+use crate::infer::{InferConfig, TilePredictor, predict_labels, predict_probs};
 
 /// The folder name of a subset: its present modalities joined by `+` (`flair+t1c`).
 pub fn subset_name(mask: &[bool]) -> String {
@@ -67,8 +67,38 @@ pub fn prediction_path(folder: &Path, mask: &[bool], id: &str) -> PathBuf {
     folder.join(subset_name(mask)).join(format!("{id}.nii.gz"))
 }
 
-/// Predicts every case for every subset and writes the label maps into `out` (see the module
-/// docs); progress with ETA over cases × subsets. Returns the files written.
+/// How a case is fed to the network: at its own grid, or prepared at another spacing (cropped
+/// to the brain, resampled; the predictions resampled back to the original grid).
+#[derive(Debug, Clone)]
+pub enum Grid {
+    /// The original grid.
+    Original,
+    /// Prepared at `spacing` mm from `cache`.
+    Spacing {
+        /// Target spacing (mm).
+        spacing: f32,
+        /// Cache of prepared cases.
+        cache: mckd_volume::PreparedCache,
+    },
+}
+
+impl Grid {
+    /// The grid of a run's task.
+    pub fn of(task: &crate::config::BratsTask) -> Self {
+        if task.spacing == 1.0 {
+            Grid::Original
+        } else {
+            Grid::Spacing {
+                spacing: task.spacing,
+                cache: task.prepared_cache(),
+            }
+        }
+    }
+}
+
+/// Predicts every case for every subset and writes the label maps (always on the case's
+/// original grid, with its header and affine) into `out` (see the module docs); progress with
+/// ETA over cases × subsets. Returns the files written.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_cases(
     predictor: &dyn TilePredictor,
@@ -76,6 +106,7 @@ pub fn predict_cases(
     subsets: &[Vec<bool>],
     infer: &InferConfig,
     convention: LabelConvention,
+    grid: &Grid,
     out: &Path,
     device: &Device,
     quiet: bool,
@@ -83,20 +114,37 @@ pub fn predict_cases(
     let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "predict", quiet);
     let mut written = Vec::new();
     for case in cases {
-        let loaded = load_case(case, convention)?;
-        for mask in subsets {
-            let labels = predict_labels(
-                predictor,
-                &loaded.modalities,
-                mask,
-                infer,
-                convention,
-                device,
-            )?;
-            let path = prediction_path(out, mask, &case.id);
-            write_label_file(&path, &labels, &loaded.header)?;
-            written.push(path);
-            bar.inc(1);
+        match grid {
+            Grid::Original => {
+                let loaded = load_case(case, convention)?;
+                for mask in subsets {
+                    let labels = predict_labels(
+                        predictor,
+                        &loaded.modalities,
+                        mask,
+                        infer,
+                        convention,
+                        device,
+                    )?;
+                    let path = prediction_path(out, mask, &case.id);
+                    write_label_file(&path, &labels, &loaded.header)?;
+                    written.push(path);
+                    bar.inc(1);
+                }
+            }
+            Grid::Spacing { spacing, cache } => {
+                let (prepared, _) = cache.load_or_prepare(case, *spacing, convention)?;
+                for mask in subsets {
+                    let probs =
+                        predict_probs(predictor, &prepared.modalities, mask, infer, device)?;
+                    let labels =
+                        restore_labels(&probs, &prepared.grid, infer.threshold, convention)?;
+                    let path = prediction_path(out, mask, &case.id);
+                    write_label_file(&path, &labels, &prepared.header)?;
+                    written.push(path);
+                    bar.inc(1);
+                }
+            }
         }
     }
     bar.finish_and_clear();

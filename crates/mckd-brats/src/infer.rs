@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{batch_from_buffers, dhw};
 use crate::error::{BratsError, Result};
-use crate::model::{BratsBatch, BratsUNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
+use crate::model::{BratsBatch, BratsNet, N_MODALITIES, OUT_CHANNELS, SIZE_MULTIPLE};
 
 /// Whatever predicts the logits of a batch of tiles (a trained method in inference mode).
 pub trait TilePredictor {
@@ -34,13 +34,13 @@ pub trait TilePredictor {
 
 /// An MCKD (or Baseline) model in inference mode, with the level policy it was trained with.
 pub struct MckdPredictor {
-    model: MckdModel<BratsUNet>,
+    model: MckdModel<BratsNet>,
     impute: Levels,
 }
 
 impl MckdPredictor {
     /// The inference copy of a trained method.
-    pub fn new(method: &Mckd<BratsUNet>) -> Self {
+    pub fn new(method: &Mckd<BratsNet>) -> Self {
         Self {
             model: method.model().valid(),
             impute: method.config().levels.impute,
@@ -48,7 +48,7 @@ impl MckdPredictor {
     }
 
     /// A model (on a device without autodiff) imputing at `impute`.
-    pub fn from_model(model: MckdModel<BratsUNet>, impute: Levels) -> Self {
+    pub fn from_model(model: MckdModel<BratsNet>, impute: Levels) -> Self {
         Self { model, impute }
     }
 }
@@ -239,17 +239,36 @@ pub fn read_inputs(files: &[Option<PathBuf>; 4]) -> Result<(Vec<Volume>, Vec<boo
 }
 
 /// Predicts one case from files and writes the label map as NIfTI (uint8) with the header and
-/// affine of the first given modality file. Returns the label map.
+/// affine of the first given modality file. With `spacing` ≠ 1 the case is prepared as in
+/// training (cropped to the brain, resampled) and the prediction resampled back to the input's
+/// grid. Returns the label map.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_files(
     model: &dyn TilePredictor,
     files: &[Option<PathBuf>; 4],
     out: &Path,
     cfg: &InferConfig,
     convention: LabelConvention,
+    spacing: f32,
     device: &Device,
 ) -> Result<Vec<u8>> {
     let (vols, present, header) = read_inputs(files)?;
-    let labels = predict_labels(model, &vols, &present, cfg, convention, device)?;
+    let labels = if spacing == 1.0 {
+        predict_labels(model, &vols, &present, cfg, convention, device)?
+    } else {
+        let dims = vols[0].dims;
+        let loaded = mckd_volume::LoadedCase {
+            id: out.display().to_string(),
+            dims,
+            spacing: header.spacing(),
+            modalities: vols.try_into().expect("four volumes"),
+            seg: None,
+            header: header.clone(),
+        };
+        let prepared = mckd_volume::prepare_loaded(&loaded, spacing, convention)?;
+        let probs = predict_probs(model, &prepared.modalities, &present, cfg, device)?;
+        mckd_volume::restore_labels(&probs, &prepared.grid, cfg.threshold, convention)?
+    };
     crate::evaluate::write_label_file(out, &labels, &header)?;
     Ok(labels)
 }
@@ -262,7 +281,7 @@ mod tests {
 
     fn model(device: &Device) -> MckdPredictor {
         device.seed(3);
-        let net = UNetConfig::new().with_base(4).init(device);
+        let net = BratsNet::Unet(UNetConfig::new().with_base(4).init(device));
         MckdPredictor::from_model(
             MckdModel::new(net, Normalisation::Softmax, 0, device),
             Levels::Bottleneck,

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod dualnet;
 pub mod error;
 pub mod eval;
 pub mod evaluate;

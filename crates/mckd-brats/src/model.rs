@@ -244,6 +244,81 @@ impl UNetConfig {
     }
 }
 
+/// The network of a BraTS run: the CPU UNet, or the reference DualNet (GPU-sized; a width
+/// multiplier shrinks it for tests).
+#[derive(Module, Debug)]
+pub enum BratsNet {
+    /// [`BratsUNet`].
+    Unet(BratsUNet),
+    /// [`crate::dualnet::DualTask`].
+    Dual(crate::dualnet::DualTask),
+}
+
+impl BratsNet {
+    /// The same network (shared weights) for inputs of spatial size `dhw` (D, H, W).
+    ///
+    /// # Panics
+    /// If `dhw` does not fit the network ([`BratsNet::check_spatial`]).
+    pub fn with_spatial(self, dhw: [usize; 3]) -> Self {
+        match self {
+            BratsNet::Unet(n) => BratsNet::Unet(n.with_spatial(dhw)),
+            BratsNet::Dual(n) => BratsNet::Dual(n.with_spatial(dhw)),
+        }
+    }
+
+    /// The spatial size multiple the network needs per axis (D, H, W).
+    pub fn size_multiple(&self) -> [usize; 3] {
+        match self {
+            BratsNet::Unet(_) => [SIZE_MULTIPLE; 3],
+            BratsNet::Dual(_) => crate::dualnet::SIZE_MULTIPLE,
+        }
+    }
+}
+
+impl Task for BratsNet {
+    type Batch = BratsBatch;
+    type Output = Tensor<5>;
+
+    fn modalities(&self) -> &ModalitySet {
+        match self {
+            BratsNet::Unet(n) => n.modalities(),
+            BratsNet::Dual(n) => n.modalities(),
+        }
+    }
+
+    fn encode(&self, batch: &BratsBatch, modality: usize, present: Tensor<1>) -> Encoded {
+        match self {
+            BratsNet::Unet(n) => n.encode(batch, modality, present),
+            BratsNet::Dual(n) => n.encode(batch, modality, present),
+        }
+    }
+
+    fn bottleneck(&self) -> usize {
+        match self {
+            BratsNet::Unet(n) => n.bottleneck(),
+            BratsNet::Dual(n) => n.bottleneck(),
+        }
+    }
+
+    fn decode(&self, fused: Vec<Tensor<2>>) -> Tensor<5> {
+        match self {
+            BratsNet::Unet(n) => n.decode(fused),
+            BratsNet::Dual(n) => n.decode(fused),
+        }
+    }
+
+    fn loss(&self, output: Tensor<5>, batch: &BratsBatch) -> Tensor<1> {
+        match self {
+            BratsNet::Unet(n) => n.loss(output, batch),
+            BratsNet::Dual(n) => n.loss(output, batch),
+        }
+    }
+
+    fn batch_size(batch: &BratsBatch) -> usize {
+        batch.images[0].dims()[0]
+    }
+}
+
 /// The parameter count of the UNet at base width `c`: `7935·c² + 169·c + 3`.
 pub fn parameter_count(c: usize) -> usize {
     7935 * c * c + 169 * c + 3

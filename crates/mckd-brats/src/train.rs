@@ -26,15 +26,16 @@ use serde_json::json;
 
 use crate::config::{Arch, BratsRunConfig, Method as Kind, validate};
 use crate::data::{CropSource, TrainCase, dhw};
+use crate::dualnet::{DualNetConfig, DualTask};
 use crate::error::{BratsError, Result};
-use crate::model::{BratsBatch, BratsUNet, UNetConfig};
+use crate::model::{BratsBatch, BratsNet, UNetConfig};
 use crate::plots::{PlotData, write_plots};
 
 /// Index of T1c, the most informative modality (DESIGN §1).
 pub const T1C: usize = 2;
 
 /// The method every BraTS run trains.
-pub type BratsMckd = Mckd<BratsUNet>;
+pub type BratsMckd = Mckd<BratsNet>;
 
 /// The T1c feature gap at one iteration (paper Fig. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -89,6 +90,38 @@ pub fn load_named(
     Ok(out)
 }
 
+/// The cases named in `ids` ready for cropping: at the original grid (spacing 1), else
+/// prepared at the run's spacing (cropped to the brain and resampled, from the cache).
+pub fn training_cases(
+    cfg: &BratsRunConfig,
+    all: &[mckd_volume::Case],
+    ids: &[String],
+    quiet: bool,
+    what: &str,
+) -> Result<Vec<Arc<TrainCase>>> {
+    let conv = cfg.task.convention;
+    if cfg.task.spacing == 1.0 {
+        return load_named(all, ids, conv, quiet, what)?
+            .into_iter()
+            .map(|c| TrainCase::from_loaded(c, conv).map(Arc::new))
+            .collect();
+    }
+    let cache = cfg.task.prepared_cache();
+    let bar = mckd_train::progress_bar(ids.len() as u64, what, quiet);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let case = all
+            .iter()
+            .find(|c| &c.id == id)
+            .ok_or_else(|| BratsError::Invalid(format!("case {id} of splits.json not found")))?;
+        let (prepared, _) = cache.load_or_prepare(case, cfg.task.spacing, conv)?;
+        out.push(Arc::new(TrainCase::from_prepared(prepared)?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
 /// Splits for a run: the config's `splits_file` if given, else the run's own `splits.json` if
 /// present, else new seeded splits. Always (re)written to `<run>/splits.json`.
 pub fn resolve_splits(cfg: &BratsRunConfig, run: &RunDir, ids: &[String]) -> Result<Splits> {
@@ -119,19 +152,31 @@ pub fn init_model(
     cfg: &BratsRunConfig,
     spatial: [usize; 3],
     device: &Device,
-) -> MckdModel<BratsUNet> {
+) -> MckdModel<BratsNet> {
     device.seed(cfg.seed);
-    let Arch::Unet { base } = cfg.task.arch;
-    let net = UNetConfig::new()
-        .with_base(base)
-        .with_spatial(spatial)
-        .with_dice(cfg.task.dice)
-        .init(device);
+    let net = match cfg.task.arch {
+        Arch::Unet { base } => BratsNet::Unet(
+            UNetConfig::new()
+                .with_base(base)
+                .with_spatial(spatial)
+                .with_dice(cfg.task.dice)
+                .init(device),
+        ),
+        Arch::DualNet { width } => BratsNet::Dual(
+            DualTask::new(
+                &DualNetConfig::new().with_width(width),
+                spatial,
+                cfg.task.dice,
+                device,
+            )
+            .expect("a validated crop fits the DualNet"),
+        ),
+    };
     MckdModel::new(net, cfg.method.mckd().normalisation, cfg.seed, device)
 }
 
 /// The method of `cfg` around `model`.
-pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsUNet>) -> BratsMckd {
+pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsNet>) -> BratsMckd {
     let mckd = cfg.method.mckd().clone();
     let optim = cfg.optimizer.init();
     match cfg.method.kind() {
@@ -192,16 +237,16 @@ pub fn load_config(run: &Path) -> Result<BratsRunConfig> {
 
 /// Generated-vs-real T1c bottleneck features on `probe` (all modalities encoded).
 pub fn feature_gap(
-    model: &MckdModel<BratsUNet>,
+    model: &MckdModel<BratsNet>,
     probe: &BratsBatch,
     iteration: usize,
 ) -> FeatureGap {
     let model = model.valid();
     let device = probe.images[0].device();
-    let b = <BratsUNet as mckd_core::Task>::batch_size(probe);
+    let b = <BratsNet as mckd_core::Task>::batch_size(probe);
     let ones = Tensor::<2>::ones([b, 4], &device);
     let enc = model.encode_all(probe, &ones);
-    let bottleneck = <BratsUNet as mckd_core::Task>::bottleneck(&model.task);
+    let bottleneck = <BratsNet as mckd_core::Task>::bottleneck(&model.task);
     let f = Tensor::stack(enc.iter().map(|e| e.distilled(bottleneck)).collect(), 1); // [b, 4, F]
     let [b, n, nf] = f.dims();
     let real: Tensor<2> = f.clone().narrow(1, T1C, 1).reshape([b, nf]);
