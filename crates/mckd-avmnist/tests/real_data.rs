@@ -185,7 +185,7 @@ fn a_run_rebuilt_from_its_config_json_gives_the_same_log() {
     .unwrap();
     let cfg_c: AvRunConfig = mckd_train::config::read_json(&c.join("config.json")).unwrap();
     let mut expect = cfg_a.clone();
-    expect.method.mckd_mut().alpha = 0.25;
+    expect.method.mckd_mut().unwrap().alpha = 0.25;
     assert_eq!(cfg_c, expect);
     assert_ne!(log(&a), log(&c));
     // An unknown field is an error naming the file and the field.
