@@ -632,3 +632,126 @@ pub fn runs_json(outcomes: &[RunOutcome]) -> Value {
         .collect();
     json!(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Preset, preset};
+    use crate::run::{RunSpec, SubsetAccuracy};
+
+    /// One outcome with the headline (image-only) accuracy `acc` in %.
+    fn outcome(method: Method, setting: Option<Setting>, seed: u64, acc: f64) -> RunOutcome {
+        RunOutcome {
+            spec: RunSpec {
+                method,
+                setting,
+                seed,
+            },
+            accuracy: acc / 100.0,
+            subsets: mckd_core::all_subsets(2)
+                .into_iter()
+                .map(|mask| SubsetAccuracy {
+                    accuracy: if mask == [true, false] {
+                        acc / 100.0
+                    } else {
+                        0.5
+                    },
+                    mask,
+                })
+                .collect(),
+            iwv: if method == Method::Mckd {
+                vec![0.6, 0.4]
+            } else {
+                Vec::new()
+            },
+            iterations: 10,
+            pre_iterations: if method.is_peer() { 5 } else { 0 },
+            seconds: 1.0,
+            timing: Default::default(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Table 2 of a one-row reproduction: every method that ran has its column beside the
+    /// paper's, and each row carries the one-tailed paired t-test of MCKD against every method
+    /// (values of `mckd_train::stats`'s scipy case).
+    #[test]
+    fn table2_has_every_column_and_a_t_test_per_method() {
+        // scipy: ttest_rel([95.1, 94.2, 96.0, 94.9, 95.5], [94.0, 94.5, 95.1, 94.2, 94.8],
+        //                  alternative='greater') -> t = 2.5656, p = 0.031134660731018525;
+        // mean difference 95.14 − 94.52 = 0.62 points.
+        let s: Setting = "audio_10".parse().unwrap();
+        let mckd = [95.1, 94.2, 96.0, 94.9, 95.5];
+        let gan = [94.0, 94.5, 95.1, 94.2, 94.8];
+        let mut outcomes = Vec::new();
+        for (i, seed) in (1..=5).enumerate() {
+            outcomes.push(outcome(Method::Mckd, Some(s), seed, mckd[i]));
+            outcomes.push(outcome(Method::Gan, Some(s), seed, gan[i]));
+            for m in [
+                Method::Autoencoder,
+                Method::Full2miss,
+                Method::Smil,
+                Method::Shaspec,
+                Method::Baseline,
+            ] {
+                outcomes.push(outcome(m, Some(s), seed, 93.0 + i as f64 * 0.1));
+            }
+            outcomes.push(outcome(Method::Upperb, None, seed, 98.0));
+            outcomes.push(outcome(Method::LowerbImage, None, seed, 92.0));
+        }
+        let cfg = preset(Preset::Paper, Method::Mckd, Some(s), 1);
+        let configs: MethodConfigs = Method::TABLE
+            .iter()
+            .map(|&k| (k, preset(Preset::Paper, k, Some(s), 1).method))
+            .collect();
+        let (md, csv) = table2(&outcomes, &[s], &cfg, &configs);
+        for title in [
+            "AutoEncoder",
+            "GAN",
+            "Full2miss",
+            "SMIL",
+            "ShaSpec",
+            "Baseline",
+        ] {
+            assert!(
+                md.contains(&format!("| {title} | {title} (paper) |")),
+                "{title}"
+            );
+            assert!(
+                md.contains(&format!("vs {title}")),
+                "t-test column for {title}"
+            );
+        }
+        assert!(
+            !md.contains("SMIL (LeNet)"),
+            "a method that did not run has no column"
+        );
+        assert!(md.contains("| 95.14 ± "), "MCKD's mean");
+        assert!(md.contains("+0.62 (p 0.031)"), "MCKD vs GAN:\n{md}");
+        let gan_line = csv
+            .lines()
+            .find(|l| l.starts_with("audio_10,15,gan,"))
+            .expect("a CSV line for the GAN");
+        assert!(
+            gan_line.contains(",89.78,5,0.6200,2.5656,0.03113,5,10,"),
+            "{gan_line}"
+        );
+        let r = results(&outcomes, &[s], &cfg, &configs, 1.0);
+        let t = &r.extra["t_tests"]["audio_10"];
+        for m in [
+            "autoencoder",
+            "gan",
+            "full2miss",
+            "smil",
+            "shaspec",
+            "baseline",
+        ] {
+            assert_eq!(t[m]["pairs"], 5, "{m}");
+        }
+        let p = t["gan"]["p"].as_f64().unwrap();
+        assert!((p - 0.031_134_660_731_018_5).abs() < 1e-5, "{p}");
+        // Every subset of every per-row method is a row of results.json (3 subsets each).
+        let per_row: Vec<_> = r.rows.iter().filter(|x| x.setting.is_some()).collect();
+        assert_eq!(per_row.len(), 7 * 3);
+    }
+}

@@ -676,6 +676,37 @@ mod tests {
         }
     }
 
+    /// The outer terms on hand-written tensors against numpy.
+    #[test]
+    fn outer_terms_match_numpy() {
+        // import numpy as np
+        // logits = np.array([[1.0, -0.5, 0.2], [0.3, 0.8, -1.2]]); y = np.array([2, 1])
+        // ls = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        // ce = -ls[np.arange(2), y].mean()                       # 0.934625996231311
+        // xc = np.array([[0.5, -1.0, 2.0], [0.0, 0.25, -0.75]])
+        // xr = np.array([[0.4, -0.5, 1.0], [0.5, 0.25, 0.25]])
+        // ((xc - xr) ** 2).mean()                                 # 0.418333333333333
+        // hc = np.array([[1.0, 2.0], [-1.0, 0.5]]); hr = np.array([[0.5, 2.5], [0.0, 0.0]])
+        // ((hc - hr) ** 2).mean()                                 # 0.4375
+        let device = Device::flex();
+        let rec = Reconstructed {
+            logits: t2(&[1.0, -0.5, 0.2, 0.3, 0.8, -1.2], 2, 3, &device),
+            fused: t2(&[0.4, -0.5, 1.0, 0.5, 0.25, 0.25], 2, 3, &device),
+            hidden: t2(&[0.5, 2.5, 0.0, 0.0], 2, 2, &device),
+        };
+        let clean = (
+            t2(&[0.5, -1.0, 2.0, 0.0, 0.25, -0.75], 2, 3, &device),
+            t2(&[1.0, 2.0, -1.0, 0.5], 2, 2, &device),
+        );
+        let labels = Tensor::from_data(TensorData::new(vec![2i64, 1], [2]), &device);
+        let t = outer_terms(clean, &rec, labels);
+        assert_close(
+            &[t.task, t.mse_fused, t.mse_hidden].map(|x| mckd_core::scalar(&x)),
+            &[0.934_626, 0.418_333_3, 0.4375],
+            1e-6,
+        );
+    }
+
     fn tiny_model(device: &Device) -> SmilModel<TinyNet> {
         let roles = Roles::of(crate::config::Missing::Audio);
         let mut m = SmilModel::new(TinyNet::new(3, device), roles, 3, 7, device);
