@@ -458,6 +458,14 @@ pub struct RunOneArgs {
 
 /// Runs a subcommand.
 pub fn run(cmd: AvmnistCommand) -> anyhow::Result<()> {
+    // `--quiet` keeps the library's messages to warnings and hides the progress bars; a grid's
+    // worker (`run-one`) reports through its parent.
+    mckd_train::init_logging(match &cmd {
+        AvmnistCommand::Reproduce(a) => a.out.quiet,
+        AvmnistCommand::Train(a) => a.out.quiet,
+        AvmnistCommand::RunOne(_) => true,
+        AvmnistCommand::Eval(_) | AvmnistCommand::Merge(_) => false,
+    });
     match cmd {
         AvmnistCommand::Reproduce(a) => reproduce(&a).map(|_| ()),
         AvmnistCommand::Train(a) => train(&a),
@@ -628,11 +636,7 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
             todo.len()
         );
     }
-    let bar = mckd_train::progress_bar(
-        total as u64,
-        &format!("avmnist {} runs", todo.len()),
-        a.out.quiet,
-    );
+    let bar = mckd_train::progress_bar(total as u64, &format!("avmnist {} runs", todo.len()));
     let start = Instant::now();
     let report_line = |label: &str, r: &std::result::Result<RunOutcome, String>| {
         if a.out.quiet {
@@ -902,7 +906,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     }
     let spec = RunSpec::of(&cfg);
     let total = crate::run::planned_iterations(&data, &cfg)?;
-    let bar = mckd_train::progress_bar(total as u64, &spec.label(), a.out.quiet);
+    let bar = mckd_train::progress_bar(total as u64, &spec.label());
     let start = Instant::now();
     let result = run_one(&data, &cfg, &device, &bar, Some((&run, resumed)));
     bar.finish_and_clear();

@@ -109,9 +109,8 @@ pub fn predict_cases(
     grid: &Grid,
     out: &Path,
     device: &Device,
-    quiet: bool,
 ) -> Result<Vec<PathBuf>> {
-    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "predict", quiet);
+    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "predict");
     let mut written = Vec::new();
     for case in cases {
         match grid {
@@ -219,9 +218,8 @@ pub fn evaluate_folder(
     subsets: &[Vec<bool>],
     convention: LabelConvention,
     out: Option<&Path>,
-    quiet: bool,
 ) -> Result<Vec<SubsetScores>> {
-    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "evaluate", quiet);
+    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "evaluate");
     // Every reference first (read once), so that a bad reference is found before scoring.
     let mut refs = Vec::with_capacity(cases.len());
     for case in cases {
