@@ -150,20 +150,14 @@ pub fn predict_cases(
     Ok(written)
 }
 
-/// Writes a label map atomically (temporary file in the same folder, then rename).
+/// Writes a label map (atomically: `write_labels_like` writes a temporary file in the same
+/// folder and renames it), creating its folder.
 pub fn write_label_file(path: &Path, labels: &[u8], header: &mckd_volume::Header) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| {
         BratsError::Invalid(format!("cannot create the folder {}: {e}", dir.display()))
     })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}.nii.gz", std::process::id()));
-    write_labels_like(&tmp, labels, header)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| BratsError::Invalid(format!("cannot write {}: {e}", path.display())))
+    Ok(write_labels_like(path, labels, header)?)
 }
 
 /// The scores of one subset.
