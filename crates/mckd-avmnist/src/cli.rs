@@ -840,27 +840,23 @@ fn run_one_cmd(a: &RunOneArgs) -> anyhow::Result<()> {
 /// into its own folder (a finished run is not trained again; an unfinished one resumes from
 /// its checkpoint).
 pub fn run_one_folder(run: &Path, snapshot: Option<&Path>, save_model: bool) -> anyhow::Result<()> {
-    let a = RunOneArgs {
-        run: run.to_path_buf(),
-        snapshot: snapshot.map(Path::to_path_buf),
-        save_model,
-    };
-    if crate::grid::is_finished(&a.run) {
-        eprintln!("{} is finished; not training it again", a.run.display());
+    // Checked before the data is loaded: a finished run costs nothing.
+    if crate::grid::is_finished(run) {
+        eprintln!("{} is finished; not training it again", run.display());
         return Ok(());
     }
-    let cfg: AvRunConfig = read_json(&a.run.join("config.json"))?;
+    let cfg: AvRunConfig = read_json(&run.join("config.json"))?;
     let device = cfg.device.device()?;
-    let data = match &a.snapshot {
+    let data = match snapshot {
         Some(path) => AvMnist::read_snapshot(path)?,
         None => load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?.1,
     };
     run_in_folder(
         &data,
-        &a.run,
+        run,
         &device,
         &indicatif::ProgressBar::hidden(),
-        a.save_model,
+        save_model,
     )?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests of the `mckd` binary (the one integration-test file of this crate).
+//! End-to-end tests of the `mckd` binary: bad inputs, resume after a kill, run folders.
 
 use std::path::PathBuf;
 
