@@ -213,7 +213,8 @@ pub struct Overrides {
     /// Weight decay of the IWV's Adam.
     #[arg(long)]
     pub iwv_weight_decay: Option<f64>,
-    /// Fraction of iterations with every modality present first (0 = one stage).
+    /// Fraction of iterations with every modality present first (0 = one stage; the DualNet
+    /// needs at least one such iteration).
     #[arg(long)]
     pub full_fraction: Option<f64>,
     /// A checkpoint every this many iterations (0: only on a signal).

@@ -313,7 +313,30 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
     let t = &cfg.task;
     match t.arch {
         Arch::Unet { base } => rules::at_least_one("task.arch.base (--base)", base)?,
-        Arch::DualNet { width } => rules::positive("task.arch.width (--width)", width)?,
+        Arch::DualNet { width } => {
+            rules::positive("task.arch.width (--width)", width)?;
+            // A zeroed (missing) modality through the freshly initialised DualNet overflows
+            // the backward (β = 0: zero-variance instance norms, ×316 each; `dualnet`
+            // module docs), in PyTorch as here. The reference trains all modalities first,
+            // which moves β off 0; one all-modality iteration is enough (measured there).
+            let stage1 = match cfg.loop_.budget {
+                mckd_train::config::Budget::Iterations(n) => {
+                    mckd_train::train::stage1_iterations(&cfg.loop_, n)
+                }
+                mckd_train::config::Budget::Epochs(_) => usize::from(cfg.loop_.full_fraction > 0.0),
+            };
+            if stage1 == 0 {
+                return bad(
+                    "loop.full_fraction (--full-fraction)",
+                    format!(
+                        "{} gives no all-modality iteration: the DualNet must start with one \
+                         (a missing modality's zeroed input through the untrained network \
+                         overflows the gradient); use the reference's {:.4}",
+                        cfg.loop_.full_fraction, REFERENCE_FULL_FRACTION
+                    ),
+                );
+            }
+        }
     }
     let multiple = t.arch.size_multiple_ijk();
     if (0..3).any(|a| t.crop[a] == 0 || !t.crop[a].is_multiple_of(multiple[a])) {

@@ -10,7 +10,8 @@
 //! Conventions: every convolution except the transposed ones and the head is a
 //! weight-standardised, bias-free [`WsConv3d`] (`Conv3d_wd`, weight std over each output
 //! channel, unbiased variance + 1e-12); `IN` = affine instance norm (ε 1e-5, γ = 1, β = 0 at
-//! init); `act` = LeakyReLU(0.01). Stride and padding are per axis (D, H, W).
+//! init); `act` = LeakyReLU(0.01), with PyTorch's derivative 0.01 at 0 (see "A missing
+//! modality" below). Stride and padding are per axis (D, H, W).
 //!
 //! Encoder, per modality (input `[B, 1, D, H, W]`):
 //!
@@ -72,12 +73,30 @@
 //! `act(β)` before it even reaches the projection.) It is kept, norm included, so that the
 //! parameters and checkpoints match the reference's; `pool_branch_norm = false` drops the
 //! norm (PEERS §2.4's suggestion, which does not revive the branch). Tests check both facts.
+//!
+//! # A missing modality
+//! A missing modality's input is zeroed and still encoded: its skips reach the decoder (only
+//! the bottleneck is imputed, DESIGN §1.2), so the backward runs through its encoder pass.
+//! With bias-free convolutions and β = 0 (the initialisation), every activation of that pass
+//! is exactly 0, every instance norm sees a zero-variance plane and multiplies the gradient by
+//! γ/√ε ≈ 316, and every leaky ReLU sits exactly at its kink. Through the ~50 norms of the
+//! encoder that overflows f32: measured at width 1/16, the zero pass's input-gradient gain is
+//! 1e64.8 with PyTorch's leaky ReLU (derivative `slope` at 0) and 1e164.8 with burn's
+//! (derivative 1), and the parameter gradients turn ±inf / NaN. PyTorch would do the same;
+//! the reference never meets it because stage 1 trains with every modality, which moves β off
+//! 0, and then the gradients are finite (β ~ N(0, 1e-3) is already enough). So a DualNet run
+//! must start with all-modality iterations (`config::validate`), and every leaky ReLU here is
+//! PyTorch's (`mckd_kernels::leaky_relu`, and the fused norm kernel's backward), the
+//! reference's arithmetic. Skipping the encoder on absent rows would not be equivalent: after
+//! training a zero volume no longer encodes to 0, and its skips are part of the reference's
+//! forward.
 
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
 use burn::nn::{Initializer, InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig};
 use burn::prelude::*;
-use burn::tensor::activation::leaky_relu;
-use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, instance_norm_leaky_relu};
+// PyTorch's leaky ReLU (derivative `slope` at 0), not burn's: a missing modality's zero
+// volume puts every activation of its encoder pass at exactly 0 (see `mckd_kernels::instnorm`).
+use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, instance_norm_leaky_relu, leaky_relu};
 use mckd_nn::{WsConv3d, WsConv3dConfig, global_avg_pool3d, max_pool3d, pool_output_size};
 
 /// Errors of a [`DualNetConfig`] or an input size.
@@ -1466,10 +1485,9 @@ mod tests {
             MckdConfig::default(),
             burn::optim::SgdConfig::new().init(),
         );
-        // Every modality present here; a missing one (a zero input) gives NaN gradients in
-        // the encoder at the moment (being fixed).
-        let mask = mask_tensor(&[vec![true, true, true, true]], &device);
-        let terms = m.train_step(&batch, &mask, 1e-3);
+        // Every modality present, as in stage 1 (missing ones:
+        // `a_missing_modality_trains_once_all_modalities_have_been_seen`).
+        let terms = m.train_step(&batch, &all, 1e-3);
         assert!(
             terms.iter().all(|v| v.is_finite()) && terms[1] > 0.0,
             "{terms:?}"
@@ -1477,6 +1495,136 @@ mod tests {
         let before = m.model().iwv.raw_values();
         assert!(m.meta_step(&batch).is_finite());
         assert_ne!(m.model().iwv.raw_values(), before);
+    }
+
+    /// Every float parameter's values, in visiting order.
+    fn params_of<M: Module>(m: &M) -> Vec<Vec<f64>> {
+        let mut c = Collect(None, Vec::new());
+        m.visit(&mut c);
+        c.1
+    }
+
+    #[test]
+    fn a_missing_modality_trains_once_all_modalities_have_been_seen() {
+        // A missing modality's zeroed volume stays exactly 0 through the freshly initialised
+        // encoder (bias-free convolutions, β = 0), so every instance norm on it sees a
+        // zero-variance plane and multiplies the gradient by γ/√ε ≈ 316. The gradient does
+        // reach that pass: the missing modality's skips go to the decoder as encoded (only
+        // the bottleneck is imputed). Measured at this size: 36 of 221 parameter gradients
+        // non-finite at β = 0 (PyTorch's leaky ReLU rule; burn's overflows sooner), none with
+        // every β drawn from N(0, 1e-3), N(0, 1e-2) (largest norm 21 and 17). The reference
+        // trains all modalities first (stage 1), which moves β off 0; `config::validate`
+        // requires that stage for the DualNet. Here: one all-modality step, then steps with
+        // T1c missing in one sample and only T1 + T1c in the other, at width 1/16.
+        use mckd_core::{
+            Levels, Mckd, MckdConfig, MckdModel, Method, Normalisation, Task, mask_tensor,
+        };
+        let device = Device::flex().autodiff();
+        device.seed(41);
+        let spatial = [32, 64, 64];
+        let task = DualTask::new(
+            &DualNetConfig::new().with_width(1.0 / 16.0),
+            spatial,
+            crate::model::DiceReduction::PerSample,
+            &device,
+        )
+        .unwrap();
+        let batch = crate::model::BratsBatch {
+            images: (0..4)
+                .map(|m| chacha([2, 1, 32, 64, 64], 50 + m, &device))
+                .collect(),
+            targets: Some(
+                chacha([2, 3, 32, 64, 64], 60, &device)
+                    .greater_elem(0.5)
+                    .float(),
+            ),
+        };
+        let missing = mask_tensor(
+            &[
+                vec![true, true, false, true],
+                vec![false, true, true, false],
+            ],
+            &device,
+        );
+        let all = mask_tensor(&[vec![true; 4], vec![true; 4]], &device);
+        let model = MckdModel::new(task, Normalisation::Softmax, 0, &device);
+        let non_finite_grads = |model: &MckdModel<DualTask>| {
+            let fwd = model.forward(&batch, &missing, Levels::Bottleneck);
+            let grads = model.task.loss(fwd.output, &batch).backward();
+            let mut norms = GradNorms {
+                grads: &grads,
+                norms: Vec::new(),
+            };
+            model.task.visit(&mut norms);
+            assert!(norms.norms.iter().any(|p| p.2.is_finite() && p.2 > 0.0));
+            norms.norms.iter().filter(|p| !p.2.is_finite()).count()
+        };
+        // At initialisation: the overflow the stage-1 requirement avoids.
+        assert!(non_finite_grads(&model) > 0);
+
+        // Stage 1: one step with every modality (the reference's lr).
+        let mut m = Mckd::new(
+            model,
+            MckdConfig::default(),
+            burn::optim::SgdConfig::new().init(),
+        );
+        let terms = m.train_step(&batch, &all, 1e-2);
+        assert!(terms.iter().all(|v| v.is_finite()), "{terms:?}");
+        assert_eq!(non_finite_grads(m.model()), 0);
+
+        // Stage 2: inner steps (task loss + α·CKD, SGD) and a meta step with missing ones.
+        let before = params_of(&m.model().task);
+        let terms = m.train_step(&batch, &missing, 1e-2);
+        assert!(
+            terms.iter().all(|v| v.is_finite()) && terms[1] > 0.0,
+            "{terms:?}"
+        );
+        let after = params_of(&m.model().task);
+        for (i, p) in after.iter().enumerate() {
+            assert!(p.iter().all(|v| v.is_finite()), "parameter {i} not finite");
+        }
+        let moved = after.iter().zip(&before).filter(|(a, b)| a != b).count();
+        // All but the inert ASPP pool branch (conv, γ, β; module docs) move.
+        assert!(moved + 3 >= after.len(), "{moved} of {} moved", after.len());
+        let iwv = m.model().iwv.raw_values();
+        assert!(m.meta_step(&batch).is_finite());
+        let iwv_after = m.model().iwv.raw_values();
+        assert!(iwv_after.iter().all(|v| v.is_finite()) && iwv_after != iwv);
+        let terms = m.train_step(&batch, &missing, 1e-2);
+        assert!(terms.iter().all(|v| v.is_finite()), "{terms:?}");
+        assert!(
+            params_of(&m.model().task)
+                .iter()
+                .all(|p| p.iter().all(|v| v.is_finite()))
+        );
+    }
+
+    #[test]
+    fn a_dualnet_run_must_start_with_all_modalities() {
+        use crate::config::{Method, Preset, preset, validate};
+        use mckd_train::config::Budget;
+        let mut cfg = preset(Preset::Reference, Method::Mckd, "data".into(), 0);
+        cfg.task.arch = crate::config::Arch::DualNet { width: 1.0 / 16.0 };
+        cfg.task.crop = cfg.task.arch.size_multiple_ijk().map(|m| 2 * m);
+        cfg.loop_.budget = Budget::Iterations(100);
+        validate(&cfg).unwrap();
+        for (fraction, iterations) in [(0.0, 100), (0.005, 100)] {
+            cfg.loop_.full_fraction = fraction;
+            cfg.loop_.budget = Budget::Iterations(iterations);
+            let err = validate(&cfg).unwrap_err().to_string();
+            assert!(
+                err.contains("full_fraction") && err.contains("no all-modality iteration"),
+                "{err}"
+            );
+        }
+        // 0.5 % of 1,000 iterations is 5 all-modality iterations: enough.
+        cfg.loop_.budget = Budget::Iterations(1000);
+        validate(&cfg).unwrap();
+        // The UNet has biases and no such constraint.
+        cfg.task.arch = crate::config::Arch::Unet { base: 4 };
+        cfg.task.crop = [16; 3];
+        cfg.loop_.full_fraction = 0.0;
+        validate(&cfg).unwrap();
     }
 
     fn mckd_train_values(t: Tensor<5>) -> Vec<f32> {

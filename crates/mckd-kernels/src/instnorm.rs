@@ -7,10 +7,20 @@
 //! per (batch, channel) plane (statistics; normalise + activate), backward two passes
 //! (gradient sums; input gradient), on `flex` via `#[backend_extension(Flex, Autodiff)]`.
 //!
-//! Semantics (burn's layers, to rounding): per plane `mean`, biased `var`;
-//! `y = (x − mean)/√(var + ε)·γ_c + β_c`; output `y` if `y ≥ 0` else `slope·y`. Gradient:
-//! `g_y = g·(1 if y ≥ 0 else slope)`, `dx = γ/σ·(g_y − mean(g_y) − x̂·mean(g_y·x̂))` per
-//! plane, `dγ_c = Σ_b Σ g_y·x̂`, `dβ_c = Σ_b Σ g_y` (summed over the batch in order).
+//! Semantics (PyTorch's `InstanceNorm` + `LeakyReLU`, burn's layers to rounding): per plane
+//! `mean`, biased `var`; `y = (x − mean)/√(var + ε)·γ_c + β_c`; output `y` if `y > 0` else
+//! `slope·y`. Gradient: `g_y = g·(1 if y > 0 else slope)`,
+//! `dx = γ/σ·(g_y − mean(g_y) − x̂·mean(g_y·x̂))` per plane, `dγ_c = Σ_b Σ g_y·x̂`,
+//! `dβ_c = Σ_b Σ g_y` (summed over the batch in order).
+//!
+//! At `y = 0` exactly the derivative is `slope`, as in PyTorch (`leaky_relu_backward`:
+//! `x > 0 ? g : g·slope`), not 1 as in burn's `leaky_relu` (a mask on `x < 0`). That point is
+//! not a rounding accident: a zero-variance plane (an all-zero input, e.g. a missing modality
+//! in DualNet, through bias-free convolutions) normalises to exactly `β`, 0 at
+//! initialisation, and its input gradient is `γ/√ε·(g_y − mean(g_y))`, ×316 at ε = 1e-5.
+//! Layer after layer of such planes the product overflows f32 either way (mckd-brats'
+//! `dualnet` docs), but 100× per layer sooner with burn's 1; `slope` is the reference's
+//! arithmetic (see also [`leaky_relu`], which the fallback path uses).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -53,7 +63,7 @@ pub fn instance_norm_leaky_relu<const D: usize>(
     x: Tensor<D>,
 ) -> Tensor<D> {
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
-        return act.forward(norm.forward(x));
+        return leaky_relu(norm.forward(x), act.negative_slope);
     };
     let (gamma, beta) = (gamma.val(), beta.val());
     let device = x.device();
@@ -68,7 +78,7 @@ pub fn instance_norm_leaky_relu<const D: usize>(
         && x.dims()[1] == norm.num_channels
         && gamma.dims() == [norm.num_channels];
     if !fused {
-        return act.forward(norm.forward(x));
+        return leaky_relu(norm.forward(x), act.negative_slope);
     }
     Tensor::from_dispatch(<Dispatch as InstanceNormActOps>::instance_norm_leaky_relu(
         x.into_dispatch(),
@@ -77,6 +87,19 @@ pub fn instance_norm_leaky_relu<const D: usize>(
         norm.epsilon,
         act.negative_slope,
     ))
+}
+
+/// Leaky ReLU with PyTorch's derivative at 0: `x` for `x > 0`, else `slope·x`, and the
+/// gradient `g` for `x > 0`, else `slope·g` — also at `x = 0`, where burn's
+/// `activation::leaky_relu` passes `g` (module docs: why that point matters).
+///
+/// # Shapes
+/// - `x`: any; output the same
+pub fn leaky_relu<const D: usize>(x: Tensor<D>, slope: f64) -> Tensor<D> {
+    // The value at 0 is 0 on both branches; selecting the scaled branch there routes the
+    // gradient through `slope`.
+    let at_most_zero = x.clone().lower_equal_elem(0.0);
+    x.clone().mask_where(at_most_zero, x * slope)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +163,8 @@ crate::simd::multiversion! {
     ) -> ([f32; 8], [f32; 8]) {
         let (mut sg, mut sgx) = ([0.0f32; 8], [0.0f32; 8]);
         let term = |v: f32, g: f32| {
-            let gy = if v * a + b >= 0.0 { g } else { slope * g };
+            // `> 0`: PyTorch's derivative at 0 (module docs).
+            let gy = if v * a + b > 0.0 { g } else { slope * g };
             (gy, gy * ((v - mean) * inv_std))
         };
         let (xc, gc) = (xs.chunks_exact(8), gs.chunks_exact(8));
@@ -167,7 +191,7 @@ crate::simd::multiversion! {
     fn dx_plane(d: &mut [core::mem::MaybeUninit<f32>], xs: &[f32], gs: &[f32], c: [f32; 8]) {
         let [a, b, mean, inv_std, slope, k, m1, m2] = c;
         for ((d, &v), &g) in d.iter_mut().zip(xs).zip(gs) {
-            let gy = if v * a + b >= 0.0 { g } else { slope * g };
+            let gy = if v * a + b > 0.0 { g } else { slope * g };
             d.write(k * (gy - m1 - (v - mean) * inv_std * m2));
         }
     }
@@ -336,7 +360,7 @@ impl<C: CheckpointStrategy> InstanceNormActOps for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, max_rel_error, random};
+    use crate::testing::{assert_close, max_rel_error, random, values};
     use burn::nn::{InstanceNormConfig, LeakyReluConfig};
     use burn::tensor::Distribution;
 
@@ -401,6 +425,150 @@ mod tests {
         check([1, 1, 2, 1, 3], 0.2, 3);
         check([3, 5, 4, 6], 0.0, 4);
         check([2, 4, 9], 0.3, 5);
+    }
+
+    /// Brute force in f64 of instance norm → leaky ReLU with PyTorch's rules (biased variance,
+    /// derivative `slope` at 0), for the upstream gradient `up`: `(y, dx, dγ, dβ)`.
+    /// `shape` = `[batch, channels, voxels]`.
+    #[allow(clippy::type_complexity)]
+    fn torch_reference(
+        x: &[f64],
+        shape: [usize; 3],
+        gamma: &[f64],
+        beta: &[f64],
+        epsilon: f64,
+        slope: f64,
+        up: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let [b, c, n] = shape;
+        let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+        for plane in 0..b * c {
+            let ch = plane % c;
+            let r = plane * n..(plane + 1) * n;
+            let xs = &x[r.clone()];
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+            let inv = 1.0 / (var + epsilon).sqrt();
+            let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * inv).collect();
+            let mut gy = vec![0.0; n];
+            for k in 0..n {
+                let pre = xhat[k] * gamma[ch] + beta[ch];
+                let d = if pre > 0.0 { 1.0 } else { slope };
+                y[r.start + k] = pre * d;
+                gy[k] = up[r.start + k] * d;
+            }
+            let m1 = gy.iter().sum::<f64>() / n as f64;
+            let m2 = gy.iter().zip(&xhat).map(|(g, h)| g * h).sum::<f64>() / n as f64;
+            for k in 0..n {
+                dx[r.start + k] = gamma[ch] * inv * (gy[k] - m1 - xhat[k] * m2);
+            }
+            dgamma[ch] += gy.iter().zip(&xhat).map(|(g, h)| g * h).sum::<f64>();
+            dbeta[ch] += gy.iter().sum::<f64>();
+        }
+        (y, dx, dgamma, dbeta)
+    }
+
+    fn f64s<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+        values(t).into_iter().map(f64::from).collect()
+    }
+
+    /// `max |a − b| / max |b|`.
+    fn rel(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()))
+            / scale
+    }
+
+    #[test]
+    fn zero_variance_planes_follow_pytorch_at_zero() {
+        // A missing modality's zero volume through bias-free convolutions: planes of exactly
+        // 0 (y = β = 0 exactly: PyTorch's derivative `slope` there, burn's would be 1), a
+        // constant plane (variance 0, y = β ≠ 0) and an ordinary one, with channel 0's γ and
+        // β set to 1 and 0 and channel 1's random. Both paths — the fused f32 kernel and the
+        // fallback (f64: burn's norm + our leaky ReLU) — against the f64 brute force.
+        let (b, c, sp) = (2, 2, [3, 4, 5]);
+        let n: usize = sp.iter().product();
+        let shape = [b, c, sp[0], sp[1], sp[2]];
+        let slope = 0.01;
+        let device = Device::flex().autodiff();
+        let noise = values(&random([b * c * n], 40, &device.clone().without_autodiff()));
+        // Planes (b, c): (0, 0) all 0, (0, 1) constant 0.7, (1, 0) all 0, (1, 1) random.
+        let x: Vec<f64> = (0..b * c * n)
+            .map(|i| match i / n {
+                0 | 2 => 0.0,
+                1 => 0.7,
+                _ => f64::from(noise[i]) * 2.0,
+            })
+            .collect();
+        let up: Vec<f64> = values(&random([b * c * n], 41, &device))
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let (gamma, beta) = ([1.0, -1.3], [0.0, 0.4]);
+        for dtype in [DType::F32, DType::F64] {
+            let mut norm = InstanceNormConfig::new(c).init(&device);
+            let param = |v: &[f64]| {
+                burn::module::Param::from_tensor(
+                    Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &device).cast(dtype),
+                )
+            };
+            norm.gamma = Some(param(&gamma));
+            norm.beta = Some(param(&beta));
+            let eps = norm.epsilon;
+            let act = LeakyReluConfig::new().with_negative_slope(slope).init();
+            let tensor = |v: &[f64]| {
+                Tensor::<5>::from_data(TensorData::new(v.to_vec(), shape), &device).cast(dtype)
+            };
+            let xt = tensor(&x).require_grad();
+            let y = instance_norm_leaky_relu(&norm, &act, xt.clone());
+            let grads = (y.clone() * tensor(&up)).sum().backward();
+            let got_dg = norm.gamma.as_ref().unwrap().val().grad(&grads).unwrap();
+            let got_db = norm.beta.as_ref().unwrap().val().grad(&grads).unwrap();
+            let (ry, rdx, rdg, rdb) =
+                torch_reference(&x, [b, c, n], &gamma, &beta, eps, slope, &up);
+            let what = format!("{dtype:?}");
+            let dx = f64s(&xt.grad(&grads).unwrap());
+            assert!(rel(&f64s(&y), &ry) <= 1e-5, "{what}: forward");
+            assert!(rel(&dx, &rdx) <= 1e-5, "{what}: dx");
+            assert!(rel(&f64s(&got_dg), &rdg) <= 1e-5, "{what}: dgamma");
+            assert!(rel(&f64s(&got_db), &rdb) <= 1e-5, "{what}: dbeta");
+            // The all-zero planes' gradient is slope·γ/√ε·(g − mean g): 3.16·(g − mean g)
+            // here, where the derivative 1 at 0 would give 316·(g − mean g).
+            let mean_up = up[..n].iter().sum::<f64>() / n as f64;
+            let inv = 1.0 / eps.sqrt();
+            for k in 0..n {
+                let want = slope * inv * (up[k] - mean_up);
+                assert!(
+                    (dx[k] - want).abs() <= 1e-4 * inv * slope,
+                    "{what}: zero plane dx[{k}] = {} vs {want}",
+                    dx[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn leaky_relu_has_pytorchs_derivative_at_zero() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_floats([-2.0, -0.0, 0.0, 3.0], &device).require_grad();
+        let y = leaky_relu(x.clone(), 0.1);
+        let up = Tensor::<1>::from_floats([1.0, 2.0, 4.0, 8.0], &device);
+        let grads = (y.clone() * up.clone()).sum().backward();
+        assert_eq!(values(&y), [-0.2, 0.0, 0.0, 3.0]);
+        // x > 0 ? g : 0.1·g (torch's leaky_relu_backward), 0 and −0 included.
+        let want = [0.1f32, 0.2, 0.4, 8.0];
+        let got = values(&x.grad(&grads).unwrap());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6, "{got:?} vs {want:?}");
+        }
+        // burn's leaky ReLU passes the whole gradient at 0: the difference this fixes.
+        let burn_y = burn::tensor::activation::leaky_relu(x.clone(), 0.1);
+        let grads = (burn_y * up).sum().backward();
+        assert_eq!(values(&x.grad(&grads).unwrap())[2], 4.0);
     }
 
     #[test]

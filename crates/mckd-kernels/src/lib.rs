@@ -17,7 +17,8 @@
 //!   stride-1 2-D layers with ≥ 8 input channels (the AV-MNIST conv2 layers) another one with
 //!   the output channels in the vector lanes (`direct2.rs`: forward, the input gradient for
 //!   padding k − 1 − p ≤ 1, the weight gradient for 3- and 5-wide kernels).
-//! * [`instance_norm_leaky_relu`]: the UNet blocks' instance norm → leaky ReLU, fused.
+//! * [`instance_norm_leaky_relu`]: the UNet blocks' instance norm → leaky ReLU, fused; and
+//!   [`leaky_relu`] with PyTorch's derivative at 0 (burn's differs there).
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
 //! * [`FusedAdam`]: burn's Adam as one pass per parameter tensor (same bits).
@@ -59,7 +60,7 @@ pub use alloc::tune_allocator;
 pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
 pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_counted, batch_norm_relu_pool2d};
-pub use instnorm::instance_norm_leaky_relu;
+pub use instnorm::{instance_norm_leaky_relu, leaky_relu};
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
 pub use pool::{run_on_pool, with_busy_workers};
 pub use rows::select_rows;
