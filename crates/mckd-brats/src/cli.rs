@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use mckd_core::{CkdReduction, Distance, Levels, Method as _, Normalisation};
+use mckd_train::cluster::SlurmOptions;
 use mckd_train::config::{Budget, LrSchedule, OptimizerConfig};
 use mckd_train::device::DeviceChoice;
 use mckd_train::run::{OutPolicy, RunDir, RunState, check_not_input};
@@ -44,6 +45,10 @@ pub enum BratsCommand {
     /// Prepares (crops to the brain and resamples) every case of a folder at a spacing into
     /// the cache, checking every file; prints each case's grid.
     Prepare(PrepareArgs),
+    /// Merges a planned grid (`demo --plan`, `real --plan`) whose runs were trained by
+    /// `mckd run-one`: each complete seed's evaluation and tables, the summary across seeds;
+    /// missing and failed runs listed (non-zero exit unless --allow-partial).
+    Merge(MergeArgs),
 }
 
 /// `mckd brats real`.
@@ -78,6 +83,17 @@ pub struct RealArgs {
     /// Number of seeds (`seed-<s>/` each, then a summary).
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
+    /// Only write the grid into --out (plan.json, each seed's settings and phantoms, one
+    /// self-contained config per run) and print how to train each run (`mckd run-one`) and
+    /// merge (`mckd brats merge`); trains nothing.
+    #[arg(long, conflicts_with = "resume")]
+    pub plan: bool,
+    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run.
+    #[arg(long, requires = "plan")]
+    pub slurm: bool,
+    /// Settings of the Slurm job array.
+    #[command(flatten)]
+    pub slurm_options: mckd_train::cluster::SlurmOptions,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -547,6 +563,32 @@ pub struct DemoArgs {
     /// MCKD > Baseline.
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
+    /// Only write the grid into --out (plan.json, each seed's settings and phantoms, one
+    /// self-contained config per run) and print how to train each run (`mckd run-one`) and
+    /// merge (`mckd brats merge`); trains nothing.
+    #[arg(long, conflicts_with = "resume")]
+    pub plan: bool,
+    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run.
+    #[arg(long, requires = "plan")]
+    pub slurm: bool,
+    /// Settings of the Slurm job array.
+    #[command(flatten)]
+    pub slurm_options: mckd_train::cluster::SlurmOptions,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mckd brats merge`.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The grid folder (`--plan` of `brats demo` or `brats real`).
+    #[arg(long)]
+    pub grid: PathBuf,
+    /// Write the tables of the seeds whose runs all finished and exit 0 even when runs are
+    /// missing or failed (they are listed either way).
+    #[arg(long)]
+    pub allow_partial: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -564,6 +606,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         BratsCommand::Demo(a) => a.quiet,
         BratsCommand::Prepare(a) => a.quiet,
         BratsCommand::Real(a) => a.quiet,
+        BratsCommand::Merge(a) => a.quiet,
     });
     match cmd {
         BratsCommand::Phantoms(a) => phantoms(&a),
@@ -574,6 +617,7 @@ pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
         BratsCommand::Demo(a) => demo_cmd(&a),
         BratsCommand::Prepare(a) => prepare(&a),
         BratsCommand::Real(a) => real(&a),
+        BratsCommand::Merge(a) => merge_cmd(&a),
     }
 }
 
@@ -601,6 +645,7 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-real",
         (a.resume, a.overwrite),
+        a.plan.then_some((a.slurm, &a.slurm_options)),
     )
 }
 
@@ -968,16 +1013,19 @@ fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-demo",
         (a.resume, a.overwrite),
+        a.plan.then_some((a.slurm, &a.slurm_options)),
     )
 }
 
-/// Runs an experiment (one seed, or `seeds` seeds and their summary) into `out`.
+/// Runs an experiment (one seed, or `seeds` seeds and their summary) into `out`, or with
+/// `plan` (`--slurm`, its options) only writes its grid.
 fn run_experiment(
     d: &DemoConfig,
     seeds: u64,
     out: Option<&Path>,
     kind: &str,
     (resume, overwrite): (bool, bool),
+    plan: Option<(bool, &SlurmOptions)>,
 ) -> anyhow::Result<()> {
     if d.methods.is_empty() {
         bail!("--methods is empty");
@@ -997,6 +1045,9 @@ fn run_experiment(
         check_not_input(&out_path, &[&d.run.task.data])?;
     }
     let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(resume, overwrite))?;
+    if let Some((slurm, options)) = plan {
+        return write_planned(d, seeds, &run, slurm, options);
+    }
     let t0 = Instant::now();
     let result = if seeds != 1 {
         demo_seeds(d, seeds, &run, resumed).map(|summary| {
@@ -1033,6 +1084,83 @@ fn run_experiment(
             run.set_status(RunState::Failed, Some(e.to_string()), None)?;
             Err(e.into())
         }
+    }
+}
+
+/// `--plan`: writes the grid, with `slurm` the Slurm files, and says what to run next.
+fn write_planned(
+    d: &DemoConfig,
+    seeds: u64,
+    grid: &RunDir,
+    slurm: bool,
+    options: &SlurmOptions,
+) -> anyhow::Result<()> {
+    let planned = crate::grid::plan(d, seeds, grid)?;
+    let root = std::fs::canonicalize(grid.path()).unwrap_or_else(|_| grid.path().to_path_buf());
+    let runs: Vec<PathBuf> = planned.runs.iter().map(|r| root.join(&r.dir)).collect();
+    grid.set_status(
+        RunState::Running,
+        Some(format!("planned: {} runs, none trained here", runs.len())),
+        None,
+    )?;
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let merge = format!("{} brats merge --grid {}", exe.display(), root.display());
+    if slurm {
+        let files = mckd_train::cluster::slurm_files(&root, &runs, &exe, options);
+        grid.write("runs.txt", files.runs.as_bytes())?;
+        grid.write("submit.sbatch", files.script.as_bytes())?;
+        std::fs::create_dir_all(root.join("slurm"))
+            .with_context(|| format!("cannot create {}", root.join("slurm").display()))?;
+        println!(
+            "planned {} runs in {}\nsubmit:  sbatch {}\nthen:    {merge}",
+            runs.len(),
+            root.display(),
+            root.join("submit.sbatch").display()
+        );
+    } else {
+        println!(
+            "planned {} runs in {}\ntrain each: {} run-one {}/seed-<s>/<method>   (any order, \
+             any machine)\nthen:       {merge}",
+            runs.len(),
+            root.display(),
+            exe.display(),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mckd brats merge`.
+fn merge_cmd(a: &MergeArgs) -> anyhow::Result<()> {
+    let (grid, _) = RunDir::open(&a.grid, OutPolicy::Resume)?;
+    if !grid.file("plan.json").is_file() {
+        bail!(
+            "{}: no plan.json; is it a grid written by `brats demo --plan` or `brats real --plan`?",
+            a.grid.display()
+        );
+    }
+    let merged = crate::grid::merge(&grid)?;
+    for (label, msg) in &merged.failed {
+        eprintln!("failed: {label}: {msg}");
+    }
+    for label in &merged.missing {
+        eprintln!("missing (not finished): {label}");
+    }
+    if let Some(summary) = &merged.summary {
+        println!("{}", summary.markdown);
+    }
+    let (missing, failed) = (merged.missing.len(), merged.failed.len());
+    if missing + failed == 0 {
+        grid.set_status(RunState::Finished, None, None)?;
+        return Ok(());
+    }
+    let msg = format!("{missing} runs missing, {failed} failed");
+    grid.set_status(RunState::Failed, Some(msg.clone()), None)?;
+    if a.allow_partial {
+        eprintln!("{msg}; the tables cover the seeds whose runs all finished (--allow-partial)");
+        Ok(())
+    } else {
+        bail!("{msg} (listed above); merge the finished seeds with --allow-partial")
     }
 }
 

@@ -204,7 +204,75 @@ impl DemoConfig {
 pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> {
     let started = Instant::now();
     out.write_json("demo_config.json", cfg)?;
-    let data = match (&cfg.phantoms, cfg.phantom_config()) {
+    let data = prepare_data(cfg, out)?;
+    let mut runs = Vec::new();
+    let mut splits: Option<PathBuf> = None;
+    for &method in &cfg.methods {
+        let dir = RunDir::create(&out.path().join(method.name()))?;
+        let mut rc = cfg.run_config(method, data.clone());
+        rc.task.splits_file = splits.clone();
+        let finished = dir.status().is_some_and(|s| s.state == RunState::Finished)
+            && dir.file("model.bpk").is_file();
+        if !finished {
+            dir.write("config.json", rc.to_json().as_bytes())?;
+            train_in(&rc, &dir, resume)?;
+        }
+        splits.get_or_insert_with(|| dir.file("splits.json"));
+        runs.push(dir.path().to_path_buf());
+    }
+    finish(cfg, &runs, None, out, started.elapsed().as_secs_f64())
+}
+
+/// Trains `rc` into `dir` with its status kept (running, finished or failed); resumes from
+/// the folder's checkpoint when `resume` and there is one.
+pub(crate) fn train_in(rc: &BratsRunConfig, dir: &RunDir, resume: bool) -> Result<()> {
+    dir.set_status(RunState::Running, None, None)?;
+    let has_checkpoint =
+        resume && (dir.file("checkpoint").is_dir() || dir.file(".checkpoint.old").is_dir());
+    match train_run(rc, dir, has_checkpoint) {
+        Ok(t) => {
+            dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
+            log::info!(
+                "{}: {:.3} s/inner step, {:.3} s/meta step",
+                rc.method.kind().title(),
+                t.seconds_per_inner(),
+                t.timing.per_meta(),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            dir.set_status(RunState::Failed, Some(e.to_string()), None)?;
+            Err(e)
+        }
+    }
+}
+
+/// The evaluation of a demo's trained runs (on the cases of `data`, else of the first run's
+/// config) into `out`: the tables and `results.json` with the wall time and the settings.
+pub(crate) fn finish(
+    cfg: &DemoConfig,
+    runs: &[PathBuf],
+    data: Option<&std::path::Path>,
+    out: &RunDir,
+    wall_seconds: f64,
+) -> Result<EvalReport> {
+    let mut report = evaluate_runs(runs, data, out)?;
+    report
+        .results
+        .extra
+        .insert("wall_seconds".into(), json_f64(wall_seconds));
+    report.results.extra.insert(
+        "demo".into(),
+        serde_json::to_value(cfg).unwrap_or(Value::Null),
+    );
+    out.write_json("results.json", &report.results)?;
+    Ok(report)
+}
+
+/// The cases of a demo: its phantoms, written into `<out>/data` unless already there with the
+/// same settings, or the cases folder of its run config.
+pub(crate) fn prepare_data(cfg: &DemoConfig, out: &RunDir) -> Result<PathBuf> {
+    Ok(match (&cfg.phantoms, cfg.phantom_config()) {
         (Some(ph), Some(pcfg)) => {
             let data = out.path().join("data");
             // Reuse phantoms already in `out` only if they were made with the same settings.
@@ -226,48 +294,5 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> 
             data
         }
         _ => cfg.run.task.data.clone(),
-    };
-    let mut runs = Vec::new();
-    let mut splits: Option<PathBuf> = None;
-    for &method in &cfg.methods {
-        let dir = RunDir::create(&out.path().join(method.name()))?;
-        let mut rc = cfg.run_config(method, data.clone());
-        rc.task.splits_file = splits.clone();
-        let finished = dir.status().is_some_and(|s| s.state == RunState::Finished)
-            && dir.file("model.bpk").is_file();
-        if !finished {
-            dir.write("config.json", rc.to_json().as_bytes())?;
-            dir.set_status(RunState::Running, None, None)?;
-            let has_checkpoint =
-                resume && (dir.file("checkpoint").is_dir() || dir.file(".checkpoint.old").is_dir());
-            match train_run(&rc, &dir, has_checkpoint) {
-                Ok(t) => {
-                    dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
-                    log::info!(
-                        "{}: {:.3} s/inner step, {:.3} s/meta step",
-                        method.title(),
-                        t.seconds_per_inner(),
-                        t.timing.per_meta(),
-                    );
-                }
-                Err(e) => {
-                    dir.set_status(RunState::Failed, Some(e.to_string()), None)?;
-                    return Err(e);
-                }
-            }
-        }
-        splits.get_or_insert_with(|| dir.file("splits.json"));
-        runs.push(dir.path().to_path_buf());
-    }
-    let mut report = evaluate_runs(&runs, None, out)?;
-    report.results.extra.insert(
-        "wall_seconds".into(),
-        json_f64(started.elapsed().as_secs_f64()),
-    );
-    report.results.extra.insert(
-        "demo".into(),
-        serde_json::to_value(cfg).unwrap_or(Value::Null),
-    );
-    out.write_json("results.json", &report.results)?;
-    Ok(report)
+    })
 }

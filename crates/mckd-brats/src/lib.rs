@@ -27,6 +27,7 @@ pub mod dualnet;
 pub mod error;
 pub mod eval;
 pub mod evaluate;
+pub mod grid;
 pub mod infer;
 pub mod model;
 pub mod plots;

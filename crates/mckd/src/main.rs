@@ -30,9 +30,10 @@ enum Command {
     /// BraTS 3D brain-tumour segmentation with missing MRI modalities (paper Table 1).
     #[command(subcommand)]
     Brats(mckd_brats::cli::BratsCommand),
-    /// Trains and evaluates one run of a planned grid (`mckd avmnist reproduce --plan`) into
-    /// its own folder: a finished run is not trained again, an unfinished one resumes from its
-    /// checkpoint. This is what each task of a Slurm job array runs.
+    /// Trains one run of a planned grid (`mckd avmnist reproduce --plan`, `mckd brats demo
+    /// --plan`, `mckd brats real --plan`) into its own folder (AV-MNIST runs are also evaluated
+    /// there; BraTS runs at the merge): a finished run is not trained again, an unfinished one
+    /// resumes from its checkpoint. This is what each task of a Slurm job array runs.
     RunOne(RunOneArgs),
     /// Times our AV-MNIST and 3D-UNet MCKD training steps (median, min–max, peak RSS); the
     /// side-by-side comparison with PyTorch is `bench/run.sh`.
@@ -41,7 +42,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunOneArgs {
-    /// The run folder (holds the run's config.json), e.g. GRID/runs/mckd-audio_10-seed1.
+    /// The run folder (holds the run's config.json), e.g. GRID/runs/mckd-audio_10-seed1 or
+    /// GRID/seed-0/mckd.
     run: PathBuf,
     /// Keep the trained model (model.bpk) in the run folder.
     #[arg(long)]
@@ -135,6 +137,9 @@ fn main() {
         Command::Brats(cmd) => on_pool(Box::new(|| mckd_brats::cli::run(cmd))),
         Command::RunOne(args) => on_pool(Box::new(move || {
             mckd_train::init_logging(false);
+            if mckd_brats::grid::is_brats_run(&args.run) {
+                return Ok(mckd_brats::grid::run_one(&args.run)?);
+            }
             mckd_avmnist::cli::run_one_folder(&args.run, None, args.save_model)
         })),
         Command::Bench(args) => mckd_bench::run(args),

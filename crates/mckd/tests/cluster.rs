@@ -1,6 +1,7 @@
 //! Issue 21: a grid planned into run folders, trained one run at a time (`mckd run-one`, as a
 //! Slurm array task would), and merged gives the one-machine command's numbers; a run folder is
-//! self-contained; missing and failed runs are named by the merge. (The Slurm end-to-end test
+//! self-contained; missing and failed runs are named by the merge. AV-MNIST's Table 2 grid and
+//! the BraTS phantom demo. (The Slurm end-to-end test
 //! is `.ci/slurm-test.sh`, which CI runs after the tests.)
 
 use std::path::{Path, PathBuf};
@@ -203,4 +204,154 @@ fn a_planned_grid_trained_run_by_run_and_merged_equals_the_one_machine_run() {
         partial["missing_runs"],
         serde_json::json!([label(&runs[2])])
     );
+}
+
+/// The BraTS phantom demo: MCKD and the Baseline, 2 seeds, a few iterations.
+fn brats_demo(out: &Path, extra: &[&str]) -> Output {
+    mckd()
+        .args(["brats", "demo", "--quick", "--quiet", "--seeds", "2"])
+        .args(["--methods", "mckd,baseline", "--iterations", "8"])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A seed's evaluated numbers (wall time and paths aside).
+fn seed_numbers(seed_dir: &Path) -> serde_json::Value {
+    let r = json(&seed_dir.join("results.json"));
+    serde_json::json!({ "rows": r["rows"], "iwv": r["iwv"] })
+}
+
+#[test]
+fn a_planned_brats_demo_trained_run_by_run_and_merged_equals_the_one_machine_demo() {
+    let tmp = tempfile::Builder::new()
+        .prefix("mckd-cluster-brats-")
+        .tempdir()
+        .unwrap();
+    let whole = tmp.path().join("whole");
+    ok(brats_demo(&whole, &[]), "one-machine demo");
+
+    let grid = tmp.path().join("grid");
+    let printed = ok(brats_demo(&grid, &["--plan", "--slurm"]), "demo --plan");
+    assert!(
+        printed.contains("sbatch") && printed.contains("brats merge"),
+        "{printed}"
+    );
+    let runs = run_folders(&grid);
+    assert_eq!(runs.len(), 4);
+    for r in &runs {
+        assert!(r.join("config.json").is_file() && !r.join("model.bpk").exists());
+    }
+    let script = std::fs::read_to_string(grid.join("submit.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-3"), "{script}");
+
+    // Before any run: every run missing, non-zero exit, named.
+    let out = mckd()
+        .args(["brats", "merge", "--grid"])
+        .arg(&grid)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("missing") && err.contains("seed-0/mckd"),
+        "{err}"
+    );
+
+    // A seed folder is self-contained: copied elsewhere (its phantoms with it) and trained
+    // there from another working folder, a run gives the same log as in the grid.
+    let moved = tmp.path().join("elsewhere");
+    copy_dir(&grid.join("seed-0"), &moved);
+    ok(
+        mckd()
+            .current_dir(tmp.path())
+            .arg("run-one")
+            .arg(moved.join("mckd"))
+            .output()
+            .unwrap(),
+        "run-one of a moved run",
+    );
+    for r in &runs {
+        ok(mckd().arg("run-one").arg(r).output().unwrap(), "run-one");
+    }
+    let again = mckd().arg("run-one").arg(&runs[0]).output().unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("finished"));
+    assert_eq!(
+        std::fs::read(moved.join("mckd/train_log.csv")).unwrap(),
+        std::fs::read(grid.join("seed-0/mckd/train_log.csv")).unwrap()
+    );
+
+    ok(
+        mckd()
+            .args(["brats", "merge", "--grid"])
+            .arg(&grid)
+            .output()
+            .unwrap(),
+        "merge",
+    );
+    for seed in ["seed-0", "seed-1"] {
+        assert_eq!(
+            seed_numbers(&grid.join(seed)),
+            seed_numbers(&whole.join(seed)),
+            "{seed}: the merged grid's numbers differ from the one-machine demo's"
+        );
+    }
+    let summary = |d: &Path| {
+        let s = json(&d.join("seeds_summary.json"));
+        serde_json::json!([
+            s["difference_mean"],
+            s["difference_std"],
+            s["t_test_mckd_gt_baseline"]
+        ])
+    };
+    assert_eq!(summary(&grid), summary(&whole));
+    assert!(!summary(&grid)[0].is_null());
+
+    // A failed run: named, non-zero exit; --allow-partial merges the complete seed.
+    std::fs::write(
+        grid.join("seed-1/baseline/status.json"),
+        r#"{"state": "failed", "message": "killed by the test", "updated": "20261206-000000"}"#,
+    )
+    .unwrap();
+    let out = mckd()
+        .args(["brats", "merge", "--grid"])
+        .arg(&grid)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("failed: seed-1/baseline: killed by the test"),
+        "{err}"
+    );
+    ok(
+        mckd()
+            .args(["brats", "merge", "--allow-partial", "--grid"])
+            .arg(&grid)
+            .output()
+            .unwrap(),
+        "merge --allow-partial",
+    );
+    let partial = json(&grid.join("seeds_summary.json"));
+    assert_eq!(
+        partial["seeds"].as_array().map(Vec::len),
+        Some(1),
+        "{partial}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }
