@@ -4,8 +4,10 @@ bench/results.json.
 
 Usage: report.py LINES.jsonl RESULTS.json [--machine TEXT] [--cpu-model TEXT] [--cpu-flags TEXT]
                  [--command TEXT] [--rounds N] [--note TEXT]
-The last printed line has, per path, `simd=<path> avmnist_ratio=… avmnist_all_ratio=…
-meta_ratio=… unet_ratio=… avmnist_rss_ratio=… unet_rss_ratio=…`, paths separated by ` | `.
+The last printed line has, per path, `simd=<path>` and the ratios of the models measured
+(see SUMMARY: avmnist_ratio=… avmnist_all_ratio=… meta_ratio=… avmnist_rss_ratio=…,
+unet_ratio=… unet_rss_ratio=…, real_step_ratio=… real_step_rss_ratio=…, real_predict_ratio=…
+real_predict_no_t1c_ratio=… real_predict_rss_ratio=…), paths separated by ` | `.
 """
 
 import argparse
@@ -16,6 +18,23 @@ import sys
 
 # Order of the paths in tables and on the last line.
 PATH_ORDER = {"scalar": 0, "avx2": 1, "avx512": 2}
+# Order of the models in the tables.
+MODEL_ORDER = {"avmnist": 0, "unet": 1, "real-step": 2, "real-predict": 3}
+# Keys of the last line: (key, model, step, "time" or "rss"); a key is printed when its
+# model was measured on both sides.
+SUMMARY = [
+    ("avmnist_ratio", "avmnist", "inner_random", "time"),
+    ("avmnist_all_ratio", "avmnist", "inner_all", "time"),
+    ("meta_ratio", "avmnist", "meta", "time"),
+    ("unet_ratio", "unet", "inner_random", "time"),
+    ("avmnist_rss_ratio", "avmnist", "inner_random", "rss"),
+    ("unet_rss_ratio", "unet", "inner_random", "rss"),
+    ("real_step_ratio", "real-step", "inner_random", "time"),
+    ("real_predict_ratio", "real-predict", "predict_all", "time"),
+    ("real_predict_no_t1c_ratio", "real-predict", "predict_no_t1c", "time"),
+    ("real_step_rss_ratio", "real-step", "inner_random", "rss"),
+    ("real_predict_rss_ratio", "real-predict", "predict_all", "rss"),
+]
 
 
 def path_report(rows, simd, peak, sgemm):
@@ -41,14 +60,17 @@ def path_report(rows, simd, peak, sgemm):
         "steps": [],
     }
     hdr = (
-        f"{'model':<8} {'step':<13} {'side':<6} {'median ms':>10} {'min–max ms':>19} "
+        f"{'model':<12} {'step':<14} {'side':<6} {'median ms':>10} {'min–max ms':>19} "
         f"{'peak RSS MiB':>12} {'GFLOP/s':>8} {'% peak':>7} {'ratio':>6}"
     )
     print(hdr)
     print("-" * len(hdr))
     ratios = {}
-    for model, step in sorted({(m, s) for m, s, _ in groups}, key=lambda k: (k[0] != "avmnist", k[1])):
+    for model, step in sorted({(m, s) for m, s, _ in groups}, key=lambda k: (MODEL_ORDER.get(k[0], 9), k)):
         entry = {"model": model, "step": step, "flop": flop.get((model, step))}
+        shapes = sorted({r.get("shape", "") for r in rows if (r["model"], r["step"]) == (model, step)} - {""})
+        if shapes:
+            entry["shapes"] = shapes
         med = {}
         for side in ("mckd", "torch"):
             g = groups.get((model, step, side), [])
@@ -81,21 +103,19 @@ def path_report(rows, simd, peak, sgemm):
                 continue
             r = f"{entry.get('time_ratio', float('nan')):.2f}" if side == "mckd" else ""
             print(
-                f"{model:<8} {step:<13} {side:<6} {e['median_ms']:>10.1f} "
+                f"{model:<12} {step:<14} {side:<6} {e['median_ms']:>10.1f} "
                 f"{e['min_ms']:>9.1f}–{e['max_ms']:<9.1f} {e['peak_rss_mib']:>12.0f} "
                 f"{(e['gflops'] or 0):>8.1f} {(e['pct_peak'] or 0):>6.1f}% {r:>6}"
             )
         out["steps"].append(entry)
-    nan = (float("nan"),) * 2
-    av = ratios.get(("avmnist", "inner_random"), nan)
     out["summary"] = {
-        "avmnist_ratio": av[0],
-        "avmnist_all_ratio": ratios.get(("avmnist", "inner_all"), nan)[0],
-        "meta_ratio": ratios.get(("avmnist", "meta"), nan)[0],
-        "unet_ratio": ratios.get(("unet", "inner_random"), nan)[0],
-        "avmnist_rss_ratio": av[1],
-        "unet_rss_ratio": ratios.get(("unet", "inner_random"), nan)[1],
+        key: ratios[(model, step)][0 if kind == "time" else 1]
+        for key, model, step, kind in SUMMARY
+        if (model, step) in ratios
     }
+    for e in out["steps"]:
+        if "shapes" in e:
+            print(f"shape {e['model']} {e['step']}: {'; '.join(e['shapes'])}")
     return out
 
 
@@ -150,7 +170,10 @@ def main():
     results["definition"] = (
         "per path: mckd/PyTorch per-step median (avmnist_ratio: AV-MNIST inner step with random "
         "masks; avmnist_all_ratio: every modality present; meta_ratio: meta step; unet_ratio: "
-        "UNet inner step) and peak-RSS ratio of the processes"
+        "UNet inner step on 64³ crops; real_step_ratio: the same step on the 2 mm real-data crops; "
+        "real_predict_ratio / real_predict_no_t1c_ratio: sliding-window prediction of one whole 2 mm "
+        "case, all four modalities / without T1c) and peak-RSS ratio of the processes (*_rss_ratio; "
+        "real_predict_rss_ratio: the prediction process, both subsets)"
     )
     with open(a.out, "w") as fh:
         json.dump(results, fh, indent=2)

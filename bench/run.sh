@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of mckd (burn flex) against PyTorch on the same two MCKD training
-# steps (issue 5), per instruction-set path (issue 20). Usage:
+# steps (issue 5), per instruction-set path (issue 20), and the real-data (2 mm BraTS) step
+# and whole-case prediction (issue 16). Usage:
 #   bench/run.sh [--threads N] [--rounds R] [--avmnist-steps N] [--unet-steps N]
-#                [--simd LIST] [--torch-isa match|native] [--models LIST] [--quick]
+#                [--predict-steps N] [--simd LIST] [--torch-isa match|native] [--models LIST]
+#                [--out FILE] [--quick]
 #
 # * --simd LIST: comma-separated paths of our kernels, each of scalar, avx2, avx512 (default:
 #   the CPU's best). Each path runs with MCKD_SIMD=<path>; a path the CPU lacks is refused
@@ -11,38 +13,60 @@
 #   and scalar paths (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), so
 #   `--simd avx2,avx512` on an AVX-512 machine compares both sides as on an AVX2 machine and
 #   as on this one; `native` leaves PyTorch on the CPU's best.
-# * --models LIST: avmnist, unet or both (default avmnist,unet).
+# * --models LIST: comma-separated, of avmnist, unet (the inner step on 64³ crops), real-step
+#   (the inner step on the 2 mm real-data crops, (i,j,k) = REAL_CROP_IJK below = the crop of
+#   `DemoConfig::real`, batch 2) and real-predict (an untrained UNet in inference mode through
+#   the sliding window over one whole 2 mm case of REAL_VOLUME_IJK with the preset's tile
+#   REAL_TILE_IJK and overlap 1/3: all four modalities present, and without T1c); default all
+#   four. --unet-steps counts the timed steps of unet and real-step, --predict-steps the timed
+#   whole-case predictions (default 3 each, one warm-up more).
 # * Creates the Python environment on first use, outside the repo:
 #   ${MCKD_BENCH_VENV:-$HOME/.cache/mckd-bench/venv} with torch==2.15.0 and numpy.
-# * Builds the release binary `mckd-bench`.
+# * Builds the release binaries (`--workspace --all-targets`: the feature set of the workspace
+#   build, so an up-to-date tree is not rebuilt; a `-p mckd-bench` build can rebuild burn).
 # * Times both sides interleaved (per round and path: mckd, torch, mckd, torch; each a fresh
 #   process per side and model so the peak RSS is per model; warm-up steps excluded inside
 #   each); measures each path's fp32 peak with an FMA loop on all threads before and after
 #   the rounds (`mckd-bench --model peak`; the higher is kept) and PyTorch's sgemm.
 # * Prints per path: medians, min–max, peak RSS, mckd/PyTorch ratios and GFLOP/s against the
-#   measured peak; writes bench/results.json (with the CPU's model and flags); the last line
-#   has, per path, `simd=<path> avmnist_ratio=… avmnist_all_ratio=… meta_ratio=… unet_ratio=…
-#   avmnist_rss_ratio=… unet_rss_ratio=…`, paths separated by ` | `.
+#   measured peak; writes --out (default bench/results.json; with the CPU's model and flags);
+#   the last line has, per path, `simd=<path>` and the ratios of the models run: `avmnist_ratio=…
+#   avmnist_all_ratio=… meta_ratio=… avmnist_rss_ratio=…` (avmnist), `unet_ratio=…
+#   unet_rss_ratio=…` (unet), `real_step_ratio=… real_step_rss_ratio=…` (real-step),
+#   `real_predict_ratio=… real_predict_no_t1c_ratio=… real_predict_rss_ratio=…`
+#   (real-predict); paths separated by ` | `.
 set -euo pipefail
 
 THREADS=2
 ROUNDS=3
 AV_STEPS=20
 UNET_STEPS=3
+PREDICT_STEPS=3
+OUT=""
 SIMD=""
 TORCH_ISA=match
-MODELS=avmnist,unet
+MODELS=avmnist,unet,real-step,real-predict
+# The real-data settings, (i, j, k) as in the crates' configs (tensors are [B, 1, k, j, i]).
+# Crop and tile are `DemoConfig::real`'s (a test of mckd-bench checks these two lines against
+# it). The volume is the per-axis maximum of the brain boxes of the 20 cases in
+# ../shared/data/brats-real at 2 mm (from 63×79×65 to 74×93×75; median 70.5×86.5×70): the
+# largest case, one zero-padded tile of 80×96×80 after clamping to the volume rounded up to 8.
+REAL_CROP_IJK="56 72 56"
+REAL_TILE_IJK="80 96 80"
+REAL_VOLUME_IJK="74 93 75"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --avmnist-steps) AV_STEPS="$2"; shift 2 ;;
     --unet-steps) UNET_STEPS="$2"; shift 2 ;;
+    --predict-steps) PREDICT_STEPS="$2"; shift 2 ;;
     --simd) SIMD="$2"; shift 2 ;;
     --torch-isa) TORCH_ISA="$2"; shift 2 ;;
     --models) MODELS="$2"; shift 2 ;;
-    --quick) ROUNDS=1; AV_STEPS=5; UNET_STEPS=1; shift ;;
-    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --quick) ROUNDS=1; AV_STEPS=5; UNET_STEPS=1; PREDICT_STEPS=1; shift ;;
+    -h|--help) sed -n 2,37p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -53,12 +77,13 @@ esac
 IFS=',' read -r -a MODEL_LIST <<<"$MODELS"
 for m in "${MODEL_LIST[@]}"; do
   case "$m" in
-    avmnist|unet) ;;
-    *) echo "--models: unknown model $m (expected avmnist, unet)" >&2; exit 2 ;;
+    avmnist|unet|real-step|real-predict) ;;
+    *) echo "--models: unknown model $m (expected avmnist, unet, real-step, real-predict)" >&2; exit 2 ;;
   esac
 done
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+OUT="${OUT:-$HERE/results.json}"
 ROOT="$(cd "$HERE/.." && pwd)"
 VENV="${MCKD_BENCH_VENV:-$HOME/.cache/mckd-bench/venv}"
 PY="$VENV/bin/python"
@@ -72,7 +97,7 @@ if ! "$PY" -c 'import torch, numpy; assert torch.__version__.startswith("2.15.0"
 fi
 
 # 2. Our binary.
-(cd "$ROOT" && cargo build --release -q -p mckd-bench)
+(cd "$ROOT" && cargo build --release -q --workspace --all-targets)
 BIN="$ROOT/target/release/mckd-bench"
 
 # 3. The paths: the CPU's best by default; each one checked before any timing.
@@ -121,11 +146,19 @@ for r in $(seq 1 "$ROUNDS"); do
   for p in "${PATHS[@]}"; do
     echo "round $r/$ROUNDS, path $p" >&2
     for m in "${MODEL_LIST[@]}"; do
-      steps="$AV_STEPS"
-      [[ "$m" == unet ]] && steps="$UNET_STEPS"
-      MCKD_SIMD="$p" "${MCKD[@]}" --model "$m" --steps "$steps" >>"$LINES"
+      # The same arguments for both sides (word splitting of the (i, j, k) triples intended).
+      case "$m" in
+        avmnist) args=(--model avmnist --steps "$AV_STEPS") ;;
+        unet) args=(--model unet --steps "$UNET_STEPS") ;;
+        # shellcheck disable=SC2206
+        real-step) args=(--model unet --crop-ijk $REAL_CROP_IJK --steps "$UNET_STEPS" --tag real-step) ;;
+        # shellcheck disable=SC2206
+        real-predict) args=(--model unet-predict --volume-ijk $REAL_VOLUME_IJK
+                            --tile-ijk $REAL_TILE_IJK --steps "$PREDICT_STEPS" --tag real-predict) ;;
+      esac
+      MCKD_SIMD="$p" "${MCKD[@]}" "${args[@]}" >>"$LINES"
       # shellcheck disable=SC2046  # torch_env prints VAR=value words for env
-      env $(torch_env "$p") "${TORCH[@]}" --simd "$p" --model "$m" --steps "$steps" >>"$LINES"
+      env $(torch_env "$p") "${TORCH[@]}" --simd "$p" "${args[@]}" >>"$LINES"
     done
   done
 done
@@ -139,13 +172,13 @@ MODEL_NAME="$(awk -F: '/^model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ 
 FLAGS="$(awk -F: '/^flags/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 MHZ="$(awk -F: '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo | tr -d ' ')"
 BUSY=""
-if pgrep -f "reproduce --seeds" >/dev/null 2>&1; then
-  BUSY="WARNING: another CPU-bound job (reproduce) was running during the measurement"
+if pgrep -f 'mckd[^ ]* (avmnist|brats) ' >/dev/null 2>&1; then
+  BUSY="WARNING: other mckd jobs were running during the measurement (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); compare the side-by-side ratios, not absolute times"
   echo "$BUSY" >&2
 fi
 
-"$PY" "$HERE/report.py" "$LINES" "$HERE/results.json" \
+"$PY" "$HERE/report.py" "$LINES" "$OUT" \
   --machine "$MODEL_NAME, $(getconf _NPROCESSORS_ONLN) CPUs, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), ${MHZ} MHz" \
   --cpu-model "$MODEL_NAME" --cpu-flags "$FLAGS" \
-  --command "bench/run.sh --threads $THREADS --rounds $ROUNDS --avmnist-steps $AV_STEPS --unet-steps $UNET_STEPS --simd $SIMD --torch-isa $TORCH_ISA --models $MODELS" \
+  --command "bench/run.sh --threads $THREADS --rounds $ROUNDS --avmnist-steps $AV_STEPS --unet-steps $UNET_STEPS --predict-steps $PREDICT_STEPS --simd $SIMD --torch-isa $TORCH_ISA --models $MODELS${OUT:+ --out $(realpath --relative-to="$ROOT" "$OUT" 2>/dev/null || echo "$OUT")}" \
   --rounds "$ROUNDS" --note "$BUSY"

@@ -16,14 +16,27 @@ Rust side (`crates/mckd-bench`, which drives `mckd_core::MckdTrainer`):
 * BraTS 3D UNet (`crates/mckd-brats/src/model.rs`), base width c: shared encoder run once per
   modality, blocks Conv3d(3,p1)-InstanceNorm3d(affine)-LeakyReLU(0.01) x2, ConvTranspose3d(2,s2)
   upsampling, fusion by concatenation at every level, 1x1x1 head to 3 logits; 7935c^2+169c+3
-  parameters. Inner step: Dice + BCE-with-logits + 0.1 * CKD at the bottleneck; SGD lr 1e-2,
-  Nesterov momentum 0.99.
+  parameters. Inner step: Dice (per sample and channel, then the mean: the crate's default
+  `DiceReduction::PerSample`) + BCE-with-logits + 0.1 * CKD at the bottleneck; missing features
+  imputed at the bottleneck only (the default `LevelPolicy`); SGD lr 1e-2, Nesterov momentum
+  0.99. Crops cubic (`--crop S`) or any multiple of 8 per axis (`--crop-ijk I J K`, the (i, j, k)
+  order of the crates' configs; the tensors are [B, 1, D, H, W] = [B, 1, K, J, I]).
+* Whole-case prediction (`--model unet-predict`): the same UNet untrained, in eval mode under
+  `torch.no_grad()`, through the sliding window of `mckd_brats::infer::predict_probs` and
+  `mckd_volume::sliding` reproduced here: the tile clamped per axis to the volume rounded up to
+  8; per axis `stride = ceil(t * (1 - overlap))` (overlap as float32, as on the Rust side),
+  `max(1, ceil((n - t) / stride) + 1)` tiles at `s * stride`, shifted back to end at `n`;
+  zero-padded tiles; sigmoids averaged with uniform weights (sums in float64). Timed: the
+  whole volume, all four modalities present (`predict_all`) and without T1c
+  (`predict_no_t1c`; the missing modality's input zeroed and its bottleneck feature imputed).
+  `--model selftest` checks the tiling against the Rust tests' cases.
 
 Prints one JSON line per step kind (same fields as `mckd-bench`).
 """
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -256,14 +269,24 @@ class UNet(nn.Module):
         x = self.d1(torch.cat([self.up1(x), f[0]], 1))
         return self.head(x)
 
+    def forward(self, images, mask):
+        """Logits [B, 3, D, H, W] and the per-level features; the missing modalities' features
+        imputed at the bottleneck (level 3) only, the other levels fused as encoded."""
+        b = mask.shape[0]
+        feats = self.encode_all(images, mask)
+        fused = [(impute(f, mask) if l == 3 else f).reshape(b, -1) for l, f in enumerate(feats)]
+        return self.decode(fused, images[0].shape[2:]), feats
+
 
 def segmentation_loss(logits, targets):
-    """mean_c soft Dice(1 - 2*sum pg/(sum p + sum g + 1)) + sum_c BCE-with-logits (mean)."""
-    c = logits.shape[1]
+    """mean over samples and channels of the soft Dice 1 - 2*sum pg/(sum p + sum g + 1) (sums
+    over one sample's channel) + sum_c BCE-with-logits (mean over the batch and voxels)."""
+    b, c = logits.shape[:2]
+    p = torch.sigmoid(logits.reshape(b * c, -1))
+    g = targets.reshape(b * c, -1)
+    dice = 1.0 - 2.0 * (p * g).sum(1) / (p.sum(1) + g.sum(1) + 1.0)
     x = logits.transpose(0, 1).reshape(c, -1)
     y = targets.transpose(0, 1).reshape(c, -1)
-    p = torch.sigmoid(x)
-    dice = 1.0 - 2.0 * (p * y).sum(1) / (p.sum(1) + y.sum(1) + 1.0)
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(1)
     return dice.mean() + bce.sum()
 
@@ -276,11 +299,8 @@ class UNetMckd:
         self.opt = torch.optim.SGD(self.net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
 
     def inner_step(self, images, targets, mask, alpha=0.1):
-        b = mask.shape[0]
-        spatial = images[0].shape[2:]
-        feats = self.net.encode_all(images, mask)
-        fused = [impute(f, mask).reshape(b, -1) for f in feats]
-        task = segmentation_loss(self.net.decode(fused, spatial), targets)
+        logits, feats = self.net.forward(images, mask)
+        task = segmentation_loss(logits, targets)
         ckd = ckd_loss(feats[3], mask, torch.softmax(self.iwv, 0))
         loss = task + alpha * ckd
         self.opt.zero_grad(set_to_none=True)
@@ -289,16 +309,31 @@ class UNetMckd:
         return task.item(), ckd.item()
 
 
+def crop_dhw(a):
+    """(D, H, W) of the training crops: `--crop-ijk I J K` reversed, else the cube `--crop`."""
+    if a.crop_ijk:
+        i, j, k = a.crop_ijk
+        return (k, j, i)
+    return (a.crop,) * 3
+
+
+def check_multiple_of_8(what, dims):
+    if any(d <= 0 or d % 8 for d in dims):
+        raise SystemExit(f"{what} {list(dims)}: every axis must be a positive multiple of 8")
+
+
 def bench_unet(a):
     warmup = 1 if a.warmup is None else a.warmup
     steps = 3 if a.steps is None else max(1, a.steps)
-    b, s, c = a.unet_batch, a.crop, a.base
+    b, c = a.unet_batch, a.base
+    dhw = crop_dhw(a)
+    check_multiple_of_8("crop (D, H, W)", dhw)
     m = UNetMckd(c, a.seed)
     params = sum(p.numel() for p in m.net.parameters())
     gen = torch.Generator().manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
-    images = [torch.rand(b, 1, s, s, s, generator=gen) * 2 - 1 for _ in range(4)]
-    targets = (torch.rand(b, 3, s, s, s, generator=gen) < 0.1).float()
+    images = [torch.rand(b, 1, *dhw, generator=gen) * 2 - 1 for _ in range(4)]
+    targets = (torch.rand(b, 3, *dhw, generator=gen) < 0.1).float()
     times = []
     for i in range(warmup + steps):
         masks = reference_masks(rng, b, 4)
@@ -306,7 +341,115 @@ def bench_unet(a):
         m.inner_step(images, targets, masks)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    return [series(a, "unet", "inner_random", b, params, warmup, times)]
+    d, h, w = dhw
+    shape = f"4 modalities x [B,1,{d},{h},{w}] (D,H,W), base {c}"
+    return [series(a, "unet", "inner_random", b, params, warmup, times, shape)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-case prediction: the sliding window of mckd_volume::sliding / mckd_brats::infer
+# ---------------------------------------------------------------------------------------------
+
+
+def tile_starts(size, tile, overlap):
+    """Start offsets along one axis (mckd_volume::sliding::tile_starts). `overlap` is the f32
+    the Rust side holds, widened to f64 as there."""
+    stride = max(1, math.ceil(tile * (1.0 - float(np.float32(overlap)))))
+    n = (size - tile + stride - 1) // stride + 1 if size > tile else 1
+    return [max(min(s * stride + tile, size) - tile, 0) for s in range(n)]
+
+
+def effective_tile(tile_ijk, dims_ijk):
+    """InferConfig::effective_tile: the tile clamped to the volume rounded up to 8, per axis."""
+    return [min(t, (n + 7) // 8 * 8) for t, n in zip(tile_ijk, dims_ijk)]
+
+
+def sliding_window(inp, tile_ijk, overlap, c_out, predict):
+    """inp: float32 [C, dk, dj, di]; predict(tile [C, tk, tj, ti]) -> [c_out, tk, tj, ti].
+    Zero-padded tiles, uniform averaging of the overlaps with float64 sums; returns float32
+    [c_out, dk, dj, di]."""
+    c_in, dk, dj, di = inp.shape
+    ti, tj, tk = tile_ijk
+    total = np.zeros((c_out, dk, dj, di), dtype=np.float64)
+    count = np.zeros((dk, dj, di), dtype=np.uint32)
+    buf = np.zeros((c_in, tk, tj, ti), dtype=np.float32)
+    for k0 in tile_starts(dk, tk, overlap):
+        for j0 in tile_starts(dj, tj, overlap):
+            for i0 in tile_starts(di, ti, overlap):
+                ei, ej, ek = min(ti, di - i0), min(tj, dj - j0), min(tk, dk - k0)
+                buf[...] = 0.0
+                buf[:, :ek, :ej, :ei] = inp[:, k0:k0 + ek, j0:j0 + ej, i0:i0 + ei]
+                out = predict(buf)
+                if out.shape != (c_out, tk, tj, ti):
+                    raise RuntimeError(f"predictor returned {out.shape}")
+                total[:, k0:k0 + ek, j0:j0 + ej, i0:i0 + ei] += out[:, :ek, :ej, :ei]
+                count[k0:k0 + ek, j0:j0 + ej, i0:i0 + ei] += 1
+    return (total / count[None]).astype(np.float32)
+
+
+def predict_probs(net, volume, present, tile_ijk, overlap):
+    """predict_probs of mckd_brats::infer: absent modalities zeroed, the tile clamped, one tile
+    at a time through the network, sigmoids averaged. volume: float32 [4, dk, dj, di]."""
+    inp = volume * np.asarray(present, dtype=np.float32)[:, None, None, None]
+    dims_ijk = [volume.shape[3], volume.shape[2], volume.shape[1]]
+    tile = effective_tile(tile_ijk, dims_ijk)
+    check_multiple_of_8("tile (i, j, k)", tile)
+    mask = torch.tensor([present], dtype=torch.float32)
+
+    def predict(buf):
+        images = [torch.from_numpy(buf[m:m + 1]).unsqueeze(0) for m in range(4)]  # [1,1,tk,tj,ti]
+        logits, _ = net.forward(images, mask)
+        return torch.sigmoid(logits)[0].numpy()
+
+    with torch.no_grad():
+        return sliding_window(inp, tile, overlap, 3, predict)
+
+
+def bench_unet_predict(a):
+    warmup = 1 if a.warmup is None else a.warmup
+    steps = 3 if a.steps is None else max(1, a.steps)
+    c = a.base
+    torch.manual_seed(a.seed)
+    net = UNet(c)
+    net.eval()
+    params = sum(p.numel() for p in net.parameters())
+    di, dj, dk = a.volume_ijk
+    gen = torch.Generator().manual_seed(a.seed)
+    volume = (torch.rand(4, dk, dj, di, generator=gen) * 2 - 1).numpy()
+    tile = effective_tile(a.tile_ijk, a.volume_ijk)
+    n_tiles = math.prod(len(tile_starts(n, t, a.overlap)) for n, t in zip(a.volume_ijk, tile))
+    out = []
+    for step, present in (("predict_all", [1, 1, 1, 1]), ("predict_no_t1c", [1, 1, 0, 1])):
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            probs = predict_probs(net, volume, present, a.tile_ijk, a.overlap)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+            assert probs.shape == (3, dk, dj, di) and np.isfinite(probs).all()
+        shape = (
+            f"volume (i,j,k) {di}x{dj}x{dk}, tile {tile[0]}x{tile[1]}x{tile[2]}, "
+            f"overlap {a.overlap:.4f}, {n_tiles} tiles, base {c}"
+        )
+        out.append(series(a, "unet", step, 1, params, warmup, times, shape))
+    return out
+
+
+def selftest():
+    """The Rust tests' tile offsets, and exact reconstruction through the window."""
+    third = 1.0 / 3.0
+    assert tile_starts(240, 160, third) == [0, 80]
+    assert tile_starts(155, 80, third) == [0, 54, 75]
+    assert tile_starts(160, 160, third) == [0]
+    assert tile_starts(10, 160, third) == [0]
+    assert tile_starts(100, 30, 0.0) == [0, 30, 60, 70]
+    assert effective_tile([80, 96, 80], [74, 93, 75]) == [80, 96, 80]
+    assert effective_tile([80, 96, 80], [63, 79, 67]) == [64, 80, 72]
+    x = (np.sin(np.arange(2 * 23 * 29 * 37) * 0.37) * 100).astype(np.float32).reshape(2, 23, 29, 37)
+    calls = []
+    y = sliding_window(x, [16, 12, 10], third, 2, lambda t: calls.append(1) or t.copy())
+    assert np.array_equal(x, y) and len(calls) == 3 * 4 * 3
+    print(json.dumps({"side": "torch", "model": "selftest", "ok": True}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,10 +463,10 @@ def peak_rss_mib():
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def series(a, model, step, b, params, warmup, times):
+def series(a, model, step, b, params, warmup, times, shape=""):
     return {
         "side": "torch",
-        "model": model,
+        "model": a.tag or model,
         "step": step,
         "batch": b,
         "threads": a.threads,
@@ -336,6 +479,7 @@ def series(a, model, step, b, params, warmup, times):
         "torch": torch.__version__,
         "simd": a.simd,
         "torch_isa": torch.backends.cpu.get_cpu_capability(),
+        "shape": shape,
     }
 
 
@@ -354,24 +498,38 @@ def sgemm_gflops(threads, n=2048, reps=10):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["avmnist", "unet", "sgemm"], required=True)
+    p.add_argument(
+        "--model", choices=["avmnist", "unet", "unet-predict", "sgemm", "selftest"], required=True
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--avmnist-batch", type=int, default=64)
     p.add_argument("--unet-batch", type=int, default=2)
-    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--crop", type=int, default=64, help="cubic crop side")
+    p.add_argument("--crop-ijk", type=int, nargs=3, metavar=("I", "J", "K"),
+                   help="non-cubic crop (i, j, k) = (W, H, D); overrides --crop")
+    p.add_argument("--volume-ijk", type=int, nargs=3, metavar=("I", "J", "K"), default=[74, 93, 75],
+                   help="unet-predict: the whole case's grid (i, j, k)")
+    p.add_argument("--tile-ijk", type=int, nargs=3, metavar=("I", "J", "K"), default=[80, 96, 80],
+                   help="unet-predict: the tile (i, j, k) before clamping to the volume")
+    p.add_argument("--overlap", type=float, default=1.0 / 3.0)
+    p.add_argument("--tag", default="", help="the `model` field of the output lines (default: the model)")
     p.add_argument("--base", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simd", default="", help="our kernels' path this run is compared with (a label)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.model == "selftest":
+        selftest()
+        return
     if a.model == "sgemm":
         print(json.dumps({"side": "torch", "model": "sgemm", "threads": a.threads,
                           "gflops": sgemm_gflops(a.threads), "simd": a.simd,
                           "torch_isa": torch.backends.cpu.get_cpu_capability()}))
         return
-    out = bench_avmnist(a) if a.model == "avmnist" else bench_unet(a)
+    bench = {"avmnist": bench_avmnist, "unet": bench_unet, "unet-predict": bench_unet_predict}
+    out = bench[a.model](a)
     rss = peak_rss_mib()
     for s in out:
         s["peak_rss_mib"] = rss
