@@ -61,10 +61,11 @@ pub fn avmnist_meta_step(batch: usize) -> u64 {
 }
 
 /// Forward FLOPs of the shared-encoder 3D UNet (`mckd_brats::model`) with base width `c`,
-/// `modalities` encoder passes, cubic crops of side `s`.
-pub fn unet_forward(batch: usize, c: usize, s: usize, modalities: usize) -> u64 {
+/// `modalities` encoder passes, inputs of spatial size `dhw` = (D, H, W) (each a multiple of
+/// 8; level `l` has `(D >> l)·(H >> l)·(W >> l)` voxels).
+pub fn unet_forward(batch: usize, c: usize, dhw: [usize; 3], modalities: usize) -> u64 {
     let b = batch;
-    let v = |l: usize| (s >> l).pow(3); // voxels at level l
+    let v = |l: usize| dhw.iter().map(|&s| s >> l).product::<usize>(); // voxels at level l
     let k = 27;
     // block(in, out, stride) at output level l: conv(in→out) + conv(out→out).
     let block = |l: usize, cin: usize, cout: usize| {
@@ -83,9 +84,15 @@ pub fn unet_forward(batch: usize, c: usize, s: usize, modalities: usize) -> u64 
     n as u64 * encoder + decoder
 }
 
-/// FLOPs of one UNet inner step (forward + backward).
-pub fn unet_inner_step(batch: usize, c: usize, s: usize, modalities: usize) -> u64 {
-    3 * unet_forward(batch, c, s, modalities)
+/// FLOPs of one UNet inner step (forward + backward) on crops of `dhw` = (D, H, W).
+pub fn unet_inner_step(batch: usize, c: usize, dhw: [usize; 3], modalities: usize) -> u64 {
+    3 * unet_forward(batch, c, dhw, modalities)
+}
+
+/// FLOPs of a sliding-window prediction: `tiles` forward passes of one tile of `tile_dhw`
+/// (D, H, W) with all `modalities` encoders (absent modalities are zeroed, not skipped).
+pub fn unet_predict(c: usize, tile_dhw: [usize; 3], tiles: usize, modalities: usize) -> u64 {
+    tiles as u64 * unet_forward(1, c, tile_dhw, modalities)
 }
 
 #[cfg(test)]
@@ -109,5 +116,32 @@ mod tests {
         // Per sample: 576,000 + 3,200,000 + 204,800 + 230,400 + 3,686,400 + 409,600 + 34,048.
         assert_eq!(avmnist_forward(1), 8_341_248);
         assert_eq!(avmnist_inner_step(64), 3 * 64 * 8_341_248);
+    }
+
+    #[test]
+    fn non_cubic_unet_by_hand() {
+        // c = 1, one modality, batch 1, (D, H, W) = (8, 16, 24). Voxels per level:
+        // 8·16·24 = 3072, 4·8·12 = 384, 2·4·6 = 48, 1·2·3 = 6. Each 3×3×3 conv: 2 · voxels ·
+        // c_out · c_in · 27.
+        let e1 = 2 * 3072 * 27 + 2 * 3072 * 27; // 1→1, 1→1: 331,776
+        let e2 = 2 * 384 * 2 * 27 + 2 * 384 * 4 * 27; // 1→2, 2→2: 124,416
+        let e3 = 2 * 48 * 8 * 27 + 2 * 48 * 16 * 27; // 2→4, 4→4: 62,208
+        let e4 = 2 * 6 * 32 * 27 + 2 * 6 * 64 * 27; // 4→8, 8→8: 31,104
+        let up3 = 2 * 6 * 8 * 4 * 8; // ConvTranspose 8→4 from the 6 bottleneck voxels: 3,072
+        let d3 = 2 * 48 * 4 * 8 * 27 + 2 * 48 * 16 * 27; // (4 + 4)→4, 4→4: 124,416
+        let up2 = 2 * 48 * 4 * 2 * 8; // 4→2: 6,144
+        let d2 = 2 * 384 * 2 * 4 * 27 + 2 * 384 * 4 * 27; // (2 + 2)→2, 2→2: 248,832
+        let up1 = 2 * 384 * 2 * 8; // 2→1: 12,288
+        let d1 = 2 * 3072 * 2 * 27 + 2 * 3072 * 27; // (1 + 1)→1, 1→1: 497,664
+        let head = 2 * 3072 * 3; // 1×1×1, 1→3: 18,432
+        let hand: u64 = e1 + e2 + e3 + e4 + up3 + d3 + up2 + d2 + up1 + d1 + head;
+        assert_eq!(hand, 1_460_352);
+        assert_eq!(unet_forward(1, 1, [8, 16, 24], 1), hand);
+        // The axis order does not change the count; batch and steps scale it.
+        assert_eq!(unet_forward(1, 1, [24, 8, 16], 1), hand);
+        assert_eq!(unet_inner_step(2, 1, [8, 16, 24], 1), 6 * hand);
+        assert_eq!(unet_predict(1, [8, 16, 24], 5, 1), 5 * hand);
+        // The cubic 64³ step of the earlier rounds (c = 8, batch 2, 4 modalities).
+        assert_eq!(unet_forward(2, 8, [64; 3], 4), 37_052_481_536);
     }
 }

@@ -1,4 +1,4 @@
-//! # mckd-bench — times mckd's MCKD training steps
+//! # mckd-bench — times mckd's MCKD training steps and the BraTS whole-case prediction
 //!
 //! Real [`mckd_core::Mckd`] steps on random data of the right shapes, for the two task networks:
 //!
@@ -7,7 +7,15 @@
 //!   random masks drawn by the reference rule (`inner_random`), and the meta step (`meta`);
 //!   Adam (lr 1e-3, ε 1e-8, L2 1e-2) for the task, the IWV's own Adam (lr 1e-2, L2 1e-2).
 //! * **BraTS 3D UNet** (`mckd_brats::model`, base width 8 → 509,195 parameters): the inner step
-//!   (`inner_random`) on 4 modalities, batch 2, crops 64³, SGD Nesterov momentum 0.99.
+//!   (`inner_random`) on 4 modalities, batch 2, crops 64³ (`--crop`) or any multiple of 8 per
+//!   axis (`--crop-ijk I J K`, the (i, j, k) order of the crates' configs; the 2 mm real-data
+//!   preset's crop is 56 72 56), SGD Nesterov momentum 0.99.
+//! * **BraTS whole-case prediction** (`--model unet-predict`): the same UNet, untrained, on the
+//!   flex device without autodiff, through [`mckd_brats::infer::predict_probs`] (the sliding
+//!   window of `mckd_volume::sliding`: tile `--tile-ijk` clamped to the volume rounded up to 8,
+//!   overlap `--overlap`, sigmoids averaged) over one random volume of `--volume-ijk`, with all
+//!   four modalities present (`predict_all`) and without T1c (`predict_no_t1c`); one step = the
+//!   whole volume.
 //!
 //! Warm-up steps are excluded. Output: one JSON line per step kind on stdout (times of every
 //! timed step, median, min, max, the process's peak RSS from `/proc/self/status` `VmHWM`,
@@ -36,12 +44,15 @@ use burn::optim::SgdConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::prelude::*;
 use mckd_avmnist::model::{AvBatch, AvmnistNetConfig};
-use mckd_brats::data::batch_from_buffers;
-use mckd_brats::model::UNetConfig;
+use mckd_brats::data::{batch_from_buffers, dhw};
+use mckd_brats::infer::{InferConfig, MckdPredictor, predict_probs};
+use mckd_brats::model::{BratsNet, N_MODALITIES, OUT_CHANNELS, UNetConfig};
 use mckd_core::{
-    IwvOptimConfig, Mckd, MckdConfig, MckdModel, Normalisation, SubsetSampling, Task, mask_tensor,
-    sample_subset,
+    IwvOptimConfig, Levels, Mckd, MckdConfig, MckdModel, Normalisation, SubsetSampling, Task,
+    mask_tensor, sample_subset,
 };
+use mckd_volume::Volume;
+use mckd_volume::sliding::tile_starts;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -54,6 +65,8 @@ pub enum Model {
     Avmnist,
     /// The BraTS shared-encoder 3D UNet: inner step.
     Unet,
+    /// The BraTS UNet in inference mode: sliding-window prediction of one whole volume.
+    UnetPredict,
     /// Both, each in a fresh child process (per-model peak RSS).
     All,
     /// The fp32 peak of the threads: an FMA loop at the kernels' level (see [`peak`]).
@@ -84,6 +97,25 @@ pub struct Args {
     /// UNet crop side (cubic crops; a multiple of 8).
     #[arg(long, default_value_t = 64)]
     pub crop: usize,
+    /// UNet crop (i, j, k) = (W, H, D), multiples of 8; overrides `--crop` (the 2 mm real-data
+    /// preset: 56 72 56).
+    #[arg(long, num_args = 3, value_names = ["I", "J", "K"])]
+    pub crop_ijk: Option<Vec<usize>>,
+    /// `unet-predict`: the whole case's grid (i, j, k) [default: 74 93 75, the per-axis
+    /// maximum of the 20 real cases' brain boxes at 2 mm].
+    #[arg(long, num_args = 3, value_names = ["I", "J", "K"])]
+    pub volume_ijk: Option<Vec<usize>>,
+    /// `unet-predict`: the tile (i, j, k), multiples of 8, before clamping to the volume
+    /// rounded up to 8 [default: 80 96 80, the real-data preset's].
+    #[arg(long, num_args = 3, value_names = ["I", "J", "K"])]
+    pub tile_ijk: Option<Vec<usize>>,
+    /// `unet-predict`: overlap of neighbouring tiles, in [0, 1).
+    #[arg(long, default_value_t = mckd_volume::sliding::DEFAULT_OVERLAP)]
+    pub overlap: f32,
+    /// The `model` field of the output lines (default: the model's name, `unet` for both UNet
+    /// benchmarks); `bench/run.sh` tells its entries apart by it.
+    #[arg(long)]
+    pub tag: Option<String>,
     /// UNet base width c.
     #[arg(long, default_value_t = 8)]
     pub base: usize,
@@ -113,9 +145,9 @@ pub struct Cli {
 pub struct Series {
     /// Always "mckd" (the PyTorch script writes "torch").
     pub side: &'static str,
-    /// "avmnist" or "unet".
-    pub model: &'static str,
-    /// "inner_all", "inner_random" or "meta".
+    /// "avmnist" or "unet", or the `--tag`.
+    pub model: String,
+    /// "inner_all", "inner_random", "meta", "predict_all" or "predict_no_t1c".
     pub step: &'static str,
     /// Batch size.
     pub batch: usize,
@@ -206,6 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let series = mckd_kernels::run_on_pool(Some(args.threads), || match model {
         Model::Avmnist => bench_avmnist(&args),
         Model::Unet => bench_unet(&args),
+        Model::UnetPredict => bench_unet_predict(&args),
         Model::All | Model::Peak => unreachable!("handled above"),
     })
     .map_err(anyhow::Error::msg)??;
@@ -213,6 +246,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for mut s in series {
         s.peak_rss_mib = rss;
         s.simd = level.name();
+        if let Some(tag) = &args.tag {
+            s.model.clone_from(tag);
+        }
         eprintln!(
             "mckd {:>8} {:<12} [{}] median {:>9.2} ms  min {:>9.2}  max {:>9.2}  {:>6.1} GFLOP/s  \
              peak RSS {:.0} MiB",
@@ -295,6 +331,40 @@ pub fn trainable_params<M: Module>(module: &M) -> usize {
     module.visit(&mut c);
     c.0
 }
+
+/// Elements of every float parameter, trainable or not (on a device without autodiff nothing
+/// requires a gradient; the UNet has no buffers, so this is its parameter count there).
+pub fn float_params<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 += param.val().shape().num_elements();
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
+}
+
+/// Three sizes given on the command line, (i, j, k).
+fn ijk(v: Option<&Vec<usize>>, default: [usize; 3], what: &str) -> anyhow::Result<[usize; 3]> {
+    match v {
+        None => Ok(default),
+        Some(v) => <[usize; 3]>::try_from(v.as_slice())
+            .map_err(|_| anyhow::anyhow!("{what} takes three sizes (i, j, k), got {v:?}")),
+    }
+}
+
+/// The crop (D, H, W) of the UNet step: `--crop-ijk` reversed, else the cube `--crop`.
+pub fn crop_dhw(args: &Args) -> anyhow::Result<[usize; 3]> {
+    let s = args.crop;
+    Ok(dhw(ijk(args.crop_ijk.as_ref(), [s, s, s], "--crop-ijk")?))
+}
+
+/// Default whole-case grid (i, j, k) of `unet-predict`: the per-axis maximum of the brain
+/// boxes of the 20 cases in `../shared/data/brats-real` at 2 mm (`target_dims` of
+/// `mckd_volume::prepare_case`; they range from 63×79×65 to 74×93×75, median 70.5×86.5×70).
+pub const REAL_VOLUME_IJK: [usize; 3] = [74, 93, 75];
 
 /// Uniform values in `[lo, hi)`.
 fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -400,13 +470,14 @@ fn bench_avmnist(args: &Args) -> anyhow::Result<Vec<Series>> {
 fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
     let warmup = args.warmup.unwrap_or(1);
     let steps = args.steps.unwrap_or(3).max(1);
-    let (b, s, c) = (args.unet_batch, args.crop, args.base);
-    mckd_brats::model::check_spatial([s, s, s])?;
+    let (b, c) = (args.unet_batch, args.base);
+    let spatial = crop_dhw(args)?;
+    mckd_brats::model::check_spatial(spatial)?;
     let device = Device::flex().autodiff();
     device.seed(args.seed);
     let net = UNetConfig::new()
         .with_base(c)
-        .with_spatial([s, s, s])
+        .with_spatial(spatial)
         .init(&device);
     let model = MckdModel::new(net, Normalisation::Softmax, args.seed, &device);
     let params = trainable_params(&model.task);
@@ -421,14 +492,14 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
     let n_mod = model.task.modalities().len();
     let mut trainer = Mckd::new(model, MckdConfig::default(), optim);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xB4A75);
-    let n = s * s * s;
+    let n: usize = spatial.iter().product();
     let images = (0..4)
         .map(|_| uniform(&mut rng, b * n, -1.0, 1.0))
         .collect();
     let targets = (0..b * 3 * n)
         .map(|_| f32::from(rng.random::<f32>() < 0.1))
         .collect();
-    let batch = batch_from_buffers(images, Some(targets), b, [s, s, s], &device);
+    let batch = batch_from_buffers(images, Some(targets), b, spatial, &device);
     let mut inner = vec![];
     let mut meta = vec![];
     for i in 0..warmup + steps {
@@ -448,7 +519,8 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
             }
         }
     }
-    let shape = format!("4 modalities × [B,1,{s},{s},{s}], base {c}");
+    let [d, h, w] = spatial;
+    let shape = format!("4 modalities × [B,1,{d},{h},{w}] (D,H,W), base {c}");
     let mut out = vec![
         series(
             args,
@@ -458,15 +530,90 @@ fn bench_unet(args: &Args) -> anyhow::Result<Vec<Series>> {
             params,
             warmup,
             inner,
-            flops::unet_inner_step(b, c, s, n_mod),
+            flops::unet_inner_step(b, c, spatial, n_mod),
         )
         .with_shape(&shape),
     ];
     if args.unet_meta {
         // Encoders forward only, decoder forward + backward.
-        let enc_only = flops::unet_forward(b, c, s, n_mod) - flops::unet_forward(b, c, s, 0);
-        let flop = flops::unet_inner_step(b, c, s, n_mod) - 2 * enc_only;
+        let enc_only =
+            flops::unet_forward(b, c, spatial, n_mod) - flops::unet_forward(b, c, spatial, 0);
+        let flop = flops::unet_inner_step(b, c, spatial, n_mod) - 2 * enc_only;
         out.push(series(args, "unet", "meta", b, params, warmup, meta, flop).with_shape(&shape));
+    }
+    Ok(out)
+}
+
+/// The subsets timed by `unet-predict` (Flair, T1, T1c, T2).
+const PREDICT_SUBSETS: [(&str, [bool; 4]); 2] = [
+    ("predict_all", [true; 4]),
+    ("predict_no_t1c", [true, true, false, true]),
+];
+
+fn bench_unet_predict(args: &Args) -> anyhow::Result<Vec<Series>> {
+    let warmup = args.warmup.unwrap_or(1);
+    let steps = args.steps.unwrap_or(3).max(1);
+    let c = args.base;
+    let dims = ijk(args.volume_ijk.as_ref(), REAL_VOLUME_IJK, "--volume-ijk")?;
+    if dims.contains(&0) {
+        bail!("--volume-ijk {dims:?}: every axis must be positive");
+    }
+    let cfg = InferConfig {
+        tile: ijk(args.tile_ijk.as_ref(), [80, 96, 80], "--tile-ijk")?,
+        overlap: args.overlap,
+        threshold: 0.5,
+    };
+    let tile = cfg.effective_tile(dims)?;
+    let tiles: usize = (0..3)
+        .map(|a| tile_starts(dims[a], tile[a], cfg.overlap).len())
+        .product();
+    // Inference mode: no autodiff.
+    let device = Device::flex();
+    device.seed(args.seed);
+    let net = UNetConfig::new()
+        .with_base(c)
+        .with_spatial(dhw(tile))
+        .init(&device);
+    let params = float_params(&net);
+    let n_mod = N_MODALITIES;
+    let model = MckdModel::new(
+        BratsNet::Unet(net),
+        Normalisation::Softmax,
+        args.seed,
+        &device,
+    );
+    let predictor = MckdPredictor::from_model(model, Levels::Bottleneck);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x9_4ED1C7);
+    let n: usize = dims.iter().product();
+    let images: Vec<Volume> = (0..n_mod)
+        .map(|_| Volume {
+            dims,
+            data: uniform(&mut rng, n, -1.0, 1.0),
+        })
+        .collect();
+    let shape = format!(
+        "volume (i,j,k) {}×{}×{}, tile {}×{}×{}, overlap {:.4}, {tiles} tiles, base {c}",
+        dims[0], dims[1], dims[2], tile[0], tile[1], tile[2], cfg.overlap
+    );
+    let flop = flops::unet_predict(c, dhw(tile), tiles, n_mod);
+    let mut out = vec![];
+    for (step, present) in PREDICT_SUBSETS {
+        let mut times = vec![];
+        for i in 0..warmup + steps {
+            let t = Instant::now();
+            let probs = predict_probs(&predictor, &images, &present, &cfg, &device)?;
+            let dt = t.elapsed();
+            if probs.len() != OUT_CHANNELS * n || !probs.iter().all(|p| p.is_finite()) {
+                bail!(
+                    "prediction of {dims:?} gave {} values or non-finite ones",
+                    probs.len()
+                );
+            }
+            if i >= warmup {
+                times.push(dt.as_secs_f64() * 1e3);
+            }
+        }
+        out.push(series(args, "unet", step, 1, params, warmup, times, flop).with_shape(&shape));
     }
     Ok(out)
 }
@@ -485,7 +632,7 @@ fn series(
     let (median_ms, min_ms, max_ms) = summary(&times_ms);
     Series {
         side: "mckd",
-        model,
+        model: model.to_string(),
         step,
         batch,
         threads: args.threads,
@@ -528,5 +675,104 @@ mod tests {
         let (median, lo, hi) = summary(&[3.0, 1.0, 2.0, 10.0]);
         assert_eq!((median, lo, hi), (2.5, 1.0, 10.0));
         assert!(peak_rss_mib().unwrap() > 1.0);
+    }
+
+    fn parse(extra: &[&str]) -> Args {
+        use clap::Parser;
+        let argv = [
+            "mckd-bench",
+            "--threads",
+            "1",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+        ];
+        Cli::try_parse_from(argv.iter().chain(extra)).unwrap().args
+    }
+
+    #[test]
+    fn non_cubic_step_and_whole_volume_prediction_run_on_a_tiny_shape() {
+        // Inner step on a non-cubic crop: (i, j, k) = (8, 16, 24) → (D, H, W) = (24, 16, 8).
+        let args = parse(&[
+            "--model",
+            "unet",
+            "--crop-ijk",
+            "8",
+            "16",
+            "24",
+            "--base",
+            "2",
+        ]);
+        assert_eq!(crop_dhw(&args).unwrap(), [24, 16, 8]);
+        let s = bench_unet(&args).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].step, s[0].times_ms.len()), ("inner_random", 1));
+        assert_eq!(s[0].params, mckd_brats::model::parameter_count(2));
+        assert_eq!(s[0].flop, flops::unet_inner_step(2, 2, [24, 16, 8], 4));
+        assert!(s[0].shape.contains("[B,1,24,16,8]"));
+        // Prediction: a 20×17×9 volume with a 16×8×8 tile and overlap 1/3 → 2 × 3 × 2 tiles
+        // (strides 11, 6, 6), the last ones shifted back to end at the border.
+        let args = parse(&[
+            "--model",
+            "unet-predict",
+            "--volume-ijk",
+            "20",
+            "17",
+            "9",
+            "--tile-ijk",
+            "16",
+            "8",
+            "8",
+            "--base",
+            "2",
+            "--tag",
+            "real-predict",
+        ]);
+        let s = bench_unet_predict(&args).unwrap();
+        let steps: Vec<_> = s.iter().map(|x| x.step).collect();
+        assert_eq!(steps, ["predict_all", "predict_no_t1c"]);
+        for x in &s {
+            assert_eq!(x.times_ms.len(), 1);
+            assert!(x.median_ms > 0.0);
+            assert_eq!(x.params, mckd_brats::model::parameter_count(2));
+            assert_eq!(x.flop, 12 * flops::unet_forward(1, 2, [8, 8, 16], 4));
+            assert!(x.shape.contains("12 tiles"), "{}", x.shape);
+        }
+        // The tile is clamped to the volume rounded up to 8: one tile for the real default.
+        let args = parse(&["--model", "unet-predict"]);
+        assert_eq!(args.model, Model::UnetPredict);
+        assert!(args.volume_ijk.is_none() && args.tile_ijk.is_none());
+        assert!((args.overlap - 1.0 / 3.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn run_sh_real_settings_are_the_presets() {
+        // bench/run.sh passes the same (i, j, k) triples to both sides; its crop and tile must
+        // be DemoConfig::real's, its volume this crate's default.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/run.sh");
+        let script = std::fs::read_to_string(path).unwrap();
+        let triple = |name: &str| -> [usize; 3] {
+            let line = script
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}=\"")))
+                .unwrap_or_else(|| panic!("{name} not set in run.sh"));
+            let v: Vec<usize> = line
+                .split('"')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            v.try_into().unwrap()
+        };
+        let real = mckd_brats::demo::DemoConfig::real("unused".into(), false, 0);
+        assert_eq!(triple("REAL_CROP_IJK"), real.run.task.crop);
+        assert_eq!(triple("REAL_TILE_IJK"), real.run.task.infer.tile);
+        assert_eq!(triple("REAL_VOLUME_IJK"), REAL_VOLUME_IJK);
+        assert_eq!(
+            real.run.task.infer.overlap,
+            mckd_volume::sliding::DEFAULT_OVERLAP
+        );
     }
 }
