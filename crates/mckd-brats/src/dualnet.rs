@@ -1480,6 +1480,6 @@ mod tests {
     }
 
     fn mckd_train_values(t: Tensor<5>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 }
