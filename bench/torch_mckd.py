@@ -334,6 +334,8 @@ def series(a, model, step, b, params, warmup, times):
         "min_ms": float(min(times)),
         "max_ms": float(max(times)),
         "torch": torch.__version__,
+        "simd": a.simd,
+        "torch_isa": torch.backends.cpu.get_cpu_capability(),
     }
 
 
@@ -361,11 +363,13 @@ def main():
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--base", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--simd", default="", help="our kernels' path this run is compared with (a label)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.model == "sgemm":
         print(json.dumps({"side": "torch", "model": "sgemm", "threads": a.threads,
-                          "gflops": sgemm_gflops(a.threads)}))
+                          "gflops": sgemm_gflops(a.threads), "simd": a.simd,
+                          "torch_isa": torch.backends.cpu.get_cpu_capability()}))
         return
     out = bench_avmnist(a) if a.model == "avmnist" else bench_unet(a)
     rss = peak_rss_mib()

@@ -338,6 +338,19 @@ pub struct ReproduceArgs {
     /// Keep each run's trained model (`runs/<run>/model.bpk`).
     #[arg(long)]
     pub save_models: bool,
+    /// Only write the grid into --out (plan.json, splits.json and one self-contained
+    /// runs/<run>/config.json per run) and stop: train each run with `mckd run-one
+    /// OUT/runs/<run>` anywhere (in any order, on any machine), then `mckd avmnist merge --grid
+    /// OUT`.
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run
+    /// (listed in OUT/runs.txt), and print the commands to submit and merge.
+    #[arg(long, requires = "plan")]
+    pub slurm: bool,
+    /// Settings of the Slurm job array.
+    #[command(flatten)]
+    pub slurm_options: mckd_train::cluster::SlurmOptions,
 }
 
 /// `mckd avmnist train`
@@ -522,12 +535,21 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
         bail!("--methods is empty");
     }
     let base = a.cfg.base()?;
-    let configs = plan_configs(
+    let mut configs = plan_configs(
         &methods,
         &settings,
         a.first_seed..a.first_seed + a.seeds,
         &|kind, setting, seed| a.cfg.config(base.as_ref(), kind, setting, seed),
     );
+    if a.plan {
+        // A planned run may train on another machine, from another working folder, without
+        // this process's environment: its config names the kit folder, absolute.
+        let dir = resolve_data_dir(configs[0].task.data_dir.as_deref())?;
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        for c in &mut configs {
+            c.task.data_dir = Some(dir.clone());
+        }
+    }
     for c in &configs {
         validate(c).with_context(|| format!("run {}", RunSpec::of(c).label()))?;
     }
@@ -550,6 +572,9 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
     grid.set_status(RunState::Running, None, None)?;
     let plan = write_plan(&grid, &settings, &configs)?;
     grid.write("splits.json", split_text.as_bytes())?;
+    if a.plan {
+        return write_planned(a, &grid, &plan).map(|()| Vec::new());
+    }
     let todo: Vec<usize> = (0..plan.runs.len())
         .filter(|&i| !crate::grid::is_finished(&grid.path().join(&plan.runs[i].dir)))
         .collect();
@@ -638,6 +663,43 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
     Ok(outcomes)
 }
 
+/// `reproduce --plan`: the grid is written; adds the Slurm files with `--slurm` and says what
+/// to run next.
+fn write_planned(a: &ReproduceArgs, grid: &RunDir, plan: &Plan) -> anyhow::Result<()> {
+    let root = std::fs::canonicalize(grid.path()).unwrap_or_else(|_| grid.path().to_path_buf());
+    let runs: Vec<PathBuf> = plan.runs.iter().map(|r| root.join(&r.dir)).collect();
+    grid.set_status(
+        RunState::Running,
+        Some(format!("planned: {} runs, none trained here", runs.len())),
+        None,
+    )?;
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let merge = format!("{} avmnist merge --grid {}", exe.display(), root.display());
+    if a.slurm {
+        let files = mckd_train::cluster::slurm_files(&root, &runs, &exe, &a.slurm_options);
+        grid.write("runs.txt", files.runs.as_bytes())?;
+        grid.write("submit.sbatch", files.script.as_bytes())?;
+        std::fs::create_dir_all(root.join("slurm"))
+            .with_context(|| format!("cannot create {}", root.join("slurm").display()))?;
+        println!(
+            "planned {} runs in {}\nsubmit:  sbatch {}\nthen:    {merge}",
+            runs.len(),
+            root.display(),
+            root.join("submit.sbatch").display()
+        );
+    } else {
+        println!(
+            "planned {} runs in {}\ntrain each: {} run-one {}/runs/<run>   (any order, any \
+             machine)\nthen:       {merge}",
+            runs.len(),
+            root.display(),
+            exe.display(),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
 /// Merges a grid folder into its tables; with missing or failed runs, lists them and fails
 /// unless `allow_partial`.
 fn write_merged(
@@ -724,6 +786,22 @@ fn merge_cmd(a: &MergeArgs) -> anyhow::Result<()> {
 }
 
 fn run_one_cmd(a: &RunOneArgs) -> anyhow::Result<()> {
+    run_one_folder(&a.run, a.snapshot.as_deref(), a.save_model)
+}
+
+/// `mckd run-one RUN` for an AV-MNIST run folder of a planned grid: trains and evaluates it
+/// into its own folder (a finished run is not trained again; an unfinished one resumes from
+/// its checkpoint).
+pub fn run_one_folder(run: &Path, snapshot: Option<&Path>, save_model: bool) -> anyhow::Result<()> {
+    let a = RunOneArgs {
+        run: run.to_path_buf(),
+        snapshot: snapshot.map(Path::to_path_buf),
+        save_model,
+    };
+    if crate::grid::is_finished(&a.run) {
+        eprintln!("{} is finished; not training it again", a.run.display());
+        return Ok(());
+    }
     let cfg: AvRunConfig = read_json(&a.run.join("config.json"))?;
     let device = cfg.device.device()?;
     let data = match &a.snapshot {

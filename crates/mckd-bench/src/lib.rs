@@ -14,9 +14,15 @@
 //! FLOPs from layer shapes — see [`flops`]); a readable summary on stderr. `--model all` runs
 //! each model in a fresh child process so that each peak RSS belongs to one model.
 //!
+//! `--model peak` measures the fp32 peak of the pool's threads with an FMA loop at the
+//! kernels' instruction-set level ([`peak`]). The level is `MCKD_SIMD` or the best the CPU has
+//! (`mckd_kernels::simd_level`; a level the CPU lacks is an error) and is recorded in every
+//! line (`simd`).
+//!
 //! `bench/run.sh` drives this binary and the PyTorch copies in `bench/torch_mckd.py`.
 
 pub mod flops;
+pub mod peak;
 
 /// The glibc allocator setting of `mckd-kernels` (re-exported so the `mckd` binary, which
 /// depends on this crate, can call it first thing in `main`).
@@ -50,6 +56,8 @@ pub enum Model {
     Unet,
     /// Both, each in a fresh child process (per-model peak RSS).
     All,
+    /// The fp32 peak of the threads: an FMA loop at the kernels' level (see [`peak`]).
+    Peak,
 }
 
 /// `mckd-bench` / `mckd bench`: times our side of the PyTorch comparison (issue 5).
@@ -85,6 +93,10 @@ pub struct Args {
     /// Seed of parameters, data and masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the kernels' instruction-set level (`MCKD_SIMD`, or the CPU's best) and exit;
+    /// an error if the CPU lacks it.
+    #[arg(long)]
+    pub print_simd: bool,
 }
 
 /// Parser for the standalone binary.
@@ -127,6 +139,25 @@ pub struct Series {
     pub peak_rss_mib: f64,
     /// Extra shape information.
     pub shape: String,
+    /// The kernels' instruction-set level (`scalar`, `avx2` or `avx512`).
+    pub simd: &'static str,
+}
+
+/// The measured peak, printed as one JSON line by `--model peak`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peak {
+    /// Always "mckd".
+    pub side: &'static str,
+    /// Always "peak".
+    pub model: &'static str,
+    /// The level of the FMA loop.
+    pub simd: &'static str,
+    /// Threads running the loop at once.
+    pub threads: usize,
+    /// fp32 lanes per FMA.
+    pub lanes: usize,
+    /// Achieved GFLOP/s, all threads together (best of the repetitions).
+    pub gflops: f64,
 }
 
 /// Environment variable naming the model of a child process of `--model all`.
@@ -137,6 +168,11 @@ const CHILD_MODEL: &str = "MCKD_BENCH_CHILD_MODEL";
 /// # Errors
 /// If the thread pool cannot be configured, a child process fails, or sizes are invalid.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let level = mckd_kernels::simd_level()?;
+    if args.print_simd {
+        println!("{level}");
+        return Ok(());
+    }
     let model = match std::env::var(CHILD_MODEL).ok().as_deref() {
         Some("avmnist") => Model::Avmnist,
         Some("unet") => Model::Unet,
@@ -148,20 +184,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.threads == 0 {
         bail!("--threads must be positive");
     }
+    if model == Model::Peak {
+        let gflops =
+            mckd_kernels::run_on_pool(Some(args.threads), || peak::fma_peak_gflops(level, 0.3, 5))
+                .map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "mckd peak: {gflops:.1} GFLOP/s fp32 ({} threads, {level} FMA loop)",
+            args.threads
+        );
+        let p = Peak {
+            side: "mckd",
+            model: "peak",
+            simd: level.name(),
+            threads: args.threads,
+            lanes: peak::lanes(level),
+            gflops,
+        };
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(());
+    }
     let series = mckd_kernels::run_on_pool(Some(args.threads), || match model {
         Model::Avmnist => bench_avmnist(&args),
         Model::Unet => bench_unet(&args),
-        Model::All => unreachable!("handled above"),
+        Model::All | Model::Peak => unreachable!("handled above"),
     })
     .map_err(anyhow::Error::msg)??;
     let rss = peak_rss_mib()?;
     for mut s in series {
         s.peak_rss_mib = rss;
+        s.simd = level.name();
         eprintln!(
-            "mckd {:>8} {:<12} median {:>9.2} ms  min {:>9.2}  max {:>9.2}  {:>6.1} GFLOP/s  \
+            "mckd {:>8} {:<12} [{}] median {:>9.2} ms  min {:>9.2}  max {:>9.2}  {:>6.1} GFLOP/s  \
              peak RSS {:.0} MiB",
             s.model,
             s.step,
+            s.simd,
             s.median_ms,
             s.min_ms,
             s.max_ms,
@@ -441,6 +498,7 @@ fn series(
         flop,
         peak_rss_mib: 0.0,
         shape: String::new(),
+        simd: "",
     }
 }
 

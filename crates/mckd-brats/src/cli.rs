@@ -75,9 +75,6 @@ pub struct RealArgs {
     /// Field overrides of every method's run.
     #[command(flatten)]
     pub set: Overrides,
-    /// Voxel spacing (mm) [default: 2].
-    #[arg(long)]
-    pub spacing: Option<f32>,
     /// Seed (with --seeds, the first seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -172,8 +169,16 @@ pub struct Overrides {
     #[arg(long)]
     pub momentum: Option<f64>,
     /// UNet base width c (8 for CPU, 16 paper-like).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "width")]
     pub base: Option<usize>,
+    /// The network: `unet` (the CPU default) or `dual-net` (the reference DualNet: 3-D
+    /// ResNet-50 encoder + ASPP, 43.7 M parameters at width 1; a GPU model; crops multiples of
+    /// 16 in D and 32 in H and W).
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchName>,
+    /// DualNet width multiplier (1 = the reference; e.g. 0.0625 for a CPU smoke run).
+    #[arg(long)]
+    pub width: Option<f64>,
     /// Weight α of the CKD loss.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -226,6 +231,9 @@ pub struct Overrides {
     /// Compute device.
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
+    /// Voxel spacing (mm, isotropic) to train and predict at (1: the cases as they are).
+    #[arg(long)]
+    pub spacing: Option<f32>,
     /// Peers: their own softmax head over {background, NCR/NET, ED, ET} with their own loss
     /// (U-HeMIS, U-HVED, mmFormer, Robust-MSeg; ShaSpec's own head is ours), instead of our
     /// three sigmoid regions.
@@ -300,7 +308,7 @@ fn ijk(dhw: &[usize]) -> [usize; 3] {
 
 impl Overrides {
     /// Applies the given options to `cfg`.
-    pub fn apply(&self, cfg: &mut BratsRunConfig) {
+    pub fn apply(&self, cfg: &mut BratsRunConfig) -> anyhow::Result<()> {
         if let Some(v) = self.iterations {
             cfg.loop_.budget = Budget::Iterations(v);
         }
@@ -327,8 +335,24 @@ impl Overrides {
         {
             *momentum = v;
         }
-        if let Some(v) = self.base {
-            cfg.task.arch = crate::config::Arch::Unet { base: v };
+        use crate::config::Arch;
+        match (self.arch, cfg.task.arch) {
+            (Some(ArchName::DualNet), Arch::Unet { .. }) => {
+                cfg.task.arch = Arch::DualNet { width: 1.0 }
+            }
+            (Some(ArchName::Unet), Arch::DualNet { .. }) => cfg.task.arch = Arch::Unet { base: 8 },
+            _ => {}
+        }
+        match (&mut cfg.task.arch, self.base, self.width) {
+            (Arch::Unet { base }, Some(v), _) => *base = v,
+            (Arch::DualNet { width }, _, Some(v)) => *width = v,
+            (Arch::Unet { .. }, None, Some(_)) => {
+                anyhow::bail!("--width is the DualNet's: pass --arch dual-net with it")
+            }
+            (Arch::DualNet { .. }, Some(_), None) => {
+                anyhow::bail!("--base is the UNet's: pass --arch unet with it")
+            }
+            _ => {}
         }
         if let Some(m) = cfg.method.mckd_mut() {
             if let Some(v) = self.alpha {
@@ -393,7 +417,20 @@ impl Overrides {
         if let Some(d) = self.device {
             cfg.device = d;
         }
+        if let Some(s) = self.spacing {
+            cfg.task.spacing = s;
+        }
+        Ok(())
     }
+}
+
+/// `--arch`: the network of a BraTS run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchName {
+    /// The CPU-sized 3D UNet with a shared encoder (`--base` sets its width).
+    Unet,
+    /// The reference DualNet (`--width` sets its width multiplier).
+    DualNet,
 }
 
 /// `mckd brats train`.
@@ -617,10 +654,7 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.methods {
         d.methods = m.0.clone();
     }
-    if let Some(s) = a.spacing {
-        d.run.task.spacing = s;
-    }
-    a.set.apply(&mut d.run);
+    a.set.apply(&mut d.run)?;
     a.set.apply_peers(&mut d.peers);
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
@@ -729,7 +763,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         None => preset(a.preset, kind, data.clone(), seed),
     };
     a.set.check_applies_to(&cfg.method)?;
-    a.set.apply(&mut cfg);
+    a.set.apply(&mut cfg)?;
     if let Some(s) = &a.splits {
         cfg.task.splits_file = Some(s.clone());
     }
@@ -779,14 +813,21 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     match train_run(&cfg, &run, resumed, a.quiet) {
         Ok(t) => {
             run.set_status(RunState::Finished, None, Some(t.log.len()))?;
+            // A run without meta steps (the Baseline, or too short for a phase) has no time
+            // per meta step to show.
+            let meta = t.timing.per_meta();
+            let meta = if meta.is_finite() {
+                format!(", {meta:.3} s/meta step")
+            } else {
+                String::new()
+            };
             println!(
-                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step, {:.3} s/meta \
-                 step); IWV {:?}; run folder {}",
+                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step{meta}); IWV {:?}; \
+                 run folder {}",
                 t.method.name(),
                 t.log.len(),
                 t0.elapsed().as_secs_f64(),
                 t.seconds_per_inner(),
-                t.timing.per_meta(),
                 t.method.state_values(),
                 out.display()
             );
@@ -967,7 +1008,7 @@ fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
 }
 
 /// The demo settings: the preset with the options given on the command line.
-fn demo_config(a: &DemoArgs) -> DemoConfig {
+fn demo_config(a: &DemoArgs) -> anyhow::Result<DemoConfig> {
     let mut d = DemoConfig::preset(a.preset, a.quick, a.seed);
     if let Some(ph) = &mut d.phantoms {
         if let Some(v) = a.cases {
@@ -984,7 +1025,7 @@ fn demo_config(a: &DemoArgs) -> DemoConfig {
     if let Some(m) = &a.methods {
         d.methods = m.0.clone();
     }
-    a.set.apply(&mut d.run);
+    a.set.apply(&mut d.run)?;
     a.set.apply_peers(&mut d.peers);
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
@@ -992,11 +1033,11 @@ fn demo_config(a: &DemoArgs) -> DemoConfig {
         };
         d.run.task.probe_interval = (n / 20).max(1);
     }
-    d
+    Ok(d)
 }
 
 fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
-    let d = demo_config(a);
+    let d = demo_config(a)?;
     if d.phantoms.as_ref().is_some_and(|p| p.cases < 3) {
         bail!("--cases must be at least 3 (train, meta-val and test need one each)");
     }
@@ -1093,7 +1134,7 @@ mod tests {
     fn demo_args(args: &[&str]) -> Result<DemoConfig, clap::Error> {
         let cli = Cli::try_parse_from(["brats", "demo"].iter().chain(args))?;
         match cli.cmd {
-            BratsCommand::Demo(a) => Ok(demo_config(&a)),
+            BratsCommand::Demo(a) => Ok(demo_config(&a).expect("a valid demo config")),
             other => panic!("parsed {other:?}"),
         }
     }
@@ -1177,7 +1218,7 @@ mod tests {
             .to_string();
         assert!(e.contains("ShaSpec"), "{e}");
         let mut cfg = preset(Preset::Reference, Method::Hemis, "x".into(), 0);
-        native.apply(&mut cfg);
+        native.apply(&mut cfg).unwrap();
         assert_eq!(
             cfg.method,
             BratsMethod::Hemis(crate::peers::HemisConfig { native_head: true })

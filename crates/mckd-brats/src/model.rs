@@ -249,8 +249,8 @@ impl UNetConfig {
 
 /// The network of a BraTS run: the CPU UNet, or the reference DualNet (GPU-sized; a width
 /// multiplier shrinks it for tests).
-// One network per run, built once and never moved in bulk: the size of the UNet variant
-// against the DualNet's does not matter.
+// One network per run, never stored in bulk: the size difference of the variants costs
+// nothing, and burn's Module derive has no Box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum BratsNet {

@@ -57,7 +57,7 @@ fn small_config(data: PathBuf, method: Method, size: usize, seed: u64) -> BratsR
 }
 
 #[test]
-fn the_shared_loop_reproduces_the_pre_refactor_log_byte_for_byte() {
+fn the_shared_loop_reproduces_the_pre_refactor_log() {
     // tests/golden/README.md: phantoms (6 of 16³, seed 4), 12 iterations, meta every 3.
     let tmp = TempDir::new("golden");
     let data = tmp.0.join("ph");
@@ -73,19 +73,45 @@ fn the_shared_loop_reproduces_the_pre_refactor_log_byte_for_byte() {
     let run = RunDir::create(&tmp.0.join("run")).unwrap();
     train_run(&cfg, &run, false, true).unwrap();
     let got = std::fs::read_to_string(run.file("train_log.csv")).unwrap();
+    // MCKD_GOLDEN_OUT=FILE writes the log there, to regenerate the golden file deliberately.
+    if let Some(out) = std::env::var_os("MCKD_GOLDEN_OUT") {
+        std::fs::write(out, &got).unwrap();
+    }
     let want = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden/legacy-mckd-phantoms6x16-seed5-12it.csv"),
     )
     .unwrap();
-    assert!(
-        got == want,
-        "the log differs from the pre-refactor one; first differing line: {:?}",
-        got.lines()
-            .zip(want.lines())
-            .find(|(a, b)| a != b)
-            .map(|(a, b)| format!("got {a} | want {b}"))
-    );
+    // Byte-identical up to the fifth round of kernels (the refactor reproduced this log
+    // exactly). Since then the kernels' scalar, AVX2 and AVX-512 paths each sum the 3×3×3
+    // convolutions in their own order (the direct stride-2 kernel), so the log depends on the
+    // machine's instruction set: the first loss agrees to 1e-7, and SGD with momentum 0.99
+    // amplifies the difference over the 12 iterations to at most 1e-2 relative (measured
+    // under MCKD_SIMD=scalar|avx2|avx512). So: the columns, iteration counters and learning
+    // rates identical, iteration 1's losses within 1e-6, every later number within 2e-2.
+    let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
+        (got.lines().collect(), want.lines().collect());
+    assert_eq!(got_lines.len(), want_lines.len(), "{got}");
+    assert_eq!(got_lines[0], want_lines[0], "the columns differ");
+    let exact = ["iteration", "epoch", "stage", "lr"];
+    let columns: Vec<&str> = want_lines[0].split(',').collect();
+    let mut worst = 0.0f64;
+    for (row, (g, w)) in got_lines.iter().zip(&want_lines).enumerate().skip(1) {
+        let (gf, wf): (Vec<&str>, Vec<&str>) = (g.split(',').collect(), w.split(',').collect());
+        assert_eq!(gf.len(), wf.len(), "got {g} | want {w}");
+        for ((a, b), col) in gf.iter().zip(&wf).zip(&columns) {
+            match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) if !exact.contains(col) => {
+                    let rel = (x - y).abs() / x.abs().max(y.abs()).max(1e-12);
+                    worst = worst.max(rel);
+                    let tol = if row == 1 { 1e-6 } else { 2e-2 };
+                    assert!(rel <= tol, "{col}: got {g} | want {w}");
+                }
+                _ => assert_eq!(a, b, "{col}: got {g} | want {w}"),
+            }
+        }
+    }
+    println!("largest relative difference from the pre-refactor log: {worst:.2e}");
 }
 
 /// Runs `steps` training steps on one fixed batch (all modalities present) and returns the task

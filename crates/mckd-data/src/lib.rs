@@ -47,7 +47,6 @@ pub use wav::{Wav, read_wav};
 pub(crate) mod testutil {
     use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The kit folder for tests: `$MCKD_DATA_DIR`, else `<repo>/../shared/data`. Panics with
     /// a clear message if `avmnist/` is not there: these tests must not pass silently.
@@ -75,43 +74,30 @@ pub(crate) mod testutil {
         })
     }
 
-    /// A unique temporary folder removed on drop.
-    pub struct TempDir(PathBuf);
+    /// A unique temporary folder (tempfile's), removed on drop.
+    pub struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         pub fn new(tag: &str) -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let p = std::env::temp_dir().join(format!(
-                "mckd-data-{tag}-{}-{}-{nanos}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("mckd-data-{tag}-"))
+                .tempdir()
+                .expect("create temp dir");
+            TempDir(dir)
         }
 
         pub fn path(&self) -> &Path {
-            &self.0
+            self.0.path()
         }
 
         /// Write `bytes` to `name` (parents created) and return the full path.
         pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let p = self.0.join(name);
+            let p = self.0.path().join(name);
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).unwrap();
             }
             std::fs::write(&p, bytes).unwrap();
             p
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }

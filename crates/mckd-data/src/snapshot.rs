@@ -169,8 +169,8 @@ mod tests {
         bad_label[16] = 10;
         let err = AvMnist::from_snapshot(&bad_label).unwrap_err();
         assert!(err.contains("label 10"), "{err}");
-        let dir = std::env::temp_dir().join(format!("mckd-snapshot-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("data.bin");
         std::fs::write(&path, &bytes[..20]).unwrap();
         let err = AvMnist::read_snapshot(&path).unwrap_err().to_string();
@@ -178,6 +178,5 @@ mod tests {
             err.contains("data.bin") && err.contains("truncated"),
             "{err}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -201,6 +201,10 @@ mod tests {
     /// into parallel chunks.
     #[test]
     fn same_bits_as_burns_adam() {
+        crate::testing::for_each_level(|_| same_bits_as_burns_adam_at_level());
+    }
+
+    fn same_bits_as_burns_adam_at_level() {
         const { assert!(300 * 250 >= 2 * PAR_CHUNK) };
         let device = Device::flex().autodiff();
         for (weight_decay, (d_in, d_out)) in [Some(1e-2f32), None]

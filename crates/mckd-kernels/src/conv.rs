@@ -115,6 +115,12 @@ mod tests {
     /// Forward and the gradients of input, weight and bias against burn's layer.
     #[test]
     fn transposed_conv_matches_burn_forward_and_gradients() {
+        crate::testing::for_each_level(|_| {
+            transposed_conv_matches_burn_forward_and_gradients_at_level()
+        });
+    }
+
+    fn transposed_conv_matches_burn_forward_and_gradients_at_level() {
         let device = Device::flex().autodiff();
         // (batch, Cin, Cout, D, H, W): odd and non-cubic sizes, Cin = 1, our UNet's widths.
         for (seed, &(b, ci, co, d, h, w)) in [
@@ -154,6 +160,12 @@ mod tests {
 
     #[test]
     fn pointwise_conv_matches_burn_forward_and_gradients() {
+        crate::testing::for_each_level(|_| {
+            pointwise_conv_matches_burn_forward_and_gradients_at_level()
+        });
+    }
+
+    fn pointwise_conv_matches_burn_forward_and_gradients_at_level() {
         let device = Device::flex().autodiff();
         for (seed, &(b, ci, co, d, h, w)) in
             [(1, 8, 3, 4, 6, 8), (2, 5, 1, 3, 1, 7), (1, 1, 2, 1, 1, 1)]

@@ -19,8 +19,9 @@
 //! - bias gradient: `Σ dY` per output channel.
 //!
 //! 3×3×3 convolutions with stride 1 and padding 1 (the UNet's same-size layers) whose rows
-//! are a multiple of 16 voxels run without im2col on AVX-512 CPUs (module `direct3`):
-//! forward and input gradient always, the weight gradient when `Cout` is a multiple of 8.
+//! are a multiple of 16 voxels run without im2col at the AVX2 and AVX-512 levels (module
+//! `direct3`): forward and input gradient always, the weight gradient when `Cout` is a
+//! multiple of the level's channel block (4 or 8).
 //!
 //! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias
 //! (computing only the gradients that are needed). Tested against burn's `conv3d` on random
@@ -337,10 +338,8 @@ impl Geometry {
         self.s == [1, 1, 1] && self.dout == self.din
     }
 
-    /// A 3×3×3, stride-1, padding-1 convolution that the direct kernel runs on this CPU
-    /// ([`crate::direct3`]).
     /// The direct 2-D kernel's sizes, for depth-1 stride-1 convolutions (`conv2d_layer`)
-    /// with padding below the kernel size, on AVX-512.
+    /// with padding below the kernel size, at the AVX2 and AVX-512 levels.
     fn direct2d(&self) -> Option<crate::direct2::Conv2d> {
         let c = crate::direct2::Conv2d {
             b: self.b,
@@ -363,11 +362,22 @@ impl Geometry {
         ok.then_some(c)
     }
 
-    fn direct(&self) -> bool {
-        self.k == [3, 3, 3]
-            && self.s == [1, 1, 1]
-            && self.p == [1, 1, 1]
-            && crate::direct3::supported(self.din[2])
+    /// A 3×3×3, padding-1 convolution of stride 1 or 2 that the direct kernel runs at the
+    /// current level ([`crate::direct3`]), as its sizes.
+    fn direct(&self) -> Option<crate::direct3::Conv3> {
+        let stride = match self.s {
+            [1, 1, 1] => 1,
+            [2, 2, 2] => 2,
+            _ => return None,
+        };
+        let c = crate::direct3::Conv3 {
+            b: self.b,
+            ci: self.ci,
+            co: self.co,
+            dims: self.din,
+            stride,
+        };
+        (self.k == [3, 3, 3] && self.p == [1, 1, 1] && crate::direct3::supported(&c)).then_some(c)
     }
 }
 
@@ -522,29 +532,194 @@ unsafe fn gemm_f32(
     if m == 0 || n == 0 {
         return;
     }
+    let call = GemmCall {
+        m,
+        n,
+        k,
+        dst,
+        dst_cs: dst_cs as isize,
+        dst_rs: dst_rs as isize,
+        accumulate,
+        lhs,
+        rhs,
+    };
     // SAFETY: guaranteed by the caller (see above); gemm reads and writes only within the
     // m×n, m×k and k×n index ranges described by the strides.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.ptr,
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+        match crate::simd::level() {
+            // The gemm crate's own choice: its AVX-512 kernels (the level implies the CPU has
+            // them), or FMA when built without its x86-v4 feature.
+            crate::simd::SimdLevel::Avx512 => call.run_dispatched(),
+            crate::simd::SimdLevel::Avx2 => call.run_fma(),
+            crate::simd::SimdLevel::Scalar => call.run_scalar(),
+        }
+    }
+}
+
+/// The arguments of one [`gemm_f32`] call, in the `gemm` crate's order (column stride first).
+struct GemmCall {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+}
+
+/// `gemm_common::gemm::gemm_basic_generic` with the micro-kernels of one instruction set of
+/// `gemm-f32` (module `$k`, `$n` lanes, simd token `$simd`): what `gemm::gemm` runs after its
+/// own dispatch, called directly so that the AVX2 and scalar levels run the AVX2 (FMA) and
+/// scalar kernels on any CPU. Falls back to `gemm::gemm` if the token is refused (never, as
+/// the level is checked).
+macro_rules! gemm_with {
+    ($call:expr, $simd:ty, $k:path, $n:literal) => {{
+        use gemm_common::simd::MixedSimd;
+        use $k as k;
+        let c = $call;
+        match <$simd as MixedSimd<f32, f32, f32, f32>>::try_new() {
+            // SAFETY: as `gemm_f32`'s caller guarantees (the same arguments as gemm::gemm
+            // passes after normalising them, see `GemmCall::normalised`).
+            Some(simd) => unsafe {
+                let (m, n, dst, dst_cs, dst_rs, lhs, rhs) = c.normalised();
+                gemm_common::gemm::gemm_basic_generic::<
+                    _,
+                    f32,
+                    $n,
+                    { k::MR_DIV_N * $n },
+                    { k::NR },
+                    { k::MR_DIV_N },
+                    { k::H_M },
+                    { k::H_N },
+                >(
+                    simd,
+                    m,
+                    n,
+                    c.k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    c.accumulate,
+                    lhs.ptr,
+                    lhs.cs as isize,
+                    lhs.rs as isize,
+                    rhs.ptr,
+                    rhs.cs as isize,
+                    rhs.rs as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    |a, b, c| a * b + c,
+                    &k::UKR,
+                    &k::H_UKR,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            },
+            // SAFETY: as above.
+            None => unsafe { c.run_dispatched() },
+        }
+    }};
+}
+
+impl GemmCall {
+    /// `gemm::gemm` (its own choice of instruction set).
+    ///
+    /// # Safety
+    /// As [`gemm_f32`].
+    unsafe fn run_dispatched(&self) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            gemm::gemm(
+                self.m,
+                self.n,
+                self.k,
+                self.dst,
+                self.dst_cs,
+                self.dst_rs,
+                self.accumulate,
+                self.lhs.ptr,
+                self.lhs.cs as isize,
+                self.lhs.rs as isize,
+                self.rhs.ptr,
+                self.rhs.cs as isize,
+                self.rhs.rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// gemm's normalisation before its dispatch (strides here are positive): a destination
+    /// with unit column stride is computed as its transpose, `dstᵀ = rhsᵀ·lhsᵀ`.
+    fn normalised(&self) -> (usize, usize, *mut f32, isize, isize, Mat, Mat) {
+        let t = |a: Mat| Mat {
+            ptr: a.ptr,
+            rs: a.cs,
+            cs: a.rs,
+        };
+        if self.dst_cs.abs() < self.dst_rs.abs() {
+            (
+                self.n,
+                self.m,
+                self.dst,
+                self.dst_rs,
+                self.dst_cs,
+                t(self.rhs),
+                t(self.lhs),
+            )
+        } else {
+            (
+                self.m,
+                self.n,
+                self.dst,
+                self.dst_cs,
+                self.dst_rs,
+                self.lhs,
+                self.rhs,
+            )
+        }
+    }
+
+    /// The FMA (AVX2) kernels of `gemm-f32`.
+    ///
+    /// # Safety
+    /// As [`gemm_f32`].
+    #[inline(never)]
+    unsafe fn run_fma(self) {
+        #[cfg(target_arch = "x86_64")]
+        gemm_with!(
+            self,
+            gemm_common::simd::V3,
+            gemm_f32::microkernel::fma::f32,
+            8
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            self.run_dispatched()
+        };
+    }
+
+    /// The scalar kernels of `gemm-f32`.
+    ///
+    /// # Safety
+    /// As [`gemm_f32`].
+    #[inline(never)]
+    unsafe fn run_scalar(self) {
+        gemm_with!(
+            self,
+            gemm_common::simd::Scalar,
+            gemm_f32::microkernel::scalar::f32,
+            1
         );
     }
 }
@@ -711,7 +886,8 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let all = tiles(g.b, dout, planes_per_tile);
     let mut dx = vec![0.0f32; g.b * g.ci * pin];
     let out = OutPtr(dx.as_mut_ptr());
-    let short_rows = g.s[2] == 1 && wi <= 16 && wo <= 16 && crate::simd::avx512();
+    let short_rows = g.s[2] == 1 && wi <= 16 && wo <= 16;
+    let level = crate::simd::level();
     for phase in 0..2 {
         all.par_iter()
             .filter(|(_, planes)| (planes.start / planes_per_tile) % 2 == phase)
@@ -760,9 +936,21 @@ fn input_grad_scatter_kernel(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                             let kvol = g.kvol();
                             let dc = &dcols[j * t..][..kvol * t];
                             j += kvol;
-                            // SAFETY: `short_rows` checked AVX-512F, unit stride along W and
-                            // rows of ≤ 16 floats.
-                            unsafe { col2im_short_rows(dxc, dc, t, g, planes.clone()) };
+                            let planes = planes.clone();
+                            match level {
+                                // SAFETY: the level says the CPU has AVX-512F; `short_rows`
+                                // checked unit stride along W and rows of ≤ 16 floats.
+                                crate::simd::SimdLevel::Avx512 => unsafe {
+                                    col2im_short_rows(dxc, dc, t, g, planes)
+                                },
+                                // SAFETY: the level says the CPU has AVX2; as above.
+                                crate::simd::SimdLevel::Avx2 => unsafe {
+                                    col2im_short_rows_avx2(dxc, dc, t, g, planes)
+                                },
+                                crate::simd::SimdLevel::Scalar => {
+                                    col2im_short_rows_portable(dxc, dc, t, g, planes)
+                                }
+                            }
                             continue;
                         }
                         for kd in 0..g.k[0] {
@@ -867,7 +1055,153 @@ unsafe fn col2im_short_rows(
     _: &Geometry,
     _: core::ops::Range<usize>,
 ) {
-    unreachable!("x86-64 only (guarded by simd::avx512)")
+    unreachable!("x86-64 only (guarded by the AVX-512 level)")
+}
+
+/// [`col2im_short_rows`] with AVX2: each destination row as two 8-lane halves, masked loads
+/// (which do not touch the lanes outside their mask) and stores; the same additions in the
+/// same order.
+///
+/// # Safety
+/// The CPU must support AVX2; `g.s[2] == 1`, `W ≤ 16` and `W' ≤ 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn col2im_short_rows_avx2(
+    dxc: &mut [f32],
+    dc: &[f32],
+    t: usize,
+    g: &Geometry,
+    planes: core::ops::Range<usize>,
+) {
+    use core::arch::x86_64::*;
+    let [di, hi, wi] = g.din;
+    let [_, ho, wo] = g.dout;
+    assert!(g.s[2] == 1 && wi <= 16 && wo <= 16 && dc.len() >= g.kvol() * t);
+    assert!(dxc.len() >= di * hi * wi && t >= planes.len() * ho * wo);
+    let lane = [
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15),
+    ];
+    // Lanes l of half h with lo ≤ 8·h + l < hi.
+    let within = |h: usize, lo: i32, hi: i32| {
+        _mm256_and_si256(
+            _mm256_cmpgt_epi32(lane[h], _mm256_set1_epi32(lo - 1)),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane[h]),
+        )
+    };
+    let row_mask = [within(0, 0, wi as i32), within(1, 0, wi as i32)];
+    let halves = wi.div_ceil(8);
+    for kd in 0..g.k[0] {
+        for kh in 0..g.k[1] {
+            for (pi, od) in planes.clone().enumerate() {
+                let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                if id < 0 || id >= di as isize {
+                    continue;
+                }
+                for oh in 0..ho {
+                    let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                    if ih < 0 || ih >= hi as isize {
+                        continue;
+                    }
+                    let row = dxc[(id as usize * hi + ih as usize) * wi..][..wi].as_mut_ptr();
+                    let mut acc = [_mm256_setzero_ps(); 2];
+                    for h in 0..halves {
+                        // SAFETY: `row` has wi floats; the mask covers lanes 8·h + l < wi.
+                        acc[h] = unsafe { _mm256_maskload_ps(row.add(8 * h), row_mask[h]) };
+                    }
+                    for kw in 0..g.k[2] {
+                        let j = (kd * g.k[1] + kh) * g.k[2] + kw;
+                        let seg = dc[j * t + (pi * ho + oh) * wo..][..wo].as_ptr();
+                        // Lane iw takes seg[iw − off] for iw − off in 0..W' and iw in 0..W.
+                        let off = kw as isize - g.p[2] as isize;
+                        let lo = off.max(0) as i32;
+                        let hi_l = (wo as isize + off).min(wi as isize).max(0) as i32;
+                        if hi_l <= lo {
+                            continue;
+                        }
+                        for (h, a) in acc.iter_mut().enumerate().take(halves) {
+                            let m = within(h, lo, hi_l);
+                            // SAFETY: only the masked lanes are read: seg[iw − off] with
+                            // iw − off in 0..W' (inside `seg`); the base pointer is formed with
+                            // wrapping arithmetic and never dereferenced elsewhere.
+                            let v = unsafe {
+                                _mm256_maskload_ps(seg.wrapping_offset(8 * h as isize - off), m)
+                            };
+                            *a = _mm256_add_ps(*a, v);
+                        }
+                    }
+                    for h in 0..halves {
+                        // SAFETY: as for the load.
+                        unsafe { _mm256_maskstore_ps(row.add(8 * h), row_mask[h], acc[h]) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn col2im_short_rows_avx2(
+    _: &mut [f32],
+    _: &[f32],
+    _: usize,
+    _: &Geometry,
+    _: core::ops::Range<usize>,
+) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
+}
+
+crate::simd::multiversion! {
+    /// [`col2im_short_rows`] without masked loads (the scalar level): each
+    /// destination row goes through a 16-float buffer that takes the `kw` shifted source rows;
+    /// every element gets the same additions in the same order as in the general loop.
+    fn col2im_short_rows_portable(
+        dxc: &mut [f32],
+        dc: &[f32],
+        t: usize,
+        g: &Geometry,
+        planes: core::ops::Range<usize>,
+    ) {
+        let [di, hi, wi] = g.din;
+        let [_, ho, wo] = g.dout;
+        assert!(g.s[2] == 1 && wi <= 16 && wo <= 16 && dc.len() >= g.kvol() * t);
+        assert!(dxc.len() >= di * hi * wi && t >= planes.len() * ho * wo);
+        for kd in 0..g.k[0] {
+            for kh in 0..g.k[1] {
+                for (pi, od) in planes.clone().enumerate() {
+                    let id = (od * g.s[0] + kd) as isize - g.p[0] as isize;
+                    if id < 0 || id >= di as isize {
+                        continue;
+                    }
+                    for oh in 0..ho {
+                        let ih = (oh * g.s[1] + kh) as isize - g.p[1] as isize;
+                        if ih < 0 || ih >= hi as isize {
+                            continue;
+                        }
+                        let row = &mut dxc[(id as usize * hi + ih as usize) * wi..][..wi];
+                        let mut acc = [0.0f32; 16];
+                        acc[..wi].copy_from_slice(row);
+                        for kw in 0..g.k[2] {
+                            let j = (kd * g.k[1] + kh) * g.k[2] + kw;
+                            let seg = &dc[j * t + (pi * ho + oh) * wo..][..wo];
+                            // Element iw takes seg[iw − off] for iw − off in 0..W'.
+                            let off = kw as isize - g.p[2] as isize;
+                            let lo = off.max(0) as usize;
+                            let hi_l = (wo as isize + off).min(wi as isize).max(0) as usize;
+                            if hi_l <= lo {
+                                continue;
+                            }
+                            let src = &seg[(lo as isize - off) as usize..][..hi_l - lo];
+                            for (a, v) in acc[lo..hi_l].iter_mut().zip(src) {
+                                *a += v;
+                            }
+                        }
+                        row.copy_from_slice(&acc[..wi]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `row[ow·step + off] += seg[ow]` for every `ow` whose index falls inside `row` (the
@@ -924,21 +1258,12 @@ impl Conv3dGemmOps for Flex {
             padding,
         );
         let (x, w, b) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
-        let y = if g.direct() {
-            crate::direct3::conv3x3x3_same(
-                slice(&x),
-                slice(&w),
-                Some(slice(&b)),
-                g.b,
-                g.ci,
-                g.co,
-                g.din,
-            )
+        let y = if let Some(c) = g.direct() {
+            crate::direct3::conv3x3x3(slice(&x), slice(&w), Some(slice(&b)), &c)
         } else if let Some(c) = g.direct2d().filter(|c| c.ci >= 8) {
             // With one input channel (the first layers) a sample's tile has only k² taps and
             // the GEMM path was faster (examples/avconv.rs): direct from 8 input channels.
-            let packed = crate::direct2::pack_weights(slice(&w), g.co, g.ci, c.kh, c.kw, false);
-            crate::direct2::conv2d(slice(&x), &packed, Some(slice(&b)), &c)
+            crate::direct2::conv2d(slice(&x), slice(&w), false, Some(slice(&b)), &c)
         } else {
             forward_kernel(slice(&x), slice(&w), slice(&b), &g)
         };
@@ -965,15 +1290,8 @@ impl Backward<Flex, 3> for Conv3dBackward {
         let (x, w, stride, padding) = ops.state;
         let g = Geometry::new(x.shape().as_slice(), w.shape().as_slice(), stride, padding);
         if let Some(node) = node_w {
-            let dw = if g.direct() && g.co.is_multiple_of(8) {
-                crate::direct3::conv3x3x3_same_weight_grad(
-                    slice(&x),
-                    slice(&dy),
-                    g.b,
-                    g.ci,
-                    g.co,
-                    g.din,
-                )
+            let dw = if let Some(c) = g.direct().filter(crate::direct3::weight_grad_supported) {
+                crate::direct3::weight_grad(slice(&x), slice(&dy), &c)
             } else if let Some(c) = g
                 .direct2d()
                 .filter(|c| c.ci >= 8 && crate::direct2::weight_grad_supported(c))
@@ -995,15 +1313,8 @@ impl Backward<Flex, 3> for Conv3dBackward {
             // would multiply mostly zeros) or its columns are smaller than the gather's
             // (depth-1 kernels: the AV-MNIST convolutions); else gather.
             let scatter = g.k[0] <= 2 * g.s[0] && (g.s[0] > 1 || g.ci * g.pout() <= g.co * g.pin());
-            let dx = if g.direct() {
-                crate::direct3::conv3x3x3_same_input_grad(
-                    slice(&dy),
-                    slice(&w),
-                    g.b,
-                    g.ci,
-                    g.co,
-                    g.din,
-                )
+            let dx = if let Some(c) = g.direct().filter(|c| c.stride == 1) {
+                crate::direct3::input_grad(slice(&dy), slice(&w), &c)
             } else if let Some(c) = g
                 .direct2d()
                 .filter(|c| c.kh - c.ph <= 2 && c.kw - c.pw <= 2)
@@ -1019,8 +1330,7 @@ impl Backward<Flex, 3> for Conv3dBackward {
                     pw: c.kw - 1 - c.pw,
                     ..c
                 };
-                let packed = crate::direct2::pack_weights(slice(&w), g.co, g.ci, c.kh, c.kw, true);
-                crate::direct2::conv2d(slice(&dy), &packed, None, &t)
+                crate::direct2::conv2d(slice(&dy), slice(&w), true, None, &t)
             } else if scatter {
                 input_grad_scatter_kernel(slice(&w), slice(&dy), &g)
             } else {
@@ -1061,7 +1371,8 @@ impl<C: CheckpointStrategy> Conv3dGemmOps for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, max_rel_error, random};
+    use crate::simd::SimdLevel;
+    use crate::testing::{assert_close, for_each_level, max_rel_error, pool_at, random};
 
     /// Forward and gradients of input, weight and bias against burn's `conv3d`.
     fn check(x: [usize; 5], co: usize, k: [usize; 3], s: [usize; 3], p: [usize; 3], seed: u64) {
@@ -1104,53 +1415,119 @@ mod tests {
     fn unet_convolutions_match_burn() {
         // The UNet's 3×3×3 convolutions: stride 1 and 2, padding 1, Cin = 1 (first layer),
         // the decoder's wide inputs, odd and non-cubic sizes.
-        check([2, 1, 8, 8, 8], 4, [3; 3], [1; 3], [1; 3], 1);
-        check([2, 4, 8, 6, 10], 8, [3; 3], [2; 3], [1; 3], 2);
-        check([1, 20, 4, 4, 4], 4, [3; 3], [1; 3], [1; 3], 3);
-        check([2, 3, 5, 7, 9], 5, [3; 3], [1; 3], [1; 3], 4);
-        check([3, 2, 5, 7, 9], 3, [3; 3], [2; 3], [1; 3], 5);
-        check([1, 2, 1, 1, 1], 2, [3; 3], [1; 3], [1; 3], 6);
+        for_each_level(|_| {
+            check([2, 1, 8, 8, 8], 4, [3; 3], [1; 3], [1; 3], 1);
+            check([2, 4, 8, 6, 10], 8, [3; 3], [2; 3], [1; 3], 2);
+            check([1, 20, 4, 4, 4], 4, [3; 3], [1; 3], [1; 3], 3);
+            check([2, 3, 5, 7, 9], 5, [3; 3], [1; 3], [1; 3], 4);
+            check([3, 2, 5, 7, 9], 3, [3; 3], [2; 3], [1; 3], 5);
+            check([1, 2, 1, 1, 1], 2, [3; 3], [1; 3], [1; 3], 6);
+        });
     }
 
     /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
-    /// 32, 48 (a 32- and a 16-wide tile), Cout below, at and above a block of 8 (the direct
-    /// weight gradient needs a multiple of 8: 8 and 16 here, else the GEMM one), depths that
-    /// are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
+    /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 16- and 8-wide), Cout below, at
+    /// and above a forward channel block (4 with AVX2, 8 with AVX-512; the direct weight
+    /// gradient needs a multiple of 4, else the GEMM one runs: Cout 5, 11 and 6 here), depths
+    /// that are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
+    /// The direct kernel runs at the AVX2 and AVX-512 levels, the GEMM path at the scalar
+    /// level.
     #[test]
     fn direct_convolutions_match_burn() {
-        // On this project's AVX-512 machine the direct kernel must be the one tested (unless
-        // MCKD_KERNELS_BASELINE asks for the GEMM path).
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512bw")
-            && std::env::var_os("MCKD_KERNELS_BASELINE").is_none()
-        {
-            assert!(
-                crate::direct3::supported(16),
-                "the direct kernel should run here"
+        let conv = |w: usize, stride: usize| crate::direct3::Conv3 {
+            b: 1,
+            ci: 2,
+            co: 8,
+            dims: [4, 4, w],
+            stride,
+        };
+        for_each_level(|level| {
+            assert_eq!(
+                crate::direct3::supported(&conv(16, 1)),
+                level != SimdLevel::Scalar,
+                "the direct kernel runs at the vector levels"
             );
+            assert!(
+                !crate::direct3::supported(&conv(24, 1)),
+                "W must be a multiple of 16"
+            );
+            assert!(
+                !crate::direct3::supported(&conv(16, 2)),
+                "W/2 must be a multiple of 16"
+            );
+            check([2, 1, 5, 3, 16], 8, [3; 3], [1; 3], [1; 3], 40);
+            check([1, 3, 6, 5, 32], 5, [3; 3], [1; 3], [1; 3], 41);
+            check([2, 4, 3, 2, 48], 11, [3; 3], [1; 3], [1; 3], 42);
+            check([1, 20, 2, 4, 16], 8, [3; 3], [1; 3], [1; 3], 43);
+            check([1, 8, 9, 1, 64], 16, [3; 3], [1; 3], [1; 3], 44);
+            check([2, 40, 3, 3, 16], 8, [3; 3], [1; 3], [1; 3], 45);
+            check([1, 5, 3, 4, 32], 12, [3; 3], [1; 3], [1; 3], 46);
+            check([1, 2, 2, 3, 16], 6, [3; 3], [1; 3], [1; 3], 47);
+        });
+    }
+
+    /// The direct kernel at stride 2 (forward and weight gradient; the input gradient stays on
+    /// the col2im path): output rows of 16 and 32 voxels (AVX-512: 1 and 2 vectors; AVX2: 2 and 4),
+    /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a forward
+    /// block of 8 part-filled with AVX-512), Cin 1 and 9.
+    #[test]
+    fn direct_stride_2_matches_burn() {
+        for_each_level(|level| {
+            let c = crate::direct3::Conv3 {
+                b: 1,
+                ci: 3,
+                co: 8,
+                dims: [4, 6, 32],
+                stride: 2,
+            };
+            assert_eq!(crate::direct3::supported(&c), level != SimdLevel::Scalar);
+            check([2, 3, 10, 6, 32], 8, [3; 3], [2; 3], [1; 3], 80);
+            check([1, 9, 2, 4, 64], 12, [3; 3], [2; 3], [1; 3], 81);
+            check([1, 1, 4, 2, 32], 16, [3; 3], [2; 3], [1; 3], 82);
+        });
+    }
+
+    /// The direct forward and input gradient sum each output in the same order with FMAs at
+    /// both vector levels: the same bits with AVX2 and AVX-512 (the weight gradient's lanes
+    /// group differently: rounding only, checked against burn above).
+    #[test]
+    fn direct_forward_and_input_gradient_same_bits_at_both_vector_levels() {
+        let levels: Vec<SimdLevel> = SimdLevel::available()
+            .into_iter()
+            .filter(|&l| l != SimdLevel::Scalar)
+            .collect();
+        let run = || {
+            let device = Device::flex().autodiff();
+            let x = random([2, 6, 5, 3, 64], 90, &device).require_grad();
+            let w = random([12, 6, 3, 3, 3], 91, &device).require_grad();
+            let b = random([12], 92, &device);
+            let y = conv3d(x.clone(), w.clone(), b, [1; 3], [1; 3]);
+            let up = random(y.dims(), 93, &device);
+            let grads = (y.clone() * up).sum().backward();
+            let v = crate::testing::values;
+            (v(&y), v(&x.grad(&grads).unwrap()))
+        };
+        let results: Vec<_> = levels.iter().map(|&l| pool_at(l, 2).install(run)).collect();
+        for (l, r) in levels.iter().zip(&results).skip(1) {
+            assert!(r.0 == results[0].0, "forward differs at {l}");
+            assert!(r.1 == results[0].1, "input gradient differs at {l}");
         }
-        check([2, 1, 5, 3, 16], 8, [3; 3], [1; 3], [1; 3], 40);
-        check([1, 3, 6, 5, 32], 5, [3; 3], [1; 3], [1; 3], 41);
-        check([2, 4, 3, 2, 48], 11, [3; 3], [1; 3], [1; 3], 42);
-        check([1, 20, 2, 4, 16], 8, [3; 3], [1; 3], [1; 3], 43);
-        check([1, 8, 9, 1, 64], 16, [3; 3], [1; 3], [1; 3], 44);
-        check([2, 40, 3, 3, 16], 8, [3; 3], [1; 3], [1; 3], 45);
     }
 
     #[test]
     fn other_kernels_strides_and_paddings_match_burn() {
-        check([2, 3, 6, 5, 7], 4, [3, 1, 2], [1, 2, 3], [0, 1, 2], 7);
-        check([1, 2, 9, 4, 5], 3, [2, 2, 2], [2, 2, 2], [0, 0, 0], 8);
-        check([2, 5, 3, 3, 3], 2, [1, 1, 1], [1, 1, 1], [0, 0, 0], 9);
-        check([1, 2, 7, 8, 6], 2, [5, 3, 3], [3, 1, 2], [2, 0, 1], 10);
+        for_each_level(|_| {
+            check([2, 3, 6, 5, 7], 4, [3, 1, 2], [1, 2, 3], [0, 1, 2], 7);
+            check([1, 2, 9, 4, 5], 3, [2, 2, 2], [2, 2, 2], [0, 0, 0], 8);
+            check([2, 5, 3, 3, 3], 2, [1, 1, 1], [1, 1, 1], [0, 0, 0], 9);
+            check([1, 2, 7, 8, 6], 2, [5, 3, 3], [3, 1, 2], [2, 0, 1], 10);
+        });
     }
 
     /// The AV-MNIST convolutions (5×5 valid, 3×3 padding 1) and a strided, anisotropic one
     /// through `conv2d_layer`, against burn's `Conv2d` (forward and all gradients).
     #[test]
     fn conv2d_layers_match_burn() {
-        use burn::nn::PaddingConfig2d;
-        use burn::nn::conv::Conv2dConfig;
         let device = Device::flex().autodiff();
         let cases = [
             ([3, 1, 28, 28], 4, [5, 5], [1, 1], PaddingConfig2d::Valid),
@@ -1183,10 +1560,11 @@ mod tests {
                 [2, 3],
                 PaddingConfig2d::Explicit(2, 1, 2, 1),
             ),
-            // Cin ≥ 8: the direct kernels (direct2.rs) on AVX-512. The two AV-MNIST conv2
-            // layers; 17 and 70 output channels (a part-filled vector; blocks of 4 + 1
-            // vectors; 6 samples: two chunks of the weight gradient); a 2×3 kernel (flipped unevenly in the input gradient, which runs
-            // direct when k − p ≤ 2); tiles spanning output rows with a tail.
+            // Cin ≥ 8: the direct kernels (direct2.rs) with AVX2 and AVX-512. The two
+            // AV-MNIST conv2 layers; 17 and 70 output channels (a part-filled vector; blocks
+            // of 4 + 1 vectors; 6 samples: two chunks of the weight gradient); a 2×3 kernel
+            // (flipped unevenly in the input gradient, which runs direct when k − p ≤ 2);
+            // tiles spanning output rows with a tail.
             ([3, 20, 12, 12], 50, [5, 5], [1, 1], PaddingConfig2d::Valid),
             (
                 [2, 32, 10, 10],
@@ -1221,7 +1599,33 @@ mod tests {
                 PaddingConfig2d::Explicit(2, 2, 2, 2),
             ),
         ];
-        for (i, (xs, co, k, st, pad)) in cases.into_iter().enumerate() {
+        for_each_level(|level| {
+            assert_eq!(
+                crate::direct2::supported(&crate::direct2::Conv2d {
+                    b: 1,
+                    ci: 8,
+                    co: 8,
+                    h: 5,
+                    w: 5,
+                    kh: 3,
+                    kw: 3,
+                    ph: 1,
+                    pw: 1
+                }),
+                level != SimdLevel::Scalar,
+                "the direct 2-D kernel runs at the vector levels"
+            );
+            conv2d_cases(&cases, &device);
+        });
+    }
+
+    /// Input shape, output channels, kernel, stride, padding.
+    type Conv2dCase = ([usize; 4], usize, [usize; 2], [usize; 2], PaddingConfig2d);
+
+    fn conv2d_cases(cases: &[Conv2dCase], device: &Device) {
+        use burn::nn::conv::Conv2dConfig;
+        for (i, &(xs, co, k, st, ref pad)) in cases.iter().enumerate() {
+            let (device, pad) = (device.clone(), pad.clone());
             device.seed(40 + i as u64);
             let layer = Conv2dConfig::new([xs[1], co], k)
                 .with_stride(st)
@@ -1247,6 +1651,10 @@ mod tests {
     /// called directly with a tiny tile budget against burn's autodiff.
     #[test]
     fn small_tiles_match_burn() {
+        for_each_level(|_| small_tiles_match_burn_at_level());
+    }
+
+    fn small_tiles_match_burn_at_level() {
         let device = Device::flex().autodiff();
         for (seed, (xs, co, st)) in [([2, 3, 9, 6, 5], 4, 2), ([3, 2, 7, 5, 6], 3, 1)]
             .into_iter()
@@ -1284,6 +1692,10 @@ mod tests {
     /// kernels with kd ≤ 2·sd at stride 1 (kd = 1, 2) and 2, against burn's autodiff.
     #[test]
     fn scatter_input_gradient_matches_burn_with_small_tiles() {
+        for_each_level(|_| scatter_input_gradient_matches_burn_with_small_tiles_at_level());
+    }
+
+    fn scatter_input_gradient_matches_burn_with_small_tiles_at_level() {
         let device = Device::flex().autodiff();
         for (i, (xs, co, k, st, p)) in [
             ([2, 2, 7, 5, 6], 5, [2, 3, 1], [1, 1, 1], [1, 1, 0]),
@@ -1319,12 +1731,14 @@ mod tests {
     #[test]
     fn same_numbers_on_any_thread_count() {
         // W = 9: the GEMM kernels; W = 16, Cout = 8: the direct ones (crate::direct3).
-        for (xs, co) in [([2, 3, 12, 10, 9], 4), ([2, 3, 9, 5, 16], 8)] {
-            same_numbers_for(xs, co);
-        }
+        for_each_level(|level| {
+            for (xs, co) in [([2, 3, 12, 10, 9], 4), ([2, 3, 9, 5, 16], 8)] {
+                same_numbers_for(xs, co, level);
+            }
+        });
     }
 
-    fn same_numbers_for(xs: [usize; 5], co: usize) {
+    fn same_numbers_for(xs: [usize; 5], co: usize, level: SimdLevel) {
         let run = || {
             let device = Device::flex().autodiff();
             let x = random(xs, 30, &device).require_grad();
@@ -1341,11 +1755,7 @@ mod tests {
             ]
         };
         let a = run();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let b = pool.install(run);
+        let b = pool_at(level, 3).install(run);
         assert!(a == b, "results differ between runs / thread counts");
     }
 

@@ -1,19 +1,20 @@
 //! Direct 2-D convolution, stride 1, any square-or-not kernel and padding, with the **output
-//! channels** in the AVX-512 lanes: the AV-MNIST encoders' layers (5×5 without padding, 3×3
-//! with padding 1; 1 to 64 channels on 8×8 to 24×24 pixels).
+//! channels** in the vector lanes (16 with AVX-512, 8 with AVX2): the AV-MNIST encoders'
+//! layers (5×5 without padding, 3×3 with padding 1; 1 to 64 channels on 8×8 to 24×24
+//! pixels).
 //!
 //! # Why
 //! With im2col + GEMM these layers spend as long copying as multiplying: a sample's columns
 //! (`Cin·k²` rows of 8–24 floats) are gathered, then packed again by the GEMM, and the
 //! matrices are too small for the GEMM to reach its speed (`examples/avconv.rs`: 40–100
-//! GFLOP/s on one core). Here a register tile holds `16·V` output channels × `NX` output
-//! pixels (`V·NX` = 16–18 accumulators); for every (input channel, tap) it loads `V` weight
-//! vectors and broadcasts `NX` input values, with no copy of the input at all (padding: one
-//! zero-bordered copy of the sample's planes).
+//! GFLOP/s on one core). Here a register tile holds `LANES·V` output channels × `NX` output
+//! pixels (AVX-512, 32 registers: `V·NX` = 16–20 accumulators; AVX2, 16 registers: 12); for
+//! every (input channel, tap) it loads `V` weight vectors and broadcasts `NX` input values,
+//! with no copy of the input at all (padding: one zero-bordered copy of the sample's planes).
 //!
 //! # Layout
-//! Weights are repacked once per call to `[Cin][kh][kw][Cout padded to 16]` (zeros in the
-//! padding lanes). A tile's pixels are consecutive in the flattened output, so a tile may span
+//! Weights are repacked once per call to `[Cin][kh][kw][Cout padded to whole vectors]` (zeros
+//! in the padding lanes), 64-byte aligned (no weight load straddles two cache lines). A tile's pixels are consecutive in the flattened output, so a tile may span
 //! output rows: each pixel keeps the offset of its window's corner in the (padded) input
 //! plane. Results go to a per-sample `[pixel][Cout padded]` buffer, then transposed into the
 //! `[Cout][pixel]` output with the bias.
@@ -22,22 +23,25 @@
 //! padded by `k − 1 − p`, with the kernel flipped and input and output channels swapped
 //! ([`pack_weights`] with `flip`).
 //!
-//! `conv3d.rs` routes here, on AVX-512, where it measured faster than its GEMM path: the
+//! `conv3d.rs` routes here, at the AVX2 and AVX-512 levels, where it measured faster than its
+//! GEMM path: the
 //! forward of layers with ≥ 8 input channels, the input gradient when `k − 1 − p ≤ 1`, and
 //! ([`conv2d_weight_grad`]) the weight gradient of 3- and 5-wide kernels with ≥ 8 input
 //! channels (with one input channel the GEMM path measured faster).
 //!
-//! Sums run over (input channel, ky, kx) in that order for every output; the results differ
-//! from the GEMM path in rounding only (tested against burn's layer in `conv3d`).
+//! Sums run over (input channel, ky, kx) in that order for every output, with fused
+//! multiply-adds: the forward and input gradient give the same bits at both levels; the
+//! weight gradient too (each lane sums over pixels in order). The results differ from the
+//! GEMM path in rounding only (tested against burn's layer in `conv3d`).
 
 use core::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::flex_buf::{assume_init_f32, uninit_f32};
-
-/// Lanes of one AVX-512 vector of `f32`.
-const LANES: usize = 16;
+use crate::flex_buf::{AlignedF32, assume_init_f32, uninit_f32};
+use crate::simd::SimdLevel;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::vec::{Avx2, Avx512, F32s};
 
 /// Sizes of one direct 2-D convolution (stride 1).
 #[derive(Debug, Clone, Copy)]
@@ -68,15 +72,20 @@ impl Conv2d {
     pub fn out(&self) -> (usize, usize) {
         (self.hp() + 1 - self.kh, self.wp() + 1 - self.kw)
     }
-    /// Output channels rounded up to whole vectors.
-    fn co_pad(&self) -> usize {
-        self.co.div_ceil(LANES) * LANES
+    /// Output channels rounded up to whole vectors of `lanes`.
+    fn co_pad(&self, lanes: usize) -> usize {
+        self.co.div_ceil(lanes) * lanes
     }
 }
 
-/// Whether the direct kernel serves this shape on this CPU.
+/// Lanes of the vectors at `level` (AVX-512: 16, AVX2: 8).
+fn lanes(level: SimdLevel) -> usize {
+    if level == SimdLevel::Avx512 { 16 } else { 8 }
+}
+
+/// Whether the direct kernel serves this shape at the current level (AVX2 or AVX-512).
 pub(crate) fn supported(c: &Conv2d) -> bool {
-    crate::simd::avx512()
+    crate::simd::level() != SimdLevel::Scalar
         && c.kh >= 1
         && c.kw >= 1
         && c.hp() >= c.kh
@@ -85,23 +94,18 @@ pub(crate) fn supported(c: &Conv2d) -> bool {
         && c.ci >= 1
 }
 
-/// Repacks `w` (`[co][ci][kh][kw]`) to `[ci][kh][kw][co_pad]`; with `flip`, `w` is read as
-/// the input gradient's kernel instead: `[ci][co][kh][kw]` → `[co][kh][kw][ci_pad]` with both
-/// kernel axes reversed (`out` channels = the forward's input channels).
-pub(crate) fn pack_weights(
-    w: &[f32],
-    co: usize,
-    ci: usize,
-    kh: usize,
-    kw: usize,
-    flip: bool,
-) -> Vec<f32> {
+/// Repacks `w` (`[co][ci][kh][kw]`) to `[ci][kh][kw][co padded to lanes]`; with `flip`, `w`
+/// is read as the input gradient's kernel instead: `[ci][co][kh][kw]` →
+/// `[co][kh][kw][ci padded]` with both kernel axes reversed (`out` channels = the forward's
+/// input channels).
+fn pack_weights(w: &[f32], [co, ci, kh, kw]: [usize; 4], flip: bool, lanes: usize) -> AlignedF32 {
     let taps = kh * kw;
     assert_eq!(w.len(), co * ci * taps, "direct conv: weight size");
     // (out channels, in channels) of the packed operation.
     let (n_out, n_in) = if flip { (ci, co) } else { (co, ci) };
-    let pad = n_out.div_ceil(LANES) * LANES;
-    let mut p = vec![0.0f32; n_in * taps * pad];
+    let pad = n_out.div_ceil(lanes) * lanes;
+    let mut packed = AlignedF32::zeros(n_in * taps * pad);
+    let p = packed.as_mut_slice();
     for o in 0..co {
         for i in 0..ci {
             for y in 0..kh {
@@ -118,43 +122,58 @@ pub(crate) fn pack_weights(
             }
         }
     }
-    p
+    packed
 }
 
-/// The convolution of `x` (`[b][ci][h][w]`) with packed weights (see [`pack_weights`]) plus
-/// `bias` (`[co]`), `[b][co][h'][w']`.
+/// The convolution `c` of `x` (`[b][ci][h][w]`) with the kernel `w` plus `bias` (`[co]`),
+/// `[b][co][h'][w']`. Without `flip`, `w` is the layer's `[co][ci][kh][kw]`; with `flip`,
+/// `c` is an input gradient (its `ci`/`co` the layer's `co`/`ci`) and `w` the layer's kernel
+/// `[c.ci][c.co][kh][kw]`, read flipped (see [`pack_weights`]).
 ///
 /// # Panics
 /// If the sizes do not match `c` or the kernel is not [`supported`] (internal contracts).
-pub(crate) fn conv2d(x: &[f32], packed: &[f32], bias: Option<&[f32]>, c: &Conv2d) -> Vec<f32> {
+pub(crate) fn conv2d(
+    x: &[f32],
+    w: &[f32],
+    flip: bool,
+    bias: Option<&[f32]>,
+    c: &Conv2d,
+) -> Vec<f32> {
     assert!(
         supported(c),
         "direct 2-D convolution not available for {c:?}"
     );
     assert_eq!(x.len(), c.b * c.ci * c.h * c.w, "direct conv: input size");
-    assert_eq!(
-        packed.len(),
-        c.ci * c.kh * c.kw * c.co_pad(),
-        "direct conv: packed weights"
-    );
+    let level = crate::simd::level();
+    let layer = if flip {
+        [c.ci, c.co, c.kh, c.kw]
+    } else {
+        [c.co, c.ci, c.kh, c.kw]
+    };
+    let packed = pack_weights(w, layer, flip, lanes(level));
+    let packed = packed.as_slice();
     let (ho, wo) = c.out();
     let per_sample = c.co * ho * wo;
     if per_sample == 0 {
         return vec![0.0; c.b * per_sample];
     }
-    // Every element is written by `transpose_out`: no zero fill (a serial pass otherwise).
+    // Every element is written by the transpose: no zero fill (a serial pass otherwise).
     let mut y = uninit_f32(c.b * per_sample);
     y.par_chunks_mut(per_sample).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(plane_buf, tmp), (b, out)| {
             let input = padded_sample(x, b, c, plane_buf);
-            // SAFETY: avx512() was checked by `supported`.
-            unsafe { sample(input, packed, c, tmp) };
-            // SAFETY: avx512() was checked by `supported`; `tmp` holds ≥ ho·wo rows.
-            unsafe { transpose_out(tmp, out, c, bias) };
+            // SAFETY: `supported` checked the level, so the CPU has its features; `packed`
+            // was packed for its lanes; `out` is the sample's `co·ho·wo` outputs.
+            unsafe {
+                match level {
+                    SimdLevel::Avx512 => sample_avx512(input, packed, c, tmp, out, bias),
+                    _ => sample_avx2(input, packed, c, tmp, out, bias),
+                }
+            }
         },
     );
-    // SAFETY: the samples partition `y` and `transpose_out` wrote all of each.
+    // SAFETY: the samples partition `y` and the transposes wrote all of each.
     unsafe { assume_init_f32(y) }
 }
 
@@ -183,52 +202,153 @@ fn pad_planes(xs: &[f32], c: &Conv2d, buf: &mut [f32]) {
     }
 }
 
-/// Pixels per tile for 4, 3, 2 and 1 vectors of output channels: 16–18 accumulators, so that
-/// the weights, the broadcast value and the pixel offsets stay in registers too (24
-/// accumulators spilled to the stack: measured 2× slower).
-const NX4: usize = 5;
-const NX3: usize = 6;
-const NX2: usize = 8;
-const NX1: usize = 16;
+/// Vectors of output channels in the next tile group, `rem` left: with AVX-512 up to 4; with
+/// AVX2 up to `vmax`, and a remainder of `vmax + 1` split in two (4 = 2 + 2) rather than
+/// leaving a one-vector tile (which loads a broadcast per multiply-add).
+fn group(lanes: usize, rem: usize, vmax: usize) -> usize {
+    if lanes == 16 {
+        rem.min(4)
+    } else if rem <= vmax {
+        rem
+    } else if rem == vmax + 1 {
+        rem.div_ceil(2)
+    } else {
+        vmax
+    }
+}
+
+/// Pixels per forward tile for `v` vectors of output channels: 16–20 accumulators with
+/// AVX-512 (24 spilled to the stack: measured 2× slower), 12 with AVX2, so that the weights,
+/// the broadcast value and the pixel offsets stay in registers too.
+const fn tile_pixels(lanes: usize, v: usize) -> usize {
+    match (lanes, v) {
+        (16, 4) => 5,
+        (16, 3) => 6,
+        (16, 2) => 8,
+        (16, _) => 16,
+        (_, 3) => 4,
+        (_, 2) => 6,
+        _ => 12,
+    }
+}
+
+/// The most pixels of a forward tile (the scratch's slack for the last tile).
+const MAX_TILE_PIXELS: usize = 16;
+
+/// Most vectors per forward tile with AVX2.
+const VMAX_AVX2: usize = 3;
+
+/// One sample with AVX-512: tiles, then the transpose into `out`.
+///
+/// # Safety
+/// AVX-512F; `input` the padded sample, `packed` packed for 16 lanes, `out` `co·ho·wo` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sample_avx512(
+    input: &[f32],
+    packed: &[f32],
+    c: &Conv2d,
+    tmp: &mut Vec<f32>,
+    out: &mut [MaybeUninit<f32>],
+    bias: Option<&[f32]>,
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        sample::<Avx512>(input, packed, c, tmp);
+        transpose_out_avx512(tmp, out, c, bias);
+    }
+}
+
+/// One sample with AVX2 + FMA.
+///
+/// # Safety
+/// AVX2 and FMA; `input` the padded sample, `packed` packed for 8 lanes, `out` `co·ho·wo`
+/// long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sample_avx2(
+    input: &[f32],
+    packed: &[f32],
+    c: &Conv2d,
+    tmp: &mut Vec<f32>,
+    out: &mut [MaybeUninit<f32>],
+    bias: Option<&[f32]>,
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        sample::<Avx2>(input, packed, c, tmp);
+        transpose_out_avx2(tmp, out, c, bias);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn sample_avx512(
+    _: &[f32],
+    _: &[f32],
+    _: &Conv2d,
+    _: &mut Vec<f32>,
+    _: &mut [MaybeUninit<f32>],
+    _: Option<&[f32]>,
+) {
+    unreachable!("supported() is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn sample_avx2(
+    _: &[f32],
+    _: &[f32],
+    _: &Conv2d,
+    _: &mut Vec<f32>,
+    _: &mut [MaybeUninit<f32>],
+    _: Option<&[f32]>,
+) {
+    unreachable!("supported() is false off x86-64")
+}
 
 /// One sample: `tmp[pixel][co_pad]` (pixels rounded up to whole tiles) for every output pixel.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
+/// The CPU must support `S`; `packed` packed for `S::LANES`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sample(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut Vec<f32>) {
+#[inline(always)]
+unsafe fn sample<S: F32s>(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut Vec<f32>) {
     let (ho, wo) = c.out();
     let pixels = ho * wo;
-    let cp = c.co_pad();
-    let mut v0 = 0;
-    let max_nx = NX1;
+    let lanes = S::LANES;
+    let cp = c.co_pad(lanes);
+    assert_eq!(
+        packed.len(),
+        c.ci * c.kh * c.kw * cp,
+        "direct conv: packed weights"
+    );
     // Every tile writes all its rows: no zero fill.
-    if tmp.len() < (pixels + max_nx) * cp {
-        tmp.resize((pixels + max_nx) * cp, 0.0);
+    if tmp.len() < (pixels + MAX_TILE_PIXELS) * cp {
+        tmp.resize((pixels + MAX_TILE_PIXELS) * cp, 0.0);
     }
-    while v0 < cp / LANES {
-        let v = (cp / LANES - v0).min(4);
+    let nv = cp / lanes;
+    let mut v0 = 0;
+    while v0 < nv {
+        let v = group(lanes, nv - v0, VMAX_AVX2);
+        let nx = tile_pixels(lanes, v);
         let mut p0 = 0;
         while p0 < pixels {
-            // SAFETY (all arms): `tile` reads input offsets base(p) + tap < plane for pixels
-            // p < `pixels` (the last pixel's window ends inside the padded plane) and repeats
-            // the last pixel for the tile's tail; it writes `tmp` rows p0..p0 + NX < pixels +
-            // max_nx, lanes v0·16 .. (v0 + V)·16 ≤ cp.
+            // SAFETY (all arms): the CPU supports `S`; `tile` reads input offsets
+            // base(p) + tap < plane for pixels p < `pixels` (the last pixel's window ends
+            // inside the padded plane) and repeats the last pixel for the tile's tail; it
+            // writes `tmp` rows p0..p0 + NX < pixels + MAX_TILE_PIXELS, lanes
+            // v0·LANES .. (v0 + V)·LANES ≤ cp.
             unsafe {
-                match v {
-                    4 => tile::<4, NX4>(input, packed, c, tmp, p0, v0),
-                    3 => tile::<3, NX3>(input, packed, c, tmp, p0, v0),
-                    2 => tile::<2, NX2>(input, packed, c, tmp, p0, v0),
-                    _ => tile::<1, NX1>(input, packed, c, tmp, p0, v0),
+                match (lanes, v) {
+                    (16, 4) => tile::<S, 4, { tile_pixels(16, 4) }>(input, packed, c, tmp, p0, v0),
+                    (16, 3) => tile::<S, 3, { tile_pixels(16, 3) }>(input, packed, c, tmp, p0, v0),
+                    (16, 2) => tile::<S, 2, { tile_pixels(16, 2) }>(input, packed, c, tmp, p0, v0),
+                    (16, _) => tile::<S, 1, { tile_pixels(16, 1) }>(input, packed, c, tmp, p0, v0),
+                    (_, 3) => tile::<S, 3, { tile_pixels(8, 3) }>(input, packed, c, tmp, p0, v0),
+                    (_, 2) => tile::<S, 2, { tile_pixels(8, 2) }>(input, packed, c, tmp, p0, v0),
+                    _ => tile::<S, 1, { tile_pixels(8, 1) }>(input, packed, c, tmp, p0, v0),
                 }
             }
-            p0 += match v {
-                4 => NX4,
-                3 => NX3,
-                2 => NX2,
-                _ => NX1,
-            };
+            p0 += nx;
         }
         v0 += v;
     }
@@ -239,19 +359,20 @@ unsafe fn sample(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut Vec<f32>) 
 /// last ones.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `tmp` has at least `ho·wo` rows of `co_pad` floats and `out`
-/// is `co·ho·wo` long.
+/// The CPU must have AVX-512F; `tmp` has at least `ho·wo` rows of `co_pad(16)` floats and
+/// `out` is `co·ho·wo` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_out(
+unsafe fn transpose_out_avx512(
     tmp: &[f32],
     out: &mut [MaybeUninit<f32>],
     c: &Conv2d,
     bias: Option<&[f32]>,
 ) {
     use core::arch::x86_64::*;
+    const LANES: usize = 16;
     let (ho, wo) = c.out();
-    let (pixels, cp) = (ho * wo, c.co_pad());
+    let (pixels, cp) = (ho * wo, c.co_pad(LANES));
     assert!(tmp.len() >= pixels * cp && out.len() == c.co * pixels);
     let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(cp as i32));
@@ -279,25 +400,58 @@ unsafe fn transpose_out(
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose_out(_: &[f32], _: &mut [MaybeUninit<f32>], _: &Conv2d, _: Option<&[f32]>) {
-    unreachable!("supported() is false off x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn sample(_: &[f32], _: &[f32], _: &Conv2d, _: &mut Vec<f32>) {
-    unreachable!("supported() is false off x86-64")
+/// [`transpose_out_avx512`] with AVX2: 8 pixels per gather, the last ones one by one (the
+/// same addition).
+///
+/// # Safety
+/// The CPU must have AVX2; `tmp` has at least `ho·wo` rows of `co_pad(8)` floats and `out` is
+/// `co·ho·wo` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_out_avx2(
+    tmp: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    c: &Conv2d,
+    bias: Option<&[f32]>,
+) {
+    use core::arch::x86_64::*;
+    const LANES: usize = 8;
+    let (ho, wo) = c.out();
+    let (pixels, cp) = (ho * wo, c.co_pad(LANES));
+    assert!(tmp.len() >= pixels * cp && out.len() == c.co * pixels);
+    let idx = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(cp as i32),
+    );
+    // SAFETY: reads tmp[(p + l)·cp + o] for p + l < pixels, o < co ≤ cp; writes out[o·pixels
+    // + p + l] for the same p + l.
+    unsafe {
+        for o in 0..c.co {
+            let b = bias.map_or(0.0, |b| b[o]);
+            let bv = _mm256_set1_ps(b);
+            let src = tmp.as_ptr().add(o);
+            let dst = out.as_mut_ptr().cast::<f32>().add(o * pixels);
+            let mut p = 0;
+            while p + LANES <= pixels {
+                let v = _mm256_i32gather_ps::<4>(src.add(p * cp), idx);
+                _mm256_storeu_ps(dst.add(p), _mm256_add_ps(v, bv));
+                p += LANES;
+            }
+            for q in p..pixels {
+                *dst.add(q) = *src.add(q * cp) + b;
+            }
+        }
+    }
 }
 
 /// `V` vectors of output channels (from vector `v0`) × `NX` pixels from `p0` (the tail tile
 /// repeats the last pixel).
 ///
 /// # Safety
-/// AVX-512F; see the caller for the index ranges.
+/// The CPU must support `S`; see the caller for the index ranges.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const V: usize, const NX: usize>(
+#[inline(always)]
+unsafe fn tile<S: F32s, const V: usize, const NX: usize>(
     input: &[f32],
     packed: &[f32],
     c: &Conv2d,
@@ -305,7 +459,7 @@ unsafe fn tile<const V: usize, const NX: usize>(
     p0: usize,
     v0: usize,
 ) {
-    use core::arch::x86_64::*;
+    let lanes = S::LANES;
     let (ho, wo) = c.out();
     let last = ho * wo - 1;
     let (hp, wp) = (c.hp(), c.wp());
@@ -315,38 +469,40 @@ unsafe fn tile<const V: usize, const NX: usize>(
         *b = (p / wo) * wp + p % wo;
     }
     let plane = hp * wp;
-    let cp = c.co_pad();
-    let mut acc = [[_mm512_setzero_ps(); V]; NX];
-    let mut wv = [_mm512_setzero_ps(); V];
-    // SAFETY: input offsets i·plane + bases[j] + ky·wp + kx < ci·plane (see `sample`); weight
-    // offsets (tap·cp + v0·16 + v·16 + 15) < ci·kh·kw·cp since v0 + V ≤ cp/16; `tmp` offsets
-    // as the caller states.
+    let cp = c.co_pad(lanes);
+    // SAFETY: the CPU supports `S`; input offsets i·plane + bases[j] + ky·wp + kx < ci·plane
+    // (see `sample`); weight offsets (tap·cp + v0·LANES + v·LANES + LANES − 1) <
+    // ci·kh·kw·cp since v0 + V ≤ cp/LANES; `tmp` offsets as the caller states.
     unsafe {
+        let mut acc = [[S::zero(); V]; NX];
+        let mut wv = [S::zero(); V];
+        // Each pixel's window corner, so that a tap is one offset from every corner (a
+        // base + index address per broadcast, no address arithmetic per pixel).
         let ip = input.as_ptr();
-        let wptr = packed.as_ptr().add(v0 * LANES);
+        let px: [*const f32; NX] = core::array::from_fn(|j| ip.add(bases[j]));
+        let mut wrow = packed.as_ptr().add(v0 * lanes);
         for i in 0..c.ci {
-            let ipl = ip.add(i * plane);
             for ky in 0..c.kh {
+                let row = i * plane + ky * wp;
                 for kx in 0..c.kw {
-                    let tap = (i * c.kh + ky) * c.kw + kx;
-                    let wrow = wptr.add(tap * cp);
                     for (v, w) in wv.iter_mut().enumerate() {
-                        *w = _mm512_loadu_ps(wrow.add(v * LANES));
+                        *w = S::load(wrow.add(v * lanes));
                     }
-                    let row = ipl.add(ky * wp + kx);
+                    wrow = wrow.add(cp);
+                    let off = row + kx;
                     for j in 0..NX {
-                        let xv = _mm512_set1_ps(*row.add(bases[j]));
+                        let xv = S::splat(*px[j].add(off));
                         for v in 0..V {
-                            acc[j][v] = _mm512_fmadd_ps(wv[v], xv, acc[j][v]);
+                            acc[j][v] = S::fmadd(wv[v], xv, acc[j][v]);
                         }
                     }
                 }
             }
         }
-        let out = tmp.as_mut_ptr().add(p0 * cp + v0 * LANES);
+        let out = tmp.as_mut_ptr().add(p0 * cp + v0 * lanes);
         for (j, row) in acc.iter().enumerate() {
             for (v, &a) in row.iter().enumerate() {
-                _mm512_storeu_ps(out.add(j * cp + v * LANES), a);
+                S::store(out.add(j * cp + v * lanes), a);
             }
         }
     }
@@ -358,11 +514,11 @@ unsafe fn tile<const V: usize, const NX: usize>(
 ///
 /// One task per chunk of [`WGRAD_CHUNK`] samples, and within it one sample at a time, so that
 /// the sample's output gradient (a `[pixel][co_pad]` copy) and input stay in L1 while every
-/// register tile sweeps them: `16·V` output channels × the `kw` taps of one kernel row × `CT`
-/// input channels (18–24 accumulators); per output pixel the tile loads `V` vectors of `dy`
-/// and broadcasts `CT·kw` inputs. Each weight's sum runs over a sample's pixels in order, the
-/// samples of a chunk in order, then the chunks in order: the result does not depend on the
-/// thread count.
+/// register tile sweeps them: `LANES·V` output channels × the `kw` taps of one kernel row ×
+/// `CT` input channels (AVX-512: 18–24 accumulators; AVX2: 9–12); per output pixel the tile
+/// loads `V` vectors of `dy` and broadcasts `CT·kw` inputs. Each weight's sum runs over a
+/// sample's pixels in order, the samples of a chunk in order, then the chunks in order: the
+/// result does not depend on the thread count (nor on the level).
 ///
 /// # Panics
 /// If the sizes do not match `c` or the shape is not supported (internal contracts).
@@ -372,8 +528,9 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
         "direct weight gradient not available for {c:?}"
     );
     assert_eq!(x.len(), c.b * c.ci * c.h * c.w, "direct conv: input size");
+    let level = crate::simd::level();
     let (ho, wo) = c.out();
-    let (pixels, cp) = (ho * wo, c.co_pad());
+    let (pixels, cp) = (ho * wo, c.co_pad(lanes(level)));
     assert_eq!(
         dy.len(),
         c.b * c.co * pixels,
@@ -410,9 +567,14 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
             for b in k * WGRAD_CHUNK..((k + 1) * WGRAD_CHUNK).min(c.b) {
                 let input = padded_sample(x, b, c, &mut plane_buf);
                 let dyt = &dyt[b * pixels * cp..][..pixels * cp];
-                // SAFETY: avx512() was checked by `weight_grad_supported`; the sizes were
-                // checked above (see `wgrad_tile` for the index ranges).
-                unsafe { wgrad_sample(input, dyt, c, &mut part) };
+                // SAFETY: `weight_grad_supported` checked the level, so the CPU has its
+                // features; the sizes were checked above (see `wgrad_tile` for the ranges).
+                unsafe {
+                    match level {
+                        SimdLevel::Avx512 => wgrad_sample_avx512(input, dyt, c, &mut part),
+                        _ => wgrad_sample_avx2(input, dyt, c, &mut part),
+                    }
+                }
             }
             part
         })
@@ -444,58 +606,109 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
 /// thread count).
 const WGRAD_CHUNK: usize = 4;
 
-/// Whether [`conv2d_weight_grad`] serves this shape on this CPU: 3- and 5-wide kernels.
+/// Whether [`conv2d_weight_grad`] serves this shape at the current level: 3- and 5-wide
+/// kernels.
 pub(crate) fn weight_grad_supported(c: &Conv2d) -> bool {
     supported(c) && matches!(c.kw, 3 | 5)
 }
 
-/// Input channels per weight-gradient tile for `v` vectors of output channels and a `kw`-wide
-/// kernel: `v·kw·CT` ≤ 24 accumulators.
-fn wgrad_channels(v: usize, kw: usize) -> usize {
-    (24 / (v * kw)).max(1)
+/// [`wgrad_sample`] with AVX-512.
+///
+/// # Safety
+/// AVX-512F; as [`wgrad_sample`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wgrad_sample_avx512(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_sample::<Avx512>(xp, dyt, c, part) }
+}
+
+/// [`wgrad_sample`] with AVX2 + FMA.
+///
+/// # Safety
+/// AVX2 and FMA; as [`wgrad_sample`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_sample_avx2(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_sample::<Avx2>(xp, dyt, c, part) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_sample_avx512(_: &[f32], _: &[f32], _: &Conv2d, _: &mut [f32]) {
+    unreachable!("supported() is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_sample_avx2(_: &[f32], _: &[f32], _: &Conv2d, _: &mut [f32]) {
+    unreachable!("supported() is false off x86-64")
 }
 
 /// One sample's weight gradient added into `part` (`[ci][kh][kw][co_pad]`).
 ///
+/// Tiles per (vectors `V`, kernel width): input channels `CT` with AVX-512 `V·kw·CT` ≤ 24
+/// accumulators; with AVX2 ≤ 12 (and at most 2 vectors for 5-wide kernels: 3 × 5 would
+/// spill).
+///
 /// # Safety
-/// AVX-512F; `xp` is the sample's padded input `[ci][hp][wp]`, `dyt` its `[pixel][co_pad]`
-/// output gradient, `part` `ci·kh·kw·co_pad` long, `c.kw` 3 or 5.
+/// The CPU must support `S`; `xp` is the sample's padded input `[ci][hp][wp]`, `dyt` its
+/// `[pixel][co_pad]` output gradient, `part` `ci·kh·kw·co_pad` long, `c.kw` 3 or 5.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
-    let cp = c.co_pad();
+#[inline(always)]
+unsafe fn wgrad_sample<S: F32s>(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
+    let lanes = S::LANES;
+    let cp = c.co_pad(lanes);
+    let vmax = if c.kw == 5 { 2 } else { 3 };
     let mut v0 = 0;
-    while v0 < cp / LANES {
-        let v = (cp / LANES - v0).min(4);
-        let ct = wgrad_channels(v, c.kw);
+    while v0 < cp / lanes {
+        let v = group(lanes, cp / lanes - v0, vmax);
+        // The full tiles' CT for (lanes, v, kw) (the table below), the last input channels
+        // one at a time.
+        let ct = match (lanes, v, c.kw) {
+            (16, 4, 3) | (16, 3, 3) => 2,
+            (16, 2, 3) => 4,
+            (16, 1, 3) => 8,
+            (16, 4, 5) | (16, 3, 5) => 1,
+            (16, 2, 5) => 2,
+            (16, 1, 5) => 4,
+            (_, 3, 3) => 1,
+            (_, 2, 3) => 2,
+            (_, 1, 3) => 4,
+            (_, 2, 5) => 1,
+            (_, 1, 5) => 2,
+            _ => unreachable!("weight_grad_supported: kw is 3 or 5"),
+        };
         let mut i0 = 0;
         while i0 < c.ci {
             let n = (c.ci - i0).min(ct);
             for ky in 0..c.kh {
-                // The full tiles with CT = `ct` (the table of `wgrad_channels`), the last
-                // input channels one at a time.
                 macro_rules! tiles {
                     ($v:literal, $kw:literal, $ct:literal) => {
                         if n == $ct {
-                            wgrad_tile::<$v, $ct, $kw>(xp, dyt, c, i0, ky, v0, part)
+                            wgrad_tile::<S, $v, $ct, $kw>(xp, dyt, c, i0, ky, v0, part)
                         } else {
                             for t in 0..n {
-                                wgrad_tile::<$v, 1, $kw>(xp, dyt, c, i0 + t, ky, v0, part)
+                                wgrad_tile::<S, $v, 1, $kw>(xp, dyt, c, i0 + t, ky, v0, part)
                             }
                         }
                     };
                 }
-                // SAFETY: as the caller's; v0 + v ≤ cp/16, i0 + n ≤ ci, ky < kh.
+                // SAFETY: as the caller's; v0 + v ≤ cp/LANES, i0 + n ≤ ci, ky < kh.
                 unsafe {
-                    match (v, c.kw) {
-                        (4, 3) => tiles!(4, 3, 2),
-                        (3, 3) => tiles!(3, 3, 2),
-                        (2, 3) => tiles!(2, 3, 4),
-                        (1, 3) => tiles!(1, 3, 8),
-                        (4, 5) => tiles!(4, 5, 1),
-                        (3, 5) => tiles!(3, 5, 1),
-                        (2, 5) => tiles!(2, 5, 2),
-                        (1, 5) => tiles!(1, 5, 4),
+                    match (lanes, v, c.kw) {
+                        (16, 4, 3) => tiles!(4, 3, 2),
+                        (16, 3, 3) => tiles!(3, 3, 2),
+                        (16, 2, 3) => tiles!(2, 3, 4),
+                        (16, 1, 3) => tiles!(1, 3, 8),
+                        (16, 4, 5) => tiles!(4, 5, 1),
+                        (16, 3, 5) => tiles!(3, 5, 1),
+                        (16, 2, 5) => tiles!(2, 5, 2),
+                        (16, 1, 5) => tiles!(1, 5, 4),
+                        (_, 3, 3) => tiles!(3, 3, 1),
+                        (_, 2, 3) => tiles!(2, 3, 2),
+                        (_, 1, 3) => tiles!(1, 3, 4),
+                        (_, 2, 5) => tiles!(2, 5, 1),
+                        (_, 1, 5) => tiles!(1, 5, 2),
                         _ => unreachable!("weight_grad_supported: kw is 3 or 5"),
                     }
                 }
@@ -506,22 +719,17 @@ unsafe fn wgrad_sample(xp: &[f32], dyt: &[f32], c: &Conv2d, part: &mut [f32]) {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn wgrad_sample(_: &[f32], _: &[f32], _: &Conv2d, _: &mut [f32]) {
-    unreachable!("supported() is false off x86-64")
-}
-
 /// One sample: `V` vectors of output channels from vector `v0` × the `KW` taps of kernel row
 /// `ky` × input channels `i0 .. i0 + CT`, added into `part`.
 ///
 /// # Safety
-/// As [`wgrad_sample`]; `KW == c.kw`, `i0 + CT ≤ c.ci`, `v0 + V ≤ co_pad/16`.
+/// As [`wgrad_sample`]; `KW == c.kw`, `i0 + CT ≤ c.ci`, `v0 + V ≤ co_pad/LANES`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 // `acc[t][kx][v]` is indexed by the loop counters (a register tile the compiler unrolls).
 #[allow(clippy::needless_range_loop)]
-unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
+unsafe fn wgrad_tile<S: F32s, const V: usize, const CT: usize, const KW: usize>(
     xp: &[f32],
     dyt: &[f32],
     c: &Conv2d,
@@ -530,35 +738,35 @@ unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
     v0: usize,
     part: &mut [f32],
 ) {
-    use core::arch::x86_64::*;
+    let lanes = S::LANES;
     let (ho, wo) = c.out();
-    let cp = c.co_pad();
+    let cp = c.co_pad(lanes);
     let wp = c.wp();
     let plane = c.hp() * wp;
-    debug_assert!(KW == c.kw && i0 + CT <= c.ci && v0 + V <= cp / LANES);
-    let mut acc = [[[_mm512_setzero_ps(); V]; KW]; CT];
-    let mut g = [_mm512_setzero_ps(); V];
-    // SAFETY: input offsets (i0 + t)·plane + (y + ky)·wp + x + kx < ci·plane for y < ho,
-    // x < wo, kx < kw (the window lies inside the padded plane); dyt offsets
-    // p·cp + (v0 + v)·16 + 15 < pixels·cp; part offsets
-    // (((i0 + t)·kh + ky)·kw + kx)·cp + (v0 + v)·16 + 15 < ci·kh·kw·cp.
+    debug_assert!(KW == c.kw && i0 + CT <= c.ci && v0 + V <= cp / lanes);
+    // SAFETY: the CPU supports `S`; input offsets (i0 + t)·plane + (y + ky)·wp + x + kx <
+    // ci·plane for y < ho, x < wo, kx < kw (the window lies inside the padded plane); dyt
+    // offsets p·cp + (v0 + v)·LANES + LANES − 1 < pixels·cp; part offsets
+    // (((i0 + t)·kh + ky)·kw + kx)·cp + (v0 + v)·LANES + LANES − 1 < ci·kh·kw·cp.
     unsafe {
+        let mut acc = [[[S::zero(); V]; KW]; CT];
+        let mut g = [S::zero(); V];
         let xb = xp.as_ptr().add(i0 * plane + ky * wp);
-        let db = dyt.as_ptr().add(v0 * LANES);
+        let db = dyt.as_ptr().add(v0 * lanes);
         for y in 0..ho {
             let xr = xb.add(y * wp);
             let dr = db.add(y * wo * cp);
             for x in 0..wo {
                 let dp = dr.add(x * cp);
                 for (v, gv) in g.iter_mut().enumerate() {
-                    *gv = _mm512_loadu_ps(dp.add(v * LANES));
+                    *gv = S::load(dp.add(v * lanes));
                 }
                 for t in 0..CT {
                     let xs = xr.add(t * plane + x);
                     for kx in 0..KW {
-                        let xv = _mm512_set1_ps(*xs.add(kx));
+                        let xv = S::splat(*xs.add(kx));
                         for v in 0..V {
-                            acc[t][kx][v] = _mm512_fmadd_ps(g[v], xv, acc[t][kx][v]);
+                            acc[t][kx][v] = S::fmadd(g[v], xv, acc[t][kx][v]);
                         }
                     }
                 }
@@ -568,10 +776,10 @@ unsafe fn wgrad_tile<const V: usize, const CT: usize, const KW: usize>(
             for kx in 0..KW {
                 let o = part
                     .as_mut_ptr()
-                    .add((((i0 + t) * c.kh + ky) * KW + kx) * cp + v0 * LANES);
+                    .add((((i0 + t) * c.kh + ky) * KW + kx) * cp + v0 * lanes);
                 for v in 0..V {
-                    let p = o.add(v * LANES);
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc[t][kx][v]));
+                    let p = o.add(v * lanes);
+                    S::store(p, S::add(S::load(p), acc[t][kx][v]));
                 }
             }
         }

@@ -1,274 +1,441 @@
-//! Direct 3×3×3, stride-1, padding-1 convolution on NCDHW `f32` data, vectorised along W
-//! (AVX-512), without im2col: the UNet's same-size convolutions, forward and input gradient.
+//! Direct 3×3×3, padding-1 convolution with stride 1 or 2 on NCDHW `f32` data, vectorised
+//! along W (AVX-512 or AVX2), without im2col: the UNet's convolutions — forward and weight
+//! gradient at both strides, input gradient at stride 1.
 //!
 //! # Why
 //! With 8–16 output channels the im2col GEMM of [`crate::conv3d`] writes 27·Cin floats per
 //! voxel and multiplies each by only `Cout` weights: copying the columns (`shift_copy`) cost
 //! more than the GEMM itself (a quarter of the UNet step). Here each output row of `LB`
-//! voxels (16 or 32) for a block of 8 output channels is a register tile: for every input
-//! channel and kernel offset one (unaligned) load of the shifted input row and 8 fused
-//! multiply-adds with broadcast weights. The input planes a task needs are first copied into
-//! a zero-bordered scratch (`(planes + 2) × (H + 2) × (W + 2)` per channel), so the inner
-//! loop has no boundary tests.
+//! voxels for a block of `CB` output channels is a register tile: for every input channel and
+//! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
+//! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
+//! voxels; AVX2 (16 registers): 4 channels × 8 or 16 voxels (8 accumulators, the input
+//! vectors and the broadcast weight fit the register file). The input planes a task needs are
+//! first copied into a zero-bordered scratch (see [`Layout`]), so the inner loop has no
+//! boundary tests.
+//!
+//! At stride 2 each padded input row is stored as its even values, then its odd values: the
+//! inputs `2·w + kw` of a row of outputs `w` are then contiguous for every `kw` (even values
+//! from `w` for `kw` = 0, odd ones from `w` for 1, even ones from `w + 1` for 2), so the same
+//! tiles run on them.
 //!
 //! The input gradient of a same-size 3×3×3 convolution is the same convolution of the output
 //! gradient with the kernel flipped in space and `Cin`/`Cout` swapped (no bias).
 //!
-//! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw),
-//! whatever the number of threads. Used only when the CPU has AVX-512F and W is a multiple
-//! of 16; [`supported`] says so.
+//! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw)
+//! with fused multiply-adds, whatever the number of threads and at both levels (the forward
+//! and input gradient give the same bits with AVX2 and AVX-512; the weight gradient's lane
+//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512 and the
+//! output rows are a multiple of 16 voxels; [`supported`] says so.
 
 use rayon::prelude::*;
 
 use crate::flex_buf::{assume_init_f32, uninit_f32};
+use crate::simd::SimdLevel;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::vec::{Avx2, Avx512, F32s};
 
-/// Output channels per register tile.
-const CB: usize = 8;
-/// Output depth planes per task (scratch: `(PLANES + 2)` padded input planes per channel).
+/// Output channels per register tile of the forward and the weight gradient (AVX-512).
+const CB512: usize = 8;
+/// Output channels per register tile (AVX2: half the registers of AVX-512).
+const CB256: usize = 4;
+/// Output channels per register tile of the weight gradient at both levels: 4 × 3 vectors
+/// (with 8 × 3 and AVX-512, LLVM loaded the 8 output-gradient vectors ahead of their
+/// multiply-adds and spilled accumulators to the stack: 40 → 8 channels at 64³ measured
+/// 8–10 % slower than with 4).
+const WCB: usize = 4;
+/// Output depth planes per task (scratch: the padded input planes they need).
 const PLANES: usize = 4;
 
-/// Whether the direct kernel runs on this CPU for rows of `w` voxels (AVX-512 present and
-/// not switched off by `MCKD_KERNELS_BASELINE`, see [`crate::simd::avx512`]).
-pub(crate) fn supported(w: usize) -> bool {
-    w.is_multiple_of(16) && crate::simd::avx512()
+/// Sizes of one direct convolution: 3×3×3, padding 1, stride 1 or 2 along every axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Conv3 {
+    /// Batch, input and output channels.
+    pub b: usize,
+    pub ci: usize,
+    pub co: usize,
+    /// Input depth, height, width.
+    pub dims: [usize; 3],
+    /// 1 or 2 (stride 2 needs even sizes).
+    pub stride: usize,
 }
 
-/// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), stride 1, padding 1:
-/// `[batch, Cout, D, H, W]`.
+impl Conv3 {
+    /// Output depth, height, width.
+    pub fn out(&self) -> [usize; 3] {
+        self.dims.map(|n| n / self.stride)
+    }
+}
+
+/// Whether the direct kernel runs at the current level for this convolution: stride 1, or
+/// stride 2 with even sizes, and output rows of a multiple of 16 voxels.
+pub(crate) fn supported(c: &Conv3) -> bool {
+    let shape_ok = match c.stride {
+        1 => true,
+        2 => c.dims.iter().all(|n| n.is_multiple_of(2)),
+        _ => false,
+    };
+    shape_ok && c.out()[2].is_multiple_of(16) && crate::simd::level() != SimdLevel::Scalar
+}
+
+/// Whether [`weight_grad`] runs at the current level (also `Cout` a multiple of its channel
+/// block, 4).
+pub(crate) fn weight_grad_supported(c: &Conv3) -> bool {
+    supported(c) && c.co.is_multiple_of(WCB)
+}
+
+/// Output channels per register tile at `level`.
+fn channel_block(level: SimdLevel) -> usize {
+    if level == SimdLevel::Avx512 {
+        CB512
+    } else {
+        CB256
+    }
+}
+
+/// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), padding 1, stride `c.stride`:
+/// `[batch, Cout, D/s, H/s, W/s]`.
 ///
 /// # Panics
-/// If [`supported`] is false for `dims[4]`, or the slices do not match the sizes.
-pub(crate) fn conv3x3x3_same(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
-    assert!(supported(dims[2]), "direct conv: unsupported CPU or width");
-    let [d, h, wd] = dims;
-    let plane = h * wd;
-    let vol = d * plane;
-    assert_eq!(x.len(), b * ci * vol);
+/// If [`supported`] is false, or the slices do not match the sizes.
+pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -> Vec<f32> {
+    assert!(
+        supported(c),
+        "direct conv: unsupported level or shape {c:?}"
+    );
+    let level = crate::simd::level();
+    let cb = channel_block(level);
+    let (ci, co) = (c.ci, c.co);
+    let [d, h, wd] = c.dims;
+    let [dout, hout, wout] = c.out();
+    let vol_out = dout * hout * wout;
+    assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(w.len(), co * ci * 27);
     // wt[(c, k)][cpad]: weights of one input channel and offset for all output channels.
-    let cpad = co.div_ceil(CB) * CB;
+    let cpad = co.div_ceil(cb) * cb;
     let mut wt = vec![0.0f32; ci * 27 * cpad];
     for o in 0..co {
-        for c in 0..ci {
+        for i in 0..ci {
             for k in 0..27 {
-                wt[(c * 27 + k) * cpad + o] = w[(o * ci + c) * 27 + k];
+                wt[(i * 27 + k) * cpad + o] = w[(o * ci + i) * 27 + k];
             }
         }
     }
-    let mut y = uninit_f32(b * co * vol);
+    let mut y = uninit_f32(c.b * co * vol_out);
     let out = SendPtr(y.as_mut_ptr().cast::<f32>());
-    let tasks: Vec<(usize, usize)> = (0..b)
-        .flat_map(|bi| (0..d).step_by(PLANES).map(move |p| (bi, p)))
-        .collect();
-    let (hp, wp) = (h + 2, wd + 2);
-    tasks.into_par_iter().for_each(|(bi, d0)| {
-        let np = PLANES.min(d - d0);
-        let pplane = hp * wp;
-        let pchan = (np + 2) * pplane;
-        with_pad_scratch(ci * pchan, |pad| {
-            pad_planes(x, bi, ci, [d, h, wd], d0, np, pad);
-            let geo = Tile {
-                ci,
-                cpad,
-                pchan,
-                pplane,
-                wp,
+    tasks(c).into_par_iter().for_each(|(bi, d0)| {
+        let np = PLANES.min(dout - d0);
+        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
+        with_pad_scratch(lay.len, |pad| {
+            pad_planes(x, bi, c, c.stride * d0, &lay, pad);
+            let geo = Tile { ci, cpad, lay };
+            let task = Task {
+                bi,
+                d0,
+                np,
+                co,
+                stride: c.stride,
+                out_dims: c.out(),
+                bias,
+                out,
             };
-            for q in 0..np {
-                for r in 0..h {
-                    let mut w0 = 0;
-                    while w0 < wd {
-                        let lb = if wd - w0 >= 32 { 32 } else { 16 };
-                        for cb in (0..co).step_by(CB) {
-                            let base = q * pplane + r * wp + w0;
-                            // Output rows y[bi, o, d0 + q, r, w0..w0 + lb] of the block's
-                            // channels (a junk row for channels past Cout) and their biases.
-                            let mut junk = [0.0f32; 32];
-                            let mut rows = [junk.as_mut_ptr(); CB];
-                            let mut bv = [0.0f32; CB];
-                            for o in cb..(cb + CB).min(co) {
-                                let off = (bi * co + o) * vol + (d0 + q) * plane + r * wd + w0;
-                                // SAFETY: within `y` (off + lb ≤ its length).
-                                rows[o - cb] = unsafe { out.get().add(off) };
-                                bv[o - cb] = bias.map_or(0.0, |bs| bs[o]);
-                            }
-                            // SAFETY: `supported` checked AVX-512F; the slices cover every
-                            // index the kernel reads (see `tile`); it writes `lb` floats to
-                            // each row: this task's own elements of `y` (tasks partition
-                            // (batch, depth planes); `y` outlives the loop) or `junk`.
-                            unsafe {
-                                if lb == 32 {
-                                    tile::<2>(pad, &wt, &geo, base, cb, rows, bv);
-                                } else {
-                                    tile::<1>(pad, &wt, &geo, base, cb, rows, bv);
-                                }
-                            }
-                        }
-                        w0 += lb;
-                    }
+            // SAFETY: `supported` checked the level (so the CPU has its features); `pad`
+            // holds the task's padded planes and `wt` the packed weights (see `task_rows`).
+            unsafe {
+                match level {
+                    SimdLevel::Avx512 => task_avx512(pad, &wt, &geo, &task),
+                    _ => task_avx2(pad, &wt, &geo, &task),
                 }
             }
         });
     });
-    // SAFETY: the tasks partition (batch, depth planes) and each writes every (co, row, w).
+    // SAFETY: the tasks partition (batch, output depth planes) and each writes every
+    // (co, row, w) of its planes.
     unsafe { assume_init_f32(y) }
 }
 
-/// The input gradient of [`conv3x3x3_same`]: `dx = conv(dy, w')` with
-/// `w'[c, o, k] = w[o, c, 26 − k]`.
-pub(crate) fn conv3x3x3_same_input_grad(
-    dy: &[f32],
-    w: &[f32],
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
-    let mut wf = vec![0.0f32; ci * co * 27];
-    for o in 0..co {
-        for c in 0..ci {
-            for k in 0..27 {
-                wf[(c * co + o) * 27 + k] = w[(o * ci + c) * 27 + (26 - k)];
-            }
-        }
-    }
-    conv3x3x3_same(dy, &wf, None, b, co, ci, dims)
+/// The tasks of `c`: (batch item, first output plane) with up to [`PLANES`] planes each.
+fn tasks(c: &Conv3) -> Vec<(usize, usize)> {
+    let dout = c.out()[0];
+    (0..c.b)
+        .flat_map(|bi| (0..dout).step_by(PLANES).map(move |p| (bi, p)))
+        .collect()
 }
 
-/// Zero-bordered copy of the depth planes `d0 − 1 ..= d0 + np` of every channel of batch item
-/// `bi` into `pad` (`ci` channels of `(np + 2) × (H + 2) × (W + 2)`).
-fn pad_planes(
-    x: &[f32],
+/// One forward task's place in the output: batch item `bi`, output depth planes
+/// `d0 .. d0 + np`.
+struct Task<'a> {
     bi: usize,
-    ci: usize,
-    [d, h, wd]: [usize; 3],
     d0: usize,
     np: usize,
-    pad: &mut [f32],
-) {
-    let (plane, vol) = (h * wd, d * h * wd);
-    let (hp, wp) = (h + 2, wd + 2);
-    let pplane = hp * wp;
-    let pchan = (np + 2) * pplane;
-    for c in 0..ci {
-        let xc = &x[(bi * ci + c) * vol..][..vol];
-        let pc = &mut pad[c * pchan..][..pchan];
-        for q in 0..np + 2 {
-            let pq = &mut pc[q * pplane..][..pplane];
-            let src_d = (d0 + q) as isize - 1;
-            if src_d < 0 || src_d >= d as isize {
-                pq.fill(0.0);
-                continue;
-            }
-            let xs = &xc[src_d as usize * plane..][..plane];
-            pq[..wp].fill(0.0);
-            pq[(hp - 1) * wp..].fill(0.0);
-            for r in 0..h {
-                let row = &mut pq[(r + 1) * wp..][..wp];
-                row[0] = 0.0;
-                row[wp - 1] = 0.0;
-                row[1..=wd].copy_from_slice(&xs[r * wd..][..wd]);
-            }
-        }
-    }
+    co: usize,
+    stride: usize,
+    out_dims: [usize; 3],
+    bias: Option<&'a [f32]>,
+    out: SendPtr,
 }
 
-/// The weight gradient of [`conv3x3x3_same`], `[Cout, Cin, 27]`: per task (batch item, 4
-/// depth planes) `dW_t[o, c, k] = Σ_voxels dy[o, v] · x[c, v + off(k)]` with 8 output
-/// channels × 3 kw offsets in registers (16 lanes each, summed across lanes at the end),
-/// sweeping blocks of ~256 voxels (rows) through every input channel and offset so the
-/// block's `dy` stays in L1; then the task partials added in task order (independent of the
-/// thread count).
+/// [`task_rows`] with AVX-512: 8 channels × 16 or 32 voxels.
 ///
-/// # Panics
-/// If `co` is not a multiple of 8 or [`supported`] is false for `dims[2]`.
-pub(crate) fn conv3x3x3_same_weight_grad(
-    x: &[f32],
-    dy: &[f32],
-    b: usize,
-    ci: usize,
-    co: usize,
-    dims: [usize; 3],
-) -> Vec<f32> {
-    assert!(
-        supported(dims[2]) && co.is_multiple_of(CB),
-        "direct weight gradient: unsupported"
-    );
-    let [d, h, wd] = dims;
-    let vol = d * h * wd;
-    assert_eq!(x.len(), b * ci * vol);
-    assert_eq!(dy.len(), b * co * vol);
-    let tasks: Vec<(usize, usize)> = (0..b)
-        .flat_map(|bi| (0..d).step_by(PLANES).map(move |p| (bi, p)))
-        .collect();
-    let partials: Vec<Vec<f32>> = tasks
-        .into_par_iter()
-        .map(|(bi, d0)| {
-            let np = PLANES.min(d - d0);
-            let (hp, wp) = (h + 2, wd + 2);
-            let pchan = (np + 2) * hp * wp;
-            let mut dw = vec![0.0f32; co * ci * 27];
-            with_pad_scratch(ci * pchan, |pad| {
-                pad_planes(x, bi, ci, dims, d0, np, pad);
-                let dyb = &dy[bi * co * vol..][..co * vol];
-                // Lane accumulators of every (c, output block, kd, kh): 8 × 3 vectors each,
-                // carried across blocks of rows so that a block's dy rows stay in L1 while
-                // every input channel and offset uses them. Each lane still sums its products
-                // in (plane, row, column) order.
-                let nob = co / CB;
-                let slot = CB * 3 * 16;
-                let mut accm = vec![0.0f32; ci * nob * 9 * slot];
-                let rb = (256 / wd).max(1);
-                for q in 0..np {
-                    for r0 in (0..h).step_by(rb) {
-                        let rows = r0..(r0 + rb).min(h);
-                        for c in 0..ci {
-                            let pc = &pad[c * pchan..][..pchan];
-                            for obi in 0..nob {
-                                for k2 in 0..9 {
-                                    let at = ((c * nob + obi) * 9 + k2) * slot;
-                                    let acc = &mut accm[at..at + slot];
-                                    let (kd, kh) = (k2 / 3, k2 % 3);
-                                    // SAFETY: `supported` checked AVX-512F; bounds in the
-                                    // callee's asserts.
-                                    unsafe {
-                                        wgrad_rows(
-                                            pc,
-                                            dyb,
-                                            dims,
-                                            [d0, q],
-                                            rows.clone(),
-                                            obi * CB,
-                                            [kd, kh],
-                                            acc,
-                                        )
-                                    };
-                                }
-                            }
+/// # Safety
+/// AVX-512F; as [`task_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
+    // SAFETY: as the caller guarantees.
+    unsafe { task_rows::<Avx512, CB512, 2>(pad, wt, geo, t) }
+}
+
+/// [`task_rows`] with AVX2 + FMA: 4 channels × 8 or 16 voxels (8 accumulators: with 12, 4 ×
+/// 24 voxels, the 16 registers did not hold the tile, its accumulators went to the stack and
+/// it measured 18–20 % slower).
+///
+/// # Safety
+/// AVX2 and FMA; as [`task_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn task_avx2(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
+    // SAFETY: as the caller guarantees.
+    unsafe { task_rows::<Avx2, CB256, 2>(pad, wt, geo, t) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn task_avx512(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+/// Every output row of one task (planes `d0 ..`, all rows, all channel blocks of `CB`): tiles
+/// of up to `VMAX` vectors along W.
+///
+/// # Safety
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo.lay`), `wt` the
+/// weights packed with `geo.cpad` a multiple of `CB`; `t.out` points to the output, of which
+/// this task alone writes its planes; the output width a multiple of 16 and of `S::LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
+    pad: &[f32],
+    wt: &[f32],
+    geo: &Tile,
+    t: &Task,
+) {
+    let [_, h, wd] = t.out_dims;
+    let plane = h * wd;
+    let vol = t.out_dims[0] * plane;
+    let s = t.stride;
+    assert!(wd.is_multiple_of(S::LANES) && (1..=2).contains(&VMAX) && VMAX * S::LANES <= JUNK);
+    for q in 0..t.np {
+        for r in 0..h {
+            let mut w0 = 0;
+            while w0 < wd {
+                let v = ((wd - w0) / S::LANES).min(VMAX);
+                for cb in (0..t.co).step_by(CB) {
+                    let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
+                    // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk
+                    // row for channels past Cout) and their biases.
+                    let mut junk = [0.0f32; JUNK];
+                    let mut rows = [junk.as_mut_ptr(); CB];
+                    let mut bv = [0.0f32; CB];
+                    for o in cb..(cb + CB).min(t.co) {
+                        let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
+                        // SAFETY: within `y` (off + v·LANES ≤ its length).
+                        rows[o - cb] = unsafe { t.out.get().add(off) };
+                        bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
+                    }
+                    // SAFETY: the caller's contract; the slices cover every index the kernel
+                    // reads (see `tile`); it writes v·LANES floats to each row: this task's
+                    // own elements of `y` (tasks partition (batch, depth planes); `y` outlives
+                    // the loop) or `junk`.
+                    unsafe {
+                        if v == 1 {
+                            tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv);
+                        } else {
+                            tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv);
                         }
                     }
                 }
-                for c in 0..ci {
-                    for obi in 0..nob {
-                        for k2 in 0..9 {
-                            let at = ((c * nob + obi) * 9 + k2) * slot;
-                            for o in 0..CB {
-                                for kw in 0..3 {
-                                    let lanes = &accm[at + (o * 3 + kw) * 16..][..16];
-                                    let to = ((obi * CB + o) * ci + c) * 27 + k2 * 3 + kw;
-                                    // SAFETY: `supported` checked AVX-512F.
-                                    dw[to] = unsafe { reduce16(lanes) };
-                                }
-                            }
-                        }
+                w0 += v * S::LANES;
+            }
+        }
+    }
+}
+
+/// Floats of the junk row that takes the tiles' rows past `Cout` (≥ the widest tile).
+const JUNK: usize = 32;
+
+/// The input gradient of a stride-1 [`conv3x3x3`]: `dx = conv(dy, w')` with
+/// `w'[c, o, k] = w[o, c, 26 − k]`.
+///
+/// # Panics
+/// If `c.stride` is not 1 or [`supported`] is false.
+pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
+    assert_eq!(c.stride, 1, "direct input gradient: stride 1 only");
+    let (ci, co) = (c.ci, c.co);
+    let mut wf = vec![0.0f32; ci * co * 27];
+    for o in 0..co {
+        for i in 0..ci {
+            for k in 0..27 {
+                wf[(i * co + o) * 27 + k] = w[(o * ci + i) * 27 + (26 - k)];
+            }
+        }
+    }
+    let t = Conv3 {
+        ci: co,
+        co: ci,
+        ..*c
+    };
+    conv3x3x3(dy, &wf, None, &t)
+}
+
+/// Where a task's zero-bordered input lives in its scratch: the value of channel `c`, padded
+/// plane `q`, padded row `r`, position `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`. At
+/// stride 2 a row holds its `(W + 2)/2` even values, then its odd values (`odd` is the offset
+/// of the odd half; at stride 1 the row is in order).
+///
+/// With AVX-512 channel-major (`[channel][plane][row][W + 2]`); with AVX2 the channels are
+/// interleaved row by row (`[plane][row][channel][W + 2]`), so that the 9 input rows of every
+/// channel that an output row needs are 9 contiguous runs: its tiles of 4 output channels
+/// sweep those rows twice for 8 channels (AVX-512 once), and the interleaved layout measured
+/// faster for them and slower for AVX-512 (40 → 8 channels at 64³, forward).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    chan: usize,
+    plane: usize,
+    row: usize,
+    /// Offsets in a row of the inputs of kernel columns kw = 0, 1, 2 for output position 0.
+    kw: [usize; 3],
+    /// Padded planes held.
+    planes: usize,
+    /// Floats of the whole scratch.
+    len: usize,
+}
+
+impl Layout {
+    /// `ci` channels of `planes` padded planes of `h + 2` rows of `wd + 2` values, for a
+    /// convolution of stride `stride` at `level`.
+    fn new(ci: usize, planes: usize, [h, wd]: [usize; 2], stride: usize, level: SimdLevel) -> Self {
+        let wp = wd + 2;
+        let kw = if stride == 2 {
+            [0, wp / 2, 1]
+        } else {
+            [0, 1, 2]
+        };
+        if level != SimdLevel::Avx2 {
+            let plane = (h + 2) * wp;
+            let chan = planes * plane;
+            return Self {
+                chan,
+                plane,
+                row: wp,
+                kw,
+                planes,
+                len: ci * chan,
+            };
+        }
+        let row = ci * wp;
+        let plane = (h + 2) * row;
+        Self {
+            chan: wp,
+            plane,
+            row,
+            kw,
+            planes,
+            len: planes * plane,
+        }
+    }
+}
+
+/// Zero-bordered copy of the input planes `p0 − 1 ..` (as many as `lay` holds) of every
+/// channel of batch item `bi` into `pad` (laid out as `lay`; at stride 2 each row as its even
+/// then its odd values).
+fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mut [f32]) {
+    let [d, h, wd] = c.dims;
+    let (plane, vol) = (h * wd, d * h * wd);
+    let wp = wd + 2;
+    assert!(pad.len() >= lay.len);
+    for ch in 0..c.ci {
+        let xc = &x[(bi * c.ci + ch) * vol..][..vol];
+        for q in 0..lay.planes {
+            let src_d = (p0 + q) as isize - 1;
+            for r in 0..h + 2 {
+                let row = &mut pad[ch * lay.chan + q * lay.plane + r * lay.row..][..wp];
+                if src_d < 0 || src_d >= d as isize || r == 0 || r == h + 1 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &xc[src_d as usize * plane + (r - 1) * wd..][..wd];
+                if c.stride == 2 {
+                    // Padded position j = 2m (even half, index m) holds x[2m − 1]; j = 2m + 1
+                    // (odd half) holds x[2m]; positions 0 and W + 1 are the zero border.
+                    let half = wp / 2;
+                    let (even, odd) = row.split_at_mut(half);
+                    even[0] = 0.0;
+                    odd[half - 1] = 0.0;
+                    for m in 0..wd / 2 {
+                        even[m + 1] = src[2 * m + 1];
+                        odd[m] = src[2 * m];
+                    }
+                } else {
+                    row[0] = 0.0;
+                    row[wp - 1] = 0.0;
+                    row[1..=wd].copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient of [`conv3x3x3`], `[Cout, Cin, 27]`: per task (batch item, 4 output
+/// depth planes) `dW_t[o, c, k] = Σ_outputs dy[o, v] · x[c, s·v + off(k)]` with 4 output
+/// channels × 3 kw offsets in registers (vectors of 16 lanes with AVX-512, 8 with AVX2; summed
+/// across lanes at the end), sweeping blocks of ~256 outputs (rows) through
+/// every input channel and offset so the block's `dy` stays in L1; then the task partials
+/// added in task order (independent of the thread count).
+///
+/// # Panics
+/// If [`weight_grad_supported`] is false.
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
+    assert!(
+        weight_grad_supported(c),
+        "direct weight gradient: unsupported {c:?}"
+    );
+    let level = crate::simd::level();
+    let (ci, co) = (c.ci, c.co);
+    let [d, h, wd] = c.dims;
+    let [dout, ..] = c.out();
+    let vol_out: usize = c.out().iter().product();
+    assert_eq!(x.len(), c.b * ci * d * h * wd);
+    assert_eq!(dy.len(), c.b * co * vol_out);
+    let partials: Vec<Vec<f32>> = tasks(c)
+        .into_par_iter()
+        .map(|(bi, d0)| {
+            let np = PLANES.min(dout - d0);
+            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
+            let mut dw = vec![0.0f32; co * ci * 27];
+            with_pad_scratch(lay.len, |pad| {
+                pad_planes(x, bi, c, c.stride * d0, &lay, pad);
+                let dyb = &dy[bi * co * vol_out..][..co * vol_out];
+                let t = WgradTask {
+                    ci,
+                    co,
+                    out_dims: c.out(),
+                    stride: c.stride,
+                    d0,
+                    np,
+                    lay,
+                };
+                // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
+                // features) and that `co` is a multiple of its channel block; sizes as
+                // asserted above.
+                unsafe {
+                    match level {
+                        SimdLevel::Avx512 => wgrad_task_avx512(pad, dyb, &t, &mut dw),
+                        _ => wgrad_task_avx2(pad, dyb, &t, &mut dw),
                     }
                 }
             });
@@ -282,118 +449,234 @@ pub(crate) fn conv3x3x3_same_weight_grad(
     dw
 }
 
-/// `acc[(o·3 + kw)·16 + l] += Σ_{r ∈ rows, w ≡ l (mod 16)} dy[ob + o, d0 + q, r, w] ·
-/// pc[q + kd, r + kh, w + kw]` (the padded channel `pc` of one input channel), lane by lane
-/// in row and column order.
+/// Sizes of one weight-gradient task (batch item, output depth planes `d0 .. d0 + np`).
+struct WgradTask {
+    ci: usize,
+    co: usize,
+    out_dims: [usize; 3],
+    stride: usize,
+    d0: usize,
+    np: usize,
+    /// The task's scratch.
+    lay: Layout,
+}
+
+/// [`wgrad_task`] with AVX-512 (4 channels × 3 offsets × 16 lanes).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `W` a multiple of 16.
+/// AVX-512F; as [`wgrad_task`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_rows(
-    pc: &[f32],
+unsafe fn wgrad_task_avx512(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_task::<Avx512, WCB>(pad, dyb, t, dw) }
+}
+
+/// [`wgrad_task`] with AVX2 + FMA (4 channels × 3 offsets × 8 lanes).
+///
+/// # Safety
+/// AVX2 and FMA; as [`wgrad_task`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_task_avx2(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+    // SAFETY: as the caller guarantees.
+    unsafe { wgrad_task::<Avx2, WCB>(pad, dyb, t, dw) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_task_avx512(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+}
+
+/// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten).
+///
+/// # Safety
+/// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`), `dyb` the
+/// batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a multiple of
+/// `CB`, the output width of 16.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wgrad_task<S: F32s, const CB: usize>(
+    pad: &[f32],
     dyb: &[f32],
-    [d, h, wd]: [usize; 3],
-    [d0, q]: [usize; 2],
-    rows: core::ops::Range<usize>,
-    ob: usize,
-    [kd, kh]: [usize; 2],
-    acc: &mut [f32],
+    t: &WgradTask,
+    dw: &mut [f32],
 ) {
-    use core::arch::x86_64::*;
-    let (plane, vol) = (h * wd, d * h * wd);
-    let (wp, pplane) = (wd + 2, (h + 2) * (wd + 2));
-    assert!(wd.is_multiple_of(16) && d0 + q < d && rows.end <= h && acc.len() >= CB * 48);
-    assert!((ob + CB) * vol <= dyb.len());
-    assert!(rows.is_empty() || (q + kd) * pplane + (rows.end - 1 + kh) * wp + wd + 2 <= pc.len());
-    let mut a = [[_mm512_setzero_ps(); 3]; CB];
-    for (o, ao) in a.iter_mut().enumerate() {
-        for (kw, v) in ao.iter_mut().enumerate() {
-            // SAFETY: (o·3 + kw)·16 + 16 ≤ 48·CB ≤ acc.len().
-            *v = unsafe { _mm512_loadu_ps(acc.as_ptr().add((o * 3 + kw) * 16)) };
-        }
-    }
-    for r in rows {
-        // SAFETY (pointer reads below): dy rows of channels ob..ob+8 at plane d0 + q, row r
-        // (asserted in range); the padded row (q + kd, r + kh) has W + 2 floats, read at
-        // w + kw + 16 ≤ W + 2.
-        let xrow = unsafe { pc.as_ptr().add((q + kd) * pplane + (r + kh) * wp) };
-        let yoff = (d0 + q) * plane + r * wd;
-        for w in (0..wd).step_by(16) {
-            let x0 = unsafe { _mm512_loadu_ps(xrow.add(w)) };
-            let x1 = unsafe { _mm512_loadu_ps(xrow.add(w + 1)) };
-            let x2 = unsafe { _mm512_loadu_ps(xrow.add(w + 2)) };
-            for (o, ao) in a.iter_mut().enumerate() {
-                let g = unsafe { _mm512_loadu_ps(dyb.as_ptr().add((ob + o) * vol + yoff + w)) };
-                ao[0] = _mm512_fmadd_ps(g, x0, ao[0]);
-                ao[1] = _mm512_fmadd_ps(g, x1, ao[1]);
-                ao[2] = _mm512_fmadd_ps(g, x2, ao[2]);
+    let (ci, co, wd, h) = (t.ci, t.co, t.out_dims[2], t.out_dims[1]);
+    assert!(co.is_multiple_of(CB) && dw.len() == co * ci * 27);
+    // Lane accumulators of every (c, output block, kd, kh): CB × 3 vectors each, carried
+    // across blocks of rows so that a block's dy rows stay in L1 while every input channel
+    // and offset uses them. Each lane still sums its products in (plane, row, column) order.
+    let nob = co / CB;
+    let slot = CB * 3 * S::LANES;
+    let mut accm = vec![0.0f32; ci * nob * 9 * slot];
+    let rb = (256 / wd).max(1);
+    for q in 0..t.np {
+        for r0 in (0..h).step_by(rb) {
+            for c in 0..ci {
+                // SAFETY: the CPU supports `S` (the caller's contract); bounds in the callee.
+                unsafe { wgrad_block::<S, CB>(pad, dyb, t, &mut accm, c, q, r0..(r0 + rb).min(h)) };
             }
         }
     }
-    for (o, ao) in a.iter().enumerate() {
-        for (kw, &v) in ao.iter().enumerate() {
-            // SAFETY: as for the loads.
-            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add((o * 3 + kw) * 16), v) };
+    for c in 0..ci {
+        for obi in 0..nob {
+            for k2 in 0..9 {
+                let at = ((c * nob + obi) * 9 + k2) * slot;
+                for o in 0..CB {
+                    for kw in 0..3 {
+                        let lanes = &accm[at + (o * 3 + kw) * S::LANES..][..S::LANES];
+                        let to = ((obi * CB + o) * ci + c) * 27 + k2 * 3 + kw;
+                        // SAFETY: the CPU supports `S`; `lanes` holds one vector.
+                        dw[to] = unsafe { S::sum(S::load(lanes.as_ptr())) };
+                    }
+                }
+            }
         }
     }
 }
 
-/// The sum of 16 lanes (`_mm512_reduce_add_ps`).
+/// The accumulators of input channel `c` (every output block and (kd, kh)) over the output
+/// rows `rows` of plane `q`. A function rather than a closure so that it inlines into the
+/// caller's `#[target_feature]` function (a closure compiled on its own runs the vector
+/// helpers as calls: measured 20× slower).
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
+/// The CPU must support `S`; as [`wgrad_task`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn reduce16(lanes: &[f32]) -> f32 {
-    use core::arch::x86_64::*;
-    assert!(lanes.len() >= 16);
-    // SAFETY: 16 floats.
-    _mm512_reduce_add_ps(unsafe { _mm512_loadu_ps(lanes.as_ptr()) })
-}
-
-#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_rows(
-    _: &[f32],
-    _: &[f32],
-    _: [usize; 3],
-    _: [usize; 2],
-    _: core::ops::Range<usize>,
-    _: usize,
-    _: [usize; 2],
-    _: &mut [f32],
+unsafe fn wgrad_block<S: F32s, const CB: usize>(
+    pad: &[f32],
+    dyb: &[f32],
+    t: &WgradTask,
+    accm: &mut [f32],
+    c: usize,
+    q: usize,
+    rows: core::ops::Range<usize>,
 ) {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+    let nob = t.co / CB;
+    let slot = CB * 3 * S::LANES;
+    // Channel c's rows: the scratch from its first value on.
+    let pc = &pad[c * t.lay.chan..t.lay.len];
+    for obi in 0..nob {
+        for k2 in 0..9 {
+            let at = ((c * nob + obi) * 9 + k2) * slot;
+            let acc = &mut accm[at..at + slot];
+            let (kd, kh) = (k2 / 3, k2 % 3);
+            let rows = WgradRows {
+                q,
+                rows: rows.clone(),
+                ob: obi * CB,
+                kd,
+                kh,
+            };
+            // SAFETY: the CPU supports `S`; bounds in the callee's asserts.
+            unsafe { wgrad_rows::<S, CB>(pc, t, dyb, &rows, acc) };
+        }
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn reduce16(_: &[f32]) -> f32 {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
+/// The rows of one [`wgrad_rows`] call: output plane `q` of the task, output rows `rows`,
+/// output channels `ob ..`, kernel offsets (`kd`, `kh`).
+struct WgradRows {
+    q: usize,
+    rows: core::ops::Range<usize>,
+    ob: usize,
+    kd: usize,
+    kh: usize,
+}
+
+/// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
+/// x[s·q + kd, s·r + kh, s·w + kw]` (`pc`: the scratch from one input channel's first value
+/// on, laid out as `t.lay`), lane by lane in row and column order.
+///
+/// # Safety
+/// The CPU must support `S`; the output width a multiple of `S::LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wgrad_rows<S: F32s, const CB: usize>(
+    pc: &[f32],
+    t: &WgradTask,
+    dyb: &[f32],
+    w: &WgradRows,
+    acc: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let [d, h, wd] = t.out_dims;
+    let (plane, vol) = (h * wd, d * h * wd);
+    let (lay, s) = (&t.lay, t.stride);
+    let (q, kd, kh, ob) = (w.q, w.kd, w.kh, w.ob);
+    assert!(wd.is_multiple_of(lanes) && t.d0 + q < d && w.rows.end <= h);
+    assert!(acc.len() >= CB * 3 * lanes && (ob + CB) * vol <= dyb.len());
+    assert!(
+        w.rows.is_empty()
+            || (s * q + kd) * lay.plane
+                + (s * (w.rows.end - 1) + kh) * lay.row
+                + lay.kw[1].max(lay.kw[2])
+                + wd
+                <= pc.len()
+    );
+    // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
+    // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r (asserted
+    // in range); the input row (s·q + kd, s·r + kh) holds the inputs of kw at kw-offset + w
+    // for w < W' (asserted for the last row; earlier rows come before it).
+    unsafe {
+        let mut a = [[S::zero(); 3]; CB];
+        for (o, ao) in a.iter_mut().enumerate() {
+            for (kw, v) in ao.iter_mut().enumerate() {
+                *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
+            }
+        }
+        for r in w.rows.clone() {
+            let xrow = pc
+                .as_ptr()
+                .add((s * q + kd) * lay.plane + (s * r + kh) * lay.row);
+            let yoff = (t.d0 + q) * plane + r * wd;
+            for x in (0..wd).step_by(lanes) {
+                let x0 = S::load(xrow.add(lay.kw[0] + x));
+                let x1 = S::load(xrow.add(lay.kw[1] + x));
+                let x2 = S::load(xrow.add(lay.kw[2] + x));
+                for (o, ao) in a.iter_mut().enumerate() {
+                    let g = S::load(dyb.as_ptr().add((ob + o) * vol + yoff + x));
+                    ao[0] = S::fmadd(g, x0, ao[0]);
+                    ao[1] = S::fmadd(g, x1, ao[1]);
+                    ao[2] = S::fmadd(g, x2, ao[2]);
+                }
+            }
+        }
+        for (o, ao) in a.iter().enumerate() {
+            for (kw, &v) in ao.iter().enumerate() {
+                S::store(acc.as_mut_ptr().add((o * 3 + kw) * lanes), v);
+            }
+        }
+    }
 }
 
 /// Sizes of a task's padded scratch and weights.
 struct Tile {
     ci: usize,
     cpad: usize,
-    /// Floats per padded channel, per padded plane, per padded row.
-    pchan: usize,
-    pplane: usize,
-    wp: usize,
+    /// The task's padded input.
+    lay: Layout,
 }
 
 /// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
-/// `l < 16·V`, `o < 8`.
+/// `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout).
 ///
 /// # Safety
-/// The CPU must support AVX-512F. `pad` must hold `geo.ci` channels of `geo.pchan` floats
-/// with `base + 2·pplane + 2·wp + 2 + 16·V ≤ pchan`; `wt` must hold `ci·27·cpad` floats with
-/// `cb + 8 ≤ cpad`; every `rows[o]` must be valid for writing `16·V` floats that nobody
-/// else accesses during the call.
+/// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay` with
+/// `base + (ci − 1)·chan + 2·plane + 2·row + kw[2] + LANES·V ≤ lay.len` (and `kw[1] + LANES·V`
+/// inside the row); `wt` must hold `ci·27·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]`
+/// must be valid for writing `LANES·V` floats that nobody else accesses during the call.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile<const V: usize>(
+#[inline(always)]
+unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
@@ -402,58 +685,54 @@ unsafe fn tile<const V: usize>(
     rows: [*mut f32; CB],
     bias: [f32; CB],
 ) {
-    use core::arch::x86_64::*;
+    let lanes = S::LANES;
+    let lay = geo.lay;
     assert!(
-        geo.ci * geo.pchan <= pad.len()
-            && base + 2 * geo.pplane + 2 * geo.wp + 2 + 16 * V <= geo.pchan
+        lay.len <= pad.len()
+            && base
+                + geo.ci.saturating_sub(1) * lay.chan
+                + 2 * lay.plane
+                + 2 * lay.row
+                + lay.kw[1].max(lay.kw[2])
+                + lanes * V
+                <= lay.len
     );
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
-    let mut a = [[_mm512_setzero_ps(); V]; CB];
-    for (ao, &bv) in a.iter_mut().zip(&bias) {
-        *ao = [_mm512_set1_ps(bv); V];
-    }
-    for c in 0..geo.ci {
-        // SAFETY (all pointer reads below): within the bounds asserted above.
-        let pc = unsafe { pad.as_ptr().add(c * geo.pchan + base) };
-        let wc = unsafe { wt.as_ptr().add(c * 27 * geo.cpad + cb) };
-        for kd in 0..3 {
-            for kh in 0..3 {
-                let row = unsafe { pc.add(kd * geo.pplane + kh * geo.wp) };
-                for kw in 0..3 {
-                    let mut xs = [_mm512_setzero_ps(); V];
-                    for (v, x) in xs.iter_mut().enumerate() {
-                        *x = unsafe { _mm512_loadu_ps(row.add(kw + 16 * v)) };
-                    }
-                    let wk = unsafe { wc.add((kd * 9 + kh * 3 + kw) * geo.cpad) };
-                    for (o, ao) in a.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(unsafe { *wk.add(o) });
-                        for v in 0..V {
-                            ao[v] = _mm512_fmadd_ps(wv, xs[v], ao[v]);
+    // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
+    // bounds asserted above, writes as the caller's contract states.
+    unsafe {
+        let mut a = [[S::zero(); V]; CB];
+        for (ao, &bv) in a.iter_mut().zip(&bias) {
+            *ao = [S::splat(bv); V];
+        }
+        for c in 0..geo.ci {
+            let pc = pad.as_ptr().add(c * lay.chan + base);
+            let wc = wt.as_ptr().add(c * 27 * geo.cpad + cb);
+            for kd in 0..3 {
+                for kh in 0..3 {
+                    let row = pc.add(kd * lay.plane + kh * lay.row);
+                    for kw in 0..3 {
+                        let mut xs = [S::zero(); V];
+                        for (v, x) in xs.iter_mut().enumerate() {
+                            *x = S::load(row.add(lay.kw[kw] + lanes * v));
+                        }
+                        let wk = wc.add((kd * 9 + kh * 3 + kw) * geo.cpad);
+                        for (o, ao) in a.iter_mut().enumerate() {
+                            let wv = S::splat(*wk.add(o));
+                            for v in 0..V {
+                                ao[v] = S::fmadd(wv, xs[v], ao[v]);
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    for (ao, &row) in a.iter().zip(&rows) {
-        for (v, &av) in ao.iter().enumerate() {
-            // SAFETY: 16·v + 16 ≤ 16·V floats of `row` (the caller's contract).
-            unsafe { _mm512_storeu_ps(row.add(16 * v), av) };
+        for (ao, &row) in a.iter().zip(&rows) {
+            for (v, &av) in ao.iter().enumerate() {
+                S::store(row.add(lanes * v), av);
+            }
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const V: usize>(
-    _: &[f32],
-    _: &[f32],
-    _: &Tile,
-    _: usize,
-    _: usize,
-    _: [*mut f32; CB],
-    _: [f32; CB],
-) {
-    unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
 /// A raw output pointer for tasks writing disjoint elements.

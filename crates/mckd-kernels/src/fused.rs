@@ -46,6 +46,7 @@ use std::sync::Arc;
 use crate::flex_buf::{
     assume_init_f32, contiguous, flex_tensor, register_norm_grads, slice, uninit_f32,
 };
+use crate::simd::SimdLevel;
 use crate::window;
 
 /// Fused batch norm (training statistics) → ReLU → optional 2×2 max-pool, as a backend op.
@@ -466,12 +467,12 @@ impl Affine {
     }
 
     #[inline(always)]
-    fn y(&self, x: f32) -> f32 {
+    pub(crate) fn y(&self, x: f32) -> f32 {
         x * self.a + self.b
     }
 
     #[inline(always)]
-    fn xhat(&self, x: f32) -> f32 {
+    pub(crate) fn xhat(&self, x: f32) -> f32 {
         (x - self.mean) * self.inv_std
     }
 }
@@ -580,9 +581,10 @@ fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> (Vec<f32>, Vec<u8>) {
     let mut codes = vec![0u8; if g.pool { n_out } else { 0 }];
     if g.pool {
         let (ho, wo) = g.out_dims();
-        let fast_pool = crate::simd::avx512();
+        let level = crate::simd::level();
         // Rows of fewer than 8 windows fill a vector by gathers instead (`window.rs`).
-        let corners = (fast_pool && wo < GATHER_BELOW).then(|| window::corners(g.w, ho, wo));
+        let corners =
+            (level != SimdLevel::Scalar && wo < GATHER_BELOW).then(|| window::corners(g.w, ho, wo));
         out.par_chunks_mut(so)
             .zip(codes.par_chunks_mut(so))
             .enumerate()
@@ -590,40 +592,69 @@ fn apply_kernel(x: &[f32], aff: &[Affine], g: Geometry) -> (Vec<f32>, Vec<u8>) {
                 let f = aff[p % g.channels];
                 let xp = &x[p * s..][..s];
                 if let Some(corners) = &corners {
-                    // SAFETY: `fast_pool` checked AVX-512F/BW/VL; the corners are this
-                    // plane's, `o` and `cd` hold its windows.
-                    unsafe { window::pool_plane(o, cd, xp, f, g.w, corners) };
-                    return;
-                }
-                if fast_pool {
-                    // SAFETY: `fast_pool` checked AVX-512F/BW/VL; sizes as `pool_plane` asks.
-                    unsafe { pool_plane_avx512(o, cd, xp, f, g.w, ho, wo) };
-                    return;
-                }
-                for oh in 0..ho {
-                    let r0 = &xp[2 * oh * g.w..][..g.w];
-                    let r1 = &xp[(2 * oh + 1) * g.w..][..g.w];
-                    let o = &mut o[oh * wo..][..wo];
-                    let cd = &mut cd[oh * wo..][..wo];
-                    for ow in 0..wo {
-                        let i = 2 * ow;
-                        let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
-                        let (k, m) = argmax4(v);
-                        o[ow].write(m.max(0.0));
-                        cd[ow] = if m > 0.0 { k as u8 } else { NO_GRAD };
+                    // SAFETY: the level says the CPU has AVX-512F/BW/VL or AVX2; the corners
+                    // are this plane's, `o` and `cd` hold its windows.
+                    unsafe {
+                        if level == SimdLevel::Avx512 {
+                            window::pool_plane(o, cd, xp, f, g.w, corners);
+                        } else {
+                            window::pool_plane_avx2(o, cd, xp, f, g.w, corners);
+                        }
                     }
+                    return;
+                }
+                match level {
+                    // SAFETY: the level says the CPU has AVX-512F/BW/VL; sizes as
+                    // `pool_plane_avx512` asks.
+                    SimdLevel::Avx512 => unsafe { pool_plane_avx512(o, cd, xp, f, g.w, ho, wo) },
+                    // SAFETY: the level says the CPU has AVX2; as above.
+                    SimdLevel::Avx2 => unsafe { pool_plane_avx2(o, cd, xp, f, g.w, ho, wo) },
+                    SimdLevel::Scalar => pool_plane_scalar(o, cd, xp, f, g.w, ho, wo),
                 }
             });
     } else {
         out.par_chunks_mut(s).enumerate().for_each(|(p, o)| {
             let f = aff[p % g.channels];
-            for (o, &v) in o.iter_mut().zip(&x[p * s..][..s]) {
-                o.write(f.y(v).max(0.0));
-            }
+            relu_plane(o, &x[p * s..][..s], f);
         });
     }
     // SAFETY: the planes partition `out` and each loop wrote every element of its plane.
     (unsafe { assume_init_f32(out) }, codes)
+}
+
+/// The pooled forward of one plane, scalar (the reference order of operations of the vector
+/// versions: `x·a + b` rounded twice, the first maximum in row-major order).
+fn pool_plane_scalar(
+    o: &mut [core::mem::MaybeUninit<f32>],
+    cd: &mut [u8],
+    xp: &[f32],
+    f: Affine,
+    w: usize,
+    ho: usize,
+    wo: usize,
+) {
+    for oh in 0..ho {
+        let r0 = &xp[2 * oh * w..][..w];
+        let r1 = &xp[(2 * oh + 1) * w..][..w];
+        let o = &mut o[oh * wo..][..wo];
+        let cd = &mut cd[oh * wo..][..wo];
+        for ow in 0..wo {
+            let i = 2 * ow;
+            let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
+            let (k, m) = argmax4(v);
+            o[ow].write(m.max(0.0));
+            cd[ow] = if m > 0.0 { k as u8 } else { NO_GRAD };
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// `o = max(x·a + b, 0)` over a plane (the unpooled forward).
+    fn relu_plane(o: &mut [core::mem::MaybeUninit<f32>], xs: &[f32], f: Affine) {
+        for (o, &v) in o.iter_mut().zip(xs) {
+            o.write(f.y(v).max(0.0));
+        }
+    }
 }
 
 /// The pooled forward of one plane with AVX-512 (16 windows at a time; the same operations
@@ -723,11 +754,131 @@ unsafe fn pool_plane_avx512(
     _: usize,
     _: usize,
 ) {
-    unreachable!("x86-64 only (guarded by simd::avx512)")
+    unreachable!("x86-64 only (guarded by the AVX-512 level)")
 }
 
-/// Narrowest rows (in windows) that the row-wise pooled forward serves on AVX-512; narrower
-/// ones go through [`window::pool_plane`].
+/// The pooled forward of one plane with AVX2 (8 windows per vector along a row, the last
+/// windows of a row by the scalar loop; the same operations as the scalar loop, so the same
+/// bits and codes).
+///
+/// # Safety
+/// The CPU must support AVX2; `xp` holds the plane (rows of `w` ≥ 2·`wo` floats, ≥ 2·`ho`
+/// rows), `o` and `cd` hold `ho·wo` outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pool_plane_avx2(
+    o: &mut [core::mem::MaybeUninit<f32>],
+    cd: &mut [u8],
+    xp: &[f32],
+    f: Affine,
+    w: usize,
+    ho: usize,
+    wo: usize,
+) {
+    use core::arch::x86_64::*;
+    assert!(o.len() >= ho * wo && cd.len() >= ho * wo && w >= 2 * wo && xp.len() >= 2 * ho * w);
+    let (a, b) = (_mm256_set1_ps(f.a), _mm256_set1_ps(f.b));
+    let y = |v| _mm256_add_ps(_mm256_mul_ps(v, a), b);
+    // Even and odd values of 16 consecutive inputs: in-lane shuffles, then the 64-bit
+    // quarters put in order (0, 2, 1, 3).
+    let split = |lo: __m256, hi: __m256| {
+        let order =
+            |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+        (
+            order(_mm256_shuffle_ps::<0x88>(lo, hi)),
+            order(_mm256_shuffle_ps::<0xDD>(lo, hi)),
+        )
+    };
+    for oh in 0..ho {
+        let r0 = &xp[2 * oh * w..][..2 * wo];
+        let r1 = &xp[(2 * oh + 1) * w..][..2 * wo];
+        let mut c0 = 0;
+        while c0 + 8 <= wo {
+            // SAFETY: inputs 2·c0 .. 2·c0 + 16 ≤ 2·wo of each row; outputs c0 .. c0 + 8 ≤ wo.
+            unsafe {
+                let (x0, x1) = split(
+                    _mm256_loadu_ps(r0.as_ptr().add(2 * c0)),
+                    _mm256_loadu_ps(r0.as_ptr().add(2 * c0 + 8)),
+                );
+                let (x2, x3) = split(
+                    _mm256_loadu_ps(r1.as_ptr().add(2 * c0)),
+                    _mm256_loadu_ps(r1.as_ptr().add(2 * c0 + 8)),
+                );
+                let (out, code) = window_max8(y(x0), y(x1), y(x2), y(x3));
+                let at = oh * wo + c0;
+                _mm256_storeu_ps(o.as_mut_ptr().add(at).cast::<f32>(), out);
+                store_codes8(cd.as_mut_ptr().add(at), code);
+            }
+            c0 += 8;
+        }
+        for ow in c0..wo {
+            let i = 2 * ow;
+            let v = [f.y(r0[i]), f.y(r0[i + 1]), f.y(r1[i]), f.y(r1[i + 1])];
+            let (k, m) = argmax4(v);
+            o[oh * wo + ow].write(m.max(0.0));
+            cd[oh * wo + ow] = if m > 0.0 { k as u8 } else { NO_GRAD };
+        }
+    }
+}
+
+/// [`window_max`] for 8 windows with AVX2: `(max(maximum, 0), code)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn window_max8(
+    v0: core::arch::x86_64::__m256,
+    v1: core::arch::x86_64::__m256,
+    v2: core::arch::x86_64::__m256,
+    v3: core::arch::x86_64::__m256,
+) -> (core::arch::x86_64::__m256, core::arch::x86_64::__m256i) {
+    use core::arch::x86_64::*;
+    let int = _mm256_castps_si256;
+    let g01 = _mm256_cmp_ps::<_CMP_GT_OQ>(v1, v0);
+    let g23 = _mm256_cmp_ps::<_CMP_GT_OQ>(v3, v2);
+    let v01 = _mm256_blendv_ps(v0, v1, g01);
+    let v23 = _mm256_blendv_ps(v2, v3, g23);
+    let g = _mm256_cmp_ps::<_CMP_GT_OQ>(v23, v01);
+    let m = _mm256_blendv_ps(v01, v23, g);
+    let i01 = _mm256_and_si256(int(g01), _mm256_set1_epi32(1));
+    let i23 = _mm256_blendv_epi8(_mm256_set1_epi32(2), _mm256_set1_epi32(3), int(g23));
+    let k = _mm256_blendv_epi8(i01, i23, int(g));
+    let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
+    let code = _mm256_blendv_epi8(_mm256_set1_epi32(i32::from(NO_GRAD)), k, int(pos));
+    (_mm256_and_ps(m, pos), code)
+}
+
+/// Stores the low bytes of 8 codes (values 0..=4) at `p`.
+///
+/// # Safety
+/// AVX2; `p` valid for writing 8 bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn store_codes8(p: *mut u8, code: core::arch::x86_64::__m256i) {
+    use core::arch::x86_64::*;
+    let words = _mm_packs_epi32(
+        _mm256_castsi256_si128(code),
+        _mm256_extracti128_si256::<1>(code),
+    );
+    // SAFETY: 8 bytes at `p` (the caller's contract).
+    unsafe { _mm_storel_epi64(p.cast(), _mm_packus_epi16(words, words)) };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pool_plane_avx2(
+    _: &mut [core::mem::MaybeUninit<f32>],
+    _: &mut [u8],
+    _: &[f32],
+    _: Affine,
+    _: usize,
+    _: usize,
+    _: usize,
+) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
+}
+
+/// Narrowest rows (in windows) that the row-wise pooled forward serves with AVX-512 or AVX2;
+/// narrower ones go through [`window::pool_plane`] (gathers).
 const GATHER_BELOW: usize = 8;
 
 /// Window code of an output that passes no gradient (its maximum is ≤ 0: ReLU's zero side).
@@ -764,7 +915,8 @@ fn backward_kernel(
     let (s, so) = (g.plane(), g.out_plane());
     let (ho, wo) = g.out_dims();
     assert_eq!(codes.len(), if g.pool { grad.len() } else { 0 });
-    let corners = (g.pool && crate::simd::avx512()).then(|| window::corners(g.w, ho, wo));
+    let level = crate::simd::level();
+    let corners = (g.pool && level != SimdLevel::Scalar).then(|| window::corners(g.w, ho, wo));
     // Pass 1, per plane: Σ g and Σ g·x̂ over the positions that receive a gradient (f32),
     // then per channel over the batch in order (f64).
     let per_plane: Vec<(f32, f32)> = (0..g.batch * g.channels)
@@ -776,8 +928,15 @@ fn backward_kernel(
             let (mut a, mut ax) = (0.0f32, 0.0f32);
             if let Some(corners) = &corners {
                 let cp = &codes[p * so..][..so];
-                // SAFETY: `corners` exists on AVX-512 only; the plane's windows and corners.
-                return unsafe { window::grad_sums(xp, gp, cp, corners, f, g.w) };
+                // SAFETY: `corners` exists at the AVX2 and AVX-512 levels only (the CPU has
+                // their features); the plane's windows and corners.
+                return unsafe {
+                    if level == SimdLevel::Avx512 {
+                        window::grad_sums(xp, gp, cp, corners, f, g.w)
+                    } else {
+                        window::grad_sums_avx2(xp, gp, cp, corners, f, g.w)
+                    }
+                };
             } else if g.pool {
                 let cp = &codes[p * so..][..so];
                 for oh in 0..ho {
@@ -827,8 +986,15 @@ fn backward_kernel(
         let gp = &grad[p * so..][..so];
         if let Some(corners) = &corners {
             let cp = &codes[p * so..][..so];
-            // SAFETY: `corners` exists on AVX-512 only; the plane, its windows and corners.
-            unsafe { window::plane_dx(d, xp, gp, cp, corners, f, g.w, [k, m1, m2]) };
+            // SAFETY: `corners` exists at the AVX2 and AVX-512 levels only (the CPU has their
+            // features); the plane, its windows and corners.
+            unsafe {
+                if level == SimdLevel::Avx512 {
+                    window::plane_dx(d, xp, gp, cp, corners, f, g.w, [k, m1, m2]);
+                } else {
+                    window::plane_dx_avx2(d, xp, gp, cp, corners, f, g.w, [k, m1, m2]);
+                }
+            }
         } else if g.pool {
             for (dv, &xv) in d.iter_mut().zip(xp) {
                 dv.write(-k * (m1 + f.xhat(xv) * m2));
@@ -1175,6 +1341,10 @@ mod tests {
 
     #[test]
     fn counted_batch_matches_the_expanded_batch() {
+        crate::testing::for_each_level(|_| counted_batch_matches_the_expanded_batch_at_level());
+    }
+
+    fn counted_batch_matches_the_expanded_batch_at_level() {
         check_counted([4, 3, 6, 5], &[1, 3, 1, 2], true, 70);
         check_counted([3, 5, 9, 8], &[1, 1, 7], true, 71);
         check_counted([5, 4, 7], &[2, 1, 1, 4, 1], false, 72);
@@ -1185,6 +1355,12 @@ mod tests {
 
     #[test]
     fn pooled_matches_burn_on_our_shapes_and_odd_sizes() {
+        crate::testing::for_each_level(|_| {
+            pooled_matches_burn_on_our_shapes_and_odd_sizes_at_level()
+        });
+    }
+
+    fn pooled_matches_burn_on_our_shapes_and_odd_sizes_at_level() {
         // The AV-MNIST encoders' shapes (small batch), then odd sizes (floor mode drops the
         // last row / column), a single 2×2 window, batch 1, one channel.
         for (i, shape) in [
@@ -1204,8 +1380,47 @@ mod tests {
         }
     }
 
+    /// The pooled and unpooled forwards do the scalar loop's operations at every level: the
+    /// same bits (rows of 11 windows: a vector of 8 and a scalar tail with AVX2, 16 with a
+    /// masked tail with AVX-512; rows of 3–5 windows: gathers, with a partial last vector).
+    #[test]
+    fn forward_same_bits_at_every_level() {
+        let device = Device::flex();
+        for (i, shape) in [[2, 3, 20, 22], [3, 2, 8, 8], [2, 3, 10, 11], [1, 2, 7, 6]]
+            .into_iter()
+            .enumerate()
+        {
+            let x = random(shape, 300 + i as u64, &device).mul_scalar(2.0);
+            let gamma = random([shape[1]], 310 + i as u64, &device);
+            let beta = random([shape[1]], 320 + i as u64, &device);
+            let run = || {
+                let pooled = batch_norm_relu_pool2d(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                let plain = batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                (values(&pooled.output), values(&plain.output))
+            };
+            let all: Vec<_> = SimdLevel::available()
+                .into_iter()
+                .map(|l| (l, crate::testing::pool_at(l, 2).install(run)))
+                .collect();
+            for (l, r) in &all[1..] {
+                assert!(
+                    r.0 == all[0].1.0,
+                    "{shape:?}: pooled forward differs at {l}"
+                );
+                assert!(
+                    r.1 == all[0].1.1,
+                    "{shape:?}: unpooled forward differs at {l}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn unpooled_matches_burn_for_ranks_2_to_5() {
+        crate::testing::for_each_level(|_| unpooled_matches_burn_for_ranks_2_to_5_at_level());
+    }
+
+    fn unpooled_matches_burn_for_ranks_2_to_5_at_level() {
         check([16, 128], false, 1);
         check([5, 7], false, 2);
         check([3, 4, 11], false, 3);
@@ -1294,6 +1509,12 @@ mod tests {
 
     #[test]
     fn eval_matches_burn_on_our_shapes_and_odd_sizes() {
+        crate::testing::for_each_level(|_| {
+            eval_matches_burn_on_our_shapes_and_odd_sizes_at_level()
+        });
+    }
+
+    fn eval_matches_burn_on_our_shapes_and_odd_sizes_at_level() {
         for (i, shape) in [
             [4, 20, 24, 24],
             [3, 50, 8, 8],
@@ -1314,6 +1535,10 @@ mod tests {
 
     #[test]
     fn mean_and_variance_match_numbers_by_hand() {
+        crate::testing::for_each_level(|_| mean_and_variance_match_numbers_by_hand_at_level());
+    }
+
+    fn mean_and_variance_match_numbers_by_hand_at_level() {
         // Channel 0 holds 1, 2, 3, 4 (mean 2.5, biased variance 1.25); channel 1 holds −1 × 4.
         let device = Device::flex();
         let x = Tensor::<4>::from_data(
@@ -1350,6 +1575,12 @@ mod tests {
 
     #[test]
     fn no_gradient_without_autodiff_and_same_numbers_twice() {
+        crate::testing::for_each_level(|_| {
+            no_gradient_without_autodiff_and_same_numbers_twice_at_level()
+        });
+    }
+
+    fn no_gradient_without_autodiff_and_same_numbers_twice_at_level() {
         let d = Device::flex().autodiff();
         let t = random([2, 3, 4, 4], 1, &d);
         assert!(fused_available(

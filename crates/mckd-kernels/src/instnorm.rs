@@ -392,6 +392,10 @@ mod tests {
 
     #[test]
     fn matches_burn_on_unet_and_odd_shapes() {
+        crate::testing::for_each_level(|_| matches_burn_on_unet_and_odd_shapes_at_level());
+    }
+
+    fn matches_burn_on_unet_and_odd_shapes_at_level() {
         check([2, 8, 8, 8, 8], 0.01, 1);
         check([2, 3, 5, 7, 3], 0.01, 2);
         check([1, 1, 2, 1, 3], 0.2, 3);

@@ -159,6 +159,10 @@ mod tests {
     /// stride 1: expand, plain layer, compact) and the unpooled `bn_relu_counted`.
     #[test]
     fn counted_layers_match_the_expanded_batch() {
+        crate::testing::for_each_level(|_| counted_layers_match_the_expanded_batch_at_level());
+    }
+
+    fn counted_layers_match_the_expanded_batch_at_level() {
         let device = Device::flex().autodiff();
         let counts = [1usize, 3, 2];
         let (expand, first) = crate::fused::expand_counts(&counts);
@@ -197,6 +201,12 @@ mod tests {
 
     #[test]
     fn layer_matches_burn_modules_in_training_and_eval() {
+        crate::testing::for_each_level(|_| {
+            layer_matches_burn_modules_in_training_and_eval_at_level()
+        });
+    }
+
+    fn layer_matches_burn_modules_in_training_and_eval_at_level() {
         let device = Device::flex().autodiff();
         // Two separate layers with the same initial values (γ = 1, β = 0, running 0 / 1).
         let bn_ours = BatchNormConfig::new(6).init(&device);
@@ -250,6 +260,10 @@ mod tests {
 
     #[test]
     fn unpooled_layer_matches_burn_modules() {
+        crate::testing::for_each_level(|_| unpooled_layer_matches_burn_modules_at_level());
+    }
+
+    fn unpooled_layer_matches_burn_modules_at_level() {
         let device = Device::flex().autodiff();
         let bn_ours = BatchNormConfig::new(5).init(&device);
         let bn_ref = BatchNormConfig::new(5).init(&device);

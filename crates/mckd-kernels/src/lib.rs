@@ -13,7 +13,7 @@
 //!   with given (running) statistics serves inference mode (`fused::batch_norm_relu_eval`,
 //!   `fused::batch_norm_relu_pool2d_eval`; [`bn_relu`] and [`bn_relu_maxpool2d`] pick it).
 //! * [`conv3d_layer`] / [`conv2d_layer`]: convolutions with GEMM forward and backward
-//!   ([`conv3d`]); 3×3×3 stride-1 layers run a direct AVX-512 kernel without im2col, and
+//!   ([`conv3d`]); 3×3×3 layers of stride 1 and 2 run a direct kernel without im2col, and
 //!   stride-1 2-D layers with ≥ 8 input channels (the AV-MNIST conv2 layers) another one with
 //!   the output channels in the vector lanes (`direct2.rs`: forward, the input gradient for
 //!   padding k − 1 − p ≤ 1, the weight gradient for 3- and 5-wide kernels).
@@ -29,8 +29,10 @@
 //! * [`with_busy_workers`]: the pool's other workers spin through a training loop instead
 //!   of sleeping between its parallel calls.
 //!
-//! The AVX-512 paths are chosen at run time; `MCKD_KERNELS_BASELINE=1` switches them off
-//! (the general paths then run, e.g. to test them on an AVX-512 machine).
+//! Each kernel has a scalar, an AVX2 and an AVX-512 path ([`SimdLevel`]); the best one the
+//! CPU has is chosen at run time, and `MCKD_SIMD=scalar|avx2|avx512` ([`SIMD_ENV`]) forces
+//! one, e.g. to measure or test the AVX2 path on an AVX-512 machine. Programs call
+//! [`simd_level`] first: it refuses a level the CPU lacks with an error.
 //!
 //! Training numbers change at float-rounding level against burn's layers (different summation
 //! order); the tests state the tolerances.
@@ -47,7 +49,7 @@ pub mod instnorm;
 pub mod layers;
 pub mod pool;
 pub mod rows;
-mod simd;
+pub mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
 mod window;
@@ -61,3 +63,4 @@ pub use instnorm::instance_norm_leaky_relu;
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
 pub use pool::{run_on_pool, with_busy_workers};
 pub use rows::select_rows;
+pub use simd::{SIMD_ENV, SimdError, SimdLevel, active_simd_level, simd_level};

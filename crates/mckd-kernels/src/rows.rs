@@ -130,6 +130,10 @@ mod tests {
     /// on a 4-D and a 2-D tensor; and the fallback without autodiff.
     #[test]
     fn matches_burn_select_forward_and_gradient() {
+        crate::testing::for_each_level(|_| matches_burn_select_forward_and_gradient_at_level());
+    }
+
+    fn matches_burn_select_forward_and_gradient_at_level() {
         let device = Device::flex().autodiff();
         let rows = [3usize, 0, 3, 3, 1, 4];
         let index = Tensor::<1, Int>::from_data(

@@ -1,8 +1,11 @@
-//! Helpers shared by the tests: seeded random tensors and a relative comparison.
+//! Helpers shared by the tests: seeded random tensors, a relative comparison, and running a
+//! check under every instruction-set path of the CPU.
 
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::simd::SimdLevel;
 
 /// Uniform values in [-1, 1) from a ChaCha8 generator (independent of burn's generator).
 pub fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
@@ -41,4 +44,40 @@ pub fn max_rel_error<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f32 {
 pub fn assert_close<const D: usize>(a: &Tensor<D>, b: &Tensor<D>, tol: f32, what: &str) {
     let err = max_rel_error(a, b);
     assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+}
+
+/// Runs `check` once per [`SimdLevel`] this CPU supports (scalar included), each time on a
+/// fresh 2-thread rayon pool whose workers run the kernels at that level: the level is a
+/// thread-local override, so tests running at the same time on other threads keep theirs,
+/// and the kernels' parallel tasks (rayon calls inside `check` stay on the pool) all see it.
+/// A failure names the level.
+///
+/// # Panics
+/// If `check` panics at some level (re-raised with the level in the message).
+pub fn for_each_level(check: impl Fn(SimdLevel) + Sync) {
+    for level in SimdLevel::available() {
+        let pool = pool_at(level, 2);
+        let run = std::panic::AssertUnwindSafe(|| pool.install(|| check(level)));
+        if let Err(e) = std::panic::catch_unwind(run) {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("at MCKD_SIMD={level}: {msg}");
+        }
+    }
+}
+
+/// A rayon pool of `threads` workers that run the kernels at `level` (see [`for_each_level`]).
+///
+/// # Panics
+/// If the CPU lacks `level` or the pool cannot be built.
+pub fn pool_at(level: SimdLevel, threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(crate::pool::WORKER_STACK)
+        .start_handler(move |_| crate::simd::set_thread_level(Some(level)))
+        .build()
+        .expect("test thread pool")
 }

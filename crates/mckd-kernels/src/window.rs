@@ -1,18 +1,19 @@
-//! AVX-512 kernels of the fused batch norm → ReLU → 2×2 max-pool op ([`crate::fused`]) that
-//! address the windows of a plane through a table of their corners and gathers, so that a
-//! vector holds 16 windows wherever they lie in the plane.
+//! AVX-512 and AVX2 kernels of the fused batch norm → ReLU → 2×2 max-pool op
+//! ([`crate::fused`]) that address the windows of a plane through a table of their corners and
+//! gathers, so that a vector holds 16 (8) windows wherever they lie in the plane.
 //!
 //! The row-wise forward (`fused::pool_plane_avx512`) fills a vector with the windows of one
 //! row of the output: 4 or 5 of 16 lanes on the 8×8 and 10×10 planes of the AV-MNIST encoders'
 //! second stage. The backward's two per-plane passes (the sums Σg and Σg·x̂ over the windows'
-//! maxima, and `dx`) were scalar loops. Here every pass runs 16 windows per step:
+//! maxima, and `dx`) were scalar loops. Here every pass runs a vector of windows per step:
 //! `corner[o]` is the input offset of window `o`'s top-left value, and a window's code
 //! (0..4, row-major; [`NO_GRAD`](crate::fused::NO_GRAD) when its maximum is not positive)
 //! adds `(code & 1) + (code >> 1)·w`.
 //!
 //! The forward and `dx` do the scalar loops' operations in the same order (bit-identical);
-//! the sums of the first backward pass add 16 lanes, then the lanes (a different rounding
-//! than one running sum; tested against burn's layers in `fused`).
+//! the sums of the first backward pass add 16 (8) lanes, then the lanes (a different rounding
+//! than one running sum; tested against burn's layers in `fused`). AVX2 has no scatter: its
+//! `dx` adds the maxima's `k·g` one window at a time.
 
 use crate::fused::Affine;
 use core::mem::MaybeUninit;
@@ -223,8 +224,8 @@ pub(crate) unsafe fn plane_dx(
     }
 }
 
-// Off x86-64 `fused` never builds a corner table (`simd::avx512` is false), so these are
-// never called.
+// Off x86-64 `fused` never builds a corner table (the level is scalar), so these are never
+// called.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn pool_plane(
     _: &mut [MaybeUninit<f32>],
@@ -234,7 +235,7 @@ pub(crate) unsafe fn pool_plane(
     _: usize,
     _: &[i32],
 ) {
-    unreachable!("x86-64 only (guarded by simd::avx512)")
+    unreachable!("x86-64 only (guarded by the AVX-512 level)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -246,7 +247,7 @@ pub(crate) unsafe fn grad_sums(
     _: Affine,
     _: usize,
 ) -> (f32, f32) {
-    unreachable!("x86-64 only (guarded by simd::avx512)")
+    unreachable!("x86-64 only (guarded by the AVX-512 level)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -261,5 +262,240 @@ pub(crate) unsafe fn plane_dx(
     _: usize,
     _: [f32; 3],
 ) {
-    unreachable!("x86-64 only (guarded by simd::avx512)")
+    unreachable!("x86-64 only (guarded by the AVX-512 level)")
+}
+
+/// [`pool_plane`] with AVX2: 8 windows per vector by gathers; the last, partial vector through
+/// a masked gather and a copy of its lanes (the same operations, so the same bits and codes).
+///
+/// # Safety
+/// AVX2; as [`pool_plane`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn pool_plane_avx2(
+    o: &mut [MaybeUninit<f32>],
+    cd: &mut [u8],
+    xp: &[f32],
+    f: Affine,
+    w: usize,
+    corners: &[i32],
+) {
+    use core::arch::x86_64::*;
+    let n = o.len();
+    assert!(cd.len() == n && corners.len() >= n.div_ceil(8) * 8);
+    assert!(windows_inside(corners, n, w, xp.len()));
+    let (a, b) = (_mm256_set1_ps(f.a), _mm256_set1_ps(f.b));
+    let y = |v| _mm256_add_ps(_mm256_mul_ps(v, a), b);
+    let (one, wv) = (_mm256_set1_epi32(1), _mm256_set1_epi32(w as i32));
+    for o0 in (0..n).step_by(8) {
+        let live = (n - o0).min(8);
+        let m = lane_mask8(live);
+        // SAFETY: the lanes of `m` are windows o0.. < n, whose four values lie inside `xp`
+        // (the caller's contract); `corners` holds whole vectors of 8; a full vector's outputs
+        // are o0 .. o0 + 8 ≤ n.
+        unsafe {
+            let c = _mm256_loadu_si256(corners.as_ptr().add(o0).cast());
+            let at = |off: __m256i| {
+                _mm256_mask_i32gather_ps::<4>(
+                    _mm256_setzero_ps(),
+                    xp.as_ptr(),
+                    _mm256_add_epi32(c, off),
+                    _mm256_castsi256_ps(m),
+                )
+            };
+            let v0 = y(at(_mm256_setzero_si256()));
+            let v1 = y(at(one));
+            let v2 = y(at(wv));
+            let v3 = y(at(_mm256_add_epi32(wv, one)));
+            let (out, code) = crate::fused::window_max8(v0, v1, v2, v3);
+            if live == 8 {
+                _mm256_storeu_ps(o.as_mut_ptr().add(o0).cast::<f32>(), out);
+                crate::fused::store_codes8(cd.as_mut_ptr().add(o0), code);
+            } else {
+                let (mut ov, mut cv) = ([0.0f32; 8], [0u8; 8]);
+                _mm256_storeu_ps(ov.as_mut_ptr(), out);
+                crate::fused::store_codes8(cv.as_mut_ptr(), code);
+                for l in 0..live {
+                    o[o0 + l].write(ov[l]);
+                    cd[o0 + l] = cv[l];
+                }
+            }
+        }
+    }
+}
+
+/// All-ones in the first `n` (≤ 8) 32-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn lane_mask8(n: usize) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes)
+}
+
+/// Codes, gradients and the input offsets of the maxima of windows `o0 .. o0 + 8` (a partial
+/// last vector padded with [`NO_GRAD`] and zero gradients): `(live lanes, g, offsets)`.
+///
+/// # Safety
+/// AVX2; `codes`, `gp` hold the windows `o0 ..` (at least one), `corners` whole vectors of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn maxima8(
+    codes: &[u8],
+    gp: &[f32],
+    corners: &[i32],
+    w: usize,
+    o0: usize,
+) -> (
+    core::arch::x86_64::__m256i,
+    core::arch::x86_64::__m256,
+    core::arch::x86_64::__m256i,
+) {
+    use core::arch::x86_64::*;
+    let n = (codes.len() - o0).min(8);
+    let (mut kc, mut gv) = ([crate::fused::NO_GRAD; 8], [0.0f32; 8]);
+    kc[..n].copy_from_slice(&codes[o0..o0 + n]);
+    gv[..n].copy_from_slice(&gp[o0..o0 + n]);
+    // SAFETY: the local copies hold 8 codes and gradients; `corners` holds whole vectors.
+    unsafe {
+        let k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(kc.as_ptr().cast()));
+        let dead = _mm256_cmpeq_epi32(k, _mm256_set1_epi32(i32::from(crate::fused::NO_GRAD)));
+        let live = _mm256_xor_si256(dead, _mm256_set1_epi32(-1));
+        let c = _mm256_loadu_si256(corners.as_ptr().add(o0).cast());
+        let col = _mm256_and_si256(k, _mm256_set1_epi32(1));
+        let row = _mm256_mullo_epi32(_mm256_srli_epi32::<1>(k), _mm256_set1_epi32(w as i32));
+        let g = _mm256_and_ps(_mm256_loadu_ps(gv.as_ptr()), _mm256_castsi256_ps(live));
+        (live, g, _mm256_add_epi32(c, _mm256_add_epi32(col, row)))
+    }
+}
+
+/// [`grad_sums`] with AVX2 (8 lanes, then the lanes added pairwise).
+///
+/// # Safety
+/// AVX2; as [`grad_sums`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn grad_sums_avx2(
+    xp: &[f32],
+    gp: &[f32],
+    codes: &[u8],
+    corners: &[i32],
+    f: Affine,
+    w: usize,
+) -> (f32, f32) {
+    use crate::simd::vec::{Avx2, F32s};
+    use core::arch::x86_64::*;
+    let n = gp.len();
+    assert!(codes.len() == n && corners.len() >= n.div_ceil(8) * 8);
+    assert!(windows_inside(corners, n, w, xp.len()));
+    let (mean, inv_std) = (_mm256_set1_ps(f.mean), _mm256_set1_ps(f.inv_std));
+    let (mut a, mut ax) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for o0 in (0..n).step_by(8) {
+        // SAFETY: the live lanes are windows < n whose maxima lie in `xp`.
+        unsafe {
+            let (live, g, at) = maxima8(codes, gp, corners, w, o0);
+            let x = _mm256_mask_i32gather_ps::<4>(
+                _mm256_setzero_ps(),
+                xp.as_ptr(),
+                at,
+                _mm256_castsi256_ps(live),
+            );
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(x, mean), inv_std);
+            a = _mm256_add_ps(a, g);
+            ax = _mm256_add_ps(ax, _mm256_mul_ps(g, xhat));
+        }
+    }
+    // SAFETY: AVX2 (this function's features).
+    unsafe { (Avx2::sum(a), Avx2::sum(ax)) }
+}
+
+/// [`plane_dx`] with AVX2: the dense part 8 lanes at a time (scalar tail), then `k·g` added at
+/// each live window's maximum one by one (the scalar loop's operations and order).
+///
+/// # Safety
+/// AVX2; as [`plane_dx`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn plane_dx_avx2(
+    d: &mut [MaybeUninit<f32>],
+    xp: &[f32],
+    gp: &[f32],
+    codes: &[u8],
+    corners: &[i32],
+    f: Affine,
+    w: usize,
+    [k, m1, m2]: [f32; 3],
+) {
+    use core::arch::x86_64::*;
+    let (s, n) = (xp.len(), gp.len());
+    assert!(d.len() == s && codes.len() == n && corners.len() >= n);
+    assert!(windows_inside(corners, n, w, s));
+    let (mean, inv_std) = (_mm256_set1_ps(f.mean), _mm256_set1_ps(f.inv_std));
+    let (neg_k, m1v, m2v) = (_mm256_set1_ps(-k), _mm256_set1_ps(m1), _mm256_set1_ps(m2));
+    let dp = d.as_mut_ptr().cast::<f32>();
+    let mut i0 = 0;
+    while i0 + 8 <= s {
+        // SAFETY: plane offsets i0 .. i0 + 8 ≤ s.
+        unsafe {
+            let x = _mm256_loadu_ps(xp.as_ptr().add(i0));
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(x, mean), inv_std);
+            let v = _mm256_mul_ps(neg_k, _mm256_add_ps(m1v, _mm256_mul_ps(xhat, m2v)));
+            _mm256_storeu_ps(dp.add(i0), v);
+        }
+        i0 += 8;
+    }
+    for i in i0..s {
+        d[i].write(-k * (m1 + f.xhat(xp[i]) * m2));
+    }
+    // SAFETY: every element was written just above.
+    let d = unsafe { &mut *(d as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    for o in 0..n {
+        let c = codes[o];
+        if c != crate::fused::NO_GRAD {
+            let at = corners[o] as usize + (c as usize & 1) + (c as usize >> 1) * w;
+            d[at] += k * gp[o];
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn pool_plane_avx2(
+    _: &mut [MaybeUninit<f32>],
+    _: &mut [u8],
+    _: &[f32],
+    _: Affine,
+    _: usize,
+    _: &[i32],
+) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn grad_sums_avx2(
+    _: &[f32],
+    _: &[f32],
+    _: &[u8],
+    _: &[i32],
+    _: Affine,
+    _: usize,
+) -> (f32, f32) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn plane_dx_avx2(
+    _: &mut [MaybeUninit<f32>],
+    _: &[f32],
+    _: &[f32],
+    _: &[u8],
+    _: &[i32],
+    _: Affine,
+    _: usize,
+    _: [f32; 3],
+) {
+    unreachable!("x86-64 only (guarded by the AVX2 level)")
 }

@@ -187,13 +187,14 @@ pub(crate) fn save_canvas(path: &Path, c: &canvas::Canvas) -> Result<(), PlotErr
 pub(crate) mod test_util {
     use std::path::{Path, PathBuf};
 
-    /// A fresh, empty scratch folder for one test.
+    /// A fresh, empty, unique scratch folder for one test (tempfile's; kept, as the tests
+    /// read the PNGs back after writing them and a failing one is worth looking at).
     pub fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("mckd-plot-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        tempfile::Builder::new()
+            .prefix(&format!("mckd-plot-test-{name}-"))
+            .tempdir()
+            .unwrap()
+            .keep()
     }
 
     /// Decodes an RGB8 PNG: (width, height, pixels).

@@ -9,9 +9,11 @@
 //! Tasks (AV-MNIST, BraTS, the synthetic demo) plug in through [`mckd_core::Task`] and
 //! [`train::Source`].
 
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod fault;
 pub mod observe;
 pub mod report;
 pub mod run;

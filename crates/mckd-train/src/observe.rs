@@ -179,6 +179,7 @@ impl CheckpointSink for FolderCheckpoints {
         for (name, bytes) in &c.method {
             put(name, bytes)?;
         }
+        crate::fault::point("checkpoint-write", c.state.iteration);
         put(
             LOOP_STATE,
             &serde_json::to_vec(c.state).map_err(|e| e.to_string())?,
@@ -195,6 +196,7 @@ impl CheckpointSink for FolderCheckpoints {
             }
             fs::rename(&dir, &old).map_err(io_err(&dir))?;
         }
+        crate::fault::point("checkpoint-swap", c.state.iteration);
         fs::rename(&new, &dir).map_err(io_err(&new))?;
         if old.exists() {
             fs::remove_dir_all(&old).map_err(io_err(&old))?;

@@ -348,7 +348,8 @@ mod tests {
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("mckd-run-test-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
         let run = RunDir::create(&dir).unwrap();
         run.write("a.txt", b"one").unwrap();
         run.write("a.txt", b"two").unwrap();
@@ -358,16 +359,15 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn unwritable_folder_is_a_clear_error() {
-        let file = std::env::temp_dir().join(format!("mckd-not-a-dir-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("mckd-not-a-dir");
         fs::write(&file, b"x").unwrap();
         let err = RunDir::create(&file.join("sub")).unwrap_err().to_string();
         assert!(err.contains("cannot write to the output folder"), "{err}");
         assert!(err.contains("mckd-not-a-dir"), "{err}");
-        fs::remove_file(&file).unwrap();
     }
 }

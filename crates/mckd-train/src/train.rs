@@ -583,6 +583,7 @@ where
                 }
             }
             log.push(row);
+            crate::fault::point("after-iteration", st.iteration);
             if let Control::Fail(msg) = control {
                 ended = Ended::Failed(msg);
                 break;
@@ -754,5 +755,272 @@ mod tests {
     fn iteration_counts() {
         assert_eq!(iterations_per_epoch(1050, 64, true), 16);
         assert_eq!(iterations_per_epoch(1050, 64, false), 17);
+    }
+
+    use mckd_core::{ModalitySet, StateError, StateFiles};
+
+    /// A method that records what the loop gives it; its "parameter" is a number each step
+    /// moves by a draw of its own generator, so that a resumed run must restore both.
+    struct Recorder {
+        mods: ModalitySet,
+        value: f32,
+        rng: ChaCha8Rng,
+        masks: Vec<(usize, Vec<Vec<bool>>)>,
+        meta_batches: Vec<Vec<usize>>,
+        stage: usize,
+        stages_begun: Vec<usize>,
+        nan_at: Option<usize>,
+        steps: usize,
+    }
+
+    impl Recorder {
+        fn new() -> Self {
+            Self {
+                mods: ModalitySet::new(["a", "b", "c"]),
+                value: 0.0,
+                rng: ChaCha8Rng::seed_from_u64(9),
+                masks: vec![],
+                meta_batches: vec![],
+                stage: 0,
+                stages_begun: vec![],
+                nan_at: None,
+                steps: 0,
+            }
+        }
+    }
+
+    impl Method for Recorder {
+        type Batch = Vec<usize>;
+        type Output = Tensor<2>;
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn modalities(&self) -> &ModalitySet {
+            &self.mods
+        }
+        fn term_names(&self) -> Vec<String> {
+            vec!["loss".into()]
+        }
+        fn train_step(&mut self, batch: &Vec<usize>, mask: &Tensor<2>, lr: f64) -> Vec<f32> {
+            self.steps += 1;
+            let m = mask.clone().into_data().try_to_vec::<f32>().unwrap();
+            let rows = m
+                .chunks(3)
+                .map(|r| r.iter().map(|&v| v > 0.5).collect())
+                .collect();
+            self.masks.push((self.stage, rows));
+            self.value += self.rng.random::<f32>() * lr as f32 + batch[0] as f32 * 1e-3;
+            if self.nan_at == Some(self.steps) {
+                return vec![f32::NAN];
+            }
+            vec![self.value]
+        }
+        fn has_meta_step(&self) -> bool {
+            true
+        }
+        fn meta_step(&mut self, batch: &Vec<usize>) -> f32 {
+            self.meta_batches.push(batch.clone());
+            self.value * 0.5
+        }
+        fn state_values(&self) -> Vec<f32> {
+            vec![self.value]
+        }
+        fn state_names(&self) -> Vec<String> {
+            vec!["value".into()]
+        }
+        fn begin_stage(&mut self, stage: usize) {
+            self.stage = stage;
+            self.stages_begun.push(stage);
+        }
+        fn predict(&self, _: &Vec<usize>, mask: &Tensor<2>) -> Tensor<2> {
+            mask.clone()
+        }
+        fn save_state(&self) -> Result<StateFiles, StateError> {
+            let mut f = StateFiles::new();
+            f.insert("value".into(), self.value.to_le_bytes().to_vec());
+            f.insert("rng".into(), rng_state(&self.rng).to_vec());
+            f.insert("steps".into(), (self.steps as u64).to_le_bytes().to_vec());
+            Ok(f)
+        }
+        fn load_state(&mut self, f: &StateFiles) -> Result<(), StateError> {
+            let get = |n: &str| StateError::get(f, n);
+            self.value = f32::from_le_bytes(get("value")?.try_into().unwrap());
+            self.rng = rng_from_state(get("rng")?).unwrap();
+            self.steps = u64::from_le_bytes(get("steps")?.try_into().unwrap()) as usize;
+            Ok(())
+        }
+    }
+
+    /// Samples `offset + i`; every modality available.
+    struct Ids {
+        offset: usize,
+        len: usize,
+        all: [bool; 3],
+    }
+
+    impl Source for Ids {
+        type Batch = Vec<usize>;
+        fn len(&self) -> usize {
+            self.len
+        }
+        fn available(&self, _: usize) -> &[bool] {
+            &self.all
+        }
+        fn batch(&self, idx: &[usize], _: &Device) -> Vec<usize> {
+            idx.iter().map(|i| self.offset + i).collect()
+        }
+    }
+
+    fn loop_cfg() -> LoopConfig {
+        LoopConfig {
+            budget: Budget::Iterations(30),
+            batch_size: 2,
+            sampling: Sampling::Draws,
+            subsets: SubsetSampling::Reference,
+            granularity: MaskGranularity::Batch,
+            full_fraction: 0.5,
+            meta: MetaSchedule {
+                interval: 4,
+                interval_stage2: 5,
+                steps: 3,
+                batch: 1,
+            },
+            checkpoint_every: 5,
+        }
+    }
+
+    /// Keeps every checkpoint in memory.
+    #[derive(Default)]
+    struct Memory(Vec<(StateFiles, LoopState, Vec<LogRow>)>);
+
+    impl CheckpointSink for Memory {
+        fn save(&mut self, c: &Checkpoint) -> Result<(), String> {
+            self.0
+                .push((c.method.clone(), c.state.clone(), c.log.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn run(
+        method: &mut Recorder,
+        sink: &mut Memory,
+        resume: Option<(LoopState, Vec<LogRow>)>,
+    ) -> Trained {
+        let cfg = loop_cfg();
+        let train_src = Ids {
+            offset: 0,
+            len: 7,
+            all: [true; 3],
+        };
+        let meta_src = Ids {
+            offset: 1000,
+            len: 3,
+            all: [true; 3],
+        };
+        let mut guard = crate::observe::DivergenceGuard::new(method);
+        train(
+            method,
+            &train_src,
+            Some(&meta_src),
+            LoopSetup {
+                cfg: &cfg,
+                schedule: &LrSchedule::Poly {
+                    lr: 1.0,
+                    power: 1.0,
+                },
+                seed: 4,
+                device: &Device::flex(),
+                observers: vec![&mut guard],
+                checkpoints: Some(sink),
+                resume,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn stages_and_meta_phases_follow_the_schedule() {
+        let mut m = Recorder::new();
+        let t = run(&mut m, &mut Memory::default(), None);
+        assert_eq!(t.ended, Ended::Finished);
+        assert_eq!(t.log.len(), 30);
+        assert_eq!(m.stages_begun, [0, 1]);
+        // Stage 1 (iterations 1-15): every modality present in every sample.
+        for (i, (stage, masks)) in m.masks.iter().enumerate() {
+            assert_eq!(*stage, usize::from(i >= 15));
+            if *stage == 0 {
+                assert!(masks.iter().flatten().all(|&p| p), "iteration {}", i + 1);
+            }
+        }
+        // Stage 2 drops modalities (the reference rule over 15 iterations).
+        assert!(
+            m.masks[15..]
+                .iter()
+                .any(|(_, ms)| ms[0].iter().any(|&p| !p))
+        );
+        // Meta phases after 4, 8, 12 (stage 1, every 4) and 20, 25, 30 (stage 2, every 5),
+        // 3 steps each, on meta-validation samples only (ids ≥ 1000), one sample per batch.
+        let phases: Vec<usize> = t
+            .log
+            .iter()
+            .filter(|r| r.meta_loss.is_some())
+            .map(|r| r.iteration)
+            .collect();
+        assert_eq!(phases, [4, 8, 12, 20, 25, 30]);
+        assert_eq!(m.meta_batches.len(), 18);
+        assert!(
+            m.meta_batches
+                .iter()
+                .all(|b| b.len() == 1 && b[0] >= 1000 && b[0] < 1003)
+        );
+        assert!(m.masks.iter().all(|(_, ms)| ms.len() == 2));
+        // The schedule restarts with stage 2: lr = 1 − progress within each stage.
+        assert_eq!(t.log[0].lr, 1.0);
+        assert_eq!(t.log[15].lr, 1.0);
+        assert!((t.log[14].lr - 1.0 / 15.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_resumed_run_ends_as_an_uninterrupted_one() {
+        let mut whole = Recorder::new();
+        let mut sink = Memory::default();
+        let a = run(&mut whole, &mut sink, None);
+        assert_eq!(sink.0.len(), 5, "checkpoints at 5, 10, 15, 20, 25");
+        for (k, (files, state, log)) in sink.0.iter().enumerate() {
+            assert_eq!(state.iteration, 5 * (k + 1));
+            let mut m = Recorder::new();
+            m.load_state(files).unwrap();
+            let b = run(
+                &mut m,
+                &mut Memory::default(),
+                Some((state.clone(), log.clone())),
+            );
+            assert_eq!(b.log, a.log, "resumed from iteration {}", state.iteration);
+            assert_eq!(m.value, whole.value);
+        }
+    }
+
+    #[test]
+    fn a_non_finite_loss_fails_the_run_naming_the_iteration_and_term() {
+        let mut m = Recorder::new();
+        m.nan_at = Some(7);
+        let mut sink = Memory::default();
+        let t = run(&mut m, &mut sink, None);
+        match &t.ended {
+            Ended::Failed(msg) => {
+                assert!(
+                    msg.contains("iteration 7") && msg.contains("loss = NaN"),
+                    "{msg}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.log.len(), 7);
+        assert_eq!(
+            sink.0.len(),
+            1,
+            "the checkpoint of iteration 5 stays the last good one"
+        );
+        assert_eq!(sink.0[0].1.iteration, 5);
     }
 }

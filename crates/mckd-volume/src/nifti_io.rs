@@ -777,29 +777,20 @@ pub(crate) mod test_support {
         dir
     }
 
-    /// A temporary folder removed on drop.
-    pub struct TempDir(pub PathBuf);
+    /// A unique temporary folder (tempfile's), removed on drop.
+    pub struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         pub fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let dir =
-                std::env::temp_dir().join(format!("mckd-volume-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create temp dir");
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("mckd-volume-{tag}-"))
+                .tempdir()
+                .expect("create temp dir");
             Self(dir)
         }
 
         pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path()
         }
     }
 }

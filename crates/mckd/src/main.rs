@@ -30,9 +30,22 @@ enum Command {
     /// BraTS 3D brain-tumour segmentation with missing MRI modalities (paper Table 1).
     #[command(subcommand)]
     Brats(mckd_brats::cli::BratsCommand),
+    /// Trains and evaluates one run of a planned grid (`mckd avmnist reproduce --plan`) into
+    /// its own folder: a finished run is not trained again, an unfinished one resumes from its
+    /// checkpoint. This is what each task of a Slurm job array runs.
+    RunOne(RunOneArgs),
     /// Times our AV-MNIST and 3D-UNet MCKD training steps (median, min–max, peak RSS); the
     /// side-by-side comparison with PyTorch is `bench/run.sh`.
     Bench(mckd_bench::Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunOneArgs {
+    /// The run folder (holds the run's config.json), e.g. GRID/runs/mckd-audio_10-seed1.
+    run: PathBuf,
+    /// Keep the trained model (model.bpk) in the run folder.
+    #[arg(long)]
+    save_model: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,30 +82,17 @@ struct DemoArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     meta_interval: u64,
     /// Distance of the distillation loss.
-    #[arg(long, value_enum, default_value_t = DistanceArg::L1)]
-    distance: DistanceArg,
+    #[arg(long, value_enum, default_value_t = Distance::L1)]
+    distance: Distance,
     /// Normalisation of the importance weights.
-    #[arg(long, value_enum, default_value_t = NormArg::Softmax)]
-    normalisation: NormArg,
+    #[arg(long, value_enum, default_value_t = Normalisation::Softmax)]
+    normalisation: Normalisation,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
     device: DeviceChoice,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum DistanceArg {
-    L1,
-    Mse,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum NormArg {
-    Softmax,
-    Sigmoid,
-    Relu,
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {
@@ -104,10 +104,26 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses the command line with negative numbers accepted as option values on every
+/// subcommand, so that `--alpha -1` reaches our range checks (which name the option) instead of
+/// clap's "unexpected argument '-1'".
+fn parse_cli() -> Cli {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        cmd.allow_negative_numbers(true).mut_subcommands(negatives)
+    }
+    let matches = negatives(<Cli as clap::CommandFactory>::command()).get_matches();
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
     // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
     mckd_kernels::tune_allocator();
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    // MCKD_SIMD may force the kernels' instruction-set path; refuse one the CPU lacks.
+    if let Err(e) = mckd_kernels::simd_level() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     // Each job runs on a worker of the kernels' thread pool (see mckd_kernels::pool); the
     // benchmark sizes its pool itself (`--threads`).
     let on_pool = |job: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
@@ -117,6 +133,9 @@ fn main() {
         Command::Demo(args) => on_pool(Box::new(|| demo(args))),
         Command::Avmnist(cmd) => on_pool(Box::new(|| mckd_avmnist::cli::run(cmd))),
         Command::Brats(cmd) => on_pool(Box::new(|| mckd_brats::cli::run(cmd))),
+        Command::RunOne(args) => on_pool(Box::new(move || {
+            mckd_avmnist::cli::run_one_folder(&args.run, None, args.save_model)
+        })),
         Command::Bench(args) => mckd_bench::run(args),
     };
     if let Err(e) = result {
@@ -152,15 +171,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     cfg.method.alpha = args.alpha;
     cfg.meta_interval = args.meta_interval as usize;
-    cfg.method.distance = match args.distance {
-        DistanceArg::L1 => Distance::L1,
-        DistanceArg::Mse => Distance::Mse,
-    };
-    cfg.method.normalisation = match args.normalisation {
-        NormArg::Softmax => Normalisation::Softmax,
-        NormArg::Sigmoid => Normalisation::Sigmoid,
-        NormArg::Relu => Normalisation::Relu,
-    };
+    cfg.method.distance = args.distance;
+    cfg.method.normalisation = args.normalisation;
     let (run, _) = RunDir::open(&out, OutPolicy::from_flags(false, args.overwrite))?;
     run.write_json("config.json", &cfg)?;
 

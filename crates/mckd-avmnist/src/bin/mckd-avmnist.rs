@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
     // Keep freed buffers in the heap (glibc only; see mckd_kernels::alloc).
     mckd_kernels::tune_allocator();
     let cmd = Cli::parse().cmd;
+    // MCKD_SIMD may force the kernels' instruction-set path; refuse one the CPU lacks.
+    mckd_kernels::simd_level()?;
     // The whole job on a worker of the kernels' thread pool (see mckd_kernels::pool).
     mckd_kernels::run_on_pool(None, || mckd_avmnist::run(cmd)).map_err(anyhow::Error::msg)?
 }
