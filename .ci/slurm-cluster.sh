@@ -27,6 +27,11 @@ cannot() {
 }
 
 stop() {
+  # scontrol shutdown stops slurmctld (and its slurmscriptd) and slurmd cleanly; the pids are
+  # the fallback, munged only if we started it.
+  if [[ -f "$dir/slurm.conf" ]]; then
+    SLURM_CONF="$dir/slurm.conf" timeout 20 scontrol shutdown >/dev/null 2>&1 || true
+  fi
   for p in slurmd slurmctld munged; do
     if [[ -f "$dir/$p.pid" ]]; then
       kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
@@ -101,11 +106,16 @@ EOF
 export SLURM_CONF="$dir/slurm.conf"
 
 # 4. The daemons, then wait (bounded) for the node to be idle.
-# (The daemons' own pid files are not written in every setup: record the pids ourselves.)
+# A controller of another cluster on this machine would take the port: refuse, do not touch it.
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+  cannot "a slurmctld or slurmd is already running on this machine"
+fi
+# (The daemons' own pid files are not written in every setup: record the pids ourselves; the
+# oldest slurmctld is the controller, slurmscriptd is its younger child.)
 slurmctld -i || cannot "slurmctld did not start (see $dir/slurmctld.log)"
-pgrep -n -x slurmctld >"$dir/slurmctld.pid"
+pgrep -o -x slurmctld >"$dir/slurmctld.pid"
 slurmd || cannot "slurmd did not start (see $dir/slurmd.log)"
-pgrep -n -x slurmd >"$dir/slurmd.pid"
+pgrep -o -x slurmd >"$dir/slurmd.pid"
 for _ in $(seq 1 60); do
   state="$(sinfo -h -N -o '%t' 2>/dev/null | head -1)"
   if [[ "$state" == idle* ]]; then

@@ -25,7 +25,8 @@ elif [[ $rc != 0 ]]; then
 fi
 # shellcheck disable=SC1091
 source "$W/env"
-trap '.ci/slurm-cluster.sh stop "$W/cluster"' EXIT
+# On every exit: stop the daemons (they need the folder's slurm.conf and pids), then clean up.
+trap '.ci/slurm-cluster.sh stop "$W/cluster"; rm -rf "$W"' EXIT
 echo "slurm-test: cluster up in $(($(date +%s) - t0)) s (SLURM_CONF=$SLURM_CONF)"
 
 grid=(avmnist reproduce --quiet --rows audio_10 --methods baseline,mckd --seeds 2 --epochs 1
@@ -52,4 +53,3 @@ if diff:
 print("slurm-test: merged results equal the one-machine run's (" + ", ".join(keys) + ")")
 PY
 echo "slurm-test: passed in $(($(date +%s) - t0)) s"
-rm -rf "$W"

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::module::Module;
 use burn::prelude::Device;
 use clap::{Args, Subcommand};
-use mckd_core::{CkdReduction, Distance, Mckd, Method, Normalisation, present_names};
+use mckd_core::{CkdReduction, Distance, Normalisation, present_names};
 use mckd_data::{AvMnist, SmilSplit};
 use mckd_train::config::read_json;
 use mckd_train::device::DeviceChoice;
@@ -18,11 +17,12 @@ use mckd_train::train::{Source, log_csv};
 use serde_json::{Map, json};
 
 use crate::config::{
-    ALL_SETTINGS, AvRunConfig, DataSplit, EvalSet, MethodKind, PercentMapping, Preset, Setting,
-    preset, validate,
+    ALL_SETTINGS, AvRunConfig, DataSplit, EvalSet, LoopFamily, MethodKind, PercentMapping, Preset,
+    Setting, preset, validate,
 };
 use crate::grid::{Plan, merge, plan_configs, run_in_folder, write_plan};
-use crate::model::{AvmnistNet, BnRows, DistilledFeature, MODALITY_NAMES};
+use crate::model::{BnRows, DistilledFeature, MODALITY_NAMES};
+use crate::peers::BoxedMethod;
 use crate::report;
 use crate::run::{AvmnistError, RunOutcome, RunSpec, log_columns, prepare, run_one};
 
@@ -117,6 +117,16 @@ pub struct Overrides {
     /// A checkpoint every this many iterations (0: only on a signal).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Peers with a pretraining (SMIL, AutoEncoder, GAN, Full2miss): epochs of the dominant
+    /// modality alone over every training sample.
+    #[arg(long)]
+    pub pretrain_dominant_epochs: Option<usize>,
+    /// The same: epochs of the scarce modality alone over the paired samples.
+    #[arg(long)]
+    pub pretrain_scarce_epochs: Option<usize>,
+    /// The same: epochs of both modalities over the paired samples.
+    #[arg(long)]
+    pub pretrain_paired_epochs: Option<usize>,
 }
 
 impl Overrides {
@@ -141,24 +151,36 @@ impl Overrides {
                 LrSchedule::Poly { power, .. } => LrSchedule::Poly { lr: v, power },
             };
         }
-        let m = cfg.method.mckd_mut();
-        if let Some(v) = self.alpha {
-            m.alpha = v;
+        if let Some(m) = cfg.method.mckd_mut() {
+            if let Some(v) = self.alpha {
+                m.alpha = v;
+            }
+            if let Some(v) = self.distance {
+                m.distance = v;
+            }
+            if let Some(v) = self.reduction {
+                m.reduction = v;
+            }
+            if let Some(v) = self.normalisation {
+                m.normalisation = v;
+            }
+            if let Some(v) = self.iwv_lr {
+                m.iwv.lr = v;
+            }
+            if let Some(v) = self.iwv_weight_decay {
+                m.iwv.weight_decay = v;
+            }
         }
-        if let Some(v) = self.distance {
-            m.distance = v;
-        }
-        if let Some(v) = self.reduction {
-            m.reduction = v;
-        }
-        if let Some(v) = self.normalisation {
-            m.normalisation = v;
-        }
-        if let Some(v) = self.iwv_lr {
-            m.iwv.lr = v;
-        }
-        if let Some(v) = self.iwv_weight_decay {
-            m.iwv.weight_decay = v;
+        if let Some(p) = cfg.method.pretrain_mut() {
+            if let Some(v) = self.pretrain_dominant_epochs {
+                p.dominant_epochs = v;
+            }
+            if let Some(v) = self.pretrain_scarce_epochs {
+                p.scarce_epochs = v;
+            }
+            if let Some(v) = self.pretrain_paired_epochs {
+                p.paired_epochs = v;
+            }
         }
         if let Some(v) = self.meta_interval {
             cfg.loop_.meta.interval = v;
@@ -171,7 +193,7 @@ impl Overrides {
             cfg.loop_.meta.batch = v;
         }
         if let Some(v) = self.full_fraction
-            && cfg.method.kind().bound_mask().is_none()
+            && cfg.method.kind().loop_family() == LoopFamily::Staged
         {
             cfg.loop_.full_fraction = v;
         }
@@ -260,17 +282,19 @@ pub fn derive(
 ) -> AvRunConfig {
     let mut cfg = base.clone();
     cfg.seed = seed;
-    cfg.method = crate::config::AvMethod::of(kind, base.method.mckd().clone());
+    let reference = preset(Preset::Paper, kind, setting, seed);
+    if base.method.kind() != kind {
+        cfg.method = match base.method.mckd() {
+            Some(m) if !kind.is_peer() => crate::config::AvMethod::of(kind, m.clone()),
+            _ => reference.method.clone(),
+        };
+    }
     cfg.task.setting = if kind.needs_setting() {
         setting.or(base.task.setting)
     } else {
         None
     };
-    let reference = preset(Preset::Paper, kind, setting, seed);
-    if kind.bound_mask().is_some() {
-        cfg.loop_.subsets = reference.loop_.subsets;
-        cfg.loop_.full_fraction = 0.0;
-    } else if base.method.kind().bound_mask().is_some() {
+    if kind.loop_family() != base.method.kind().loop_family() {
         cfg.loop_.subsets = reference.loop_.subsets;
         cfg.loop_.full_fraction = reference.loop_.full_fraction;
     }
@@ -327,9 +351,10 @@ pub struct ReproduceArgs {
     /// Rows, comma separated (audio_5 ... audio_20, visual_5 ... visual_20; default all 8).
     #[arg(long, value_delimiter = ',')]
     pub rows: Option<Vec<String>>,
-    /// Methods, comma separated (default all five).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub methods: Option<Vec<MethodKind>>,
+    /// Methods: `all` (the bounds, autoencoder, gan, full2miss, smil, shaspec, baseline, mckd;
+    /// the default) or a comma-separated list of those and smil_lenet.
+    #[arg(long, value_parser = parse_methods)]
+    pub methods: Option<Methods>,
     /// Runs trained at the same time, as child processes of this binary (every run stays
     /// deterministic for its seed); each gets cores / jobs threads unless RAYON_NUM_THREADS is
     /// set.
@@ -351,6 +376,18 @@ pub struct ReproduceArgs {
     /// Settings of the Slurm job array.
     #[command(flatten)]
     pub slurm_options: mckd_train::cluster::SlurmOptions,
+}
+
+/// A `--methods` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Methods(pub Vec<MethodKind>);
+
+fn parse_methods(text: &str) -> Result<Methods, String> {
+    let v = MethodKind::parse_list(text).map_err(|e| e.to_string())?;
+    if v.is_empty() {
+        return Err("no method given".into());
+    }
+    Ok(Methods(v))
 }
 
 /// `mckd avmnist train`
@@ -421,6 +458,14 @@ pub struct RunOneArgs {
 
 /// Runs a subcommand.
 pub fn run(cmd: AvmnistCommand) -> anyhow::Result<()> {
+    // `--quiet` keeps the library's messages to warnings and hides the progress bars; a grid's
+    // worker (`run-one`) reports through its parent.
+    mckd_train::init_logging(match &cmd {
+        AvmnistCommand::Reproduce(a) => a.out.quiet,
+        AvmnistCommand::Train(a) => a.out.quiet,
+        AvmnistCommand::RunOne(_) => true,
+        AvmnistCommand::Eval(_) | AvmnistCommand::Merge(_) => false,
+    });
     match cmd {
         AvmnistCommand::Reproduce(a) => reproduce(&a).map(|_| ()),
         AvmnistCommand::Train(a) => train(&a),
@@ -503,18 +548,19 @@ fn parse_rows(rows: &Option<Vec<String>>) -> anyhow::Result<Vec<Setting>> {
 }
 
 /// Saves a trained method's model (atomically).
-pub fn save_model(method: &Mckd<AvmnistNet>, path: &Path) -> crate::run::Result<()> {
-    let bytes = method
-        .model()
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| AvmnistError::File {
-            path: path.to_path_buf(),
-            msg: format!("cannot serialise the model: {e:?}"),
-        })?;
+pub fn save_model(method: &BoxedMethod, path: &Path) -> crate::run::Result<()> {
+    let bytes = method.model_bytes().map_err(|e| AvmnistError::File {
+        path: path.to_path_buf(),
+        msg: format!("cannot serialise the model: {e}"),
+    })?;
     mckd_train::run::write_atomic(path, &bytes)?;
     Ok(())
+}
+
+/// `IWV image 0.961` for MCKD's family, empty for the peers.
+fn iwv_text(iwv: &[f32]) -> String {
+    iwv.first()
+        .map_or(String::new(), |w| format!("  IWV image {w:.3}"))
 }
 
 /// `reproduce`: plans every (method, row, seed), trains what is not finished, merges; returns
@@ -530,7 +576,7 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
     let methods = a
         .methods
         .clone()
-        .unwrap_or_else(|| MethodKind::ALL.to_vec());
+        .map_or_else(|| MethodKind::TABLE.to_vec(), |m| m.0);
     if methods.is_empty() {
         bail!("--methods is empty");
     }
@@ -590,11 +636,7 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
             todo.len()
         );
     }
-    let bar = mckd_train::progress_bar(
-        total as u64,
-        &format!("avmnist {} runs", todo.len()),
-        a.out.quiet,
-    );
+    let bar = mckd_train::progress_bar(total as u64, &format!("avmnist {} runs", todo.len()));
     let start = Instant::now();
     let report_line = |label: &str, r: &std::result::Result<RunOutcome, String>| {
         if a.out.quiet {
@@ -602,9 +644,9 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
         }
         let line = match r {
             Ok(o) => format!(
-                "{label:<28} acc {:6.2} %  IWV image {:.3}  {:6.1} s",
+                "{label:<30} acc {:6.2} %{}  {:6.1} s",
                 100.0 * o.accuracy,
-                o.iwv.first().copied().unwrap_or(f32::NAN),
+                iwv_text(&o.iwv),
                 o.seconds
             ),
             Err(e) => format!("{label:<28} FAILED: {e}"),
@@ -717,6 +759,11 @@ fn write_merged(
         .find(|r| r.label.starts_with("mckd-"))
         .unwrap_or(first);
     let describe: AvRunConfig = read_json(&grid.path().join(&described.dir).join("config.json"))?;
+    let mut configs = report::MethodConfigs::new();
+    for run in &plan.runs {
+        let c: AvRunConfig = read_json(&grid.path().join(&run.dir).join("config.json"))?;
+        configs.entry(c.method.kind()).or_insert(c.method);
+    }
     let Plan { rows, .. } = plan;
     let incomplete = !merged.missing.is_empty() || !merged.failed.is_empty();
     for (label, msg) in &merged.failed {
@@ -726,7 +773,7 @@ fn write_merged(
         eprintln!("missing (not finished): {label}");
     }
     let wall = wall.unwrap_or_else(|| merged.outcomes.iter().map(|o| o.seconds).sum());
-    let mut results = report::results(&merged.outcomes, &rows, &describe, wall);
+    let mut results = report::results(&merged.outcomes, &rows, &describe, &configs, wall);
     results
         .extra
         .insert("missing_runs".into(), json!(merged.missing));
@@ -735,7 +782,7 @@ fn write_merged(
         json!(merged.failed.iter().map(|(l, _)| l).collect::<Vec<_>>()),
     );
     grid.write_json("results.json", &results)?;
-    let (md, csv) = report::table2(&merged.outcomes, &rows, &describe);
+    let (md, csv) = report::table2(&merged.outcomes, &rows, &describe, &configs);
     grid.write("table2.md", md.as_bytes())?;
     grid.write("table2.csv", csv.as_bytes())?;
     grid.write_json("runs.json", &report::runs_json(&merged.outcomes))?;
@@ -793,27 +840,23 @@ fn run_one_cmd(a: &RunOneArgs) -> anyhow::Result<()> {
 /// into its own folder (a finished run is not trained again; an unfinished one resumes from
 /// its checkpoint).
 pub fn run_one_folder(run: &Path, snapshot: Option<&Path>, save_model: bool) -> anyhow::Result<()> {
-    let a = RunOneArgs {
-        run: run.to_path_buf(),
-        snapshot: snapshot.map(Path::to_path_buf),
-        save_model,
-    };
-    if crate::grid::is_finished(&a.run) {
-        eprintln!("{} is finished; not training it again", a.run.display());
+    // Checked before the data is loaded: a finished run costs nothing.
+    if crate::grid::is_finished(run) {
+        eprintln!("{} is finished; not training it again", run.display());
         return Ok(());
     }
-    let cfg: AvRunConfig = read_json(&a.run.join("config.json"))?;
+    let cfg: AvRunConfig = read_json(&run.join("config.json"))?;
     let device = cfg.device.device()?;
-    let data = match &a.snapshot {
+    let data = match snapshot {
         Some(path) => AvMnist::read_snapshot(path)?,
         None => load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?.1,
     };
     run_in_folder(
         &data,
-        &a.run,
+        run,
         &device,
         &indicatif::ProgressBar::hidden(),
-        a.save_model,
+        save_model,
     )?;
     Ok(())
 }
@@ -859,7 +902,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     }
     let spec = RunSpec::of(&cfg);
     let total = crate::run::planned_iterations(&data, &cfg)?;
-    let bar = mckd_train::progress_bar(total as u64, &spec.label(), a.out.quiet);
+    let bar = mckd_train::progress_bar(total as u64, &spec.label());
     let start = Instant::now();
     let result = run_one(&data, &cfg, &device, &bar, Some((&run, resumed)));
     bar.finish_and_clear();
@@ -873,17 +916,28 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     save_model(&method, &run.file("model.bpk"))?;
     let columns = log_columns(&method, &cfg);
     run.write("train_log.csv", log_csv(&outcome.log, &columns).as_bytes())?;
+    if let Some(pre) = method.pre_log() {
+        run.write("pretrain_log.csv", pre.as_bytes())?;
+    }
     run.write_json("result.json", &outcome)?;
     let settings: Vec<Setting> = spec.setting.into_iter().collect();
     let outcomes = [outcome];
     run.write_json(
         "results.json",
-        &report::results(&outcomes, &settings, &cfg, start.elapsed().as_secs_f64()),
+        &report::results(
+            &outcomes,
+            &settings,
+            &cfg,
+            &report::MethodConfigs::from([(spec.method, cfg.method.clone())]),
+            start.elapsed().as_secs_f64(),
+        ),
     )?;
     run.set_status(RunState::Finished, None, Some(outcomes[0].iterations))?;
     if !a.out.quiet {
+        let o = &outcomes[0];
         println!(
-            "{}: accuracy {:.2} % (subsets: {}), IWV image {:.3} / audio {:.3}; {}",
+            "{}: accuracy {:.2} % (subsets: {}){}; {} pretraining + {} loop iterations, \
+             {:.1} s; {}",
             spec.label(),
             100.0 * outcomes[0].accuracy,
             outcomes[0]
@@ -896,8 +950,13 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
                 ))
                 .collect::<Vec<_>>()
                 .join(", "),
-            outcomes[0].iwv[0],
-            outcomes[0].iwv[1],
+            match o.iwv.as_slice() {
+                [i, a] => format!(", IWV image {i:.3} / audio {a:.3}"),
+                _ => String::new(),
+            },
+            o.pre_iterations,
+            o.iterations,
+            o.seconds,
             run.path().display()
         );
     }
@@ -937,7 +996,7 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let device: Device = cfg.device.device()?;
     let (_, data, _) = load(cfg.task.data_dir.as_deref(), cfg.task.split_file.as_deref())?;
     let prep = prepare(&data, &cfg)?;
-    let mut method = crate::run::build_method(&cfg, &device);
+    let mut method = crate::run::build_method(&cfg, &prep.train, &device)?;
     let record = std::fs::read(&model_path)
         .with_context(|| format!("cannot read {}", model_path.display()))?;
     method.load_model(&record).map_err(|e| {
@@ -970,10 +1029,10 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let results = Results {
         task: "avmnist".into(),
         rows,
-        iwv: iwv_map(&names, &method.state_values()),
+        iwv: iwv_map(&names, &method.iwv()),
         extra,
     };
     mckd_train::run::write_atomic(&out, serde_json::to_string_pretty(&results)?.as_bytes())?;
-    println!("IWV {:?}; wrote {}", method.state_values(), out.display());
+    println!("{}wrote {}", iwv_text(&method.iwv()), out.display());
     Ok(())
 }

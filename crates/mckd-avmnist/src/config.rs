@@ -13,6 +13,11 @@ use mckd_train::config::{
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AvmnistNetConfig, BnRows, DistilledFeature};
+use crate::peers::common::PretrainConfig;
+use crate::peers::full2miss::Full2missConfig;
+use crate::peers::impute::{AutoencoderConfig, GanConfig};
+use crate::peers::shaspec::ShaspecConfig;
+use crate::peers::smil::{SmilBackbone, SmilConfig};
 
 /// Which modality is missing for most training samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,7 +164,19 @@ impl PercentMapping {
 }
 
 /// The methods of Table 2 (kinds, for command lines and plans).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodKind {
     /// Image only (train and test).
@@ -172,6 +189,31 @@ pub enum MethodKind {
     Baseline,
     /// MCKD.
     Mckd,
+    /// The AutoEncoder imputation baseline (ours, PEERS.md §8.1).
+    Autoencoder,
+    /// The GAN imputation baseline (ours, PEERS.md §8.2).
+    Gan,
+    /// Full2miss, teacher–student distillation (ours, PEERS.md §8.3).
+    Full2miss,
+    /// SMIL with first-order meta-learning, on our encoders.
+    Smil,
+    /// SMIL on its own LeNet-5 networks.
+    SmilLenet,
+    /// ShaSpec (its AV-MNIST form is ours).
+    Shaspec,
+}
+
+/// How a method's training loop draws the present modalities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopFamily {
+    /// A bound: a fixed set of modalities, one stage.
+    Bound,
+    /// Non-dedicated: every available modality first, then random dropping (MCKD, Baseline,
+    /// ShaSpec).
+    Staged,
+    /// Every sample with the modalities it has, one stage (SMIL, AutoEncoder, GAN, Full2miss:
+    /// PEERS.md §1.2).
+    Fixed,
 }
 
 impl MethodKind {
@@ -183,12 +225,59 @@ impl MethodKind {
             MethodKind::Upperb => "upperb",
             MethodKind::Baseline => "baseline",
             MethodKind::Mckd => "mckd",
+            MethodKind::Autoencoder => "autoencoder",
+            MethodKind::Gan => "gan",
+            MethodKind::Full2miss => "full2miss",
+            MethodKind::Smil => "smil",
+            MethodKind::SmilLenet => "smil_lenet",
+            MethodKind::Shaspec => "shaspec",
+        }
+    }
+
+    /// The name in tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            MethodKind::LowerbImage => "LowerB (image)",
+            MethodKind::LowerbAudio => "LowerB (audio)",
+            MethodKind::Upperb => "UpperB",
+            MethodKind::Baseline => "Baseline",
+            MethodKind::Mckd => "MCKD",
+            MethodKind::Autoencoder => "AutoEncoder",
+            MethodKind::Gan => "GAN",
+            MethodKind::Full2miss => "Full2miss",
+            MethodKind::Smil => "SMIL",
+            MethodKind::SmilLenet => "SMIL (LeNet)",
+            MethodKind::Shaspec => "ShaSpec",
         }
     }
 
     /// Whether the method is trained per setting.
     pub fn needs_setting(self) -> bool {
-        matches!(self, MethodKind::Baseline | MethodKind::Mckd)
+        self.bound_mask().is_none()
+    }
+
+    /// Whether the method is one of MCKD's peers.
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            MethodKind::Autoencoder
+                | MethodKind::Gan
+                | MethodKind::Full2miss
+                | MethodKind::Smil
+                | MethodKind::SmilLenet
+                | MethodKind::Shaspec
+        )
+    }
+
+    /// How its loop draws the present modalities.
+    pub fn loop_family(self) -> LoopFamily {
+        match self {
+            MethodKind::LowerbImage | MethodKind::LowerbAudio | MethodKind::Upperb => {
+                LoopFamily::Bound
+            }
+            MethodKind::Baseline | MethodKind::Mckd | MethodKind::Shaspec => LoopFamily::Staged,
+            _ => LoopFamily::Fixed,
+        }
     }
 
     /// The modalities a bound trains and tests with (`None` for per-setting methods).
@@ -201,19 +290,104 @@ impl MethodKind {
         }
     }
 
-    /// Every kind, in table order.
-    pub const ALL: [MethodKind; 5] = [
+    /// The paper's accuracy (%) of this method on `setting` (Table 2; the AutoEncoder, GAN and
+    /// Full2miss have no missing-visual numbers, SMIL's LeNet form is SMIL's column).
+    pub fn paper(self, setting: Setting) -> Option<f64> {
+        let i = (setting.percent / 5 - 1) as usize;
+        let audio = setting.missing == Missing::Audio;
+        let row = match (self, audio) {
+            (MethodKind::Mckd, _) => return Some(setting.paper_mckd()),
+            (MethodKind::Autoencoder, true) => [89.78, 89.33, 89.78, 88.89],
+            (MethodKind::Gan, true) => [89.11, 89.78, 88.67, 89.56],
+            (MethodKind::Full2miss, true) => [90.00, 91.11, 92.23, 92.67],
+            (MethodKind::Smil | MethodKind::SmilLenet, true) => [92.89, 93.11, 93.33, 94.44],
+            (MethodKind::Smil | MethodKind::SmilLenet, false) => [83.33, 84.89, 85.56, 87.78],
+            (MethodKind::Shaspec, true) => [93.33, 93.56, 93.78, 94.67],
+            (MethodKind::Shaspec, false) => [84.00, 85.11, 86.67, 88.22],
+            _ => return None,
+        };
+        Some(row[i])
+    }
+
+    /// Every kind.
+    pub const ALL: [MethodKind; 11] = [
         MethodKind::LowerbImage,
         MethodKind::LowerbAudio,
         MethodKind::Upperb,
         MethodKind::Baseline,
         MethodKind::Mckd,
+        MethodKind::Autoencoder,
+        MethodKind::Gan,
+        MethodKind::Full2miss,
+        MethodKind::Smil,
+        MethodKind::SmilLenet,
+        MethodKind::Shaspec,
     ];
+
+    /// The methods of the whole Table 2 (`--methods all`): the bounds, the five peers on our
+    /// backbone, the Baseline and MCKD (SMIL's LeNet form on request).
+    pub const TABLE: [MethodKind; 10] = [
+        MethodKind::LowerbImage,
+        MethodKind::LowerbAudio,
+        MethodKind::Upperb,
+        MethodKind::Autoencoder,
+        MethodKind::Gan,
+        MethodKind::Full2miss,
+        MethodKind::Smil,
+        MethodKind::Shaspec,
+        MethodKind::Baseline,
+        MethodKind::Mckd,
+    ];
+
+    /// The per-setting methods in table order (the columns after the bounds).
+    pub const COLUMNS: [MethodKind; 8] = [
+        MethodKind::Autoencoder,
+        MethodKind::Gan,
+        MethodKind::Full2miss,
+        MethodKind::Smil,
+        MethodKind::SmilLenet,
+        MethodKind::Shaspec,
+        MethodKind::Baseline,
+        MethodKind::Mckd,
+    ];
+
+    /// Parses `all` or a comma-separated list of names (`_` or `-`), in the given order
+    /// without repeats.
+    pub fn parse_list(text: &str) -> Result<Vec<MethodKind>, UnknownMethod> {
+        let mut out = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let kinds: Vec<MethodKind> = if item == "all" {
+                Self::TABLE.to_vec()
+            } else {
+                let norm = item.replace('-', "_");
+                vec![
+                    *Self::ALL
+                        .iter()
+                        .find(|k| k.name() == norm)
+                        .ok_or_else(|| UnknownMethod(item.to_string()))?,
+                ]
+            };
+            for k in kinds {
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// A method name that is none of [`MethodKind::ALL`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unknown method `{0}`: expected all, or some of lowerb_image, lowerb_audio, upperb, \
+     baseline, mckd, autoencoder, gan, full2miss, smil, smil_lenet, shaspec"
+)]
+pub struct UnknownMethod(pub String);
 
 /// The method of a run and its hyper-parameters. The bounds and the Baseline are MCKD's network
 /// trained without CKD and meta steps; their `MckdConfig` sets the level policy and the CKD
-/// loss that is logged.
+/// loss that is logged. The peers carry their own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AvMethod {
@@ -227,10 +401,21 @@ pub enum AvMethod {
     Baseline(MckdConfig),
     /// MCKD.
     Mckd(MckdConfig),
+    /// The AutoEncoder baseline.
+    Autoencoder(AutoencoderConfig),
+    /// The GAN baseline.
+    Gan(GanConfig),
+    /// Full2miss.
+    Full2miss(Full2missConfig),
+    /// SMIL (on our backbone or on LeNet-5).
+    Smil(SmilConfig),
+    /// ShaSpec.
+    Shaspec(ShaspecConfig),
 }
 
 impl AvMethod {
-    /// The method of `kind` with MCKD's hyper-parameters `mckd`.
+    /// The method of `kind`: MCKD's family with MCKD's hyper-parameters `mckd`, the peers with
+    /// their defaults.
     pub fn of(kind: MethodKind, mckd: MckdConfig) -> Self {
         match kind {
             MethodKind::LowerbImage => AvMethod::LowerbImage(mckd),
@@ -238,6 +423,15 @@ impl AvMethod {
             MethodKind::Upperb => AvMethod::Upperb(mckd),
             MethodKind::Baseline => AvMethod::Baseline(mckd),
             MethodKind::Mckd => AvMethod::Mckd(mckd),
+            MethodKind::Autoencoder => AvMethod::Autoencoder(AutoencoderConfig::default()),
+            MethodKind::Gan => AvMethod::Gan(GanConfig::default()),
+            MethodKind::Full2miss => AvMethod::Full2miss(Full2missConfig::default()),
+            MethodKind::Smil => AvMethod::Smil(SmilConfig::default()),
+            MethodKind::SmilLenet => AvMethod::Smil(SmilConfig {
+                backbone: SmilBackbone::Lenet,
+                ..SmilConfig::default()
+            }),
+            MethodKind::Shaspec => AvMethod::Shaspec(ShaspecConfig::default()),
         }
     }
 
@@ -249,28 +443,60 @@ impl AvMethod {
             AvMethod::Upperb(_) => MethodKind::Upperb,
             AvMethod::Baseline(_) => MethodKind::Baseline,
             AvMethod::Mckd(_) => MethodKind::Mckd,
+            AvMethod::Autoencoder(_) => MethodKind::Autoencoder,
+            AvMethod::Gan(_) => MethodKind::Gan,
+            AvMethod::Full2miss(_) => MethodKind::Full2miss,
+            AvMethod::Smil(c) => match c.backbone {
+                SmilBackbone::Ours => MethodKind::Smil,
+                SmilBackbone::Lenet => MethodKind::SmilLenet,
+            },
+            AvMethod::Shaspec(_) => MethodKind::Shaspec,
         }
     }
 
-    /// MCKD's hyper-parameters of the run.
-    pub fn mckd(&self) -> &MckdConfig {
+    /// MCKD's hyper-parameters of the run (`None` for the peers).
+    pub fn mckd(&self) -> Option<&MckdConfig> {
         match self {
             AvMethod::LowerbImage(c)
             | AvMethod::LowerbAudio(c)
             | AvMethod::Upperb(c)
             | AvMethod::Baseline(c)
-            | AvMethod::Mckd(c) => c,
+            | AvMethod::Mckd(c) => Some(c),
+            _ => None,
         }
     }
 
-    /// Mutable access to MCKD's hyper-parameters.
-    pub fn mckd_mut(&mut self) -> &mut MckdConfig {
+    /// Mutable access to MCKD's hyper-parameters (`None` for the peers).
+    pub fn mckd_mut(&mut self) -> Option<&mut MckdConfig> {
         match self {
             AvMethod::LowerbImage(c)
             | AvMethod::LowerbAudio(c)
             | AvMethod::Upperb(c)
             | AvMethod::Baseline(c)
-            | AvMethod::Mckd(c) => c,
+            | AvMethod::Mckd(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The full-modal pretraining of SMIL, AutoEncoder, GAN and Full2miss.
+    pub fn pretrain(&self) -> Option<&PretrainConfig> {
+        match self {
+            AvMethod::Autoencoder(c) => Some(&c.pretrain),
+            AvMethod::Gan(c) => Some(&c.pretrain),
+            AvMethod::Full2miss(c) => Some(&c.pretrain),
+            AvMethod::Smil(c) => Some(&c.pretrain),
+            _ => None,
+        }
+    }
+
+    /// Mutable access to the pretraining settings.
+    pub fn pretrain_mut(&mut self) -> Option<&mut PretrainConfig> {
+        match self {
+            AvMethod::Autoencoder(c) => Some(&mut c.pretrain),
+            AvMethod::Gan(c) => Some(&mut c.pretrain),
+            AvMethod::Full2miss(c) => Some(&mut c.pretrain),
+            AvMethod::Smil(c) => Some(&mut c.pretrain),
+            _ => None,
         }
     }
 }
@@ -372,7 +598,7 @@ pub fn preset(
         },
         ..AvmnistNetConfig::default()
     };
-    let bound = kind.bound_mask().is_some();
+    let family = kind.loop_family();
     let meta = if legacy {
         MetaSchedule {
             interval: 1,
@@ -407,13 +633,12 @@ pub fn preset(
             // Set per run from the training set size (`drop_last` when a batch of one
             // would be left).
             sampling: Sampling::EpochShuffle { drop_last: false },
-            subsets: if bound {
-                SubsetSampling::Full
-            } else {
-                SubsetSampling::Reference
+            subsets: match family {
+                LoopFamily::Staged => SubsetSampling::Reference,
+                LoopFamily::Bound | LoopFamily::Fixed => SubsetSampling::Full,
             },
             granularity: MaskGranularity::Batch,
-            full_fraction: if legacy || bound {
+            full_fraction: if legacy || family != LoopFamily::Staged {
                 0.0
             } else {
                 REFERENCE_FULL_FRACTION
@@ -453,7 +678,10 @@ pub fn validate(cfg: &AvRunConfig) -> Result<(), ConfigError> {
             format!("{} < 2 (batch norm)", cfg.loop_.batch_size),
         );
     }
-    mckd_train::config::validate_mckd(cfg.method.mckd(), "method")?;
+    if let Some(m) = cfg.method.mckd() {
+        mckd_train::config::validate_mckd(m, "method")?;
+    }
+    validate_peer(&cfg.method)?;
     mckd_train::config::validate_schedule(&cfg.schedule)?;
     mckd_train::config::validate_optimizer(&cfg.optimizer)?;
     let net = &cfg.task.net;
@@ -480,6 +708,50 @@ pub fn validate(cfg: &AvRunConfig) -> Result<(), ConfigError> {
         );
     }
     Ok(())
+}
+
+/// Checks a peer method's settings; messages name the field.
+fn validate_peer(method: &AvMethod) -> Result<(), ConfigError> {
+    use mckd_train::config::rules::{at_least_one, in_range, non_negative, positive};
+    if let Some(p) = method.pretrain()
+        && p.batch_size < 2
+    {
+        return Err(ConfigError::Invalid {
+            field: "method.pretrain.batch_size".into(),
+            problem: format!("{} < 2 (batch norm)", p.batch_size),
+        });
+    }
+    match method {
+        AvMethod::Autoencoder(c) => {
+            at_least_one("method.hidden", c.hidden)?;
+            at_least_one("method.iterations", c.iterations)?;
+            at_least_one("method.batch_size", c.batch_size)?;
+            positive("method.lr", c.lr)
+        }
+        AvMethod::Gan(c) => {
+            at_least_one("method.hidden", c.hidden)?;
+            at_least_one("method.iterations", c.iterations)?;
+            at_least_one("method.batch_size", c.batch_size)?;
+            positive("method.lr", c.lr)?;
+            in_range("method.beta1", c.beta1, 0.0, 1.0)?;
+            non_negative("method.l1_weight", c.l1_weight)
+        }
+        AvMethod::Full2miss(c) => non_negative("method.weight", c.weight),
+        AvMethod::Smil(c) => {
+            at_least_one("method.clusters", c.clusters)?;
+            at_least_one("method.kmeans_restarts", c.kmeans_restarts)?;
+            at_least_one("method.inner_decay_every", c.inner_decay_every)?;
+            non_negative("method.inner_lr", c.inner_lr)?;
+            non_negative("method.mse_fused_weight", c.mse_fused_weight)?;
+            non_negative("method.mse_hidden_weight", c.mse_hidden_weight)?;
+            non_negative("method.reverse_weight", c.reverse_weight)
+        }
+        AvMethod::Shaspec(c) => {
+            non_negative("method.dao_weight", c.dao_weight)?;
+            non_negative("method.dco_weight", c.dco_weight)
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -527,7 +799,22 @@ mod tests {
                 .contains("task.setting")
         );
         cfg.task.setting = Some("audio_5".parse().unwrap());
-        cfg.method.mckd_mut().alpha = f64::NAN;
+        cfg.method.mckd_mut().unwrap().alpha = f64::NAN;
         assert!(validate(&cfg).unwrap_err().to_string().contains("alpha"));
+        let mut smil = preset(
+            Preset::Paper,
+            MethodKind::Smil,
+            Some("audio_5".parse().unwrap()),
+            1,
+        );
+        if let AvMethod::Smil(c) = &mut smil.method {
+            c.clusters = 0;
+        }
+        assert!(
+            validate(&smil)
+                .unwrap_err()
+                .to_string()
+                .contains("method.clusters")
+        );
     }
 }

@@ -108,6 +108,43 @@ impl AvSource {
         s
     }
 
+    /// The samples `indices` (in that order), keeping only the modalities in `keep` that each
+    /// has (`[image, audio]`).
+    ///
+    /// # Panics
+    /// If an index is out of range or a sample would be left with no modality (an internal
+    /// contract: callers pick samples by their availability).
+    pub fn subset(&self, indices: &[usize], keep: [bool; 2]) -> Self {
+        let mut out = Self::new();
+        for &i in indices {
+            let a = self.available[i];
+            let image =
+                (a[IMAGE] && keep[IMAGE]).then(|| &self.images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]);
+            let audio =
+                (a[AUDIO] && keep[AUDIO]).then(|| &self.audio[i * AUDIO_LEN..(i + 1) * AUDIO_LEN]);
+            assert!(
+                image.is_some() || audio.is_some(),
+                "sample {i} has none of the kept modalities"
+            );
+            out.push(image, audio, self.labels[i] as u8);
+        }
+        out
+    }
+
+    /// Indices of the samples whose availability is exactly `available` (`[image, audio]`).
+    pub fn with_availability(&self, available: [bool; 2]) -> Vec<usize> {
+        (0..self.labels.len())
+            .filter(|&i| self.available[i] == available)
+            .collect()
+    }
+
+    /// Indices of the samples that have modality `m`.
+    pub fn having(&self, m: usize) -> Vec<usize> {
+        (0..self.labels.len())
+            .filter(|&i| self.available[i][m])
+            .collect()
+    }
+
     /// The label of sample `i`.
     pub fn label(&self, i: usize) -> i64 {
         self.labels[i]

@@ -8,6 +8,7 @@
 //!   `lowerb_audio`, `upperb`, `baseline`, `mckd`), the run configuration and its presets.
 //! * [`run`]: one run — its data, its method, training through the shared loop, evaluation.
 //! * [`grid`]: many runs as plan → run one → merge, one folder per run.
+//! * [`peers`]: the peer methods of Table 2 (AutoEncoder, GAN, Full2miss, SMIL, ShaSpec).
 //! * [`pool`]: runs of a grid in child processes.
 //! * [`report`]: `results.json`, `table2.md` / `table2.csv`, IWV series.
 //! * [`cli`]: the `mckd avmnist {reproduce, train, eval, merge}` subcommands.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod grid;
 pub mod model;
+pub mod peers;
 pub mod pool;
 pub mod report;
 pub mod run;
@@ -29,3 +31,25 @@ pub use config::{AvMethod, AvRunConfig, AvTask, MethodKind, PercentMapping, Pres
 pub use data::AvSource;
 pub use model::{AvBatch, AvmnistNet, AvmnistNetConfig};
 pub use run::{AvmnistError, RunOutcome, RunSpec};
+
+#[cfg(test)]
+pub(crate) mod tests_util {
+    use burn::prelude::*;
+
+    /// Values of a tensor as `f32`.
+    pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        mckd_train::to_vec(t)
+    }
+
+    /// Asserts element-wise closeness with an absolute tolerance.
+    #[track_caller]
+    pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32) {
+        assert_eq!(actual.len(), expected.len(), "length mismatch");
+        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+            assert!(
+                (a - e).abs() <= tol,
+                "element {i}: got {a}, expected {e} (tol {tol})"
+            );
+        }
+    }
+}

@@ -111,6 +111,20 @@ impl DropoutRng {
     pub fn new(seed: u64) -> Self {
         Self(Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
     }
+
+    /// The generator's exact state ([`mckd_core::rng::rng_state`]), for checkpoints.
+    pub fn state(&self) -> Vec<u8> {
+        let rng = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        mckd_core::rng::rng_state(&rng).to_vec()
+    }
+
+    /// Restores [`state`](Self::state); an error says what does not fit.
+    pub fn restore(&self, state: &[u8]) -> Result<(), String> {
+        let restored = mckd_core::rng::rng_from_state(state)
+            .ok_or_else(|| format!("not a dropout generator state ({} bytes)", state.len()))?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+        Ok(())
+    }
 }
 
 impl SeededDropout {
@@ -225,24 +239,14 @@ impl AvmnistNetConfig {
     pub fn init(&self, dropout_seed: u64, device: &Device) -> AvmnistNet {
         let rng = DropoutRng::new(dropout_seed);
         let f = self.features;
-        let image = ConvEncoder::new(
-            &EncoderShape {
-                channels: [1, 20, 50],
-                kernel: 5,
-                padding: 0,
-                flat: 800,
-            },
+        let image = ConvEncoder::for_modality(
+            IMAGE,
             f,
             SeededDropout::new(self.dropout, rng.clone()),
             device,
         );
-        let audio = ConvEncoder::new(
-            &EncoderShape {
-                channels: [1, 32, 64],
-                kernel: 3,
-                padding: 1,
-                flat: 1600,
-            },
+        let audio = ConvEncoder::for_modality(
+            AUDIO,
             f,
             SeededDropout::new(self.dropout, rng.clone()),
             device,
@@ -267,13 +271,23 @@ impl AvmnistNetConfig {
     /// burn initialises parameters lazily (at their first use); this forces every parameter to
     /// be drawn here, in module order, so the values depend on `seed` alone.
     pub fn init_seeded(&self, seed: u64, device: &Device) -> AvmnistNet {
-        static INIT_LOCK: Mutex<()> = Mutex::new(());
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        device.seed(seed);
-        let net = self.init(seed ^ 0x5EED_D409_0A7E_0001, device);
-        net.visit(&mut Materialise);
-        net
+        init_seeded_with(seed, device, || {
+            self.init(seed ^ 0x5EED_D409_0A7E_0001, device)
+        })
     }
+}
+
+/// Builds a module with `init` while the device generator is seeded with `seed` (under a
+/// process-wide lock, so runs in parallel threads do not interleave their draws) and draws
+/// every lazily initialised parameter at once, in module order: the values depend on `seed`
+/// alone. [`AvmnistNetConfig::init_seeded`] and the peer methods' extra modules use it.
+pub fn init_seeded_with<M: Module>(seed: u64, device: &Device, init: impl FnOnce() -> M) -> M {
+    static INIT_LOCK: Mutex<()> = Mutex::new(());
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let module = init();
+    module.visit(&mut Materialise);
+    module
 }
 
 /// Forces lazily initialised parameters to be drawn.
@@ -313,6 +327,48 @@ struct EncoderShape {
 }
 
 impl ConvEncoder {
+    /// The encoder of `modality` ([`IMAGE`]: `[B, 1, 28, 28]` inputs, [`AUDIO`]: `[B, 1, 20, 20]`;
+    /// the layer lists of the module doc) with `features` outputs, ending in `dropout`.
+    ///
+    /// # Panics
+    /// If `modality` is not [`IMAGE`] or [`AUDIO`] (an internal contract).
+    pub fn for_modality(
+        modality: usize,
+        features: usize,
+        dropout: SeededDropout,
+        device: &Device,
+    ) -> Self {
+        let shape = match modality {
+            IMAGE => EncoderShape {
+                channels: [1, 20, 50],
+                kernel: 5,
+                padding: 0,
+                flat: 800,
+            },
+            AUDIO => EncoderShape {
+                channels: [1, 32, 64],
+                kernel: 3,
+                padding: 1,
+                flat: 1600,
+            },
+            m => panic!("AV-MNIST has 2 modalities, asked for modality {m}"),
+        };
+        Self::new(&shape, features, dropout, device)
+    }
+
+    /// Width of the encoder's output.
+    pub fn feature_width(&self) -> usize {
+        self.fc.weight.dims()[1]
+    }
+
+    /// The encoder's dropout on features (the last layer of [`forward`](Self::forward)).
+    ///
+    /// # Shapes
+    /// - input, output: `[batch, features]`
+    pub fn apply_dropout(&self, x: Tensor<2>) -> Tensor<2> {
+        self.dropout.forward(x)
+    }
+
     fn new(shape: &EncoderShape, features: usize, dropout: SeededDropout, device: &Device) -> Self {
         let [c0, c1, c2] = shape.channels;
         let (k, p) = (shape.kernel, shape.padding);
@@ -478,8 +534,54 @@ impl AvmnistNet {
     /// - `fused`: `[batch, 2 × features]`
     /// - output: `[batch, 10]` logits
     pub fn head(&self, fused: Tensor<2>) -> Tensor<2> {
-        let x = self.head_dropout.forward(relu(self.fc1.forward(fused))); // [B, hidden]
-        self.fc2.forward(x) // [B, 10]
+        self.classify(self.hidden(fused))
+    }
+
+    /// The head's hidden layer before its dropout, `relu(fc1(fused))` (the first half of
+    /// [`head`](Self::head)).
+    ///
+    /// # Shapes
+    /// - `fused`: `[batch, 2 × features]`
+    /// - output: `[batch, hidden]`
+    pub fn hidden(&self, fused: Tensor<2>) -> Tensor<2> {
+        relu(self.fc1.forward(fused))
+    }
+
+    /// The rest of the head: dropout, then `fc2` (the second half of [`head`](Self::head)).
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, hidden]`
+    /// - output: `[batch, 10]` logits
+    pub fn classify(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(self.head_dropout.forward(hidden))
+    }
+
+    /// The encoder of modality `m` ([`IMAGE`] or [`AUDIO`]).
+    ///
+    /// # Panics
+    /// If `m` is not a modality (an internal contract).
+    pub fn encoder(&self, m: usize) -> &ConvEncoder {
+        match m {
+            IMAGE => &self.image,
+            AUDIO => &self.audio,
+            m => panic!("AV-MNIST has 2 modalities, asked for modality {m}"),
+        }
+    }
+
+    /// Width of each encoder's features.
+    pub fn feature_width(&self) -> usize {
+        self.image.feature_width()
+    }
+
+    /// Width of the head's hidden layer.
+    pub fn hidden_units(&self) -> usize {
+        self.fc1.weight.dims()[1]
+    }
+
+    /// The generator of the network's dropout layers (shared: layers a peer method adds draw
+    /// from it too, so that one state covers them in checkpoints).
+    pub fn dropout_rng(&self) -> DropoutRng {
+        self.rng.clone()
     }
 }
 
@@ -551,15 +653,11 @@ impl Task for AvmnistNet {
     }
 
     fn random_state(&self) -> Vec<u8> {
-        let rng = self.rng.0.lock().unwrap_or_else(|e| e.into_inner());
-        mckd_core::rng::rng_state(&rng).to_vec()
+        self.rng.state()
     }
 
     fn set_random_state(&self, state: &[u8]) -> Result<(), String> {
-        let restored = mckd_core::rng::rng_from_state(state)
-            .ok_or_else(|| format!("not a dropout generator state ({} bytes)", state.len()))?;
-        *self.rng.0.lock().unwrap_or_else(|e| e.into_inner()) = restored;
-        Ok(())
+        self.rng.restore(state)
     }
 }
 

@@ -18,9 +18,17 @@ use mckd_train::train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AvRunConfig, DataSplit, EvalSet, MethodKind, Missing, Setting, validate};
+use crate::config::{
+    AvMethod, AvRunConfig, DataSplit, EvalSet, MethodKind, Missing, Setting, validate,
+};
 use crate::data::AvSource;
-use crate::model::AvmnistNet;
+use crate::peers::common::PreSetup;
+use crate::peers::full2miss::Full2miss;
+use crate::peers::impute::{Imputer, ImputerKind};
+use crate::peers::lenet::LenetNet;
+use crate::peers::shaspec::{Shaspec, ShaspecModel};
+use crate::peers::smil::{Smil, SmilBackbone};
+use crate::peers::{BoxedMethod, PeerData};
 
 /// Errors of the AV-MNIST harness; each names what and where.
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +120,14 @@ pub struct RunOutcome {
     /// Accuracy per modality subset `[image]`, `[audio]`, `[image, audio]` (NaN where the
     /// evaluation samples lack the subset).
     pub subsets: Vec<SubsetAccuracy>,
-    /// Normalised IWV at the end (`[image, audio]`).
+    /// Normalised IWV at the end (`[image, audio]`; empty for the peers).
     pub iwv: Vec<f32>,
-    /// Inner iterations run.
+    /// Inner iterations run by the shared loop.
     pub iterations: usize,
+    /// Network iterations of the method's own stages before the loop (pretraining; 0 for
+    /// MCKD, the Baseline, the bounds and ShaSpec).
+    #[serde(default)]
+    pub pre_iterations: usize,
     /// Wall time of training + evaluation, seconds.
     pub seconds: f64,
     /// Step timing.
@@ -273,41 +285,128 @@ pub fn resolve(cfg: &AvRunConfig, train_len: usize) -> AvRunConfig {
     cfg
 }
 
-/// The method of a run, freshly initialised from its seed on the autodiff device `ad`.
-pub fn build_method(cfg: &AvRunConfig, ad: &Device) -> Mckd<AvmnistNet> {
-    let mckd = cfg.method.mckd().clone();
-    let net = cfg.task.net.init_seeded(cfg.seed, ad);
-    let model = MckdModel::new(net, mckd.normalisation, cfg.seed, ad);
-    let optim = cfg.optimizer.init();
-    match cfg.method.kind() {
-        MethodKind::Mckd => Mckd::new(model, mckd, optim),
-        _ => Mckd::baseline(model, mckd, optim),
-    }
+/// The row's training samples as the peers see them (paired, dominant modality).
+fn peer_data(cfg: &AvRunConfig, train: &AvSource) -> Result<PeerData> {
+    Ok(PeerData::new(train, setting_of(cfg)?.missing))
 }
 
-/// Inner iterations a run will take (for progress bars).
+/// The seed of a peer's own stages (pretraining shuffles, translators, noise), derived from
+/// the run's seed.
+pub fn stage_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED
+}
+
+/// The method of a run, freshly initialised from its seed on `device` (the autodiff device to
+/// train, the plain one to load a saved model); the peers take what they need of the row's
+/// training samples `train`. Every method of one seed starts from the same network.
+pub fn build_method(cfg: &AvRunConfig, train: &AvSource, device: &Device) -> Result<BoxedMethod> {
+    let net = || cfg.task.net.init_seeded(cfg.seed, device);
+    let optim = cfg.optimizer.init();
+    let setup = || PreSetup {
+        optimizer: cfg.optimizer,
+        lr: cfg.schedule.initial(),
+        seed: stage_seed(cfg.seed),
+        device: device.clone(),
+    };
+    let boxed: BoxedMethod = match &cfg.method {
+        AvMethod::LowerbImage(m)
+        | AvMethod::LowerbAudio(m)
+        | AvMethod::Upperb(m)
+        | AvMethod::Baseline(m)
+        | AvMethod::Mckd(m) => {
+            let model = MckdModel::new(net(), m.normalisation, cfg.seed, device);
+            if cfg.method.kind() == MethodKind::Mckd {
+                Box::new(Mckd::new(model, m.clone(), optim))
+            } else {
+                Box::new(Mckd::baseline(model, m.clone(), optim))
+            }
+        }
+        AvMethod::Shaspec(c) => Box::new(Shaspec::new(
+            ShaspecModel::new(net(), stage_seed(cfg.seed), device),
+            c.clone(),
+            optim,
+        )),
+        AvMethod::Autoencoder(c) => Box::new(Imputer::new(
+            ImputerKind::Autoencoder(c.clone()),
+            net(),
+            peer_data(cfg, train)?,
+            setup(),
+            optim,
+        )),
+        AvMethod::Gan(c) => Box::new(Imputer::new(
+            ImputerKind::Gan(c.clone()),
+            net(),
+            peer_data(cfg, train)?,
+            setup(),
+            optim,
+        )),
+        AvMethod::Full2miss(c) => Box::new(Full2miss::new(
+            c.clone(),
+            net(),
+            peer_data(cfg, train)?,
+            setup(),
+            optim,
+        )),
+        AvMethod::Smil(c) => {
+            let data = peer_data(cfg, train)?;
+            let bad = |e: crate::peers::kmeans::KMeansError| {
+                AvmnistError::Config(mckd_train::config::ConfigError::Invalid {
+                    field: "method.clusters".into(),
+                    problem: e.to_string(),
+                })
+            };
+            let bs = cfg.loop_.batch_size;
+            match c.backbone {
+                SmilBackbone::Ours => Box::new(
+                    Smil::new(c.clone(), net(), data, setup(), optim, bs, "smil").map_err(bad)?,
+                ),
+                SmilBackbone::Lenet => Box::new(
+                    Smil::new(
+                        c.clone(),
+                        LenetNet::init_seeded(cfg.seed, device),
+                        data,
+                        setup(),
+                        optim,
+                        bs,
+                        "smil_lenet",
+                    )
+                    .map_err(bad)?,
+                ),
+            }
+        }
+    };
+    Ok(boxed)
+}
+
+/// Inner iterations a run will take (for progress bars): the method's own stages and the
+/// shared loop's.
 pub fn planned_iterations(data: &AvMnist, cfg: &AvRunConfig) -> Result<usize> {
     let prep = prepare(data, cfg)?;
-    let cfg = resolve(cfg, prep.train.len());
-    Ok(total_iterations(&cfg.loop_, prep.train.len()))
+    let resolved = resolve(cfg, prep.train.len());
+    let pre = match cfg.method.pretrain() {
+        Some(p) => p.iterations(&peer_data(cfg, &prep.train)?),
+        None => 0,
+    };
+    Ok(pre + total_iterations(&resolved.loop_, prep.train.len()))
 }
 
-/// Trains and evaluates one run on `device` (the autodiff wrapper is added here). With a run
-/// folder, checkpoints go into it (and `resume` continues from its last one). Returns the
-/// trained method and the outcome.
+/// Trains and evaluates one run on `device` (the autodiff wrapper is added here): the
+/// method's own stages first (pretraining; not checkpointed: an interrupted run repeats
+/// them), then the shared loop. With a run folder, checkpoints go into it (and `resume`
+/// continues from its last one). Returns the trained method and the outcome.
 pub fn run_one(
     data: &AvMnist,
     cfg: &AvRunConfig,
     device: &Device,
     progress: &ProgressBar,
     run: Option<(&RunDir, bool)>,
-) -> Result<(Mckd<AvmnistNet>, RunOutcome)> {
+) -> Result<(BoxedMethod, RunOutcome)> {
     validate(cfg)?;
     let start = Instant::now();
     let prep = prepare(data, cfg)?;
     let cfg = resolve(cfg, prep.train.len());
     let ad = device.clone().autodiff();
-    let mut method = build_method(&cfg, &ad);
+    let mut method = build_method(&cfg, &prep.train, &ad)?;
     let mut resume = None;
     if let Some((dir, true)) = run
         && let Some(c) = load_checkpoint(dir.path()).map_err(|msg| AvmnistError::File {
@@ -321,14 +420,15 @@ pub fn run_one(
                 path: dir.file("checkpoint"),
                 msg: e.to_string(),
             })?;
-        progress.inc(c.state.iteration as u64);
+        progress.inc((method.pre_iterations() + c.state.iteration) as u64);
         resume = Some((c.state, c.log));
     }
+    method.prepare(&mut || progress.inc(1));
     let mut guard = DivergenceGuard::new(&method);
     let mut bar = Progress::new(progress, RunSpec::of(&cfg).label());
     let mut signal = StopOnSignal::install();
     let mut sink = run.map(|(d, _)| FolderCheckpoints::new(d.path()));
-    let mut observers: Vec<&mut dyn Observer<Mckd<AvmnistNet>>> = vec![&mut guard, &mut bar];
+    let mut observers: Vec<&mut dyn Observer<BoxedMethod>> = vec![&mut guard, &mut bar];
     if run.is_some() {
         observers.push(&mut signal);
     }
@@ -369,8 +469,9 @@ pub fn run_one(
             .find(|s| s.mask == target)
             .map_or(f64::NAN, |s| s.accuracy),
         subsets,
-        iwv: method.state_values(),
+        iwv: method.iwv(),
         iterations: trained.log.len(),
+        pre_iterations: method.pre_iterations(),
         seconds: start.elapsed().as_secs_f64(),
         timing: trained.state.timing,
         log: trained.log,
@@ -396,6 +497,6 @@ where
 }
 
 /// The log columns of AV-MNIST runs.
-pub fn log_columns(method: &Mckd<AvmnistNet>, cfg: &AvRunConfig) -> LogColumns {
+pub fn log_columns(method: &BoxedMethod, cfg: &AvRunConfig) -> LogColumns {
     LogColumns::of(method, &cfg.loop_)
 }

@@ -631,6 +631,17 @@ pub struct DemoArgs {
 
 /// Runs a BraTS subcommand.
 pub fn run(cmd: BratsCommand) -> anyhow::Result<()> {
+    // `--quiet` keeps the library's messages to warnings and hides the progress bars.
+    mckd_train::init_logging(match &cmd {
+        BratsCommand::Phantoms(_) => false,
+        BratsCommand::Train(a) => a.quiet,
+        BratsCommand::Predict(a) => a.quiet,
+        BratsCommand::Evaluate(a) => a.quiet,
+        BratsCommand::Eval(a) => a.quiet,
+        BratsCommand::Demo(a) => a.quiet,
+        BratsCommand::Prepare(a) => a.quiet,
+        BratsCommand::Real(a) => a.quiet,
+    });
     match cmd {
         BratsCommand::Phantoms(a) => phantoms(&a),
         BratsCommand::Train(a) => train(&a),
@@ -668,7 +679,6 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-real",
         (a.resume, a.overwrite),
-        a.quiet,
     )
 }
 
@@ -681,7 +691,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(mckd_volume::PreparedCache::default_dir),
     );
-    let bar = mckd_train::progress_bar(cases.len() as u64, "prepare", a.quiet);
+    let bar = mckd_train::progress_bar(cases.len() as u64, "prepare");
     let mut problems = Vec::new();
     let mut rows = Vec::new();
     for case in &cases {
@@ -810,7 +820,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         run.write("config.json", cfg.to_json().as_bytes())?;
     }
     let t0 = Instant::now();
-    match train_run(&cfg, &run, resumed, a.quiet) {
+    match train_run(&cfg, &run, resumed) {
         Ok(t) => {
             run.set_status(RunState::Finished, None, Some(t.log.len()))?;
             // A run without meta steps (the Baseline, or too short for a phase) has no time
@@ -848,7 +858,7 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     }
     let out_path = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
     let (out, _) = RunDir::open(&out_path, OutPolicy::from_flags(false, a.overwrite))?;
-    match evaluate_runs(&runs, a.data.as_deref(), &out, a.quiet) {
+    match evaluate_runs(&runs, a.data.as_deref(), &out) {
         Ok(report) => {
             out.set_status(RunState::Finished, None, None)?;
             println!("{}", report.markdown);
@@ -908,7 +918,6 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 &crate::evaluate::Grid::of(&cfg.task),
                 out.path(),
                 &device,
-                a.quiet,
             );
             match files {
                 Ok(files) => {
@@ -972,14 +981,7 @@ fn evaluate(a: &EvaluateArgs) -> anyhow::Result<()> {
     };
     check_not_input(&a.out, &[&a.pred, &a.reference])?;
     let (out, _) = RunDir::open(&a.out, OutPolicy::from_flags(false, a.overwrite))?;
-    let scores = evaluate_folder(
-        &a.pred,
-        &cases,
-        &subsets,
-        convention,
-        Some(out.path()),
-        a.quiet,
-    );
+    let scores = evaluate_folder(&a.pred, &cases, &subsets, convention, Some(out.path()));
     let scores = match scores {
         Ok(s) => s,
         Err(e) => {
@@ -1047,7 +1049,6 @@ fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-demo",
         (a.resume, a.overwrite),
-        a.quiet,
     )
 }
 
@@ -1058,7 +1059,6 @@ fn run_experiment(
     out: Option<&Path>,
     kind: &str,
     (resume, overwrite): (bool, bool),
-    quiet: bool,
 ) -> anyhow::Result<()> {
     if d.methods.is_empty() {
         bail!("--methods is empty");
@@ -1083,7 +1083,7 @@ fn run_experiment(
     let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(resume, overwrite))?;
     let t0 = Instant::now();
     let result = if seeds != 1 {
-        demo_seeds(d, seeds, &run, resumed, quiet).map(|summary| {
+        demo_seeds(d, seeds, &run, resumed).map(|summary| {
             println!("{}", summary.markdown);
             println!(
                 "{seeds} seeds finished in {:.1} min; run folder {}",
@@ -1092,7 +1092,7 @@ fn run_experiment(
             );
         })
     } else {
-        demo(d, &run, resumed, quiet).map(|report| {
+        demo(d, &run, resumed).map(|report| {
             println!("{}", report.markdown);
             if let Some(v) = report.results.extra.get("mean_dice_subsets_without_t1c") {
                 println!("mean Dice over the subsets without t1c: {v}");

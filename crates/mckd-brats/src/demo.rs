@@ -214,7 +214,7 @@ impl DemoConfig {
 
 /// Phantoms → every method → evaluation; returns the report. Methods already finished in `out`
 /// (a resumed demo) are not trained again.
-pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result<EvalReport> {
+pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> {
     let started = Instant::now();
     out.write_json("demo_config.json", cfg)?;
     let data = match (&cfg.phantoms, cfg.phantom_config()) {
@@ -227,14 +227,12 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result
                 .and_then(|b| serde_json::from_slice::<(PhantomConfig, u64)>(&b).ok())
                 .is_some_and(|(c, s)| c == pcfg && s == cfg.run.seed);
             if !same || discover_cases(&data).map(|c| c.len()).unwrap_or(0) != ph.cases {
-                if !quiet {
-                    eprintln!(
-                        "writing {} phantoms of {}³ to {}",
-                        ph.cases,
-                        ph.size,
-                        data.display()
-                    );
-                }
+                log::info!(
+                    "writing {} phantoms of {}³ to {}",
+                    ph.cases,
+                    ph.size,
+                    data.display()
+                );
                 write_phantom_dataset(&data, ph.cases, &pcfg, cfg.run.seed)?;
                 RunDir::create(&data)?.write_json("phantom_config.json", &(&pcfg, cfg.run.seed))?;
             }
@@ -255,18 +253,16 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result
             dir.set_status(RunState::Running, None, None)?;
             let has_checkpoint =
                 resume && (dir.file("checkpoint").is_dir() || dir.file(".checkpoint.old").is_dir());
-            match train_run(&rc, &dir, has_checkpoint, quiet) {
+            match train_run(&rc, &dir, has_checkpoint) {
                 Ok(t) => {
                     dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
-                    if !quiet {
-                        eprintln!(
-                            "{}: {:.3} s/inner step, {:.3} s/meta step, {} parameters",
-                            method.title(),
-                            t.seconds_per_inner(),
-                            t.timing.per_meta(),
-                            t.method.num_params(),
-                        );
-                    }
+                    log::info!(
+                        "{}: {:.3} s/inner step, {:.3} s/meta step, {} parameters",
+                        method.title(),
+                        t.seconds_per_inner(),
+                        t.timing.per_meta(),
+                        t.method.num_params(),
+                    );
                 }
                 Err(e) => {
                     dir.set_status(RunState::Failed, Some(e.to_string()), None)?;
@@ -277,7 +273,7 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool, quiet: bool) -> Result
         splits.get_or_insert_with(|| dir.file("splits.json"));
         runs.push(dir.path().to_path_buf());
     }
-    let mut report = evaluate_runs(&runs, None, out, quiet)?;
+    let mut report = evaluate_runs(&runs, None, out)?;
     let timing = timing_table(&runs)?;
     out.write("timing.csv", timing.csv.as_bytes())?;
     out.write("timing.md", timing.markdown.as_bytes())?;

@@ -58,12 +58,7 @@ pub fn test_cases(run: &Path, root: &Path) -> Result<Vec<Case>> {
 /// overrides the cases root) on every subset: predictions in `out/predictions/<method>/`,
 /// scores in `out/eval/<method>/<subset>/summary.json`, then `table.md`, `table.csv`,
 /// `per_case.csv`, `results.json` and `overlay.png`.
-pub fn evaluate_runs(
-    runs: &[PathBuf],
-    data: Option<&Path>,
-    out: &RunDir,
-    quiet: bool,
-) -> Result<EvalReport> {
+pub fn evaluate_runs(runs: &[PathBuf], data: Option<&Path>, out: &RunDir) -> Result<EvalReport> {
     let started = Instant::now();
     let first = runs
         .first()
@@ -95,7 +90,6 @@ pub fn evaluate_runs(
             &crate::evaluate::Grid::of(&cfg.task),
             &pred_dir,
             &plain,
-            quiet,
         )?;
         let scores = evaluate_folder(
             &pred_dir,
@@ -103,7 +97,6 @@ pub fn evaluate_runs(
             &subsets,
             cfg.task.convention,
             Some(&out.path().join("eval").join(&name)),
-            quiet,
         )?;
         if let Some(case) = cases.first() {
             let s = match &mut slice {

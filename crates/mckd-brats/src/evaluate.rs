@@ -109,9 +109,8 @@ pub fn predict_cases(
     grid: &Grid,
     out: &Path,
     device: &Device,
-    quiet: bool,
 ) -> Result<Vec<PathBuf>> {
-    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "predict", quiet);
+    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "predict");
     let mut written = Vec::new();
     for case in cases {
         match grid {
@@ -151,20 +150,14 @@ pub fn predict_cases(
     Ok(written)
 }
 
-/// Writes a label map atomically (temporary file in the same folder, then rename).
+/// Writes a label map (atomically: `write_labels_like` writes a temporary file in the same
+/// folder and renames it), creating its folder.
 pub fn write_label_file(path: &Path, labels: &[u8], header: &mckd_volume::Header) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| {
         BratsError::Invalid(format!("cannot create the folder {}: {e}", dir.display()))
     })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}.nii.gz", std::process::id()));
-    write_labels_like(&tmp, labels, header)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| BratsError::Invalid(format!("cannot write {}: {e}", path.display())))
+    Ok(write_labels_like(path, labels, header)?)
 }
 
 /// The scores of one subset.
@@ -219,9 +212,8 @@ pub fn evaluate_folder(
     subsets: &[Vec<bool>],
     convention: LabelConvention,
     out: Option<&Path>,
-    quiet: bool,
 ) -> Result<Vec<SubsetScores>> {
-    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "evaluate", quiet);
+    let bar = mckd_train::progress_bar((cases.len() * subsets.len()) as u64, "evaluate");
     // Every reference first (read once), so that a bad reference is found before scoring.
     let mut refs = Vec::with_capacity(cases.len());
     for case in cases {

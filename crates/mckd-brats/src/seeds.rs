@@ -159,7 +159,6 @@ pub fn demo_seeds(
     seeds: u64,
     out: &RunDir,
     resume: bool,
-    quiet: bool,
 ) -> Result<SeedsSummary> {
     if seeds == 0 {
         return Err(BratsError::Invalid("--seeds must be at least 1".into()));
@@ -170,14 +169,10 @@ pub fn demo_seeds(
         let mut c = cfg.clone();
         c.run.seed = seed;
         if finished_with(&dir, &c) {
-            if !quiet {
-                eprintln!("seed {seed}: reusing {}", dir.display());
-            }
+            log::info!("seed {seed}: reusing {}", dir.display());
         } else {
-            if !quiet {
-                eprintln!("seed {seed}: running the demo into {}", dir.display());
-            }
-            demo(&c, &RunDir::create(&dir)?, resume, quiet)?;
+            log::info!("seed {seed}: running the demo into {}", dir.display());
+            demo(&c, &RunDir::create(&dir)?, resume)?;
         }
         dirs.push((seed, dir));
     }

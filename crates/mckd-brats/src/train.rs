@@ -219,10 +219,9 @@ pub fn load_named(
     all: &[mckd_volume::Case],
     ids: &[String],
     convention: mckd_volume::LabelConvention,
-    quiet: bool,
     what: &str,
 ) -> Result<Vec<LoadedCase>> {
-    let bar = mckd_train::progress_bar(ids.len() as u64, what, quiet);
+    let bar = mckd_train::progress_bar(ids.len() as u64, what);
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let case = all
@@ -242,18 +241,17 @@ pub fn training_cases(
     cfg: &BratsRunConfig,
     all: &[mckd_volume::Case],
     ids: &[String],
-    quiet: bool,
     what: &str,
 ) -> Result<Vec<Arc<TrainCase>>> {
     let conv = cfg.task.convention;
     if cfg.task.spacing == 1.0 {
-        return load_named(all, ids, conv, quiet, what)?
+        return load_named(all, ids, conv, what)?
             .into_iter()
             .map(|c| TrainCase::from_loaded(c, conv).map(Arc::new))
             .collect();
     }
     let cache = cfg.task.prepared_cache();
-    let bar = mckd_train::progress_bar(ids.len() as u64, what, quiet);
+    let bar = mckd_train::progress_bar(ids.len() as u64, what);
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let case = all
@@ -557,7 +555,7 @@ fn read_gaps(file: &Path, up_to: usize) -> Vec<FeatureGap> {
 
 /// Trains one method on the cases of `cfg.task.data` and writes the run folder (see the module
 /// docs). With `resume`, continues from the folder's last checkpoint.
-pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool, quiet: bool) -> Result<Trained> {
+pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Trained> {
     validate(cfg)?;
     let cases = discover_cases(&cfg.task.data)?;
     let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
@@ -568,18 +566,11 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool, quiet: bool) 
             .map(|c| TrainCase::from_loaded(c, conv).map(Arc::new))
             .collect()
     };
-    let train_cases = to_train(load_named(
-        &cases,
-        &splits.train,
-        conv,
-        quiet,
-        "loading train",
-    )?)?;
+    let train_cases = to_train(load_named(&cases, &splits.train, conv, "loading train")?)?;
     let meta_cases = to_train(load_named(
         &cases,
         &splits.meta_val,
         conv,
-        quiet,
         "loading meta-val",
     )?)?;
     let crop = CropConfig {
@@ -646,7 +637,7 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool, quiet: bool) 
     for g in &gaps {
         append_gap(&gap_file, g);
     }
-    let bar = mckd_train::progress_bar(total as u64, &format!("train {}", method.name()), quiet);
+    let bar = mckd_train::progress_bar(total as u64, &format!("train {}", method.name()));
     if let Some((st, _)) = &resume_from {
         bar.inc(st.iteration as u64);
     }

@@ -71,7 +71,7 @@ fn the_shared_loop_reproduces_the_pre_refactor_log() {
     cfg.loop_.meta.interval = 3;
     cfg.loop_.meta.interval_stage2 = 3;
     let run = RunDir::create(&tmp.0.join("run")).unwrap();
-    train_run(&cfg, &run, false, true).unwrap();
+    train_run(&cfg, &run, false).unwrap();
     let got = std::fs::read_to_string(run.file("train_log.csv")).unwrap();
     // MCKD_GOLDEN_OUT=FILE writes the log there, to regenerate the golden file deliberately.
     if let Some(out) = std::env::var_os("MCKD_GOLDEN_OUT") {
@@ -200,7 +200,7 @@ fn meta_phases_follow_the_interval_and_steps_and_stage_one_drops_nothing() {
     cfg.loop_.meta.steps = 3;
     cfg.loop_.meta.batch = 1;
     let run = RunDir::create(&tmp.0.join("run")).unwrap();
-    let t = train_run(&cfg, &run, false, true).unwrap();
+    let t = train_run(&cfg, &run, false).unwrap();
     let phases: Vec<usize> = t
         .log
         .iter()
@@ -372,7 +372,6 @@ fn evaluate_scores_a_hand_made_prediction_folder_and_names_bad_cases() {
         &[mask.to_vec()],
         LabelConvention::Brats2018,
         Some(&tmp.0.join("out")),
-        true,
     )
     .unwrap();
     for (k, (id, m)) in scores[0].per_case.iter().enumerate() {
@@ -394,7 +393,6 @@ fn evaluate_scores_a_hand_made_prediction_folder_and_names_bad_cases() {
         &[mask.to_vec()],
         LabelConvention::Brats2018,
         None,
-        true,
     )
     .unwrap_err()
     .to_string();
@@ -419,7 +417,6 @@ fn evaluate_scores_a_hand_made_prediction_folder_and_names_bad_cases() {
         &[mask.to_vec()],
         LabelConvention::Brats2018,
         None,
-        true,
     )
     .unwrap_err()
     .to_string();
@@ -444,7 +441,7 @@ fn tiny_train_predict_evaluate_all_subsets() {
     cfg.loop_.meta.interval_stage2 = 2;
     cfg.task.probe_interval = 2;
     let mckd = RunDir::create(&tmp.0.join("mckd")).unwrap();
-    let t = train_run(&cfg, &mckd, false, true).unwrap();
+    let t = train_run(&cfg, &mckd, false).unwrap();
     assert_eq!(t.log.len(), 4);
     assert_eq!(t.log.iter().filter(|r| r.meta_loss.is_some()).count(), 2);
     assert_eq!(t.feature_gap.len(), 3);
@@ -452,7 +449,7 @@ fn tiny_train_predict_evaluate_all_subsets() {
     bcfg.method = cfg.method.with_kind(Method::Baseline);
     bcfg.task.splits_file = Some(mckd.file("splits.json"));
     let base = RunDir::create(&tmp.0.join("baseline")).unwrap();
-    let b = train_run(&bcfg, &base, false, true).unwrap();
+    let b = train_run(&bcfg, &base, false).unwrap();
     assert!(b.log.iter().all(|r| r.meta_loss.is_none()));
     // The Baseline never moves its IWV.
     assert_eq!(b.log[0].state, b.log[3].state);
@@ -488,7 +485,6 @@ fn tiny_train_predict_evaluate_all_subsets() {
         &[mckd.path().to_path_buf(), base.path().to_path_buf()],
         None,
         &out,
-        true,
     )
     .unwrap();
     assert_eq!(report.evals.len(), 2);
@@ -535,18 +531,9 @@ fn tiny_train_predict_evaluate_all_subsets() {
         &mckd_brats::evaluate::Grid::Original,
         &pred,
         &device,
-        true,
     )
     .unwrap();
-    let scores = evaluate_folder(
-        &pred,
-        &test,
-        &subsets,
-        LabelConvention::Brats2018,
-        None,
-        true,
-    )
-    .unwrap();
+    let scores = evaluate_folder(&pred, &test, &subsets, LabelConvention::Brats2018, None).unwrap();
     for (s, (mask, means)) in scores.iter().zip(&report.evals[0].subsets) {
         assert_eq!(&s.mask, mask);
         assert_eq!(

@@ -453,7 +453,10 @@ impl<T: Task> Method for Mckd<T> {
                 })
         };
         let mut files = StateFiles::new();
-        let (k, v) = save(MODEL_FILE, self.model().clone().into_record().into_bytes())?;
+        // From the inference copy: burn keeps a batch norm's latest running statistics per
+        // thread until they are synced, and `valid()` syncs them, while `into_record` on the
+        // training module reads them one update behind (a resumed run would then diverge).
+        let (k, v) = save(MODEL_FILE, self.model().valid().into_record().into_bytes())?;
         files.insert(k, v);
         let (k, v) = save(TASK_OPTIM_FILE, self.task_optim.into_bytes())?;
         files.insert(k, v);
@@ -898,6 +901,52 @@ mod tests {
         let s1 = base.inner_step(&batch, &mask, 0.5);
         assert_eq!(s0, s1);
         assert_eq!(task_params(mckd0.model()), task_params(base.model()));
+    }
+
+    /// A boxed method (a trait object, as a task that picks its method at run time holds it)
+    /// trains and predicts as the method itself.
+    #[test]
+    fn a_boxed_method_is_the_method() {
+        let device = Device::flex().autodiff();
+        let (model, batch) = toy(&device);
+        let mask = mask_tensor(
+            &[vec![true, true], vec![true, false], vec![false, true]],
+            &device,
+        );
+        let mut plain = Mckd::new(
+            model.clone(),
+            MckdConfig::default(),
+            SgdConfig::new().init(),
+        );
+        let mut boxed: Box<dyn Method<Batch = ToyBatch, Output = Tensor<2>>> = Box::new(Mckd::new(
+            model,
+            MckdConfig::default(),
+            SgdConfig::new().init(),
+        ));
+        assert_eq!(boxed.name(), "mckd");
+        assert!(boxed.has_meta_step());
+        assert_eq!(boxed.term_names(), plain.term_names());
+        assert_eq!(boxed.state_names(), plain.state_names());
+        for _ in 0..2 {
+            assert_eq!(
+                boxed.train_step(&batch, &mask, 0.5),
+                plain.train_step(&batch, &mask, 0.5)
+            );
+            assert_eq!(boxed.meta_step(&batch), plain.meta_step(&batch));
+        }
+        assert_eq!(boxed.state_values(), plain.state_values());
+        let plain_device = Device::flex();
+        let pb = ToyBatch {
+            x: batch.x.iter().map(|t| t.clone().inner()).collect(),
+            y: batch.y.clone().inner(),
+        };
+        let pm = mask.inner();
+        assert_eq!(
+            values(boxed.predict(&pb, &pm)),
+            values(plain.predict(&pb, &pm))
+        );
+        let _ = plain_device;
+        assert!(boxed.save_state().unwrap().contains_key("model.bpk"));
     }
 
     #[test]

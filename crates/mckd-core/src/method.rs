@@ -120,3 +120,58 @@ pub trait Method {
     /// Restores what [`save_state`](Method::save_state) returned.
     fn load_state(&mut self, files: &StateFiles) -> Result<(), StateError>;
 }
+
+/// A boxed method is a method: the loop, its observers and the evaluation take `Box<dyn …>`
+/// (a task that builds one of several method types at run time) like any other.
+impl<M: Method + ?Sized> Method for Box<M> {
+    type Batch = M::Batch;
+    type Output = M::Output;
+
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn modalities(&self) -> &ModalitySet {
+        (**self).modalities()
+    }
+
+    fn term_names(&self) -> Vec<String> {
+        (**self).term_names()
+    }
+
+    fn train_step(&mut self, batch: &Self::Batch, mask: &Tensor<2>, lr: f64) -> Vec<f32> {
+        (**self).train_step(batch, mask, lr)
+    }
+
+    fn has_meta_step(&self) -> bool {
+        (**self).has_meta_step()
+    }
+
+    fn meta_step(&mut self, batch: &Self::Batch) -> f32 {
+        (**self).meta_step(batch)
+    }
+
+    fn state_names(&self) -> Vec<String> {
+        (**self).state_names()
+    }
+
+    fn state_values(&self) -> Vec<f32> {
+        (**self).state_values()
+    }
+
+    fn begin_stage(&mut self, stage: usize) {
+        (**self).begin_stage(stage)
+    }
+
+    fn predict(&self, batch: &Self::Batch, mask: &Tensor<2>) -> Self::Output {
+        (**self).predict(batch, mask)
+    }
+
+    fn save_state(&self) -> Result<StateFiles, StateError> {
+        (**self).save_state()
+    }
+
+    fn load_state(&mut self, files: &StateFiles) -> Result<(), StateError> {
+        (**self).load_state(files)
+    }
+}

@@ -36,9 +36,46 @@ pub fn to_vec_int<const D: usize>(t: burn::prelude::Tensor<D, burn::prelude::Int
         .expect("i64 tensor data")
 }
 
-/// A progress bar with the house style (hidden when stderr is not a terminal or `quiet`).
-pub fn progress_bar(len: u64, message: &str, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
+/// Library messages go through the `log` facade (info: progress notes, warn: things a user
+/// should act on); this is the binary's logger: plain lines on stderr, `--quiet` keeps only
+/// warnings and errors, and progress bars follow the same level ([`progress_bar`]).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        match record.level() {
+            log::Level::Error => eprintln!("error: {}", record.args()),
+            log::Level::Warn => eprintln!("warning: {}", record.args()),
+            _ => eprintln!("{}", record.args()),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the stderr logger (once per process) at `info`, or `warn` when `quiet`.
+pub fn init_logging(quiet: bool) {
+    static LOGGER: StderrLogger = StderrLogger;
+    // A second call (tests, nested commands) keeps the installed logger and only sets the level.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(if quiet {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    });
+}
+
+/// A progress bar with the house style; hidden when stderr is not a terminal or informational
+/// output is off (`--quiet`, or no logger installed: a library user sees no bars).
+pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
+    if !log::log_enabled!(log::Level::Info) {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);

@@ -134,6 +134,7 @@ fn main() {
         Command::Avmnist(cmd) => on_pool(Box::new(|| mckd_avmnist::cli::run(cmd))),
         Command::Brats(cmd) => on_pool(Box::new(|| mckd_brats::cli::run(cmd))),
         Command::RunOne(args) => on_pool(Box::new(move || {
+            mckd_train::init_logging(false);
             mckd_avmnist::cli::run_one_folder(&args.run, None, args.save_model)
         })),
         Command::Bench(args) => mckd_bench::run(args),
@@ -145,6 +146,7 @@ fn main() {
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    mckd_train::init_logging(args.quiet);
     let start = Instant::now();
     let device = args.device.device()?;
     let out = args
@@ -178,11 +180,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let n_seeds = args.seeds.unwrap_or(if args.quick { 3 } else { 5 });
     let per_run = iterations_per_epoch(cfg.train, cfg.batch_size, false) * cfg.epochs;
-    let bar = mckd_train::progress_bar(
-        2 * n_seeds * per_run as u64,
-        "demo: MCKD + Baseline",
-        args.quiet,
-    );
+    let bar = mckd_train::progress_bar(2 * n_seeds * per_run as u64, "demo: MCKD + Baseline");
     let names: Vec<String> = MODALITIES.iter().map(|s| s.to_string()).collect();
     let mut seeds = Vec::new();
     for seed in args.seed..args.seed + n_seeds {

@@ -1,11 +1,9 @@
-//! End-to-end tests of the `mckd` binary (the one integration-test file of this crate).
+//! End-to-end tests of the `mckd` binary: bad inputs, resume after a kill, run folders.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-fn mckd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mckd"))
-}
+mod common;
+use common::{first_case, mckd};
 
 /// A fresh path inside a new unique temporary folder (tempfile's); the test removes it when
 /// it passes and leaves it for inspection when it fails.
@@ -433,25 +431,13 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
     std::fs::write(dir.join("a-file"), b"x").unwrap();
     let broken = dir.join("broken");
     phantoms(&broken, 3);
-    let case = std::fs::read_dir(&broken)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
-        .unwrap();
-    let id = case.file_name().unwrap().to_string_lossy().into_owned();
+    let (case, id) = first_case(&broken);
     let t1 = case.join(format!("{id}_t1.nii.gz"));
     let bytes = std::fs::read(&t1).unwrap();
     std::fs::write(&t1, &bytes[..bytes.len() / 2]).unwrap();
     let missing = dir.join("missing-modality");
     phantoms(&missing, 3);
-    let mcase = std::fs::read_dir(&missing)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
-        .unwrap();
-    let mid = mcase.file_name().unwrap().to_string_lossy().into_owned();
+    let (mcase, mid) = first_case(&missing);
     std::fs::remove_file(mcase.join(format!("{mid}_t2.nii.gz"))).unwrap();
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     std::fs::write(
@@ -467,16 +453,10 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
     std::fs::copy(run.join("config.json"), bad_model.join("config.json")).unwrap();
     std::fs::copy(run.join("splits.json"), bad_model.join("splits.json")).unwrap();
     std::fs::write(bad_model.join("model.bpk"), b"not a model").unwrap();
-    let flair = std::fs::read_dir(&data)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
-        .map(|c| {
-            let id = c.file_name().unwrap().to_string_lossy().into_owned();
-            c.join(format!("{id}_flair.nii.gz"))
-        })
-        .unwrap();
+    let flair = {
+        let (c, id) = first_case(&data);
+        c.join(format!("{id}_flair.nii.gz"))
+    };
     let flair_s = flair.display().to_string();
     let data_s = data.display().to_string();
     let run_s = run.display().to_string();
@@ -500,12 +480,7 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
         v
     };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-    let kit = std::env::var("MCKD_DATA_DIR").unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data")
-            .display()
-            .to_string()
-    });
+    let kit = common::data_dir().display().to_string();
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         // Numbers.
         (s(&["demo", "--alpha", "NaN"]), vec!["alpha"]),

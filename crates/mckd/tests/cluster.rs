@@ -4,16 +4,13 @@
 //! is `.ci/slurm-test.sh`, which CI runs after the tests.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn mckd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mckd"))
-}
+mod common;
+use common::mckd;
 
 fn kit() -> PathBuf {
-    let dir = std::env::var_os("MCKD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let dir = common::data_dir();
     assert!(
         dir.join("avmnist/mnist").is_dir(),
         "AV-MNIST kit not found at {} (set MCKD_DATA_DIR)",

@@ -3,20 +3,16 @@
 //! 1 mm grid with the input's header. Three cases and a few iterations keep it to seconds; the
 //! cases are read from `$MCKD_DATA_DIR/brats-real` (default `../shared/data/brats-real`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use mckd_volume::{LabelConvention, read_header, read_labels};
 
-fn mckd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mckd"))
-}
+mod common;
+use common::mckd;
 
 fn real_cases() -> PathBuf {
-    let root = std::env::var_os("MCKD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("brats-real");
+    let root = common::data_dir().join("brats-real");
     assert!(
         root.join(CASES[0]).is_dir(),
         "real BraTS cases not found at {} (set MCKD_DATA_DIR to the folder holding brats-real/)",
