@@ -581,7 +581,7 @@ fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
         cfg.task.probe_interval = 0;
         mckd_brats::config::validate(&cfg).unwrap();
         let run = RunDir::create(&tmp.0.join(kind.name())).unwrap();
-        let t = train_run(&cfg, &run, false, true).unwrap();
+        let t = train_run(&cfg, &run, false).unwrap();
         assert_eq!(t.log.len(), 3, "{kind:?}");
         assert_eq!(t.method.name(), kind.name());
         for row in &t.log {
@@ -662,7 +662,7 @@ fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
         }
     }
     let out = RunDir::create(&tmp.0.join("eval")).unwrap();
-    let report = evaluate_runs(&runs, None, &out, true).unwrap();
+    let report = evaluate_runs(&runs, None, &out).unwrap();
     assert_eq!(report.evals.len(), 6);
     assert_eq!(report.results.rows.len(), 6 * 15);
     for kind in peers {
