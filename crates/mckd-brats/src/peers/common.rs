@@ -13,7 +13,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ConvBlock, DiceReduction, N_MODALITIES, OUT_CHANNELS, segmentation_loss};
+use crate::model::{ConvBlock, DiceReduction, OUT_CHANNELS, segmentation_loss};
 
 /// Negative slope of the leaky ReLUs of our convolution blocks (the UNet's).
 pub const SLOPE: f64 = 0.01;
@@ -46,14 +46,23 @@ impl Presence {
     /// From rows of flags (one row per sample).
     ///
     /// # Panics
-    /// If `rows` is empty or a sample has no modality (an internal contract: the loop and the
-    /// evaluation never ask for the empty subset).
+    /// If `rows` is empty, the rows differ in length, or a sample has no modality (an
+    /// internal contract: the loop and the evaluation never ask for the empty subset).
     pub fn from_rows(rows: Vec<Vec<bool>>) -> Self {
         assert!(
             !rows.is_empty() && rows.iter().all(|r| r.iter().any(|&p| p)),
             "every sample needs a present modality"
         );
+        assert!(
+            rows.iter().all(|r| r.len() == rows[0].len()),
+            "every sample needs a flag per modality"
+        );
         Self { rows }
+    }
+
+    /// Number of modalities (the mask's width).
+    pub fn modalities(&self) -> usize {
+        self.rows.first().map_or(0, Vec::len)
     }
 
     /// Number of samples.
@@ -83,7 +92,7 @@ impl Presence {
 
     /// The modalities every sample has.
     pub fn common(&self) -> Vec<usize> {
-        (0..N_MODALITIES).filter(|&m| self.all(m)).collect()
+        (0..self.modalities()).filter(|&m| self.all(m)).collect()
     }
 
     /// A per-sample value `f(b)` as a `[batch, 1, …, 1]` tensor of rank `D` (for broadcasting).
