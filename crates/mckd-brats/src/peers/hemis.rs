@@ -208,7 +208,10 @@ mod tests {
     #[test]
     fn loss_gradient_matches_finite_differences() {
         let ad = Device::flex().autodiff();
-        let net = Hemis::new(2, Head::Regions(DiceReduction::PerSample), &ad);
+        let net = crate::peers::testing::seeded(
+            Hemis::new(2, Head::Regions(DiceReduction::PerSample), &ad),
+            2,
+        );
         crate::peers::testing::check_term_gradients(
             &net,
             [16, 16, 8],

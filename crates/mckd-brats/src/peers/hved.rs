@@ -569,11 +569,14 @@ mod tests {
     #[test]
     fn term_gradients_match_finite_differences() {
         let ad = Device::flex().autodiff();
-        let net = Hved::new(
+        let net = crate::peers::testing::seeded(
+            Hved::new(
+                2,
+                Head::Regions(DiceReduction::PerSample),
+                HvedConfig::default(),
+                &ad,
+            ),
             2,
-            Head::Regions(DiceReduction::PerSample),
-            HvedConfig::default(),
-            &ad,
         );
         crate::peers::testing::check_term_gradients(
             &net,

@@ -542,9 +542,17 @@ pub(crate) mod testing {
     /// Finite-difference check of every training term's gradient with respect to the image of
     /// modality `m` (present in `rows`), through the whole network: along the unit direction
     /// `v = g/|g|` of the autodiff gradient `g`, the central difference `(f(x + hv) − f(x −
-    /// hv))/2h` must equal `|g|` (a wrong direction or scale of `g` makes it smaller or
-    /// different). The method's generator is reseeded for every evaluation, so sampled noise
+    /// hv))/2h` must converge to `|g|` (a wrong direction or scale of `g` makes it converge
+    /// elsewhere). The method's generator is reseeded for every evaluation, so sampled noise
     /// and random choices are the same.
+    ///
+    /// The forwards are f32 and these small networks are strongly curved along `v` (instance
+    /// norms over planes of a few voxels at ⅛): measured on every peer, the difference at
+    /// h = 1e-2 is up to 95 % off `|g|` and settles on it at 1e-3…1e-4, while the rounding
+    /// of a loss value `f` costs about `ε|f|/h` and dominates below that. So the difference
+    /// is taken on a ladder h = 1e-1, 3e-2, …, 1e-4, and the check passes when two
+    /// consecutive steps both agree with `|g|` to 3 % plus `2ε|f|/h`, i.e. the difference has
+    /// converged there.
     pub fn check_term_gradients<N: PeerNet>(
         net: &N,
         dhw: [usize; 3],
@@ -586,14 +594,69 @@ pub(crate) mod testing {
                 continue;
             }
             let v = g / norm;
-            let h = 1e-2;
-            let up = f64::from(eval(x0.clone() + v.clone() * h, k).into_scalar::<f32>());
-            let down = f64::from(eval(x0.clone() - v * h, k).into_scalar::<f32>());
-            let fd = (up - down) / (2.0 * h);
+            let f0 = f64::from(eval(x0.clone(), k).into_scalar::<f32>()).abs();
+            let ladder = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4];
+            let fds: Vec<f64> = ladder
+                .iter()
+                .map(|&h| {
+                    let up = f64::from(eval(x0.clone() + v.clone() * h, k).into_scalar::<f32>());
+                    let down = f64::from(eval(x0.clone() - v.clone() * h, k).into_scalar::<f32>());
+                    (up - down) / (2.0 * h)
+                })
+                .collect();
+            let agree: Vec<bool> = ladder
+                .iter()
+                .zip(&fds)
+                .map(|(&h, fd)| {
+                    (fd - norm).abs() <= 0.03 * norm + 2.0 * f64::from(f32::EPSILON) * f0 / h
+                })
+                .collect();
             assert!(
-                (fd - norm).abs() <= 0.03 * norm + 1e-4,
-                "term `{name}`: finite difference {fd:e} vs autodiff |g| {norm:e}"
+                agree.windows(2).any(|w| w[0] && w[1]),
+                "term `{name}`: finite differences {fds:?} at steps {ladder:?} never settle \
+                 on autodiff |g| {norm:e}"
             );
+        }
+    }
+
+    /// `net` with every randomly initialised parameter redrawn from a ChaCha8 generator
+    /// seeded with `seed`. burn's initialisers draw from one process-wide generator, seeded
+    /// from entropy unless a test seeds it, shared by the tests running in parallel and
+    /// drawn from lazily (at a parameter's first use), so a network built in a test differs
+    /// from run to run. Weights get burn's default bound `U(±1/√fan_in)` with `fan_in` from
+    /// the shape (`[out, in, k, k, k]` convolutions, `[in, out]` linear maps), biases
+    /// `U(±1/√len)`; constant parameters (norm scales and shifts, zero-initialised
+    /// embeddings) are kept.
+    pub fn seeded<N: Module>(net: N, seed: u64) -> N {
+        net.map(&mut Reseed(ChaCha8Rng::seed_from_u64(seed)))
+    }
+
+    struct Reseed(ChaCha8Rng);
+
+    impl burn::module::ModuleMapper for Reseed {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            use rand::Rng;
+            p.map(|t| {
+                let v = mckd_train::to_vec(t.clone());
+                if v.iter().all(|&x| x == v[0]) {
+                    return t;
+                }
+                let dims = t.dims();
+                let fan_in: usize = match D {
+                    1 | 2 => dims[0],
+                    _ => dims[1..].iter().product(),
+                };
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let new: Vec<f32> = (0..v.len())
+                    .map(|_| self.0.random_range(-bound..bound))
+                    .collect();
+                let grad = t.is_require_grad();
+                let x = Tensor::from_data(TensorData::new(new, dims), &t.device());
+                if grad { x.require_grad() } else { x }
+            })
         }
     }
 

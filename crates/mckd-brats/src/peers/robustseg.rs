@@ -456,11 +456,14 @@ mod tests {
     #[test]
     fn term_gradients_match_finite_differences() {
         let ad = Device::flex().autodiff();
-        let net = RobustSeg::new(
+        let net = crate::peers::testing::seeded(
+            RobustSeg::new(
+                2,
+                Head::Regions(DiceReduction::PerSample),
+                RobustSegConfig::default(),
+                &ad,
+            ),
             2,
-            Head::Regions(DiceReduction::PerSample),
-            RobustSegConfig::default(),
-            &ad,
         );
         crate::peers::testing::check_term_gradients(
             &net,

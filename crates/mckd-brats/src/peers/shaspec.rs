@@ -379,12 +379,15 @@ mod tests {
     #[test]
     fn term_gradients_match_finite_differences() {
         let ad = Device::flex().autodiff();
-        let net = ShaSpec::new(
+        let net = crate::peers::testing::seeded(
+            ShaSpec::new(
+                2,
+                [16, 16, 8],
+                DiceReduction::PerSample,
+                ShaspecConfig::default(),
+                &ad,
+            ),
             2,
-            [16, 16, 8],
-            DiceReduction::PerSample,
-            ShaspecConfig::default(),
-            &ad,
         );
         crate::peers::testing::check_term_gradients(
             &net,
