@@ -13,11 +13,12 @@ use mckd_volume::{
     Case, LabelConvention, PhantomConfig, discover_cases, implied_convention, write_phantom_dataset,
 };
 
-use crate::config::{BratsRunConfig, Method, Preset, preset, validate};
+use crate::config::{BratsRunConfig, Method, MethodList, Preset, preset, validate};
 use crate::demo::{DemoConfig, DemoPreset, demo};
 use crate::eval::evaluate_runs;
 use crate::evaluate::{evaluate_folder, parse_subsets, per_case_csv, predict_cases};
-use crate::infer::{MckdPredictor, predict_files};
+use crate::infer::predict_files;
+use crate::peers::PeersConfig;
 use crate::report::{MethodEval, make_report};
 use crate::seeds::demo_seeds;
 use crate::train::{load_config, load_model, train_run};
@@ -71,9 +72,11 @@ pub struct RealArgs {
     /// A smoke run (20 iterations per method).
     #[arg(long)]
     pub quick: bool,
-    /// Methods, comma separated [default: mckd,baseline].
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub methods: Option<Vec<Method>>,
+    /// Methods: `all` (MCKD, Baseline, U-HeMIS, U-HVED, ShaSpec, mmFormer, Robust-MSeg) or a
+    /// comma-separated list of mckd, baseline, placebo, hemis, hved, shaspec, mmformer,
+    /// robustseg [default: mckd,baseline].
+    #[arg(long, value_name = "all|LIST")]
+    pub methods: Option<MethodList>,
     /// Field overrides of every method's run.
     #[command(flatten)]
     pub set: Overrides,
@@ -248,6 +251,72 @@ pub struct Overrides {
     /// Voxel spacing (mm, isotropic) to train and predict at (1: the cases as they are).
     #[arg(long)]
     pub spacing: Option<f32>,
+    /// Peers: their own softmax head over {background, NCR/NET, ED, ET} with their own loss
+    /// (U-HeMIS, U-HVED, mmFormer, Robust-MSeg; ShaSpec's own head is ours), instead of our
+    /// three sigmoid regions.
+    #[arg(long)]
+    pub native_head: bool,
+    /// Peers: the auxiliary losses read only the present modalities (U-HVED's KL and
+    /// reconstruction, mmFormer's single-modality decoder, Robust-MSeg's styles and
+    /// reconstructions); by default they also read dropped ones, as their authors' code does
+    /// on complete training data.
+    #[arg(long)]
+    pub aux_present_only: bool,
+}
+
+impl Overrides {
+    /// Applies the peers' options to the settings of every peer (experiments).
+    pub fn apply_peers(&self, peers: &mut PeersConfig) {
+        if self.native_head {
+            peers.set_native_head(true);
+        }
+        if self.aux_present_only {
+            peers.set_aux_reads_dropped(false);
+        }
+    }
+
+    /// The first option given that sets MCKD's hyper-parameters, if any.
+    pub fn mckd_option(&self) -> Option<&'static str> {
+        [
+            (self.alpha.is_some(), "--alpha"),
+            (self.distance.is_some(), "--distance"),
+            (self.reduction.is_some(), "--reduction"),
+            (self.normalisation.is_some(), "--normalisation"),
+            (self.impute_levels.is_some(), "--impute-levels"),
+            (self.distill_levels.is_some(), "--distill-levels"),
+            (self.iwv_lr.is_some(), "--iwv-lr"),
+            (self.iwv_weight_decay.is_some(), "--iwv-weight-decay"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+
+    /// Refuses options that do not apply to `method`, naming them.
+    pub fn check_applies_to(&self, method: &crate::config::BratsMethod) -> anyhow::Result<()> {
+        let kind = method.kind();
+        if !kind.is_mckd_family()
+            && let Some(opt) = self.mckd_option()
+        {
+            bail!(
+                "{opt} sets MCKD's hyper-parameters; it does not apply to {}",
+                kind.title()
+            );
+        }
+        if self.native_head && !method.clone().set_native_head(true) {
+            bail!(
+                "--native-head applies to U-HeMIS, U-HVED, mmFormer and Robust-MSeg, not to {} \
+                 (whose head is the three sigmoid regions)",
+                kind.title()
+            );
+        }
+        if self.aux_present_only && !method.clone().set_aux_reads_dropped(false) {
+            bail!(
+                "--aux-present-only applies to U-HVED, mmFormer and Robust-MSeg, not to {}",
+                kind.title()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn ijk(dhw: &[usize]) -> [usize; 3] {
@@ -302,31 +371,38 @@ impl Overrides {
             }
             _ => {}
         }
-        let m = cfg.method.mckd_mut();
-        if let Some(v) = self.alpha {
-            m.alpha = v;
+        if let Some(m) = cfg.method.mckd_mut() {
+            if let Some(v) = self.alpha {
+                m.alpha = v;
+            }
+            if let Some(v) = self.distance {
+                m.distance = v;
+            }
+            if let Some(v) = self.reduction {
+                m.reduction = v;
+            }
+            if let Some(v) = self.normalisation {
+                m.normalisation = v;
+            }
+            if let Some(v) = self.impute_levels {
+                m.levels.impute = v;
+                m.levels.weight = v;
+            }
+            if let Some(v) = self.distill_levels {
+                m.levels.distill = v;
+            }
+            if let Some(v) = self.iwv_lr {
+                m.iwv.lr = v;
+            }
+            if let Some(v) = self.iwv_weight_decay {
+                m.iwv.weight_decay = v;
+            }
         }
-        if let Some(v) = self.distance {
-            m.distance = v;
+        if self.native_head {
+            cfg.method.set_native_head(true);
         }
-        if let Some(v) = self.reduction {
-            m.reduction = v;
-        }
-        if let Some(v) = self.normalisation {
-            m.normalisation = v;
-        }
-        if let Some(v) = self.impute_levels {
-            m.levels.impute = v;
-            m.levels.weight = v;
-        }
-        if let Some(v) = self.distill_levels {
-            m.levels.distill = v;
-        }
-        if let Some(v) = self.iwv_lr {
-            m.iwv.lr = v;
-        }
-        if let Some(v) = self.iwv_weight_decay {
-            m.iwv.weight_decay = v;
+        if self.aux_present_only {
+            cfg.method.set_aux_reads_dropped(false);
         }
         if let Some(v) = self.meta_interval {
             cfg.loop_.meta.interval = v;
@@ -537,9 +613,11 @@ pub struct DemoArgs {
     /// Training preset of every method.
     #[arg(long, value_enum, default_value_t = DemoPreset::Reference)]
     pub preset: DemoPreset,
-    /// Methods, comma separated [default: mckd,baseline].
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub methods: Option<Vec<Method>>,
+    /// Methods: `all` (MCKD, Baseline, U-HeMIS, U-HVED, ShaSpec, mmFormer, Robust-MSeg) or a
+    /// comma-separated list of mckd, baseline, placebo, hemis, hved, shaspec, mmformer,
+    /// robustseg [default: mckd,baseline].
+    #[arg(long, value_name = "all|LIST")]
+    pub methods: Option<MethodList>,
     /// Phantom cases (overrides the preset).
     #[arg(long)]
     pub cases: Option<usize>,
@@ -630,9 +708,10 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
     };
     let mut d = DemoConfig::real(root, a.quick, a.seed);
     if let Some(m) = &a.methods {
-        d.methods = m.clone();
+        d.methods = m.0.clone();
     }
     a.set.apply(&mut d.run)?;
+    a.set.apply_peers(&mut d.peers);
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
             unreachable!("the experiment's budget is in iterations")
@@ -733,12 +812,13 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         Some(b) => {
             let mut c = b.clone();
             c.seed = seed;
-            c.method = crate::config::BratsMethod::of(kind, b.method.mckd().clone());
+            c.method = b.method.with_kind(kind);
             c.task.data = data.clone();
             c
         }
         None => preset(a.preset, kind, data.clone(), seed),
     };
+    a.set.check_applies_to(&cfg.method)?;
     a.set.apply(&mut cfg)?;
     if let Some(s) = &a.splits {
         cfg.task.splits_file = Some(s.clone());
@@ -865,7 +945,8 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
         infer.overlap = o;
     }
     infer.effective_tile([1, 1, 1])?;
-    let predictor = MckdPredictor::new(&method);
+    let predictor = method.predictor();
+    let predictor = predictor.as_ref();
     let model_file = a.run.join("model.bpk");
     match &a.data {
         Some(root) => {
@@ -875,7 +956,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
             let (out, _) = RunDir::open(&a.out, OutPolicy::from_flags(false, a.overwrite))?;
             let t0 = Instant::now();
             let files = predict_cases(
-                &predictor,
+                predictor,
                 &cases,
                 &subsets,
                 &infer,
@@ -919,7 +1000,7 @@ fn predict(a: &PredictArgs) -> anyhow::Result<()> {
                 );
             }
             let labels = predict_files(
-                &predictor,
+                predictor,
                 &files,
                 &a.out,
                 &infer,
@@ -990,9 +1071,10 @@ fn demo_config(a: &DemoArgs) -> anyhow::Result<DemoConfig> {
         ph.flair_as_t2 = a.flair_as_t2;
     }
     if let Some(m) = &a.methods {
-        d.methods = m.clone();
+        d.methods = m.0.clone();
     }
     a.set.apply(&mut d.run)?;
+    a.set.apply_peers(&mut d.peers);
     if a.set.iterations.is_some() {
         let Budget::Iterations(n) = d.run.loop_.budget else {
             unreachable!("the demo budget is in iterations")
@@ -1033,7 +1115,10 @@ fn run_experiment(
     if seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    validate(&d.run_config(Method::Mckd, d.run.task.data.clone()))?;
+    for &m in &d.methods {
+        validate(&d.run_config(m, d.run.task.data.clone()))
+            .with_context(|| format!("the run of {}", m.title()))?;
+    }
     if d.phantoms.is_none() {
         // Every case is opened and checked before anything is written.
         discover_cases(&d.run.task.data)?;
@@ -1189,17 +1274,83 @@ mod tests {
         let d = demo_args(&[]).unwrap();
         assert_eq!(d, preset);
         let d = demo_args(&["--impute-levels", "all", "--distill-levels", "all"]).unwrap();
-        let l = d.run.method.mckd().levels;
+        let l = d.run.method.mckd().unwrap().levels;
         assert_eq!(
             (l.impute, l.weight, l.distill),
             (Levels::All, Levels::All, Levels::All)
         );
         let d = demo_args(&["--distill-levels", "all", "--seed", "3"]).unwrap();
         assert_eq!(d.run.seed, 3);
-        assert_eq!(d.run.method.mckd().levels.impute, Levels::Bottleneck);
+        assert_eq!(
+            d.run.method.mckd().unwrap().levels.impute,
+            Levels::Bottleneck
+        );
         assert!(demo_args(&["--impute-levels", "maybe"]).is_err());
         let d = demo_args(&["--preset", "legacy", "--iterations", "100"]).unwrap();
+        assert_eq!(d.methods, vec![Method::Mckd, Method::Baseline]);
         assert_eq!(d.run.loop_.budget, Budget::Iterations(100));
         assert_eq!(d.run.task.probe_interval, 5);
+    }
+
+    #[test]
+    fn method_lists_and_peer_options() {
+        use crate::config::BratsMethod;
+        use crate::peers::HvedConfig;
+        let d = demo_args(&["--methods", "all", "--native-head", "--aux-present-only"]).unwrap();
+        assert_eq!(d.methods, Method::ALL.to_vec());
+        assert!(d.peers.hemis.native_head && d.peers.mmformer.native_head);
+        assert!(!d.peers.robustseg.aux_reads_dropped);
+        assert_eq!(
+            d.run_config(Method::Hved, "x".into()).method,
+            BratsMethod::Hved(HvedConfig {
+                native_head: true,
+                aux_reads_dropped: false,
+                ..HvedConfig::default()
+            })
+        );
+        // The MCKD runs of the same experiment keep MCKD's settings.
+        assert_eq!(
+            d.run_config(Method::Mckd, "x".into()).method,
+            BratsMethod::Mckd(mckd_core::MckdConfig::default())
+        );
+        let d = demo_args(&["--methods", "mckd, hved,robust-mseg,hved"]).unwrap();
+        assert_eq!(
+            d.methods,
+            vec![Method::Mckd, Method::Hved, Method::RobustSeg]
+        );
+        let e = demo_args(&["--methods", "mckd,unet"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown method `unet`"), "{e}");
+        // Options that do not apply to a method are refused, naming it.
+        let alpha = Overrides {
+            alpha: Some(0.2),
+            ..Overrides::default()
+        };
+        let e = alpha
+            .check_applies_to(&BratsMethod::Hved(HvedConfig::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--alpha") && e.contains("U-HVED"), "{e}");
+        assert!(
+            alpha
+                .check_applies_to(&BratsMethod::Baseline(Default::default()))
+                .is_ok()
+        );
+        let native = Overrides {
+            native_head: true,
+            ..Overrides::default()
+        };
+        let e = native
+            .check_applies_to(&BratsMethod::Shaspec(Default::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ShaSpec"), "{e}");
+        let mut cfg = preset(Preset::Reference, Method::Hemis, "x".into(), 0);
+        native.apply(&mut cfg).unwrap();
+        assert_eq!(
+            cfg.method,
+            BratsMethod::Hemis(crate::peers::HemisConfig { native_head: true })
+        );
     }
 }

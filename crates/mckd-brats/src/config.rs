@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::infer::InferConfig;
 use crate::model::{DiceReduction, SIZE_MULTIPLE};
+use crate::peers::{
+    HemisConfig, HvedConfig, MmformerConfig, PeersConfig, RobustSegConfig, ShaspecConfig,
+};
 
 /// The method of a BraTS run and its hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,17 @@ pub enum BratsMethod {
     /// MCKD with α = 0: its meta steps run and draw the same random stream as MCKD's, so it
     /// differs from MCKD only by the distillation — a placebo for seed-to-seed noise.
     Placebo(MckdConfig),
+    /// U-HeMIS ([`crate::peers::hemis`]).
+    Hemis(HemisConfig),
+    /// U-HVED ([`crate::peers::hved`]).
+    Hved(HvedConfig),
+    /// ShaSpec ([`crate::peers::shaspec`]).
+    Shaspec(ShaspecConfig),
+    /// mmFormer ([`crate::peers::mmformer`]).
+    Mmformer(MmformerConfig),
+    /// Robust-MSeg ([`crate::peers::robustseg`]).
+    #[serde(rename = "robustseg")]
+    RobustSeg(RobustSegConfig),
 }
 
 /// The kinds of [`BratsMethod`], for command lines.
@@ -38,45 +52,153 @@ pub enum Method {
     Baseline,
     /// MCKD with α = 0 (meta steps kept): a placebo.
     Placebo,
+    /// U-HeMIS: per-modality encoders, mean and variance fusion at every level.
+    Hemis,
+    /// U-HVED: product of Gaussians with a prior, sampling, reconstruction, KL.
+    Hved,
+    /// ShaSpec: shared and specific encoders, residual fusion, DCO and DAO.
+    Shaspec,
+    /// mmFormer: intra- and inter-modal transformers, region fusion, auxiliary decoders.
+    Mmformer,
+    /// Robust-MSeg: content/style disentanglement, gated fusion, AdaIN reconstruction.
+    #[value(name = "robustseg", alias = "robust-mseg")]
+    RobustSeg,
 }
 
 impl Method {
-    /// `mckd` or `baseline`.
+    /// The methods of `--methods all`: MCKD, the Baseline and the five peers (Table 1).
+    pub const ALL: [Method; 7] = [
+        Method::Mckd,
+        Method::Baseline,
+        Method::Hemis,
+        Method::Hved,
+        Method::Shaspec,
+        Method::Mmformer,
+        Method::RobustSeg,
+    ];
+
+    /// The name in run folders, logs and `results.json` (`mckd`, `hved`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Method::Mckd => "mckd",
             Method::Baseline => "baseline",
             Method::Placebo => "placebo",
+            Method::Hemis => "hemis",
+            Method::Hved => "hved",
+            Method::Shaspec => "shaspec",
+            Method::Mmformer => "mmformer",
+            Method::RobustSeg => "robustseg",
         }
+    }
+
+    /// The method of a name ([`Method::name`]).
+    pub fn from_name(name: &str) -> Option<Method> {
+        [Method::Placebo]
+            .into_iter()
+            .chain(Method::ALL)
+            .find(|m| m.name() == name)
     }
 
     /// The table title of a method name (`mckd` → `MCKD`); unknown names as they are.
     pub fn title_of(name: &str) -> &str {
-        match name {
-            "mckd" => "MCKD",
-            "baseline" => "Baseline",
-            "placebo" => "Placebo",
-            other => other,
+        match Method::from_name(name) {
+            Some(m) => m.title(),
+            None => name,
         }
     }
 
-    /// `MCKD` or `Baseline` (table headers).
+    /// The title in tables (`MCKD`, `U-HVED`, ...).
     pub fn title(self) -> &'static str {
         match self {
             Method::Mckd => "MCKD",
             Method::Baseline => "Baseline",
             Method::Placebo => "Placebo",
+            Method::Hemis => "U-HeMIS",
+            Method::Hved => "U-HVED",
+            Method::Shaspec => "ShaSpec",
+            Method::Mmformer => "mmFormer",
+            Method::RobustSeg => "Robust-MSeg",
         }
+    }
+
+    /// Whether the method is MCKD or one of its α = 0 variants (the MCKD network and core).
+    pub fn is_mckd_family(self) -> bool {
+        matches!(self, Method::Mckd | Method::Baseline | Method::Placebo)
+    }
+
+    /// A method list from the command line: `all` ([`Method::ALL`]) or names separated by
+    /// commas (`mckd,hved,shaspec`); an unknown name is an error listing the known ones.
+    pub fn parse_list(list: &str) -> Result<Vec<Method>, String> {
+        if list.trim() == "all" {
+            return Ok(Method::ALL.to_vec());
+        }
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let m = <Method as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+                format!(
+                    "unknown method `{name}` (use `all` or a list of: mckd, baseline, placebo, \
+                     hemis, hved, shaspec, mmformer, robustseg)"
+                )
+            })?;
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            return Err("no method given (use `all` or e.g. `mckd,hved`)".into());
+        }
+        Ok(out)
+    }
+}
+
+/// A method list option (`--methods all|LIST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodList(pub Vec<Method>);
+
+impl std::str::FromStr for MethodList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Method::parse_list(s).map(MethodList)
     }
 }
 
 impl BratsMethod {
-    /// The method of `kind` with MCKD's hyper-parameters `mckd`.
-    pub fn of(kind: Method, mckd: MckdConfig) -> Self {
+    /// The method of `kind`: MCKD's hyper-parameters `mckd` for MCKD, the Baseline and the
+    /// placebo; the peer's settings from `peers` for a peer.
+    pub fn of(kind: Method, mckd: MckdConfig, peers: &PeersConfig) -> Self {
         match kind {
             Method::Mckd => BratsMethod::Mckd(mckd),
             Method::Baseline => BratsMethod::Baseline(mckd),
             Method::Placebo => BratsMethod::Placebo(mckd),
+            Method::Hemis => BratsMethod::Hemis(peers.hemis.clone()),
+            Method::Hved => BratsMethod::Hved(peers.hved.clone()),
+            Method::Shaspec => BratsMethod::Shaspec(peers.shaspec.clone()),
+            Method::Mmformer => BratsMethod::Mmformer(peers.mmformer.clone()),
+            Method::RobustSeg => BratsMethod::RobustSeg(peers.robustseg.clone()),
+        }
+    }
+
+    /// The same method as `kind` (its settings kept when it already is that kind; defaults
+    /// otherwise, MCKD's hyper-parameters carried over between the MCKD variants).
+    pub fn with_kind(&self, kind: Method) -> Self {
+        if self.kind() == kind {
+            return self.clone();
+        }
+        let mut peers = PeersConfig::default();
+        self.write_peer(&mut peers);
+        BratsMethod::of(kind, self.mckd().cloned().unwrap_or_default(), &peers)
+    }
+
+    /// Writes this method's settings into `peers` if it is a peer.
+    pub fn write_peer(&self, peers: &mut PeersConfig) {
+        match self {
+            BratsMethod::Hemis(c) => peers.hemis = c.clone(),
+            BratsMethod::Hved(c) => peers.hved = c.clone(),
+            BratsMethod::Shaspec(c) => peers.shaspec = c.clone(),
+            BratsMethod::Mmformer(c) => peers.mmformer = c.clone(),
+            BratsMethod::RobustSeg(c) => peers.robustseg = c.clone(),
+            _ => {}
         }
     }
 
@@ -86,21 +208,113 @@ impl BratsMethod {
             BratsMethod::Mckd(_) => Method::Mckd,
             BratsMethod::Baseline(_) => Method::Baseline,
             BratsMethod::Placebo(_) => Method::Placebo,
+            BratsMethod::Hemis(_) => Method::Hemis,
+            BratsMethod::Hved(_) => Method::Hved,
+            BratsMethod::Shaspec(_) => Method::Shaspec,
+            BratsMethod::Mmformer(_) => Method::Mmformer,
+            BratsMethod::RobustSeg(_) => Method::RobustSeg,
         }
     }
 
-    /// MCKD's hyper-parameters.
-    pub fn mckd(&self) -> &MckdConfig {
+    /// MCKD's hyper-parameters (`None` for a peer).
+    pub fn mckd(&self) -> Option<&MckdConfig> {
         match self {
-            BratsMethod::Mckd(c) | BratsMethod::Baseline(c) | BratsMethod::Placebo(c) => c,
+            BratsMethod::Mckd(c) | BratsMethod::Baseline(c) | BratsMethod::Placebo(c) => Some(c),
+            _ => None,
         }
     }
 
-    /// Mutable access to MCKD's hyper-parameters.
-    pub fn mckd_mut(&mut self) -> &mut MckdConfig {
+    /// Mutable access to MCKD's hyper-parameters (`None` for a peer).
+    pub fn mckd_mut(&mut self) -> Option<&mut MckdConfig> {
         match self {
-            BratsMethod::Mckd(c) | BratsMethod::Baseline(c) | BratsMethod::Placebo(c) => c,
+            BratsMethod::Mckd(c) | BratsMethod::Baseline(c) | BratsMethod::Placebo(c) => Some(c),
+            _ => None,
         }
+    }
+
+    /// Switches the native head of a peer that has one (`--native-head`); `false` if the
+    /// method has no such option.
+    pub fn set_native_head(&mut self, on: bool) -> bool {
+        match self {
+            BratsMethod::Hemis(c) => c.native_head = on,
+            BratsMethod::Hved(c) => c.native_head = on,
+            BratsMethod::Mmformer(c) => c.native_head = on,
+            BratsMethod::RobustSeg(c) => c.native_head = on,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Sets whether a peer's auxiliary losses read dropped modalities; `false` if the method
+    /// has no such option.
+    pub fn set_aux_reads_dropped(&mut self, on: bool) -> bool {
+        match self {
+            BratsMethod::Hved(c) => c.aux_reads_dropped = on,
+            BratsMethod::Mmformer(c) => c.aux_reads_dropped = on,
+            BratsMethod::RobustSeg(c) => c.aux_reads_dropped = on,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// Checks a peer's settings for the network `arch`; messages name the field.
+pub fn validate_method(method: &BratsMethod, arch: &Arch) -> Result<(), ConfigError> {
+    let bad = |field: &str, problem: String| {
+        Err(ConfigError::Invalid {
+            field: field.into(),
+            problem,
+        })
+    };
+    if let Some(m) = method.mckd() {
+        return mckd_train::config::validate_mckd(m, "method");
+    }
+    let Arch::Unet { base } = *arch else {
+        return bad(
+            "task.arch",
+            format!(
+                "{} is built at the CPU UNet's widths: use the unet network (--base)",
+                method.kind().title()
+            ),
+        );
+    };
+    match method {
+        BratsMethod::Hved(c) => {
+            if base % 2 != 0 {
+                return bad(
+                    "task.arch.base (--base)",
+                    format!("U-HVED's latents are half the channels: {base} must be even"),
+                );
+            }
+            rules::non_negative("method.kl_weight", c.kl_weight)?;
+            rules::non_negative("method.rec_weight", c.rec_weight)
+        }
+        BratsMethod::Shaspec(c) => {
+            rules::non_negative("method.dao_weight", c.dao_weight)?;
+            rules::non_negative("method.dco_weight", c.dco_weight)
+        }
+        BratsMethod::Mmformer(c) => {
+            rules::at_least_one("method.heads", c.heads)?;
+            if (8 * base) % c.heads != 0 {
+                return bad(
+                    "method.heads",
+                    format!(
+                        "mmFormer's token dimension 8·base = {} must be a multiple of the {} \
+                         heads",
+                        8 * base,
+                        c.heads
+                    ),
+                );
+            }
+            rules::non_negative("method.sep_weight", c.sep_weight)?;
+            rules::non_negative("method.prm_weight", c.prm_weight)
+        }
+        BratsMethod::RobustSeg(c) => {
+            rules::at_least_one("method.style_dim", c.style_dim)?;
+            rules::non_negative("method.rec_weight", c.rec_weight)?;
+            rules::non_negative("method.kl_weight", c.kl_weight)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -237,7 +451,7 @@ pub fn preset(preset: Preset, kind: Method, data: PathBuf, seed: u64) -> BratsRu
     };
     RunConfig {
         seed,
-        method: BratsMethod::of(kind, mckd),
+        method: BratsMethod::of(kind, mckd, &PeersConfig::default()),
         optimizer: OptimizerConfig::Sgd {
             momentum: 0.99,
             nesterov: true,
@@ -307,7 +521,7 @@ pub fn validate(cfg: &BratsRunConfig) -> Result<(), ConfigError> {
         })
     };
     cfg.loop_.validate()?;
-    mckd_train::config::validate_mckd(cfg.method.mckd(), "method")?;
+    validate_method(&cfg.method, &cfg.task.arch)?;
     mckd_train::config::validate_schedule(&cfg.schedule)?;
     mckd_train::config::validate_optimizer(&cfg.optimizer)?;
     let t = &cfg.task;

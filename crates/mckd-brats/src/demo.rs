@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::config::{Arch, BratsRunConfig, Method, Preset, preset};
 use crate::error::Result;
 use crate::eval::{EvalReport, evaluate_runs};
+use crate::peers::PeersConfig;
 use crate::train::train_run;
 
 /// The phantoms of a demo.
@@ -45,8 +46,12 @@ pub struct DemoConfig {
     pub phantoms: Option<PhantomSet>,
     /// The methods, trained in this order on the same split.
     pub methods: Vec<Method>,
-    /// The run config of every method (seed, optimiser, schedule, loop, task).
+    /// The run config of every method (seed, optimiser, schedule, loop, task); its method
+    /// field holds MCKD's hyper-parameters for the MCKD-family methods.
     pub run: BratsRunConfig,
+    /// The peers' settings.
+    #[serde(default)]
+    pub peers: PeersConfig,
 }
 
 /// Presets of the demo.
@@ -110,7 +115,11 @@ impl DemoConfig {
             };
             // No IWV weight decay: the reference's 5e-4 outweighed the bottleneck-only meta
             // gradient here and held the IWV at its start (crate README).
-            run.method.mckd_mut().iwv.weight_decay = 0.0;
+            run.method
+                .mckd_mut()
+                .expect("the demo's run config holds MCKD's settings")
+                .iwv
+                .weight_decay = 0.0;
         } else {
             // The reference's phases (every 100 iterations, 20 steps of one crop); its stage-2
             // interval of 500 would give the 366 iterations of stage 2 no phase at all.
@@ -132,6 +141,7 @@ impl DemoConfig {
             }),
             methods: vec![Method::Mckd, Method::Baseline],
             run,
+            peers: PeersConfig::default(),
         }
     }
 
@@ -176,6 +186,7 @@ impl DemoConfig {
             phantoms: None,
             methods: vec![Method::Mckd, Method::Baseline],
             run,
+            peers: PeersConfig::default(),
         }
     }
 
@@ -190,10 +201,12 @@ impl DemoConfig {
         })
     }
 
-    /// The run config of `method` with the cases in `data`.
+    /// The run config of `method` with the cases in `data`: the shared run config with the
+    /// method's settings (MCKD's hyper-parameters from `run`, a peer's from `peers`).
     pub fn run_config(&self, method: Method, data: PathBuf) -> BratsRunConfig {
         let mut c = self.run.clone();
-        c.method = crate::config::BratsMethod::of(method, self.run.method.mckd().clone());
+        let mckd = self.run.method.mckd().cloned().unwrap_or_default();
+        c.method = crate::config::BratsMethod::of(method, mckd, &self.peers);
         c.task.data = data;
         c
     }
@@ -233,10 +246,11 @@ pub(crate) fn train_in(rc: &BratsRunConfig, dir: &RunDir, resume: bool) -> Resul
         Ok(t) => {
             dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
             log::info!(
-                "{}: {:.3} s/inner step, {:.3} s/meta step",
+                "{}: {:.3} s/inner step, {:.3} s/meta step, {} parameters",
                 rc.method.kind().title(),
                 t.seconds_per_inner(),
                 t.timing.per_meta(),
+                t.method.num_params(),
             );
             Ok(())
         }
@@ -257,6 +271,11 @@ pub(crate) fn finish(
     wall_seconds: f64,
 ) -> Result<EvalReport> {
     let mut report = evaluate_runs(runs, data, out)?;
+    let timing = timing_table(runs)?;
+    out.write("timing.csv", timing.csv.as_bytes())?;
+    out.write("timing.md", timing.markdown.as_bytes())?;
+    report.results.extra.insert("timing".into(), timing.json);
+    report.markdown.push_str(&format!("\n{}", timing.markdown));
     report
         .results
         .extra
@@ -294,5 +313,77 @@ pub(crate) fn prepare_data(cfg: &DemoConfig, out: &RunDir) -> Result<PathBuf> {
             data
         }
         _ => cfg.run.task.data.clone(),
+    })
+}
+
+/// The training cost of each run of an experiment, from its `timing.json`.
+pub struct TimingTable {
+    /// `timing.csv`: `method,parameters,iterations,seconds_per_inner_step,
+    /// seconds_per_meta_step,meta_steps,train_seconds`.
+    pub csv: String,
+    /// `timing.md`: the same as a Markdown table.
+    pub markdown: String,
+    /// Per method name, the same values.
+    pub json: Value,
+}
+
+/// Reads the `timing.json` of each run folder (a value it lacks is empty / null).
+pub fn timing_table(runs: &[PathBuf]) -> Result<TimingTable> {
+    let mut csv = String::from(
+        "method,parameters,iterations,seconds_per_inner_step,seconds_per_meta_step,meta_steps,\
+         train_seconds\n",
+    );
+    let header: Vec<String> = [
+        "Method",
+        "Parameters",
+        "Iterations",
+        "s / step",
+        "s / meta step",
+        "Training (min)",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    for run in runs {
+        let cfg = crate::train::load_config(run)?;
+        let name = cfg.method.kind().name();
+        let path = run.join("timing.json");
+        let t: Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let num = |k: &str| t.get(k).and_then(Value::as_f64);
+        let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_default();
+        let (params, iters) = (num("parameters"), num("iterations"));
+        let (inner, meta) = (num("seconds_per_inner_step"), num("seconds_per_meta_step"));
+        let (metas, wall) = (num("meta_steps"), num("wall_seconds"));
+        csv.push_str(&format!(
+            "{name},{},{},{},{},{},{}\n",
+            cell(params, &|v| format!("{v}")),
+            cell(iters, &|v| format!("{v}")),
+            cell(inner, &|v| format!("{v}")),
+            cell(meta, &|v| format!("{v}")),
+            cell(metas, &|v| format!("{v}")),
+            cell(wall, &|v| format!("{v}")),
+        ));
+        rows.push(vec![
+            Method::title_of(name).to_string(),
+            cell(params, &|v| format!("{v:.0}")),
+            cell(iters, &|v| format!("{v:.0}")),
+            cell(inner, &|v| format!("{v:.3}")),
+            cell(meta.filter(|v| v.is_finite()), &|v| format!("{v:.3}")),
+            cell(wall, &|v| format!("{:.1}", v / 60.0)),
+        ]);
+        json.insert(name.to_string(), t);
+    }
+    let markdown = format!(
+        "Training cost per method (same iteration budget; seconds per inner step).\n\n{}",
+        mckd_train::report::markdown_table(&header, &rows)
+    );
+    Ok(TimingTable {
+        csv,
+        markdown,
+        json: Value::Object(json),
     })
 }

@@ -15,7 +15,6 @@ use serde_json::{Map, json};
 
 use crate::error::{BratsError, Result};
 use crate::evaluate::{evaluate_folder, per_case_csv, predict_cases, prediction_path};
-use crate::infer::MckdPredictor;
 use crate::plots::{PlotData, SliceData, write_plots};
 use crate::report::{MethodEval, make_report};
 use crate::train::load_model;
@@ -81,9 +80,9 @@ pub fn evaluate_runs(runs: &[PathBuf], data: Option<&Path>, out: &RunDir) -> Res
         let (cfg, method) = load_model(run, &plain)?;
         let name = method.name().to_string();
         let pred_dir = out.path().join("predictions").join(&name);
-        let predictor = MckdPredictor::new(&method);
+        let predictor = method.predictor();
         predict_cases(
-            &predictor,
+            predictor.as_ref(),
             &cases,
             &subsets,
             &cfg.task.infer,

@@ -5,9 +5,12 @@
 //! * [`model`]: a 3D UNet whose encoder is shared by the four MRI modalities (each fed as a
 //!   1-channel volume), fusion by channel concatenation at every level, and the soft-Dice + BCE
 //!   loss; it implements [`mckd_core::Task`].
+//! * [`peers`]: the peers of Table 1 (U-HeMIS, U-HVED, ShaSpec, mmFormer, Robust-MSeg) as
+//!   methods of the same harness, in CPU-sized forms.
 //! * [`config`]: the run configuration (method, optimiser, schedule, loop, task) and presets.
 //! * [`data`]: training and meta-validation crops as a [`mckd_train::train::Source`].
-//! * [`train`]: one training run through the shared loop, with the feature-gap probe.
+//! * [`train`]: one training run of any method ([`train::BratsAnyMethod`]) through the shared
+//!   loop, with the feature-gap probe.
 //! * [`infer`]: sliding-window prediction on any modality subset, label maps, NIfTI output.
 //! * [`evaluate`]: prediction and scoring as separate stages on files (nnU-Net's shape).
 //! * [`eval`]: the `brats eval` shortcut (predict + score a run's test cases), overlays.
@@ -30,6 +33,7 @@ pub mod evaluate;
 pub mod grid;
 pub mod infer;
 pub mod model;
+pub mod peers;
 pub mod plots;
 pub mod report;
 pub mod seeds;

@@ -109,7 +109,10 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    fn new(c_in: usize, c_out: usize, stride: usize, slope: f64, device: &Device) -> Self {
+    /// A block from `c_in` to `c_out` channels whose first convolution has stride `stride`,
+    /// with leaky ReLUs of negative slope `slope` (also the peers' building block,
+    /// [`crate::peers`]).
+    pub fn new(c_in: usize, c_out: usize, stride: usize, slope: f64, device: &Device) -> Self {
         let conv = |a, b, s| {
             Conv3dConfig::new([a, b], [3, 3, 3])
                 .with_stride([s, s, s])
@@ -132,7 +135,7 @@ impl ConvBlock {
     /// backward) and each instance norm + leaky ReLU as one fused op
     /// (`mckd_kernels::instance_norm_leaky_relu`); same weights, numbers equal to burn's
     /// layers to float rounding.
-    fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let x = conv3d_layer(&self.conv1, x);
         let x = instance_norm_leaky_relu(&self.norm1, &self.act, x);
         let x = conv3d_layer(&self.conv2, x);

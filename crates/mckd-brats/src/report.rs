@@ -1,6 +1,6 @@
 //! The paper-style comparison of evaluated methods (Table 1's shape): Dice per subset and
-//! region, Average rows, the one-tailed paired t-test MCKD > Baseline, and `results.json` with
-//! typed rows.
+//! region, Average rows, the one-tailed paired t-tests of MCKD > each other method (Baseline and
+//! peers), and `results.json` with typed rows.
 
 use mckd_train::report::{
     Metrics, Results, Row, Subset, csv_table, iwv_map, json_f64, markdown_table,
@@ -48,8 +48,10 @@ fn mean_of(v: impl IntoIterator<Item = f64>) -> f64 {
     mckd_volume::metrics::nan_mean(v)
 }
 
-/// Builds the table (rows = subsets, columns = Dice ET/TC/WT per method, Average rows,
-/// one-tailed paired t-test MCKD > Baseline across the 15 subsets) and `results.json`.
+/// Builds the table (rows = subsets, columns = Dice ET/TC/WT per method, Average rows, and
+/// per other method a row with the one-tailed paired t-test of MCKD > it across the 15
+/// subsets, in MCKD's columns) and `results.json` (`t_test_mckd_gt_<name>` per method, mean
+/// Dice per method over all subsets and over those without t1c).
 pub fn make_report(evals: &[MethodEval]) -> Report {
     let regions = Region::ALL;
     let mut header = vec!["Subset".to_string()];
@@ -90,36 +92,62 @@ pub fn make_report(evals: &[MethodEval]) -> Report {
     }
     let mut extra = Map::new();
     let mckd = evals.iter().find(|e| e.name == "mckd");
-    let base = evals.iter().find(|e| e.name == "baseline");
-    if let (Some(m), Some(b)) = (mckd, base) {
-        let mut prow = vec!["p-value (MCKD > Baseline)".to_string()];
-        let mut tests = Map::new();
-        for r in regions {
-            let a: Vec<f64> = m.subsets.iter().map(|(_, x)| x.region(r).dice).collect();
-            let c: Vec<f64> = b.subsets.iter().map(|(_, x)| x.region(r).dice).collect();
-            let t = paired_t_test_greater(&a, &c);
-            prow.push(
-                t.map(|(_, p)| format!("{p:.4}"))
-                    .unwrap_or_else(|| "–".into()),
-            );
-            tests.insert(
-                format!("dice_{}", r.name().to_lowercase()),
-                t.map(|(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}))
-                    .unwrap_or(Value::Null),
+    if let Some(m) = mckd {
+        // One row per other method: the one-tailed paired t-test MCKD > it across the
+        // subsets, per region, under MCKD's columns (the others blank).
+        let at = 1 + 3 * evals.iter().position(|e| e.name == "mckd").unwrap_or(0);
+        for other in evals.iter().filter(|e| e.name != "mckd") {
+            let mut row = vec![String::new(); 1 + 3 * evals.len()];
+            row[0] = format!("p-value (MCKD > {})", other.title);
+            let mut tests = Map::new();
+            for (k, r) in regions.into_iter().enumerate() {
+                let a: Vec<f64> = m.subsets.iter().map(|(_, x)| x.region(r).dice).collect();
+                let c: Vec<f64> = other
+                    .subsets
+                    .iter()
+                    .map(|(_, x)| x.region(r).dice)
+                    .collect();
+                let t = paired_t_test_greater(&a, &c);
+                row[at + k] = t
+                    .map(|(_, p)| format!("{p:.4}"))
+                    .unwrap_or_else(|| "–".into());
+                tests.insert(
+                    format!("dice_{}", r.name().to_lowercase()),
+                    t.map(|(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}))
+                        .unwrap_or(Value::Null),
+                );
+            }
+            rows.push(row);
+            extra.insert(
+                format!("t_test_mckd_gt_{}", other.name),
+                Value::Object(tests),
             );
         }
-        // Blank the Baseline columns of the p-value row.
-        prow.extend(std::iter::repeat_n(String::new(), 3 * (evals.len() - 1)));
-        rows.push(prow);
-        extra.insert("t_test_mckd_gt_baseline".into(), Value::Object(tests));
+    }
+    let mean_over = |e: &MethodEval, f: &dyn Fn(&[bool]) -> bool| {
+        mean_of(regions.iter().map(|&r| avg(e, r, f)))
+    };
+    if let (Some(m), Some(b)) = (mckd, evals.iter().find(|e| e.name == "baseline")) {
         let gain = |f: &dyn Fn(&[bool]) -> bool| {
-            let mg = mean_of(regions.iter().map(|&r| avg(m, r, f)));
-            let bg = mean_of(regions.iter().map(|&r| avg(b, r, f)));
+            let (mg, bg) = (mean_over(m, f), mean_over(b, f));
             json!({"mckd": json_f64(mg), "baseline": json_f64(bg), "difference": json_f64(mg - bg)})
         };
         extra.insert("mean_dice_all_subsets".into(), gain(all));
         extra.insert("mean_dice_subsets_without_t1c".into(), gain(no_t1c));
     }
+    let per_method = |f: &dyn Fn(&[bool]) -> bool| -> Value {
+        Value::Object(
+            evals
+                .iter()
+                .map(|e| (e.name.clone(), json_f64(mean_over(e, f))))
+                .collect(),
+        )
+    };
+    extra.insert("mean_dice_per_method_all_subsets".into(), per_method(all));
+    extra.insert(
+        "mean_dice_per_method_subsets_without_t1c".into(),
+        per_method(no_t1c),
+    );
     let mut results_rows = Vec::new();
     for e in evals {
         for (mask, mm) in &e.subsets {
@@ -157,5 +185,87 @@ pub fn make_report(evals: &[MethodEval]) -> Report {
             iwv,
             extra,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mckd_volume::metrics::RegionMean;
+
+    fn eval(name: &str, title: &str, dice: impl Fn(usize, usize) -> f64) -> MethodEval {
+        let mean = |d: f64| RegionMean {
+            dice: d,
+            hd95: 1.0,
+            n_cases: 1,
+        };
+        MethodEval {
+            name: name.into(),
+            title: title.into(),
+            subsets: mckd_core::all_subsets(4)
+                .into_iter()
+                .enumerate()
+                .map(|(s, m)| {
+                    let mm = MeanMetrics {
+                        et: mean(dice(s, 0)),
+                        tc: mean(dice(s, 1)),
+                        wt: mean(dice(s, 2)),
+                        dice_mean: f64::NAN,
+                        hd95_mean: 1.0,
+                        n_cases: 1,
+                    };
+                    (m, mm)
+                })
+                .collect(),
+            iwv: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_p_value_row_per_other_method_under_the_mckd_columns() {
+        // MCKD second in the table: its columns are 4..7.
+        let wobble = |s: usize| ((s * 7) % 5) as f64 / 100.0;
+        let evals = [
+            eval("hved", "U-HVED", |s, r| 0.5 + wobble(s) - 0.01 * r as f64),
+            eval("mckd", "MCKD", |s, r| 0.6 + wobble(s + 1) + 0.01 * r as f64),
+            eval("baseline", "Baseline", |s, _| 0.55 + wobble(s + 2)),
+        ];
+        let report = make_report(&evals);
+        let rows: Vec<Vec<&str>> = report
+            .markdown
+            .lines()
+            .filter(|l| l.starts_with("| p-value"))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0][0], "p-value (MCKD > U-HVED)");
+        assert_eq!(rows[1][0], "p-value (MCKD > Baseline)");
+        for (row, other) in rows.iter().zip([&evals[0], &evals[2]]) {
+            for (k, r) in Region::ALL.into_iter().enumerate() {
+                let a: Vec<f64> = evals[1]
+                    .subsets
+                    .iter()
+                    .map(|(_, x)| x.region(r).dice)
+                    .collect();
+                let b: Vec<f64> = other
+                    .subsets
+                    .iter()
+                    .map(|(_, x)| x.region(r).dice)
+                    .collect();
+                let (_, p) = paired_t_test_greater(&a, &b).unwrap();
+                assert_eq!(row[4 + k], format!("{p:.4}"));
+            }
+            assert!(row[1..4].iter().chain(&row[7..]).all(|c| c.is_empty()));
+        }
+        let extra = &report.results.extra;
+        assert!(extra.contains_key("t_test_mckd_gt_hved"));
+        assert!(extra.contains_key("t_test_mckd_gt_baseline"));
+        let all = extra["mean_dice_per_method_all_subsets"]
+            .as_object()
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let want = (0..15).map(|s| 0.55 + wobble(s + 2)).sum::<f64>() / 15.0;
+        assert!((all["baseline"].as_f64().unwrap() - want).abs() < 1e-12);
+        assert!(extra.contains_key("mean_dice_all_subsets"));
     }
 }

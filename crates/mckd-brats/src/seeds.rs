@@ -428,7 +428,7 @@ mod tests {
         std::fs::write(d.join("results.json"), serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(finished_with(&d, &cfg));
         let mut other = cfg.clone();
-        other.run.method.mckd_mut().alpha = 0.05;
+        other.run.method.mckd_mut().unwrap().alpha = 0.05;
         assert!(!finished_with(&d, &other));
         assert!(!finished_with(&tmp.path().join("none"), &cfg));
     }

@@ -24,18 +24,164 @@ use mckd_volume::{CropConfig, LoadedCase, Splits, discover_cases, load_case, mak
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{Arch, BratsRunConfig, Method as Kind, validate};
+use crate::config::{Arch, BratsMethod, BratsRunConfig, Method as Kind, validate};
 use crate::data::{CropSource, TrainCase, dhw};
 use crate::dualnet::{DualNetConfig, DualTask};
 use crate::error::{BratsError, Result};
+use crate::infer::{MckdPredictor, TilePredictor};
 use crate::model::{BratsBatch, BratsNet, UNetConfig};
+use crate::peers::common::Head;
+use crate::peers::{Hemis, Hved, MmFormer, NativeLoss, Peer, RobustSeg, ShaSpec};
 use crate::plots::{PlotData, write_plots};
 
 /// Index of T1c, the most informative modality (DESIGN §1).
 pub const T1C: usize = 2;
 
-/// The method every BraTS run trains.
+/// MCKD (or its Baseline or placebo) on the BraTS network.
 pub type BratsMckd = Mckd<BratsNet>;
+
+/// Any method a BraTS run trains: the MCKD family on the UNet or the DualNet, or one of the
+/// peers ([`crate::peers`]). It is a [`Method`] by delegation, so the shared loop, the
+/// observers and the evaluation handle every method alike.
+// One method per run, built once and never moved in bulk: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum BratsAnyMethod {
+    /// MCKD, the Baseline or the placebo.
+    Mckd(BratsMckd),
+    /// U-HeMIS.
+    Hemis(Peer<Hemis>),
+    /// U-HVED.
+    Hved(Peer<Hved>),
+    /// ShaSpec.
+    Shaspec(Peer<ShaSpec>),
+    /// mmFormer.
+    Mmformer(Peer<MmFormer>),
+    /// Robust-MSeg.
+    RobustSeg(Peer<RobustSeg>),
+}
+
+/// `$body` with `$m` bound to the method inside any variant.
+macro_rules! each {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            BratsAnyMethod::Mckd($m) => $body,
+            BratsAnyMethod::Hemis($m) => $body,
+            BratsAnyMethod::Hved($m) => $body,
+            BratsAnyMethod::Shaspec($m) => $body,
+            BratsAnyMethod::Mmformer($m) => $body,
+            BratsAnyMethod::RobustSeg($m) => $body,
+        }
+    };
+}
+
+/// `$body` with `$m` bound to the peer inside a peer variant; `$mckd` for MCKD.
+macro_rules! each_peer {
+    ($self:expr, $m:ident => $body:expr, $mckd:ident => $other:expr) => {
+        match $self {
+            BratsAnyMethod::Mckd($mckd) => $other,
+            BratsAnyMethod::Hemis($m) => $body,
+            BratsAnyMethod::Hved($m) => $body,
+            BratsAnyMethod::Shaspec($m) => $body,
+            BratsAnyMethod::Mmformer($m) => $body,
+            BratsAnyMethod::RobustSeg($m) => $body,
+        }
+    };
+}
+
+impl BratsAnyMethod {
+    /// The MCKD-family method, if it is one.
+    pub fn as_mckd(&self) -> Option<&BratsMckd> {
+        match self {
+            BratsAnyMethod::Mckd(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The trained model's record (`model.bpk`).
+    pub fn model_bytes(&self) -> std::result::Result<Vec<u8>, mckd_core::StateError> {
+        each_peer!(self, p => p.model_bytes(), m => m
+        .model()
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| mckd_core::StateError::Save {
+            name: "model.bpk".into(),
+            problem: format!("{e:?}"),
+        }))
+    }
+
+    /// Replaces the model's parameters by a saved record (`model.bpk`).
+    pub fn load_model(&mut self, record: &[u8]) -> std::result::Result<(), mckd_core::StateError> {
+        each_peer!(self, p => p.load_model(record), m => m.load_model(record))
+    }
+
+    /// The model in inference mode as a tile predictor.
+    pub fn predictor(&self) -> Box<dyn TilePredictor> {
+        each_peer!(self, p => Box::new(p.predictor()), m => Box::new(MckdPredictor::new(m)))
+    }
+
+    /// Number of trainable parameters (the IWV included for MCKD).
+    pub fn num_params(&self) -> usize {
+        each_peer!(self, p => p.net().num_params(), m => m.model().num_params())
+    }
+}
+
+impl Method for BratsAnyMethod {
+    type Batch = BratsBatch;
+    type Output = Tensor<5>;
+
+    fn name(&self) -> &str {
+        each!(self, m => m.name())
+    }
+
+    fn modalities(&self) -> &mckd_core::ModalitySet {
+        each!(self, m => m.modalities())
+    }
+
+    fn term_names(&self) -> Vec<String> {
+        each!(self, m => m.term_names())
+    }
+
+    fn train_step(&mut self, batch: &BratsBatch, mask: &Tensor<2>, lr: f64) -> Vec<f32> {
+        each!(self, m => m.train_step(batch, mask, lr))
+    }
+
+    fn has_meta_step(&self) -> bool {
+        each!(self, m => m.has_meta_step())
+    }
+
+    fn meta_step(&mut self, batch: &BratsBatch) -> f32 {
+        each!(self, m => m.meta_step(batch))
+    }
+
+    fn state_names(&self) -> Vec<String> {
+        each!(self, m => m.state_names())
+    }
+
+    fn state_values(&self) -> Vec<f32> {
+        each!(self, m => m.state_values())
+    }
+
+    fn begin_stage(&mut self, stage: usize) {
+        each!(self, m => m.begin_stage(stage))
+    }
+
+    fn predict(&self, batch: &BratsBatch, mask: &Tensor<2>) -> Tensor<5> {
+        each!(self, m => m.predict(batch, mask))
+    }
+
+    fn save_state(&self) -> std::result::Result<mckd_core::StateFiles, mckd_core::StateError> {
+        each!(self, m => m.save_state())
+    }
+
+    fn load_state(
+        &mut self,
+        files: &mckd_core::StateFiles,
+    ) -> std::result::Result<(), mckd_core::StateError> {
+        each!(self, m => m.load_state(files))
+    }
+}
 
 /// The T1c feature gap at one iteration (paper Fig. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -52,7 +198,7 @@ pub struct FeatureGap {
 /// The outcome of a training run.
 pub struct Trained {
     /// The trained method (model on the autodiff device).
-    pub method: BratsMckd,
+    pub method: BratsAnyMethod,
     /// Per-iteration log.
     pub log: Vec<LogRow>,
     /// Feature-gap probes.
@@ -144,8 +290,11 @@ pub fn resolve_splits(cfg: &BratsRunConfig, run: &RunDir, ids: &[String]) -> Res
     Ok(splits)
 }
 
-/// A freshly initialised model for `cfg` on `device` (seeded), for inputs of spatial size
-/// `spatial` (D, H, W).
+/// A freshly initialised MCKD model for `cfg` on `device` (seeded), for inputs of spatial
+/// size `spatial` (D, H, W).
+///
+/// # Panics
+/// If `cfg`'s method is a peer (see [`build_any`]).
 pub fn init_model(
     cfg: &BratsRunConfig,
     spatial: [usize; 3],
@@ -170,12 +319,16 @@ pub fn init_model(
             .expect("a validated crop fits the DualNet"),
         ),
     };
-    MckdModel::new(net, cfg.method.mckd().normalisation, cfg.seed, device)
+    let mckd = cfg.method.mckd().expect("an MCKD-family method");
+    MckdModel::new(net, mckd.normalisation, cfg.seed, device)
 }
 
-/// The method of `cfg` around `model`.
+/// The MCKD-family method of `cfg` (MCKD, Baseline or placebo) around `model`.
+///
+/// # Panics
+/// If `cfg`'s method is a peer (see [`build_any`]).
 pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsNet>) -> BratsMckd {
-    let mckd = cfg.method.mckd().clone();
+    let mckd = cfg.method.mckd().expect("an MCKD-family method").clone();
     let optim = cfg.optimizer.init();
     match cfg.method.kind() {
         Kind::Mckd => Mckd::new(model, mckd, optim),
@@ -183,12 +336,97 @@ pub fn build_method(cfg: &BratsRunConfig, model: MckdModel<BratsNet>) -> BratsMc
         Kind::Placebo => {
             Mckd::new(model, MckdConfig { alpha: 0.0, ..mckd }, optim).named("placebo")
         }
+        other => unreachable!("{other:?} is not an MCKD-family method"),
+    }
+}
+
+/// Seed offset of a peer's own generator (sampling, random choices), apart from the loop's
+/// and the crops'.
+const PEER_RNG_SEED: u64 = 0x5eed_0004;
+
+/// The freshly initialised method of `cfg` (any kind) on `device` (seeded), for training
+/// crops of `spatial` (D, H, W).
+///
+/// # Panics
+/// If `cfg` has not been validated ([`validate`]: a peer needs the UNet network, U-HVED an
+/// even base width, mmFormer heads that divide `8·base`).
+pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> BratsAnyMethod {
+    if cfg.method.kind().is_mckd_family() {
+        return BratsAnyMethod::Mckd(build_method(cfg, init_model(cfg, spatial, device)));
+    }
+    let Arch::Unet { base: c } = cfg.task.arch else {
+        panic!("a peer needs the UNet network (validate the config first)");
+    };
+    device.seed(cfg.seed);
+    let optim = cfg.optimizer.init();
+    let seed = cfg.seed ^ PEER_RNG_SEED;
+    let dice = cfg.task.dice;
+    let head = |native: bool, loss: NativeLoss| {
+        if native {
+            Head::Native(loss)
+        } else {
+            Head::Regions(dice)
+        }
+    };
+    let name = cfg.method.kind().name();
+    match &cfg.method {
+        BratsMethod::Hemis(h) => BratsAnyMethod::Hemis(Peer::new(
+            name,
+            Hemis::new(c, head(h.native_head, NativeLoss::NiftyNet), device),
+            optim,
+            seed,
+        )),
+        BratsMethod::Hved(h) => BratsAnyMethod::Hved(Peer::new(
+            name,
+            Hved::new(
+                c,
+                head(h.native_head, NativeLoss::NiftyNet),
+                h.clone(),
+                device,
+            ),
+            optim,
+            seed,
+        )),
+        BratsMethod::Shaspec(s) => BratsAnyMethod::Shaspec(Peer::new(
+            name,
+            ShaSpec::new(c, spatial, dice, s.clone(), device),
+            optim,
+            seed,
+        )),
+        BratsMethod::Mmformer(m) => BratsAnyMethod::Mmformer(Peer::new(
+            name,
+            MmFormer::new(
+                c,
+                spatial,
+                head(m.native_head, NativeLoss::MmFormer),
+                m.clone(),
+                device,
+            ),
+            optim,
+            seed,
+        )),
+        BratsMethod::RobustSeg(r) => BratsAnyMethod::RobustSeg(Peer::new(
+            name,
+            RobustSeg::new(
+                c,
+                head(r.native_head, NativeLoss::RobustSeg),
+                r.clone(),
+                device,
+            ),
+            optim,
+            seed,
+        )),
+        BratsMethod::Mckd(_) | BratsMethod::Baseline(_) | BratsMethod::Placebo(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
 /// Loads the model of a training run (`config.json` + `model.bpk`) on `device`.
-pub fn load_model(run: &Path, device: &Device) -> Result<(BratsRunConfig, BratsMckd)> {
+pub fn load_model(run: &Path, device: &Device) -> Result<(BratsRunConfig, BratsAnyMethod)> {
     let cfg = load_config(run)?;
+    // A peer's network is built from its settings: refuse ones it cannot be built with.
+    crate::config::validate_method(&cfg.method, &cfg.task.arch)?;
     let path = run.join("model.bpk");
     if !path.is_file() {
         return Err(BratsError::Checkpoint {
@@ -200,8 +438,7 @@ pub fn load_model(run: &Path, device: &Device) -> Result<(BratsRunConfig, BratsM
             },
         });
     }
-    let model = init_model(&cfg, dhw(cfg.task.crop), device);
-    let mut method = build_method(&cfg, model);
+    let mut method = build_any(&cfg, dhw(cfg.task.crop), device);
     let bytes = std::fs::read(&path).map_err(|e| BratsError::Checkpoint {
         path: path.clone(),
         problem: format!("cannot read it: {e}"),
@@ -279,9 +516,12 @@ struct GapProbe<'a> {
     file: Option<std::path::PathBuf>,
 }
 
-impl Observer<BratsMckd> for GapProbe<'_> {
-    fn on_step(&mut self, row: &LogRow, method: &BratsMckd) -> Control {
+impl Observer<BratsAnyMethod> for GapProbe<'_> {
+    fn on_step(&mut self, row: &LogRow, method: &BratsAnyMethod) -> Control {
         let it = row.iteration;
+        let Some(method) = method.as_mckd() else {
+            return Control::Continue;
+        };
         if self.interval > 0 && (it.is_multiple_of(self.interval) || it == self.total) {
             let g = feature_gap(method.model(), self.probe, it);
             if let Some(f) = &self.file {
@@ -370,8 +610,8 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
         (0..cfg.loop_.batch_size.min(probe_src.cases().len()).max(1)).collect();
     let probe = probe_src.crops(&probe_idx, &plain);
 
-    let model = init_model(cfg, train_src.spatial(), &device);
-    let mut method = build_method(cfg, model);
+    let started = std::time::Instant::now();
+    let mut method = build_any(cfg, train_src.spatial(), &device);
     let total = total_iterations(&cfg.loop_, n_train);
     let gap_file = run.file("feature_gap.jsonl");
     let mut resume_from = None;
@@ -388,8 +628,11 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
     }
     // The probe file holds exactly the probes up to where training (re)starts.
     let _ = std::fs::remove_file(&gap_file);
-    if resume_from.is_none() && cfg.task.probe_interval > 0 {
-        gaps.push(feature_gap(method.model(), &probe, 0));
+    if resume_from.is_none()
+        && cfg.task.probe_interval > 0
+        && let Some(m) = method.as_mckd()
+    {
+        gaps.push(feature_gap(m.model(), &probe, 0));
     }
     for g in &gaps {
         append_gap(&gap_file, g);
@@ -436,15 +679,10 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
     }
     let gaps = probe_obs.gaps;
     let ckpt = run.file("model.bpk");
-    let bytes = method
-        .model()
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| BratsError::Checkpoint {
-            path: ckpt.clone(),
-            problem: format!("cannot serialise it: {e:?}"),
-        })?;
+    let bytes = method.model_bytes().map_err(|e| BratsError::Checkpoint {
+        path: ckpt.clone(),
+        problem: format!("cannot serialise it: {e}"),
+    })?;
     run.write("model.bpk", &bytes)?;
     let columns = LogColumns::of(&method, &cfg.loop_);
     run.write("train_log.csv", log_csv(&trained.log, &columns).as_bytes())?;
@@ -457,6 +695,8 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
             "seconds_per_meta_step": json_f64(timing.per_meta()),
             "meta_steps": timing.meta_steps,
             "iterations": trained.log.len(),
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "parameters": method.num_params(),
             "final_iwv": iwv_map(&names, &method.state_values()),
         }),
     )?;

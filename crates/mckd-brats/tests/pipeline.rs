@@ -446,7 +446,7 @@ fn tiny_train_predict_evaluate_all_subsets() {
     assert_eq!(t.log.iter().filter(|r| r.meta_loss.is_some()).count(), 2);
     assert_eq!(t.feature_gap.len(), 3);
     let mut bcfg = cfg.clone();
-    bcfg.method = mckd_brats::BratsMethod::of(Method::Baseline, cfg.method.mckd().clone());
+    bcfg.method = cfg.method.with_kind(Method::Baseline);
     bcfg.task.splits_file = Some(mckd.file("splits.json"));
     let base = RunDir::create(&tmp.0.join("baseline")).unwrap();
     let b = train_run(&bcfg, &base, false).unwrap();
@@ -476,8 +476,8 @@ fn tiny_train_predict_evaluate_all_subsets() {
     // A reloaded checkpoint carries the trained IWV.
     let (_, reloaded) = load_model(mckd.path(), &Device::flex()).unwrap();
     assert_eq!(
-        reloaded.model().iwv.raw_values(),
-        t.method.model().iwv.raw_values()
+        reloaded.as_mckd().unwrap().model().iwv.raw_values(),
+        t.method.as_mckd().unwrap().model().iwv.raw_values()
     );
 
     let out = RunDir::create(&tmp.0.join("eval")).unwrap();
@@ -523,7 +523,7 @@ fn tiny_train_predict_evaluate_all_subsets() {
     let subsets = mckd_core::all_subsets(4);
     let pred = tmp.0.join("pred");
     predict_cases(
-        &MckdPredictor::new(&method),
+        method.predictor().as_ref(),
         &test,
         &subsets,
         &cfg2.task.infer,
@@ -547,4 +547,134 @@ fn tiny_train_predict_evaluate_all_subsets() {
             .unwrap();
     assert_eq!(v["ground_truth"].as_array().unwrap().len(), 16 * 16);
     assert!(v["predictions"]["MCKD"].is_array() && v["predictions"]["Baseline"].is_array());
+}
+
+/// Every peer of Table 1 through the shared loop on phantoms: a few iterations, finite loss
+/// terms, a reloaded checkpoint whose predictions on every one of the 15 subsets are finite
+/// and unchanged when the missing modalities are NaN (directly on a tile, and through the
+/// sliding window), and one evaluation of all of them with a p-value row per peer.
+#[test]
+fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
+    let tmp = TempDir::new("peers");
+    let data = tmp.0.join("data");
+    let pcfg = PhantomConfig {
+        size: [16; 3],
+        ..Default::default()
+    };
+    write_phantom_dataset(&data, 7, &pcfg, 3).unwrap();
+    let peers = [
+        Method::Hemis,
+        Method::Hved,
+        Method::Shaspec,
+        Method::Mmformer,
+        Method::RobustSeg,
+    ];
+    let device = Device::flex();
+    let subsets = mckd_core::all_subsets(4);
+    let mut runs = Vec::new();
+    for kind in [Method::Mckd].into_iter().chain(peers) {
+        let mut cfg = small_config(data.clone(), kind, 16, 0);
+        cfg.task.arch = mckd_brats::config::Arch::Unet { base: 2 };
+        cfg.loop_.budget = Budget::Iterations(3);
+        cfg.loop_.meta.interval = 2;
+        cfg.loop_.meta.interval_stage2 = 2;
+        cfg.task.probe_interval = 0;
+        mckd_brats::config::validate(&cfg).unwrap();
+        let run = RunDir::create(&tmp.0.join(kind.name())).unwrap();
+        let t = train_run(&cfg, &run, false).unwrap();
+        assert_eq!(t.log.len(), 3, "{kind:?}");
+        assert_eq!(t.method.name(), kind.name());
+        for row in &t.log {
+            assert!(row.terms.iter().all(|v| v.is_finite()), "{kind:?}: {row:?}");
+        }
+        run.write("config.json", cfg.to_json().as_bytes()).unwrap();
+        runs.push(run.path().to_path_buf());
+        if kind == Method::Mckd {
+            continue;
+        }
+        let (_, method) = load_model(run.path(), &device).unwrap();
+        let predictor = method.predictor();
+        let case = &mckd_brats::eval::test_cases(run.path(), &data).unwrap()[0];
+        let loaded = load_case(case, LabelConvention::Brats2018).unwrap();
+        let clean: Vec<Vec<f32>> = loaded.modalities.iter().map(|v| v.data.clone()).collect();
+        let dims = loaded.dims;
+        for mask in &subsets {
+            let poisoned: Vec<Vec<f32>> = clean
+                .iter()
+                .zip(mask)
+                .map(|(v, &p)| {
+                    if p {
+                        v.clone()
+                    } else {
+                        vec![f32::NAN; v.len()]
+                    }
+                })
+                .collect();
+            let m = mask_tensor(std::slice::from_ref(mask), &device);
+            let tile = |images: Vec<Vec<f32>>| {
+                let b = mckd_brats::data::batch_from_buffers(
+                    images,
+                    None,
+                    1,
+                    [dims[2], dims[1], dims[0]],
+                    &device,
+                );
+                mckd_train::to_vec(predictor.predict_tile(&b, &m))
+            };
+            let bad = tile(poisoned.clone());
+            assert_eq!(bad.len(), 3 * clean[0].len(), "{kind:?} {mask:?}");
+            assert!(
+                bad.iter().all(|v| v.is_finite()),
+                "{kind:?} {mask:?}: NaN read"
+            );
+            // The masked modality's values do not matter at all (not even as zeros).
+            let zeros: Vec<Vec<f32>> = clean
+                .iter()
+                .zip(mask)
+                .map(|(v, &p)| if p { v.clone() } else { vec![0.0; v.len()] })
+                .collect();
+            assert_eq!(bad, tile(zeros), "{kind:?} {mask:?}");
+            let volumes = |d: &[Vec<f32>]| -> Vec<mckd_volume::Volume> {
+                d.iter()
+                    .map(|v| mckd_volume::Volume {
+                        dims,
+                        data: v.clone(),
+                    })
+                    .collect()
+            };
+            let infer = InferConfig {
+                tile: [8; 3],
+                ..InferConfig::default()
+            };
+            let window = |d: &[Vec<f32>]| {
+                mckd_brats::infer::predict_probs(
+                    predictor.as_ref(),
+                    &volumes(d),
+                    mask,
+                    &infer,
+                    &device,
+                )
+                .unwrap()
+            };
+            let w = window(&poisoned);
+            assert!(w.iter().all(|v| v.is_finite()), "{kind:?} {mask:?}");
+            assert_eq!(w, window(&clean), "{kind:?} {mask:?}");
+        }
+    }
+    let out = RunDir::create(&tmp.0.join("eval")).unwrap();
+    let report = evaluate_runs(&runs, None, &out).unwrap();
+    assert_eq!(report.evals.len(), 6);
+    assert_eq!(report.results.rows.len(), 6 * 15);
+    for kind in peers {
+        assert!(
+            report
+                .markdown
+                .contains(&format!("p-value (MCKD > {})", kind.title())),
+            "{kind:?}"
+        );
+        assert!(
+            out.file(&format!("predictions/{}/t1", kind.name()))
+                .exists()
+        );
+    }
 }
