@@ -245,11 +245,17 @@ pub(crate) fn train_in(rc: &BratsRunConfig, dir: &RunDir, resume: bool) -> Resul
     match train_run(rc, dir, has_checkpoint) {
         Ok(t) => {
             dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
+            // Methods without meta steps have no meta time (NaN).
+            let meta = t.timing.per_meta();
+            let meta = if meta.is_finite() {
+                format!(", {meta:.3} s/meta step")
+            } else {
+                String::new()
+            };
             log::info!(
-                "{}: {:.3} s/inner step, {:.3} s/meta step, {} parameters",
+                "{}: {:.3} s/inner step{meta}, {} parameters",
                 rc.method.kind().title(),
                 t.seconds_per_inner(),
-                t.timing.per_meta(),
                 t.method.num_params(),
             );
             Ok(())
