@@ -363,19 +363,10 @@ pub struct ReproduceArgs {
     /// Keep each run's trained model (`runs/<run>/model.bpk`).
     #[arg(long)]
     pub save_models: bool,
-    /// Only write the grid into --out (plan.json, splits.json and one self-contained
-    /// runs/<run>/config.json per run) and stop: train each run with `mckd run-one
-    /// OUT/runs/<run>` anywhere (in any order, on any machine), then `mckd avmnist merge --grid
-    /// OUT`.
-    #[arg(long)]
-    pub plan: bool,
-    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run
-    /// (listed in OUT/runs.txt), and print the commands to submit and merge.
-    #[arg(long, requires = "plan")]
-    pub slurm: bool,
-    /// Settings of the Slurm job array.
+    /// Planning for a cluster (`runs/<run>` folders; merge with `mckd avmnist merge --grid
+    /// OUT`).
     #[command(flatten)]
-    pub slurm_options: mckd_train::cluster::SlurmOptions,
+    pub plan: mckd_train::cluster::PlanArgs,
 }
 
 /// A `--methods` list.
@@ -587,7 +578,7 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
         a.first_seed..a.first_seed + a.seeds,
         &|kind, setting, seed| a.cfg.config(base.as_ref(), kind, setting, seed),
     );
-    if a.plan {
+    if a.plan.plan {
         // A planned run may train on another machine, from another working folder, without
         // this process's environment: its config names the kit folder, absolute.
         let dir = resolve_data_dir(configs[0].task.data_dir.as_deref())?;
@@ -618,7 +609,7 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
     grid.set_status(RunState::Running, None, None)?;
     let plan = write_plan(&grid, &settings, &configs)?;
     grid.write("splits.json", split_text.as_bytes())?;
-    if a.plan {
+    if a.plan.plan {
         return write_planned(a, &grid, &plan).map(|()| Vec::new());
     }
     let todo: Vec<usize> = (0..plan.runs.len())
@@ -708,37 +699,17 @@ pub fn reproduce(a: &ReproduceArgs) -> anyhow::Result<Vec<RunOutcome>> {
 /// `reproduce --plan`: the grid is written; adds the Slurm files with `--slurm` and says what
 /// to run next.
 fn write_planned(a: &ReproduceArgs, grid: &RunDir, plan: &Plan) -> anyhow::Result<()> {
-    let root = std::fs::canonicalize(grid.path()).unwrap_or_else(|_| grid.path().to_path_buf());
-    let runs: Vec<PathBuf> = plan.runs.iter().map(|r| root.join(&r.dir)).collect();
-    grid.set_status(
-        RunState::Running,
-        Some(format!("planned: {} runs, none trained here", runs.len())),
-        None,
-    )?;
+    let dirs: Vec<PathBuf> = plan.runs.iter().map(|r| r.dir.clone()).collect();
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let merge = format!("{} avmnist merge --grid {}", exe.display(), root.display());
-    if a.slurm {
-        let files = mckd_train::cluster::slurm_files(&root, &runs, &exe, &a.slurm_options);
-        grid.write("runs.txt", files.runs.as_bytes())?;
-        grid.write("submit.sbatch", files.script.as_bytes())?;
-        std::fs::create_dir_all(root.join("slurm"))
-            .with_context(|| format!("cannot create {}", root.join("slurm").display()))?;
-        println!(
-            "planned {} runs in {}\nsubmit:  sbatch {}\nthen:    {merge}",
-            runs.len(),
-            root.display(),
-            root.join("submit.sbatch").display()
-        );
-    } else {
-        println!(
-            "planned {} runs in {}\ntrain each: {} run-one {}/runs/<run>   (any order, any \
-             machine)\nthen:       {merge}",
-            runs.len(),
-            root.display(),
-            exe.display(),
-            root.display()
-        );
-    }
+    let next = mckd_train::cluster::write_planned(
+        grid,
+        &dirs,
+        &a.plan,
+        &exe,
+        "runs/<run>",
+        "avmnist merge",
+    )?;
+    println!("{next}");
     Ok(())
 }
 

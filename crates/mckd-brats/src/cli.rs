@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use mckd_core::{CkdReduction, Distance, Levels, Method as _, Normalisation};
-use mckd_train::cluster::SlurmOptions;
+use mckd_train::cluster::PlanArgs;
 use mckd_train::config::{Budget, LrSchedule, OptimizerConfig};
 use mckd_train::device::DeviceChoice;
 use mckd_train::run::{OutPolicy, RunDir, RunState, check_not_input};
@@ -64,7 +64,7 @@ pub struct RealArgs {
     pub out: Option<PathBuf>,
     /// Continue an experiment in --out (finished methods and seeds are kept; unfinished runs
     /// resume from their checkpoints).
-    #[arg(long, conflicts_with = "overwrite")]
+    #[arg(long, conflicts_with_all = ["overwrite", "plan"])]
     pub resume: bool,
     /// Move an existing --out aside and start again.
     #[arg(long)]
@@ -86,17 +86,10 @@ pub struct RealArgs {
     /// Number of seeds (`seed-<s>/` each, then a summary).
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
-    /// Only write the grid into --out (plan.json, each seed's settings and phantoms, one
-    /// self-contained config per run) and print how to train each run (`mckd run-one`) and
-    /// merge (`mckd brats merge`); trains nothing.
-    #[arg(long, conflicts_with = "resume")]
-    pub plan: bool,
-    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run.
-    #[arg(long, requires = "plan")]
-    pub slurm: bool,
-    /// Settings of the Slurm job array.
+    /// Planning for a cluster (`seed-<s>/<method>` folders, each seed's settings and
+    /// phantoms written too; merge with `mckd brats merge --grid OUT`).
     #[command(flatten)]
-    pub slurm_options: mckd_train::cluster::SlurmOptions,
+    pub plan: PlanArgs,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -602,7 +595,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue a demo in --out (finished methods and seeds are kept).
-    #[arg(long, conflicts_with = "overwrite")]
+    #[arg(long, conflicts_with_all = ["overwrite", "plan"])]
     pub resume: bool,
     /// Move an existing --out aside and start again.
     #[arg(long)]
@@ -641,17 +634,10 @@ pub struct DemoArgs {
     /// MCKD > Baseline.
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
-    /// Only write the grid into --out (plan.json, each seed's settings and phantoms, one
-    /// self-contained config per run) and print how to train each run (`mckd run-one`) and
-    /// merge (`mckd brats merge`); trains nothing.
-    #[arg(long, conflicts_with = "resume")]
-    pub plan: bool,
-    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run.
-    #[arg(long, requires = "plan")]
-    pub slurm: bool,
-    /// Settings of the Slurm job array.
+    /// Planning for a cluster (`seed-<s>/<method>` folders, each seed's settings and
+    /// phantoms written too; merge with `mckd brats merge --grid OUT`).
     #[command(flatten)]
-    pub slurm_options: mckd_train::cluster::SlurmOptions,
+    pub plan: PlanArgs,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -724,7 +710,7 @@ fn real(a: &RealArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-real",
         (a.resume, a.overwrite),
-        a.plan.then_some((a.slurm, &a.slurm_options)),
+        a.plan.plan.then_some(&a.plan),
     )
 }
 
@@ -1095,19 +1081,19 @@ fn demo_cmd(a: &DemoArgs) -> anyhow::Result<()> {
         a.out.as_deref(),
         "brats-demo",
         (a.resume, a.overwrite),
-        a.plan.then_some((a.slurm, &a.slurm_options)),
+        a.plan.plan.then_some(&a.plan),
     )
 }
 
 /// Runs an experiment (one seed, or `seeds` seeds and their summary) into `out`, or with
-/// `plan` (`--slurm`, its options) only writes its grid.
+/// `plan` only writes its grid.
 fn run_experiment(
     d: &DemoConfig,
     seeds: u64,
     out: Option<&Path>,
     kind: &str,
     (resume, overwrite): (bool, bool),
-    plan: Option<(bool, &SlurmOptions)>,
+    plan: Option<&PlanArgs>,
 ) -> anyhow::Result<()> {
     if d.methods.is_empty() {
         bail!("--methods is empty");
@@ -1130,8 +1116,8 @@ fn run_experiment(
         check_not_input(&out_path, &[&d.run.task.data])?;
     }
     let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(resume, overwrite))?;
-    if let Some((slurm, options)) = plan {
-        return write_planned(d, seeds, &run, slurm, options);
+    if let Some(args) = plan {
+        return write_planned(d, seeds, &run, args);
     }
     let t0 = Instant::now();
     let result = if seeds != 1 {
@@ -1172,46 +1158,20 @@ fn run_experiment(
     }
 }
 
-/// `--plan`: writes the grid, with `slurm` the Slurm files, and says what to run next.
-fn write_planned(
-    d: &DemoConfig,
-    seeds: u64,
-    grid: &RunDir,
-    slurm: bool,
-    options: &SlurmOptions,
-) -> anyhow::Result<()> {
+/// `--plan`: writes the grid, with `--slurm` the Slurm files, and says what to run next.
+fn write_planned(d: &DemoConfig, seeds: u64, grid: &RunDir, args: &PlanArgs) -> anyhow::Result<()> {
     let planned = crate::grid::plan(d, seeds, grid)?;
-    let root = std::fs::canonicalize(grid.path()).unwrap_or_else(|_| grid.path().to_path_buf());
-    let runs: Vec<PathBuf> = planned.runs.iter().map(|r| root.join(&r.dir)).collect();
-    grid.set_status(
-        RunState::Running,
-        Some(format!("planned: {} runs, none trained here", runs.len())),
-        None,
-    )?;
+    let dirs: Vec<PathBuf> = planned.runs.into_iter().map(|r| r.dir).collect();
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let merge = format!("{} brats merge --grid {}", exe.display(), root.display());
-    if slurm {
-        let files = mckd_train::cluster::slurm_files(&root, &runs, &exe, options);
-        grid.write("runs.txt", files.runs.as_bytes())?;
-        grid.write("submit.sbatch", files.script.as_bytes())?;
-        std::fs::create_dir_all(root.join("slurm"))
-            .with_context(|| format!("cannot create {}", root.join("slurm").display()))?;
-        println!(
-            "planned {} runs in {}\nsubmit:  sbatch {}\nthen:    {merge}",
-            runs.len(),
-            root.display(),
-            root.join("submit.sbatch").display()
-        );
-    } else {
-        println!(
-            "planned {} runs in {}\ntrain each: {} run-one {}/seed-<s>/<method>   (any order, \
-             any machine)\nthen:       {merge}",
-            runs.len(),
-            root.display(),
-            exe.display(),
-            root.display()
-        );
-    }
+    let next = mckd_train::cluster::write_planned(
+        grid,
+        &dirs,
+        args,
+        &exe,
+        "seed-<s>/<method>",
+        "brats merge",
+    )?;
+    println!("{next}");
     Ok(())
 }
 

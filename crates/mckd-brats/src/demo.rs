@@ -224,16 +224,19 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> 
         let dir = RunDir::create(&out.path().join(method.name()))?;
         let mut rc = cfg.run_config(method, data.clone());
         rc.task.splits_file = splits.clone();
-        let finished = dir.status().is_some_and(|s| s.state == RunState::Finished)
-            && dir.file("model.bpk").is_file();
-        if !finished {
+        if !is_finished(&dir) {
             dir.write("config.json", rc.to_json().as_bytes())?;
             train_in(&rc, &dir, resume)?;
         }
         splits.get_or_insert_with(|| dir.file("splits.json"));
         runs.push(dir.path().to_path_buf());
     }
-    finish(cfg, &runs, None, out, started.elapsed().as_secs_f64())
+    finish(cfg, &runs, None, out, 0.0, started)
+}
+
+/// Whether a run folder holds a finished run (its status and its model).
+pub(crate) fn is_finished(dir: &RunDir) -> bool {
+    dir.status().is_some_and(|s| s.state == RunState::Finished) && dir.file("model.bpk").is_file()
 }
 
 /// Trains `rc` into `dir` with its status kept (running, finished or failed); resumes from
@@ -268,13 +271,15 @@ pub(crate) fn train_in(rc: &BratsRunConfig, dir: &RunDir, resume: bool) -> Resul
 }
 
 /// The evaluation of a demo's trained runs (on the cases of `data`, else of the first run's
-/// config) into `out`: the tables and `results.json` with the wall time and the settings.
+/// config) into `out`: the tables and `results.json` with the settings and the wall time,
+/// `earlier_seconds` (time spent elsewhere) plus the time since `started`.
 pub(crate) fn finish(
     cfg: &DemoConfig,
     runs: &[PathBuf],
     data: Option<&std::path::Path>,
     out: &RunDir,
-    wall_seconds: f64,
+    earlier_seconds: f64,
+    started: Instant,
 ) -> Result<EvalReport> {
     let mut report = evaluate_runs(runs, data, out)?;
     let timing = timing_table(runs)?;
@@ -282,10 +287,10 @@ pub(crate) fn finish(
     out.write("timing.md", timing.markdown.as_bytes())?;
     report.results.extra.insert("timing".into(), timing.json);
     report.markdown.push_str(&format!("\n{}", timing.markdown));
-    report
-        .results
-        .extra
-        .insert("wall_seconds".into(), json_f64(wall_seconds));
+    report.results.extra.insert(
+        "wall_seconds".into(),
+        json_f64(earlier_seconds + started.elapsed().as_secs_f64()),
+    );
     report.results.extra.insert(
         "demo".into(),
         serde_json::to_value(cfg).unwrap_or(Value::Null),

@@ -24,7 +24,7 @@ use mckd_train::run::{RunDir, RunState};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BratsRunConfig, Method};
-use crate::demo::{DemoConfig, finish, prepare_data, train_in};
+use crate::demo::{DemoConfig, finish, is_finished, prepare_data, train_in};
 use crate::error::{BratsError, Result};
 use crate::seeds::{SeedsSummary, seed_dir, summarise};
 
@@ -110,11 +110,6 @@ pub fn plan(cfg: &DemoConfig, seeds: u64, out: &RunDir) -> Result<BratsPlan> {
     Ok(plan)
 }
 
-/// Whether a run folder holds a finished run.
-fn is_finished(dir: &RunDir) -> bool {
-    dir.status().is_some_and(|s| s.state == RunState::Finished) && dir.file("model.bpk").is_file()
-}
-
 /// The config of a planned run, its data folder resolved against the run's folder.
 fn planned_config(dir: &Path) -> Result<BratsRunConfig> {
     let mut rc = crate::train::load_config(dir)?;
@@ -187,13 +182,7 @@ pub fn merge(out: &RunDir) -> Result<Merged> {
         let data = planned_config(&paths[0])?.task.data;
         // The runs' own training time (their timing files) plus this evaluation.
         let train: f64 = paths.iter().map(|p| train_seconds(p)).sum();
-        let report = finish(&cfg, &paths, Some(&data), &sdir, train)?;
-        let mut results = report.results;
-        let wall = train + started.elapsed().as_secs_f64();
-        results
-            .extra
-            .insert("wall_seconds".into(), mckd_train::report::json_f64(wall));
-        sdir.write_json("results.json", &results)?;
+        finish(&cfg, &paths, Some(&data), &sdir, train, started)?;
         complete.push((seed, sdir.path().to_path_buf()));
     }
     let summary = if complete.is_empty() {

@@ -6,6 +6,72 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::run::{RunDir, RunError, RunState};
+
+/// `--plan` and `--slurm` of a grid command (`avmnist reproduce`, `brats demo`, `brats real`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// Only write the grid into --out (plan.json and one self-contained config.json per run
+    /// folder) and stop: train each run with `mckd run-one RUN` anywhere (in any order, on any
+    /// machine), then merge; both commands are printed.
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: also write OUT/submit.sbatch, a Slurm job array with one task per run
+    /// (listed in OUT/runs.txt), and print the commands to submit and merge.
+    #[arg(long, requires = "plan")]
+    pub slurm: bool,
+    /// Settings of the Slurm job array.
+    #[command(flatten)]
+    pub slurm_options: SlurmOptions,
+}
+
+/// Finishes `--plan` of `grid`, whose runs are the folders `dirs` (relative to it): marks the
+/// grid planned and, with `--slurm`, writes `runs.txt`, `submit.sbatch` and `slurm/`. Returns
+/// what to print: how to train the runs (`run_pattern`, e.g. `runs/<run>`) or submit them, and
+/// the merge (`exe merge_command --grid GRID`).
+pub fn write_planned(
+    grid: &RunDir,
+    dirs: &[PathBuf],
+    args: &PlanArgs,
+    exe: &Path,
+    run_pattern: &str,
+    merge_command: &str,
+) -> Result<String, RunError> {
+    let root = std::fs::canonicalize(grid.path()).unwrap_or_else(|_| grid.path().to_path_buf());
+    let runs: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
+    grid.set_status(
+        RunState::Running,
+        Some(format!("planned: {} runs, none trained here", runs.len())),
+        None,
+    )?;
+    let merge = format!(
+        "{} {merge_command} --grid {}",
+        exe.display(),
+        root.display()
+    );
+    if !args.slurm {
+        return Ok(format!(
+            "planned {} runs in {}\ntrain each: {} run-one {}/{run_pattern}   (any order, any \
+             machine)\nthen:       {merge}",
+            runs.len(),
+            root.display(),
+            exe.display(),
+            root.display()
+        ));
+    }
+    let files = slurm_files(&root, &runs, exe, &args.slurm_options);
+    grid.write("runs.txt", files.runs.as_bytes())?;
+    grid.write("submit.sbatch", files.script.as_bytes())?;
+    let logs = root.join("slurm");
+    std::fs::create_dir_all(&logs).map_err(|source| RunError::Unwritable { path: logs, source })?;
+    Ok(format!(
+        "planned {} runs in {}\nsubmit:  sbatch {}\nthen:    {merge}",
+        runs.len(),
+        root.display(),
+        root.join("submit.sbatch").display()
+    ))
+}
+
 /// Settings of the `sbatch` script.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct SlurmOptions {
