@@ -646,7 +646,9 @@ pub struct DemoArgs {
 /// `mckd brats merge`.
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
-    /// The grid folder (`--plan` of `brats demo` or `brats real`).
+    /// The grid folder (`--plan` of `brats demo` or `brats real`). A folder of `brats demo|real
+    /// --seeds N` without a plan is summarised again from its finished seeds (their
+    /// `results.json` and `per_case.csv`; nothing is re-evaluated).
     #[arg(long)]
     pub grid: PathBuf,
     /// Write the tables of the seeds whose runs all finished and exit 0 even when runs are
@@ -1179,10 +1181,16 @@ fn write_planned(d: &DemoConfig, seeds: u64, grid: &RunDir, args: &PlanArgs) -> 
 fn merge_cmd(a: &MergeArgs) -> anyhow::Result<()> {
     let (grid, _) = RunDir::open(&a.grid, OutPolicy::Resume)?;
     if !grid.file("plan.json").is_file() {
-        bail!(
-            "{}: no plan.json; is it a grid written by `brats demo --plan` or `brats real --plan`?",
-            a.grid.display()
-        );
+        // A one-machine `--seeds` folder: its finished seeds' tables summarised again.
+        let Some(summary) = crate::grid::summarise_seeds_folder(&grid)? else {
+            bail!(
+                "{}: no plan.json and no seed-<s>/results.json; is it a grid written by \
+                 `brats demo --plan` or `brats real --plan`, or a `--seeds` folder?",
+                a.grid.display()
+            );
+        };
+        println!("{}", summary.markdown);
+        return Ok(());
     }
     let merged = crate::grid::merge(&grid)?;
     for (label, msg) in &merged.failed {

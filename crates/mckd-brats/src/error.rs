@@ -30,6 +30,14 @@ pub enum BratsError {
         /// What went wrong.
         problem: String,
     },
+    /// A table written by an earlier run (`per_case.csv`) cannot be read back.
+    #[error("table {}: {problem}", path.display())]
+    Table {
+        /// The table file.
+        path: PathBuf,
+        /// What is wrong (with the line number).
+        problem: String,
+    },
     /// Input volumes given together do not share a grid.
     #[error(
         "shape mismatch: {} is {:?} (i,j,k) but {} is {:?}",

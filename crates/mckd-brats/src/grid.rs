@@ -10,6 +10,7 @@
 //! OUT/seed-<s>/<method>/...            status.json, model.bpk, logs, checkpoint/ (run-one)
 //! OUT/seed-<s>/results.json, table.md  the seed's evaluation (merge)
 //! OUT/seeds_summary.md/.json           across seeds (merge)
+//! OUT/table_seeds.md/.csv              Table 1 pooled over every seed's test cases (merge)
 //! ```
 //!
 //! A planned run's config names no other run: its split is the seeded split every method of
@@ -139,6 +140,33 @@ pub fn run_one(dir: &Path) -> Result<()> {
     train_in(&rc, &run, true)
 }
 
+/// Summarises again the finished seeds (`seed-<s>/results.json`) of a one-machine `--seeds`
+/// folder, in seed order: `seeds_summary.*` and `table_seeds.*`. `None` if it has none.
+pub fn summarise_seeds_folder(out: &RunDir) -> Result<Option<SeedsSummary>> {
+    let mut seeds = Vec::new();
+    let entries = std::fs::read_dir(out.path())
+        .map_err(|e| BratsError::Invalid(format!("{}: {e}", out.path().display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(seed) = name
+            .strip_prefix("seed-")
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if entry.path().join("results.json").is_file() {
+            seeds.push((seed, entry.path()));
+        }
+    }
+    if seeds.is_empty() {
+        return Ok(None);
+    }
+    seeds.sort();
+    let summary = summarise(&seeds)?;
+    summary.write(out)?;
+    Ok(Some(summary))
+}
+
 /// What a merge found.
 #[derive(Debug)]
 pub struct Merged {
@@ -189,8 +217,7 @@ pub fn merge(out: &RunDir) -> Result<Merged> {
         None
     } else {
         let summary = summarise(&complete)?;
-        out.write("seeds_summary.md", summary.markdown.as_bytes())?;
-        out.write_json("seeds_summary.json", &summary.json)?;
+        summary.write(out)?;
         Some(summary)
     };
     Ok(Merged {

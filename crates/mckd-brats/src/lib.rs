@@ -17,6 +17,7 @@
 //! * [`report`]: the paper-style table and `results.json`.
 //! * [`plots`]: IWV, losses, feature gap and overlay figures.
 //! * [`demo`], [`seeds`]: the phantom demo, over one or several seeds.
+//! * [`pooled`]: Table 1 pooled over the test cases of every seed.
 //! * [`cli`]: the `mckd brats ...` subcommands ([`cli::BratsCommand`], [`cli::run`]).
 //!
 //! Axis order: volumes are NIfTI (i, j, k) with i fastest (see `mckd-volume`); tensors are
@@ -35,6 +36,7 @@ pub mod infer;
 pub mod model;
 pub mod peers;
 pub mod plots;
+pub mod pooled;
 pub mod report;
 pub mod seeds;
 pub mod train;

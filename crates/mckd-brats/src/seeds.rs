@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::demo::{DemoConfig, demo};
 use crate::error::{BratsError, Result};
+use crate::pooled::{PooledTable, pooled_table};
 use crate::train::T1C;
 
 /// The regions in table order (metric keys `dice_et`, `dice_tc`, `dice_wt`).
@@ -131,8 +132,21 @@ pub struct SeedsSummary {
     pub seeds: Vec<SeedResult>,
     /// `seeds_summary.md` content.
     pub markdown: String,
-    /// `seeds_summary.json` content.
+    /// `seeds_summary.json` content (the pooled table's numbers under `pooled`).
     pub json: Value,
+    /// Table 1 pooled over every seed's test cases.
+    pub pooled: PooledTable,
+}
+
+impl SeedsSummary {
+    /// Writes `seeds_summary.md`/`.json` and the pooled Table 1 (`table_seeds.md`/`.csv`).
+    pub fn write(&self, out: &RunDir) -> Result<()> {
+        out.write("seeds_summary.md", self.markdown.as_bytes())?;
+        out.write_json("seeds_summary.json", &self.json)?;
+        out.write("table_seeds.md", self.pooled.markdown.as_bytes())?;
+        out.write("table_seeds.csv", self.pooled.csv.as_bytes())?;
+        Ok(())
+    }
 }
 
 /// The folder of one seed inside a multi-seed demo folder.
@@ -177,8 +191,7 @@ pub fn demo_seeds(
         dirs.push((seed, dir));
     }
     let summary = summarise(&dirs)?;
-    out.write("seeds_summary.md", summary.markdown.as_bytes())?;
-    out.write_json("seeds_summary.json", &summary.json)?;
+    summary.write(out)?;
     Ok(summary)
 }
 
@@ -277,7 +290,11 @@ pub fn summarise(dirs: &[(u64, PathBuf)]) -> Result<SeedsSummary> {
     markdown.push_str(&format!(
         "MCKD ahead in {ahead}/{n} seeds; the IWV ends highest on t1c in {t1c_top}/{n} seeds.\n"
     ));
+    let pooled = pooled_table(dirs)?;
+    markdown
+        .push_str("\nTable 1 pooled over the seeds' test cases (mean ± std): `table_seeds.md`.\n");
     let json = json!({
+        "pooled": pooled.json,
         "seeds": seeds.iter().map(|s| json!({
             "seed": s.seed,
             "mckd": {"mean": json_f64(s.mckd_mean()), "dice_et": json_f64(s.mckd[0]),
@@ -298,6 +315,7 @@ pub fn summarise(dirs: &[(u64, PathBuf)]) -> Result<SeedsSummary> {
         seeds,
         markdown,
         json,
+        pooled,
     })
 }
 
@@ -359,6 +377,13 @@ mod tests {
         };
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("results.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+        // Its per-case scores: one case whose flair-only Dice is the seed's value.
+        let csv = format!(
+            "method,subset,case,dice_et,dice_tc,dice_wt,hd95_et,hd95_tc,hd95_wt\n\
+             mckd,flair,c1,{mckd},{mckd},{mckd},5,5,5\n\
+             baseline,flair,c1,{baseline},{baseline},{baseline},inf,5,5\n"
+        );
+        std::fs::write(dir.join("per_case.csv"), csv).unwrap();
     }
 
     #[test]
@@ -398,6 +423,51 @@ mod tests {
         );
         assert!(s.markdown.contains("MCKD ahead in 2/3 seeds"));
         assert!(s.markdown.contains("**0.600**"), "top IWV in bold");
+        // The pooled table: flair-only MCKD Dice 0.60, 0.55, 0.40 over the three seeds →
+        // 51.67 ± 10.41; the Baseline's empty ET predictions count as 373 mm.
+        assert!(
+            s.pooled
+                .markdown
+                .contains("| flair | 51.67 ± 10.41 | 51.67 ± 10.41 | 51.67 ± 10.41 |"),
+            "{}",
+            s.pooled.markdown
+        );
+        assert!(
+            s.pooled
+                .markdown
+                .contains("| flair | 5.00 ± 0.00 | 5.00 ± 0.00 | 5.00 ± 0.00 | 373.00 ± 0.00 |")
+        );
+        assert_eq!(
+            json["pooled"]["methods"]["baseline"]["flair"]["et"]["n_empty_prediction"],
+            3
+        );
+    }
+
+    #[test]
+    fn a_seeds_folder_is_summarised_again_from_its_finished_seeds() {
+        let tmp = Scratch::new("again");
+        // Seeds 10 and 2 finished (read in seed order), seed-3 unfinished, one stray folder.
+        write_results(&seed_dir(tmp.path(), 10), 0.5, 0.4, [0.1, 0.2, 0.6, 0.1]);
+        write_results(&seed_dir(tmp.path(), 2), 0.3, 0.4, [0.4, 0.2, 0.3, 0.1]);
+        std::fs::create_dir_all(seed_dir(tmp.path(), 3)).unwrap();
+        std::fs::create_dir_all(tmp.path().join("seed-x")).unwrap();
+        let out = RunDir::create(tmp.path()).unwrap();
+        let s = crate::grid::summarise_seeds_folder(&out).unwrap().unwrap();
+        assert_eq!(s.seeds.iter().map(|r| r.seed).collect::<Vec<_>>(), [2, 10]);
+        for f in [
+            "seeds_summary.md",
+            "seeds_summary.json",
+            "table_seeds.md",
+            "table_seeds.csv",
+        ] {
+            assert!(tmp.path().join(f).is_file(), "{f}");
+        }
+        // flair-only MCKD Dice 0.3 and 0.5: 40.00 ± 14.14.
+        let table = std::fs::read_to_string(tmp.path().join("table_seeds.md")).unwrap();
+        assert!(table.contains("| flair | 40.00 ± 14.14 |"), "{table}");
+        let empty = Scratch::new("again-empty");
+        let out = RunDir::create(empty.path()).unwrap();
+        assert!(crate::grid::summarise_seeds_folder(&out).unwrap().is_none());
     }
 
     #[test]

@@ -1,0 +1,432 @@
+//! Table 1 pooled over seeds: every test case of every seed is one sample.
+//!
+//! A one-seed table gives each cell as the mean over that seed's few test cases; across seeds
+//! the question is also how much a cell moves. [`pooled_table`] reads each finished seed's
+//! `per_case.csv` and gives, per method, subset and region, the mean ± sample std of Dice and
+//! HD95 over all (seed, test case) pairs, Average rows (each sample's mean over the subsets,
+//! then mean ± std over the samples) and, as the one-seed table does, the one-tailed paired
+//! t-test of MCKD > each other method across the 15 subsets' pooled mean Dice. HD95 follows the
+//! BraTS convention: an empty prediction of a non-empty region counts as
+//! [`BRATS_HD95_INF`] mm (the count of such cases is a column of the CSV); a region absent
+//! from both masks has no Dice or HD95 and is left out of that cell.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mckd_train::report::{csv_table, json_f64, markdown_table};
+use mckd_train::stats::{mean_std, paired_t_test_greater};
+use mckd_volume::metrics::{BRATS_HD95_INF, nan_mean, replace_inf};
+use serde_json::{Value, json};
+
+use crate::error::{BratsError, Result};
+use crate::evaluate::parse_subset;
+use crate::train::T1C;
+
+/// Region names in column order.
+const REGIONS: [&str; 3] = ["ET", "TC", "WT"];
+
+/// One line of a `per_case.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseRow {
+    /// Method name (`mckd`, `baseline`, ...).
+    pub method: String,
+    /// Subset name (`flair+t1c`).
+    pub subset: String,
+    /// Case id.
+    pub case: String,
+    /// Dice per region (ET, TC, WT); NaN when the region is absent from both masks.
+    pub dice: [f64; 3],
+    /// HD95 (mm) per region; +∞ for an empty prediction of a non-empty region.
+    pub hd95: [f64; 3],
+}
+
+/// Reads a `per_case.csv` as written by [`crate::evaluate::per_case_csv`]; an error names the
+/// file, the line and the problem.
+pub fn read_per_case(path: &Path) -> Result<Vec<CaseRow>> {
+    let bad = |problem: String| BratsError::Table {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut lines = text.lines().enumerate();
+    const HEADER: &str = "method,subset,case,dice_et,dice_tc,dice_wt,hd95_et,hd95_tc,hd95_wt";
+    match lines.next() {
+        Some((_, h)) if h.trim() == HEADER => {}
+        _ => return Err(bad(format!("the first line must be `{HEADER}`"))),
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 9 {
+            return Err(bad(format!(
+                "line {}: {} fields, expected 9",
+                i + 1,
+                f.len()
+            )));
+        }
+        let mut v = [0.0f64; 6];
+        for (k, s) in f[3..].iter().enumerate() {
+            v[k] = s
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("line {}: `{s}` is not a number", i + 1)))?;
+        }
+        parse_subset(f[1]).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+        rows.push(CaseRow {
+            method: f[0].to_string(),
+            subset: f[1].to_string(),
+            case: f[2].to_string(),
+            dice: [v[0], v[1], v[2]],
+            hd95: [v[3], v[4], v[5]],
+        });
+    }
+    Ok(rows)
+}
+
+/// The pooled tables.
+#[derive(Debug, Clone)]
+pub struct PooledTable {
+    /// `table_seeds.md`: the Dice table, then the HD95 table.
+    pub markdown: String,
+    /// `table_seeds.csv`: one line per method, subset and region.
+    pub csv: String,
+    /// Per method: per subset and region mean and std of Dice and HD95, the sample counts,
+    /// and the p-values of MCKD > each other method.
+    pub json: Value,
+}
+
+/// One cell's samples.
+#[derive(Debug, Default, Clone)]
+struct Cell {
+    dice: Vec<f64>,
+    hd95: Vec<f64>,
+    empty: usize,
+}
+
+/// One case's scores on one subset: whether t1c is present, Dice and HD95 per region.
+type SubsetScore = (bool, [f64; 3], [f64; 3]);
+
+/// Pools the `per_case.csv` of every `(seed, folder)`; methods and subsets keep the order of
+/// the first file.
+pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
+    let mut methods: Vec<String> = Vec::new();
+    let mut subsets: Vec<String> = Vec::new();
+    // (method, subset, region) → samples; (method, seed, case) → per-subset values, for the
+    // Average rows.
+    let mut cells: BTreeMap<(String, String, usize), Cell> = BTreeMap::new();
+    let mut samples: BTreeMap<(String, u64, String), Vec<SubsetScore>> = BTreeMap::new();
+    for (seed, dir) in dirs {
+        let path = dir.join("per_case.csv");
+        for r in read_per_case(&path)? {
+            if !methods.contains(&r.method) {
+                methods.push(r.method.clone());
+            }
+            if !subsets.contains(&r.subset) {
+                subsets.push(r.subset.clone());
+            }
+            let hd: [f64; 3] = r.hd95.map(|h| replace_inf(h, BRATS_HD95_INF));
+            for (k, ((&dice, &hd95), &raw)) in r.dice.iter().zip(&hd).zip(&r.hd95).enumerate() {
+                let c = cells
+                    .entry((r.method.clone(), r.subset.clone(), k))
+                    .or_default();
+                c.dice.push(dice);
+                c.hd95.push(hd95);
+                c.empty += usize::from(raw == f64::INFINITY);
+            }
+            let has_t1c = parse_subset(&r.subset)?[T1C];
+            samples
+                .entry((r.method.clone(), *seed, r.case.clone()))
+                .or_default()
+                .push((has_t1c, r.dice, hd));
+        }
+    }
+    if methods.is_empty() {
+        return Err(BratsError::Invalid(
+            "no per-case scores to pool: every per_case.csv is empty".into(),
+        ));
+    }
+    let cell = |m: &str, s: &str, k: usize| cells.get(&(m.to_string(), s.to_string(), k));
+    let fmt = |(mean, sd): (f64, f64), scale: f64| {
+        if mean.is_nan() {
+            "–".to_string()
+        } else {
+            format!("{:.2} ± {:.2}", scale * mean, scale * sd)
+        }
+    };
+    // Each sample's mean over the subsets (all, or those without t1c), per region.
+    let averages = |m: &str, no_t1c: bool, k: usize, hd: bool| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|((method, _, _), _)| method == m)
+            .map(|(_, v)| {
+                nan_mean(
+                    v.iter()
+                        .filter(|(t1c, _, _)| !(no_t1c && *t1c))
+                        .map(|(_, d, h)| if hd { h[k] } else { d[k] }),
+                )
+            })
+            .collect()
+    };
+    let titles: Vec<String> = methods
+        .iter()
+        .map(|m| crate::config::Method::title_of(m).to_string())
+        .collect();
+    let mut header = vec!["Subset".to_string()];
+    for t in &titles {
+        for r in REGIONS {
+            header.push(format!("{t} {r}"));
+        }
+    }
+    let n_samples = dirs.len();
+    let mut md = format!(
+        "Pooled over {n_samples} seed(s): mean ± std over every (seed, test case) pair.\n\n\
+         Dice (%) per modality subset (rows: present modalities).\n\n"
+    );
+    let mut tables = Vec::new();
+    for hd in [false, true] {
+        let scale = if hd { 1.0 } else { 100.0 };
+        let mut rows = Vec::new();
+        for s in &subsets {
+            let mut row = vec![s.clone()];
+            for m in &methods {
+                for k in 0..3 {
+                    let v = cell(m, s, k).map(|c| mean_std(if hd { &c.hd95 } else { &c.dice }));
+                    row.push(fmt(v.unwrap_or((f64::NAN, f64::NAN)), scale));
+                }
+            }
+            rows.push(row);
+        }
+        for (label, no_t1c) in [("Average", false), ("Average (no t1c)", true)] {
+            let mut row = vec![label.to_string()];
+            for m in &methods {
+                for k in 0..3 {
+                    row.push(fmt(mean_std(&averages(m, no_t1c, k, hd)), scale));
+                }
+            }
+            rows.push(row);
+        }
+        tables.push(rows);
+    }
+    // p-values: MCKD > each other method across the subsets' pooled mean Dice (Table 1's row).
+    let pooled_mean = |m: &str, k: usize| -> Vec<f64> {
+        subsets
+            .iter()
+            .map(|s| cell(m, s, k).map_or(f64::NAN, |c| mean_std(&c.dice).0))
+            .collect()
+    };
+    let mut tests = serde_json::Map::new();
+    if let Some(at) = methods.iter().position(|m| m == "mckd") {
+        for (o, other) in methods.iter().enumerate().filter(|(_, m)| *m != "mckd") {
+            let mut row = vec![String::new(); 1 + 3 * methods.len()];
+            row[0] = format!("p-value (MCKD > {})", titles[o]);
+            let mut per_region = serde_json::Map::new();
+            for (k, r) in REGIONS.iter().enumerate() {
+                let t = paired_t_test_greater(&pooled_mean("mckd", k), &pooled_mean(other, k));
+                row[1 + 3 * at + k] = t.map_or("–".into(), |(_, p)| format!("{p:.4}"));
+                per_region.insert(
+                    format!("dice_{}", r.to_lowercase()),
+                    t.map_or(
+                        Value::Null,
+                        |(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}),
+                    ),
+                );
+            }
+            tables[0].push(row);
+            tests.insert(other.clone(), Value::Object(per_region));
+        }
+    }
+    md.push_str(&markdown_table(&header, &tables[0]));
+    md.push_str(&format!(
+        "\nHD95 (mm) per modality subset; an empty prediction of a non-empty region counts as \
+         {BRATS_HD95_INF} mm (BraTS convention).\n\n"
+    ));
+    md.push_str(&markdown_table(&header, &tables[1]));
+
+    let csv_header: Vec<String> = [
+        "method",
+        "subset",
+        "region",
+        "dice_mean",
+        "dice_std",
+        "n_dice",
+        "hd95_mean",
+        "hd95_std",
+        "n_hd95",
+        "n_empty_prediction",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut csv_rows = Vec::new();
+    let mut per_method = serde_json::Map::new();
+    for m in &methods {
+        let mut per_subset = serde_json::Map::new();
+        for s in &subsets {
+            let mut per_region = serde_json::Map::new();
+            for (k, r) in REGIONS.iter().enumerate() {
+                let Some(c) = cell(m, s, k) else { continue };
+                let (dm, ds) = mean_std(&c.dice);
+                let (hm, hs) = mean_std(&c.hd95);
+                let count = |v: &[f64]| v.iter().filter(|x| !x.is_nan()).count();
+                let (nd, nh) = (count(&c.dice), count(&c.hd95));
+                csv_rows.push(vec![
+                    m.clone(),
+                    s.clone(),
+                    r.to_string(),
+                    dm.to_string(),
+                    ds.to_string(),
+                    nd.to_string(),
+                    hm.to_string(),
+                    hs.to_string(),
+                    nh.to_string(),
+                    c.empty.to_string(),
+                ]);
+                per_region.insert(
+                    r.to_lowercase(),
+                    json!({
+                        "dice_mean": json_f64(dm), "dice_std": json_f64(ds), "n_dice": nd,
+                        "hd95_mean": json_f64(hm), "hd95_std": json_f64(hs), "n_hd95": nh,
+                        "n_empty_prediction": c.empty,
+                    }),
+                );
+            }
+            per_subset.insert(s.clone(), Value::Object(per_region));
+        }
+        per_method.insert(m.clone(), Value::Object(per_subset));
+    }
+    Ok(PooledTable {
+        markdown: md,
+        csv: csv_table(&csv_header, &csv_rows),
+        json: json!({
+            "seeds": dirs.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            "methods": Value::Object(per_method),
+            "t_test_mckd_gt": Value::Object(tests),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch folder removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("mckd-pooled-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("per_case.csv"), text).unwrap();
+    }
+
+    const HEADER: &str = "method,subset,case,dice_et,dice_tc,dice_wt,hd95_et,hd95_tc,hd95_wt\n";
+
+    #[test]
+    fn cells_pool_every_case_of_every_seed() {
+        let tmp = Scratch::new("cells");
+        let (a, b) = (tmp.0.join("seed-0"), tmp.0.join("seed-1"));
+        // Two seeds × two cases; MCKD's WT on flair is 0.6, 0.8 (seed 0) and 0.7, 0.9
+        // (seed 1): mean 0.75, sample std sqrt(((.15²+.05²)·2)/3) = 0.129099...
+        write(
+            &a,
+            &format!(
+                "{HEADER}mckd,flair,c1,0.1,0.2,0.6,10,20,30\n\
+                 mckd,flair,c2,NaN,0.4,0.8,NaN,inf,50\n\
+                 mckd,t1c,c1,0.5,0.5,0.5,1,1,1\n\
+                 mckd,t1c,c2,0.5,0.5,0.5,1,1,1\n\
+                 baseline,flair,c1,0.0,0.1,0.5,10,20,30\n\
+                 baseline,flair,c2,0.0,0.1,0.5,10,20,30\n\
+                 baseline,t1c,c1,0.4,0.4,0.4,1,1,1\n\
+                 baseline,t1c,c2,0.4,0.4,0.4,1,1,1\n"
+            ),
+        );
+        write(
+            &b,
+            &format!(
+                "{HEADER}mckd,flair,c1,0.3,0.2,0.7,10,20,30\n\
+                 mckd,flair,c2,0.5,0.4,0.9,10,20,30\n\
+                 mckd,t1c,c1,0.5,0.5,0.5,1,1,1\n\
+                 mckd,t1c,c2,0.5,0.5,0.5,1,1,1\n\
+                 baseline,flair,c1,0.0,0.1,0.5,10,20,30\n\
+                 baseline,flair,c2,0.0,0.1,0.5,10,20,30\n\
+                 baseline,t1c,c1,0.4,0.4,0.4,1,1,1\n\
+                 baseline,t1c,c2,0.4,0.4,0.4,1,1,1\n"
+            ),
+        );
+        let t = pooled_table(&[(0, a), (1, b)]).unwrap();
+        let wt = &t.json["methods"]["mckd"]["flair"]["wt"];
+        assert!((wt["dice_mean"].as_f64().unwrap() - 0.75).abs() < 1e-12);
+        let sd = (((0.15f64).powi(2) + (0.05f64).powi(2)) * 2.0 / 3.0).sqrt();
+        assert!((wt["dice_std"].as_f64().unwrap() - sd).abs() < 1e-12);
+        // ET: the NaN case (region absent from both masks) is left out: 3 samples.
+        let et = &t.json["methods"]["mckd"]["flair"]["et"];
+        assert_eq!(et["n_dice"], 3);
+        assert!((et["dice_mean"].as_f64().unwrap() - 0.3).abs() < 1e-12);
+        // TC HD95: the empty prediction counts as 373 mm.
+        let tc = &t.json["methods"]["mckd"]["flair"]["tc"];
+        assert_eq!(tc["n_empty_prediction"], 1);
+        assert!((tc["hd95_mean"].as_f64().unwrap() - (20.0 * 3.0 + 373.0) / 4.0).abs() < 1e-9);
+        // Average (no t1c) of MCKD WT = the flair cell: 75.00 ± 12.91 in the Dice table.
+        assert!(
+            t.markdown
+                .contains("| Average (no t1c) | 30.00 ± 20.00 | 30.00 ± 11.55 | 75.00 ± 12.91 |"),
+            "{}",
+            t.markdown
+        );
+        // ET pooled means, MCKD vs Baseline: flair 0.3 vs 0, t1c 0.5 vs 0.4; differences
+        // 0.3, 0.1 → t = 2 with 1 degree of freedom (Cauchy): p = 1/2 − atan(2)/π.
+        let p = t.json["t_test_mckd_gt"]["baseline"]["dice_et"]["p"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (p - (0.5 - 2f64.atan() / std::f64::consts::PI)).abs() < 1e-9,
+            "{p}"
+        );
+        assert_eq!(t.csv.lines().count(), 1 + 2 * 2 * 3);
+    }
+
+    #[test]
+    fn a_bad_line_names_the_file_and_the_line() {
+        let tmp = Scratch::new("bad");
+        write(
+            &tmp.0,
+            &format!("{HEADER}mckd,flair,c1,0.1,x,0.6,10,20,30\n"),
+        );
+        let err = read_per_case(&tmp.0.join("per_case.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("per_case.csv") && err.contains("line 2"),
+            "{err}"
+        );
+        write(&tmp.0, "method,subset\n");
+        let err = read_per_case(&tmp.0.join("per_case.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("first line"), "{err}");
+        write(
+            &tmp.0,
+            &format!("{HEADER}mckd,flair+pd,c1,0.1,0.1,0.6,10,20,30\n"),
+        );
+        let err = read_per_case(&tmp.0.join("per_case.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}
