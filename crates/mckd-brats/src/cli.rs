@@ -802,7 +802,13 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
             c.seed = seed;
             c.method = b.method.with_kind(kind);
             c.task.data = data.clone();
-            c
+            // A config file's own optimiser stands for its own method (`clip_norm: null`
+            // included); switching to another method gets that method's needs.
+            if b.method.kind() == kind {
+                c
+            } else {
+                crate::config::with_method_needs(c)
+            }
         }
         None => preset(a.preset, kind, data.clone(), seed),
     };

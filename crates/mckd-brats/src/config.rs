@@ -449,7 +449,7 @@ pub fn preset(preset: Preset, kind: Method, data: PathBuf, seed: u64) -> BratsRu
         },
         ..MckdConfig::default()
     };
-    RunConfig {
+    with_method_needs(RunConfig {
         seed,
         method: BratsMethod::of(kind, mckd, &PeersConfig::default()),
         optimizer: OptimizerConfig::Sgd {
@@ -509,7 +509,25 @@ pub fn preset(preset: Preset, kind: Method, data: PathBuf, seed: u64) -> BratsRu
             cache: None,
         },
         device: Default::default(),
+    })
+}
+
+/// Gradient-norm clipping given to Robust-MSeg under SGD when none is set (nnU-Net's 12).
+pub const ROBUSTSEG_CLIP_NORM: f32 = 12.0;
+
+/// What a method needs of the harness optimiser: Robust-MSeg's KL of the AdaIN shift,
+/// `−log σ²`, has a gradient of `−2/σ` at the small shifts of a fresh network (its KL starts
+/// in the hundreds), which plain SGD at the presets' rates (0.01–0.05) turns into overflow
+/// within five iterations (the authors train with Adam at 1e-4); under SGD without clipping
+/// it gets a gradient-norm clip of [`ROBUSTSEG_CLIP_NORM`]. Every other method, and a clip
+/// already set, is left as it is.
+pub fn with_method_needs(mut cfg: BratsRunConfig) -> BratsRunConfig {
+    if let (BratsMethod::RobustSeg(_), OptimizerConfig::Sgd { clip_norm, .. }) =
+        (&cfg.method, &mut cfg.optimizer)
+    {
+        clip_norm.get_or_insert(ROBUSTSEG_CLIP_NORM);
     }
+    cfg
 }
 
 /// Checks a run config before anything is written; messages name the field.

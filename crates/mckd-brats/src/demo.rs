@@ -208,7 +208,7 @@ impl DemoConfig {
         let mckd = self.run.method.mckd().cloned().unwrap_or_default();
         c.method = crate::config::BratsMethod::of(method, mckd, &self.peers);
         c.task.data = data;
-        c
+        crate::config::with_method_needs(c)
     }
 }
 
