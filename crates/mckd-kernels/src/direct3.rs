@@ -9,8 +9,8 @@
 //! voxels for a block of `CB` output channels is a register tile: for every input channel and
 //! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
 //! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
-//! voxels; AVX2 (16 registers): 4 channels × 8 or 16 voxels (8 accumulators, the input
-//! vectors and the broadcast weight fit the register file). The input planes a task needs are
+//! voxels; AVX2 (16 registers): 6 or 4 channels × 8 or 16 voxels (up to 12 accumulators, the
+//! input vectors and the broadcast weight fit the register file). The input planes a task needs are
 //! first copied into a zero-bordered scratch (see [`Layout`]), so the inner loop has no
 //! boundary tests.
 //!
@@ -249,13 +249,7 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
 /// `S::LANES`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn task_rows<
-    S: F32s,
-    const CB: usize,
-    const V: usize,
-    const CB2: usize,
-    const V2: usize,
->(
+unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, const V2: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
@@ -855,4 +849,47 @@ fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks tile `0 .. co` in order without gaps, at most one of them runs past `co`
+    /// (the last, by less than its size), and with AVX2 their sizes are the expected
+    /// decompositions (hand-worked: as many 6s as leave a multiple of 4).
+    #[test]
+    fn channel_blocks_cover_the_output_channels() {
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            for co in 1..=64 {
+                let blocks = channel_blocks(co, level);
+                let mut at = 0;
+                for &(b, n) in &blocks {
+                    assert_eq!(b, at, "{level} co {co}: {blocks:?}");
+                    at += n;
+                }
+                let (lb, ln) = *blocks.last().unwrap();
+                assert!(
+                    lb < co && at >= co && at - co < ln,
+                    "{level} co {co}: {blocks:?}"
+                );
+            }
+        }
+        let sizes = |co| -> Vec<usize> {
+            channel_blocks(co, SimdLevel::Avx2)
+                .iter()
+                .map(|b| b.1)
+                .collect()
+        };
+        assert_eq!(sizes(8), [4, 4]);
+        assert_eq!(sizes(16), [6, 6, 4]);
+        assert_eq!(sizes(32), [6, 6, 6, 6, 4, 4]);
+        assert_eq!(sizes(40), [6, 6, 6, 6, 6, 6, 4]);
+        assert_eq!(sizes(12), [6, 6]);
+        assert_eq!(sizes(7), [6, 4]);
+        assert_eq!(sizes(5), [6]);
+        assert_eq!(sizes(3), [4]);
+        assert_eq!(sizes(1), [4]);
+        assert_eq!(channel_blocks(12, SimdLevel::Avx512), [(0, 8), (8, 8)]);
+    }
 }
