@@ -1427,9 +1427,11 @@ mod tests {
 
     /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
     /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 16- and 8-wide), Cout below, at
-    /// and above a forward channel block (4 with AVX2, 8 with AVX-512; the direct weight
-    /// gradient needs a multiple of 4, else the GEMM one runs: Cout 5, 11 and 6 here), depths
-    /// that are not a multiple of the task's 4 planes, Cin = 1 and the decoder's wide inputs.
+    /// and above a forward channel block (8 with AVX-512; AVX2: blocks of 6 and 4, 7 = a
+    /// block of 6 and a part-filled one of 4, 40 = 6·6 + 4 also as an input gradient's
+    /// Cout; the direct weight gradient needs a multiple of 4, else the GEMM one runs: Cout
+    /// 5, 11, 6 and 7 here), depths that are not a multiple of the task's 4 planes, Cin = 1 and
+    /// the decoder's wide inputs.
     /// The direct kernel runs at the AVX2 and AVX-512 levels, the GEMM path at the scalar
     /// level.
     #[test]
@@ -1463,6 +1465,8 @@ mod tests {
             check([2, 40, 3, 3, 16], 8, [3; 3], [1; 3], [1; 3], 45);
             check([1, 5, 3, 4, 32], 12, [3; 3], [1; 3], [1; 3], 46);
             check([1, 2, 2, 3, 16], 6, [3; 3], [1; 3], [1; 3], 47);
+            check([1, 3, 2, 3, 64], 7, [3; 3], [1; 3], [1; 3], 48);
+            check([1, 2, 2, 2, 32], 40, [3; 3], [1; 3], [1; 3], 49);
         });
     }
 

@@ -9,8 +9,8 @@
 //! voxels for a block of `CB` output channels is a register tile: for every input channel and
 //! kernel offset one (unaligned) load per vector of the shifted input row and `CB` fused
 //! multiply-adds with broadcast weights. AVX-512 (32 registers): `CB` = 8 channels × 16 or 32
-//! voxels; AVX2 (16 registers): 4 channels × 8 or 16 voxels (8 accumulators, the input
-//! vectors and the broadcast weight fit the register file). The input planes a task needs are
+//! voxels; AVX2 (16 registers): 6 or 4 channels × 8 or 16 voxels (up to 12 accumulators, the
+//! input vectors and the broadcast weight fit the register file). The input planes a task needs are
 //! first copied into a zero-bordered scratch (see [`Layout`]), so the inner loop has no
 //! boundary tests.
 //!
@@ -35,10 +35,15 @@ use crate::simd::SimdLevel;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::vec::{Avx2, Avx512, F32s};
 
-/// Output channels per register tile of the forward and the weight gradient (AVX-512).
+/// Output channels per register tile of the forward (AVX-512).
 const CB512: usize = 8;
-/// Output channels per register tile (AVX2: half the registers of AVX-512).
-const CB256: usize = 4;
+/// Output channels per register tile with AVX2: 6 × 2 vectors (12 accumulators, the two
+/// input vectors and a broadcast weight: 15 of the 16 registers), and tiles of 4 where 6 does
+/// not divide `Cout` (see [`channel_blocks`]). Tiles of 4 alone (8 accumulators) left the two
+/// FMA units waiting on the 4-cycle FMA latency and loaded 6 values per 8 FMAs (12 per 8).
+const CB256: usize = 6;
+/// The smaller AVX2 tile.
+const CB256_SMALL: usize = 4;
 /// Output channels per register tile of the weight gradient at both levels: 4 × 3 vectors
 /// (with 8 × 3 and AVX-512, LLVM loaded the 8 output-gradient vectors ahead of their
 /// multiply-adds and spilled accumulators to the stack: 40 → 8 channels at 64³ measured
@@ -84,13 +89,35 @@ pub(crate) fn weight_grad_supported(c: &Conv3) -> bool {
     supported(c) && c.co.is_multiple_of(WCB)
 }
 
-/// Output channels per register tile at `level`.
-fn channel_block(level: SimdLevel) -> usize {
-    if level == SimdLevel::Avx512 {
-        CB512
+/// The output-channel blocks of the forward's tiles at `level`, as (first channel, size):
+/// AVX-512 blocks of 8; AVX2 as many blocks of 6 as leave a multiple of 4 (16 = 6 + 6 + 4,
+/// 8 = 4 + 4, 40 = 6·6 + 4), else blocks of 6 and a last one of 4 or 6. The blocks may run
+/// past `co` (those rows go to a junk row; the packed weights are zero there).
+fn channel_blocks(co: usize, level: SimdLevel) -> Vec<(usize, usize)> {
+    let sizes: Vec<usize> = if level == SimdLevel::Avx512 {
+        vec![CB512; co.div_ceil(CB512)]
     } else {
-        CB256
-    }
+        let (big, small) = (CB256, CB256_SMALL);
+        match (0..=co / big)
+            .rev()
+            .find(|k| (co - k * big).is_multiple_of(small))
+        {
+            Some(k) => [vec![big; k], vec![small; (co - k * big) / small]].concat(),
+            None => {
+                let (k, rem) = (co / big, co % big);
+                let last = if rem <= small { small } else { big };
+                [vec![big; k], vec![last]].concat()
+            }
+        }
+    };
+    let mut at = 0;
+    sizes
+        .into_iter()
+        .map(|n| {
+            at += n;
+            (at - n, n)
+        })
+        .collect()
 }
 
 /// `[batch, Cin, D, H, W]` ∗ `[Cout, Cin, 3, 3, 3]` (+ `bias`), padding 1, stride `c.stride`:
@@ -104,7 +131,6 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
         "direct conv: unsupported level or shape {c:?}"
     );
     let level = crate::simd::level();
-    let cb = channel_block(level);
     let (ci, co) = (c.ci, c.co);
     let [d, h, wd] = c.dims;
     let [dout, hout, wout] = c.out();
@@ -112,7 +138,8 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
     assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(w.len(), co * ci * 27);
     // wt[(c, k)][cpad]: weights of one input channel and offset for all output channels.
-    let cpad = co.div_ceil(cb) * cb;
+    let blocks = channel_blocks(co, level);
+    let cpad = blocks.last().map_or(0, |&(b, n)| b + n);
     let mut wt = vec![0.0f32; ci * 27 * cpad];
     for o in 0..co {
         for i in 0..ci {
@@ -128,12 +155,13 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
         let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
         with_pad_scratch(lay.len, |pad| {
             pad_planes(x, bi, c, c.stride * d0, &lay, pad);
-            let geo = Tile { ci, cpad, lay };
+            let geo = Tile::new(ci, cpad, lay);
             let task = Task {
                 bi,
                 d0,
                 np,
                 co,
+                blocks: &blocks,
                 stride: c.stride,
                 out_dims: c.out(),
                 bias,
@@ -169,6 +197,8 @@ struct Task<'a> {
     d0: usize,
     np: usize,
     co: usize,
+    /// The output-channel blocks of the tiles ([`channel_blocks`]).
+    blocks: &'a [(usize, usize)],
     stride: usize,
     out_dims: [usize; 3],
     bias: Option<&'a [f32]>,
@@ -183,12 +213,12 @@ struct Task<'a> {
 #[target_feature(enable = "avx512f")]
 unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     // SAFETY: as the caller guarantees.
-    unsafe { task_rows::<Avx512, CB512, 2>(pad, wt, geo, t) }
+    unsafe { task_rows::<Avx512, CB512, 2, CB512, 2>(pad, wt, geo, t) }
 }
 
-/// [`task_rows`] with AVX2 + FMA: 4 channels × 8 or 16 voxels (8 accumulators: with 12, 4 ×
-/// 24 voxels, the 16 registers did not hold the tile, its accumulators went to the stack and
-/// it measured 18–20 % slower).
+/// [`task_rows`] with AVX2 + FMA: 6 or 4 channels × 8 or 16 voxels (with 4 × 24 voxels, 12
+/// accumulators and 3 input vectors, the 16 registers did not hold the tile, its accumulators
+/// went to the stack and it measured 18–20 % slower).
 ///
 /// # Safety
 /// AVX2 and FMA; as [`task_rows`].
@@ -196,7 +226,7 @@ unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     // SAFETY: as the caller guarantees.
-    unsafe { task_rows::<Avx2, CB256, 2>(pad, wt, geo, t) }
+    unsafe { task_rows::<Avx2, CB256, 2, CB256_SMALL, 2>(pad, wt, geo, t) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -209,58 +239,87 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
-/// Every output row of one task (planes `d0 ..`, all rows, all channel blocks of `CB`): tiles
-/// of up to `VMAX` vectors along W.
+/// Every output row of one task (planes `d0 ..`, all rows, the channel blocks `t.blocks`): tiles
+/// of `CB` channels × up to `V` vectors along W, or `CB2` × up to `V2`.
 ///
 /// # Safety
 /// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo.lay`), `wt` the
-/// weights packed with `geo.cpad` a multiple of `CB`; `t.out` points to the output, of which
-/// this task alone writes its planes; the output width a multiple of 16 and of `S::LANES`.
+/// weights packed with `geo.cpad` ≥ the end of every block; `t.out` points to the output, of
+/// which this task alone writes its planes; the output width a multiple of 16 and of
+/// `S::LANES`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn task_rows<S: F32s, const CB: usize, const VMAX: usize>(
+unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, const V2: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
     t: &Task,
 ) {
     let [_, h, wd] = t.out_dims;
+    assert!(wd.is_multiple_of(S::LANES));
+    for q in 0..t.np {
+        for r in 0..h {
+            for &(cb, n) in t.blocks {
+                let vmax = if n == CB { V } else { V2 };
+                let mut w0 = 0;
+                while w0 < wd {
+                    let v = ((wd - w0) / S::LANES).min(vmax);
+                    let at = [q, r, w0, v, cb];
+                    // SAFETY: the caller's contract.
+                    unsafe {
+                        if n == CB {
+                            block::<S, CB, V>(pad, wt, geo, t, at);
+                        } else {
+                            assert_eq!(n, CB2, "channel block of an unexpected size");
+                            block::<S, CB2, V2>(pad, wt, geo, t, at);
+                        }
+                    }
+                    w0 += v * S::LANES;
+                }
+            }
+        }
+    }
+}
+
+/// One tile of [`task_rows`]: `at` = [task plane `q`, row `r`, first column `w0`, vectors `v`
+/// (1 ..= `VMAX`), first channel `cb`], `CB` channels.
+///
+/// # Safety
+/// As [`task_rows`], with `cb + CB ≤ geo.cpad` and `w0 + v·LANES ≤` the output width.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
+    pad: &[f32],
+    wt: &[f32],
+    geo: &Tile,
+    t: &Task,
+    [q, r, w0, v, cb]: [usize; 5],
+) {
+    let [_, h, wd] = t.out_dims;
     let plane = h * wd;
     let vol = t.out_dims[0] * plane;
     let s = t.stride;
-    assert!(wd.is_multiple_of(S::LANES) && (1..=2).contains(&VMAX) && VMAX * S::LANES <= JUNK);
-    for q in 0..t.np {
-        for r in 0..h {
-            let mut w0 = 0;
-            while w0 < wd {
-                let v = ((wd - w0) / S::LANES).min(VMAX);
-                for cb in (0..t.co).step_by(CB) {
-                    let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
-                    // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk
-                    // row for channels past Cout) and their biases.
-                    let mut junk = [0.0f32; JUNK];
-                    let mut rows = [junk.as_mut_ptr(); CB];
-                    let mut bv = [0.0f32; CB];
-                    for o in cb..(cb + CB).min(t.co) {
-                        let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
-                        // SAFETY: within `y` (off + v·LANES ≤ its length).
-                        rows[o - cb] = unsafe { t.out.get().add(off) };
-                        bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
-                    }
-                    // SAFETY: the caller's contract; the slices cover every index the kernel
-                    // reads (see `tile`); it writes v·LANES floats to each row: this task's
-                    // own elements of `y` (tasks partition (batch, depth planes); `y` outlives
-                    // the loop) or `junk`.
-                    unsafe {
-                        if v == 1 {
-                            tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv);
-                        } else {
-                            tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv);
-                        }
-                    }
-                }
-                w0 += v * S::LANES;
-            }
+    assert!((1..=VMAX).contains(&v) && VMAX <= 3 && VMAX * S::LANES <= JUNK);
+    let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
+    // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk row for channels
+    // past Cout) and their biases.
+    let mut junk = [0.0f32; JUNK];
+    let mut rows = [junk.as_mut_ptr(); CB];
+    let mut bv = [0.0f32; CB];
+    for o in cb..(cb + CB).min(t.co) {
+        let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
+        // SAFETY: within `y` (off + v·LANES ≤ its length).
+        rows[o - cb] = unsafe { t.out.get().add(off) };
+        bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
+    }
+    // SAFETY: the caller's contract; the slices cover every index the kernel reads (see
+    // `tile`); it writes v·LANES floats to each row: this task's own elements of `y` (tasks
+    // partition (batch, depth planes); `y` outlives the loop) or `junk`.
+    unsafe {
+        match v {
+            1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
+            2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
+            _ => tile::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
         }
     }
 }
@@ -664,6 +723,28 @@ struct Tile {
     cpad: usize,
     /// The task's padded input.
     lay: Layout,
+    /// `roff[c·9 + kd·3 + kh]`: offset of the input row of channel `c` and kernel offsets
+    /// (`kd`, `kh`) from a tile's base, in summation order. One flat loop over it keeps a
+    /// single row pointer live: with the 27 offsets unrolled per channel, LLVM kept nine row
+    /// pointers and hoisted the weight broadcasts, ran out of the 16 AVX2 registers and
+    /// spilled both to the stack in the inner loop.
+    roff: Vec<usize>,
+}
+
+impl Tile {
+    fn new(ci: usize, cpad: usize, lay: Layout) -> Self {
+        let roff = (0..ci)
+            .flat_map(|c| {
+                (0..9).map(move |k| c * lay.chan + (k / 3) * lay.plane + (k % 3) * lay.row)
+            })
+            .collect();
+        Self {
+            ci,
+            cpad,
+            lay,
+            roff,
+        }
+    }
 }
 
 /// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
@@ -698,31 +779,35 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
                 <= lay.len
     );
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
+    // The row offsets of `Tile::new`: the last one is the largest, bounded above.
+    assert!(
+        geo.roff.len() == geo.ci * 9
+            && geo.roff.last().is_none_or(|&m| {
+                m == geo.ci.saturating_sub(1) * lay.chan + 2 * lay.plane + 2 * lay.row
+            })
+    );
+    let cpad = geo.cpad;
     // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
-    // bounds asserted above, writes as the caller's contract states.
+    // bounds asserted above (row offsets ≤ the last; weights: `roff.len()·3 = ci·27` groups
+    // of `cpad`), writes as the caller's contract states.
     unsafe {
         let mut a = [[S::zero(); V]; CB];
         for (ao, &bv) in a.iter_mut().zip(&bias) {
             *ao = [S::splat(bv); V];
         }
-        for c in 0..geo.ci {
-            let pc = pad.as_ptr().add(c * lay.chan + base);
-            let wc = wt.as_ptr().add(c * 27 * geo.cpad + cb);
-            for kd in 0..3 {
-                for kh in 0..3 {
-                    let row = pc.add(kd * lay.plane + kh * lay.row);
-                    for kw in 0..3 {
-                        let mut xs = [S::zero(); V];
-                        for (v, x) in xs.iter_mut().enumerate() {
-                            *x = S::load(row.add(lay.kw[kw] + lanes * v));
-                        }
-                        let wk = wc.add((kd * 9 + kh * 3 + kw) * geo.cpad);
-                        for (o, ao) in a.iter_mut().enumerate() {
-                            let wv = S::splat(*wk.add(o));
-                            for v in 0..V {
-                                ao[v] = S::fmadd(wv, xs[v], ao[v]);
-                            }
-                        }
+        // Rows in (c, kd, kh) order, kw innermost: each output's sum keeps its order.
+        for (n, &off) in geo.roff.iter().enumerate() {
+            let row = pad.as_ptr().add(base + off);
+            let wk = wt.as_ptr().add(n * 3 * cpad + cb);
+            for kw in 0..3 {
+                let mut xs = [S::zero(); V];
+                for (v, x) in xs.iter_mut().enumerate() {
+                    *x = S::load(row.add(lay.kw[kw] + lanes * v));
+                }
+                for (o, ao) in a.iter_mut().enumerate() {
+                    let wv = S::splat(*wk.add(kw * cpad + o));
+                    for v in 0..V {
+                        ao[v] = S::fmadd(wv, xs[v], ao[v]);
                     }
                 }
             }
@@ -764,4 +849,47 @@ fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks tile `0 .. co` in order without gaps, at most one of them runs past `co`
+    /// (the last, by less than its size), and with AVX2 their sizes are the expected
+    /// decompositions (hand-worked: as many 6s as leave a multiple of 4).
+    #[test]
+    fn channel_blocks_cover_the_output_channels() {
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            for co in 1..=64 {
+                let blocks = channel_blocks(co, level);
+                let mut at = 0;
+                for &(b, n) in &blocks {
+                    assert_eq!(b, at, "{level} co {co}: {blocks:?}");
+                    at += n;
+                }
+                let (lb, ln) = *blocks.last().unwrap();
+                assert!(
+                    lb < co && at >= co && at - co < ln,
+                    "{level} co {co}: {blocks:?}"
+                );
+            }
+        }
+        let sizes = |co| -> Vec<usize> {
+            channel_blocks(co, SimdLevel::Avx2)
+                .iter()
+                .map(|b| b.1)
+                .collect()
+        };
+        assert_eq!(sizes(8), [4, 4]);
+        assert_eq!(sizes(16), [6, 6, 4]);
+        assert_eq!(sizes(32), [6, 6, 6, 6, 4, 4]);
+        assert_eq!(sizes(40), [6, 6, 6, 6, 6, 6, 4]);
+        assert_eq!(sizes(12), [6, 6]);
+        assert_eq!(sizes(7), [6, 4]);
+        assert_eq!(sizes(5), [6]);
+        assert_eq!(sizes(3), [4]);
+        assert_eq!(sizes(1), [4]);
+        assert_eq!(channel_blocks(12, SimdLevel::Avx512), [(0, 8), (8, 8)]);
+    }
 }
