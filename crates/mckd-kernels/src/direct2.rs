@@ -8,7 +8,7 @@
 //! (`Cin·k²` rows of 8–24 floats) are gathered, then packed again by the GEMM, and the
 //! matrices are too small for the GEMM to reach its speed (`examples/avconv.rs`: 40–100
 //! GFLOP/s on one core). Here a register tile holds `LANES·V` output channels × `NX` output
-//! pixels (AVX-512, 32 registers: `V·NX` = 16–20 accumulators; AVX2, 16 registers: 12); for
+//! pixels (AVX-512, 32 registers: `V·NX` = 16–20 accumulators; AVX2, 16 registers: 9–12); for
 //! every (input channel, tap) it loads `V` weight vectors and broadcasts `NX` input values,
 //! with no copy of the input at all (padding: one zero-bordered copy of the sample's planes).
 //!
