@@ -8,7 +8,7 @@
 //! (`Cin·k²` rows of 8–24 floats) are gathered, then packed again by the GEMM, and the
 //! matrices are too small for the GEMM to reach its speed (`examples/avconv.rs`: 40–100
 //! GFLOP/s on one core). Here a register tile holds `LANES·V` output channels × `NX` output
-//! pixels (AVX-512, 32 registers: `V·NX` = 16–20 accumulators; AVX2, 16 registers: 12); for
+//! pixels (AVX-512, 32 registers: `V·NX` = 16–20 accumulators; AVX2, 16 registers: 9–12); for
 //! every (input channel, tap) it loads `V` weight vectors and broadcasts `NX` input values,
 //! with no copy of the input at all (padding: one zero-bordered copy of the sample's planes).
 //!
@@ -152,6 +152,8 @@ pub(crate) fn conv2d(
     };
     let packed = pack_weights(w, layer, flip, lanes(level));
     let packed = packed.as_slice();
+    let taps = tap_offsets(c);
+    let taps = taps.as_slice();
     let (ho, wo) = c.out();
     let per_sample = c.co * ho * wo;
     if per_sample == 0 {
@@ -167,14 +169,29 @@ pub(crate) fn conv2d(
             // was packed for its lanes; `out` is the sample's `co·ho·wo` outputs.
             unsafe {
                 match level {
-                    SimdLevel::Avx512 => sample_avx512(input, packed, c, tmp, out, bias),
-                    _ => sample_avx2(input, packed, c, tmp, out, bias),
+                    SimdLevel::Avx512 => sample_avx512(input, packed, taps, c, tmp, out, bias),
+                    _ => sample_avx2(input, packed, taps, c, tmp, out, bias),
                 }
             }
         },
     );
     // SAFETY: the samples partition `y` and the transposes wrote all of each.
     unsafe { assume_init_f32(y) }
+}
+
+/// `taps[(i·kh + ky)·kw + kx] = i·hp·wp + ky·wp + kx`: the offset of every (input channel,
+/// tap) from a pixel's window corner in the padded sample, in the order of the sums. The tile
+/// walks this table in one flat loop: with nested (channel, ky, kx) loops, LLVM recomputed
+/// the pixels' row pointers per kernel row from spilled values, and in the AVX2 3-vector
+/// tile (12 accumulators, 3 weight vectors and a broadcast: all 16 registers) it moved an
+/// accumulator through the stack in the inner loop.
+fn tap_offsets(c: &Conv2d) -> Vec<usize> {
+    let (plane, wp) = (c.hp() * c.wp(), c.wp());
+    (0..c.ci)
+        .flat_map(|i| {
+            (0..c.kh).flat_map(move |ky| (0..c.kw).map(move |kx| i * plane + ky * wp + kx))
+        })
+        .collect()
 }
 
 /// Sample `b` of `x` (`[b][ci][h][w]`) with its zero border (`[ci][hp][wp]`, in `buf`), or
@@ -218,15 +235,17 @@ fn group(lanes: usize, rem: usize, vmax: usize) -> usize {
 }
 
 /// Pixels per forward tile for `v` vectors of output channels: 16–20 accumulators with
-/// AVX-512 (24 spilled to the stack: measured 2× slower), 12 with AVX2, so that the weights,
-/// the broadcast value and the pixel offsets stay in registers too.
+/// AVX-512 (24 spilled to the stack: measured 2× slower), 9–12 with AVX2, so that the weights,
+/// the broadcast value and the pixel offsets stay in registers too (AVX2 3 vectors × 4 pixels
+/// needs all 16 registers, and LLVM moved one accumulator through the stack in the inner
+/// loop: 3 × 3 instead).
 const fn tile_pixels(lanes: usize, v: usize) -> usize {
     match (lanes, v) {
         (16, 4) => 5,
         (16, 3) => 6,
         (16, 2) => 8,
         (16, _) => 16,
-        (_, 3) => 4,
+        (_, 3) => 3,
         (_, 2) => 6,
         _ => 12,
     }
@@ -247,6 +266,7 @@ const VMAX_AVX2: usize = 3;
 unsafe fn sample_avx512(
     input: &[f32],
     packed: &[f32],
+    taps: &[usize],
     c: &Conv2d,
     tmp: &mut Vec<f32>,
     out: &mut [MaybeUninit<f32>],
@@ -254,7 +274,7 @@ unsafe fn sample_avx512(
 ) {
     // SAFETY: as the caller guarantees.
     unsafe {
-        sample::<Avx512>(input, packed, c, tmp);
+        sample::<Avx512>(input, packed, taps, c, tmp);
         transpose_out_avx512(tmp, out, c, bias);
     }
 }
@@ -269,6 +289,7 @@ unsafe fn sample_avx512(
 unsafe fn sample_avx2(
     input: &[f32],
     packed: &[f32],
+    taps: &[usize],
     c: &Conv2d,
     tmp: &mut Vec<f32>,
     out: &mut [MaybeUninit<f32>],
@@ -276,7 +297,7 @@ unsafe fn sample_avx2(
 ) {
     // SAFETY: as the caller guarantees.
     unsafe {
-        sample::<Avx2>(input, packed, c, tmp);
+        sample::<Avx2>(input, packed, taps, c, tmp);
         transpose_out_avx2(tmp, out, c, bias);
     }
 }
@@ -285,6 +306,7 @@ unsafe fn sample_avx2(
 unsafe fn sample_avx512(
     _: &[f32],
     _: &[f32],
+    _: &[usize],
     _: &Conv2d,
     _: &mut Vec<f32>,
     _: &mut [MaybeUninit<f32>],
@@ -297,6 +319,7 @@ unsafe fn sample_avx512(
 unsafe fn sample_avx2(
     _: &[f32],
     _: &[f32],
+    _: &[usize],
     _: &Conv2d,
     _: &mut Vec<f32>,
     _: &mut [MaybeUninit<f32>],
@@ -311,7 +334,13 @@ unsafe fn sample_avx2(
 /// The CPU must support `S`; `packed` packed for `S::LANES`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn sample<S: F32s>(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut Vec<f32>) {
+unsafe fn sample<S: F32s>(
+    input: &[f32],
+    packed: &[f32],
+    taps: &[usize],
+    c: &Conv2d,
+    tmp: &mut Vec<f32>,
+) {
     let (ho, wo) = c.out();
     let pixels = ho * wo;
     let lanes = S::LANES;
@@ -320,6 +349,14 @@ unsafe fn sample<S: F32s>(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut V
         packed.len(),
         c.ci * c.kh * c.kw * cp,
         "direct conv: packed weights"
+    );
+    // The offsets of `tap_offsets`: one per weight row, the last (largest) that of the last
+    // channel's bottom-right tap, so every window read stays inside the padded sample.
+    assert!(
+        taps.len() == c.ci * c.kh * c.kw
+            && taps.last()
+                == Some(&((c.ci - 1) * c.hp() * c.wp() + (c.kh - 1) * c.wp() + c.kw - 1)),
+        "direct conv: tap offsets"
     );
     // Every tile writes all its rows: no zero fill.
     if tmp.len() < (pixels + MAX_TILE_PIXELS) * cp {
@@ -339,13 +376,25 @@ unsafe fn sample<S: F32s>(input: &[f32], packed: &[f32], c: &Conv2d, tmp: &mut V
             // v0·LANES .. (v0 + V)·LANES ≤ cp.
             unsafe {
                 match (lanes, v) {
-                    (16, 4) => tile::<S, 4, { tile_pixels(16, 4) }>(input, packed, c, tmp, p0, v0),
-                    (16, 3) => tile::<S, 3, { tile_pixels(16, 3) }>(input, packed, c, tmp, p0, v0),
-                    (16, 2) => tile::<S, 2, { tile_pixels(16, 2) }>(input, packed, c, tmp, p0, v0),
-                    (16, _) => tile::<S, 1, { tile_pixels(16, 1) }>(input, packed, c, tmp, p0, v0),
-                    (_, 3) => tile::<S, 3, { tile_pixels(8, 3) }>(input, packed, c, tmp, p0, v0),
-                    (_, 2) => tile::<S, 2, { tile_pixels(8, 2) }>(input, packed, c, tmp, p0, v0),
-                    _ => tile::<S, 1, { tile_pixels(8, 1) }>(input, packed, c, tmp, p0, v0),
+                    (16, 4) => {
+                        tile::<S, 4, { tile_pixels(16, 4) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    (16, 3) => {
+                        tile::<S, 3, { tile_pixels(16, 3) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    (16, 2) => {
+                        tile::<S, 2, { tile_pixels(16, 2) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    (16, _) => {
+                        tile::<S, 1, { tile_pixels(16, 1) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    (_, 3) => {
+                        tile::<S, 3, { tile_pixels(8, 3) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    (_, 2) => {
+                        tile::<S, 2, { tile_pixels(8, 2) }>(input, packed, taps, c, tmp, p0, v0)
+                    }
+                    _ => tile::<S, 1, { tile_pixels(8, 1) }>(input, packed, taps, c, tmp, p0, v0),
                 }
             }
             p0 += nx;
@@ -454,6 +503,7 @@ unsafe fn transpose_out_avx2(
 unsafe fn tile<S: F32s, const V: usize, const NX: usize>(
     input: &[f32],
     packed: &[f32],
+    taps: &[usize],
     c: &Conv2d,
     tmp: &mut [f32],
     p0: usize,
@@ -462,17 +512,17 @@ unsafe fn tile<S: F32s, const V: usize, const NX: usize>(
     let lanes = S::LANES;
     let (ho, wo) = c.out();
     let last = ho * wo - 1;
-    let (hp, wp) = (c.hp(), c.wp());
+    let wp = c.wp();
     let mut bases = [0usize; NX];
     for (j, b) in bases.iter_mut().enumerate() {
         let p = (p0 + j).min(last);
         *b = (p / wo) * wp + p % wo;
     }
-    let plane = hp * wp;
     let cp = c.co_pad(lanes);
-    // SAFETY: the CPU supports `S`; input offsets i·plane + bases[j] + ky·wp + kx < ci·plane
-    // (see `sample`); weight offsets (tap·cp + v0·LANES + v·LANES + LANES − 1) <
-    // ci·kh·kw·cp since v0 + V ≤ cp/LANES; `tmp` offsets as the caller states.
+    // SAFETY: the CPU supports `S`; input offsets bases[j] + taps[t] (i·plane + ky·wp + kx)
+    // < ci·plane (see `sample`); weight offsets (t·cp + v0·LANES + v·LANES + LANES − 1) <
+    // ci·kh·kw·cp for t < taps.len() = ci·kh·kw, since v0 + V ≤ cp/LANES; `tmp` offsets as
+    // the caller states.
     unsafe {
         let mut acc = [[S::zero(); V]; NX];
         let mut wv = [S::zero(); V];
@@ -481,21 +531,16 @@ unsafe fn tile<S: F32s, const V: usize, const NX: usize>(
         let ip = input.as_ptr();
         let px: [*const f32; NX] = core::array::from_fn(|j| ip.add(bases[j]));
         let mut wrow = packed.as_ptr().add(v0 * lanes);
-        for i in 0..c.ci {
-            for ky in 0..c.kh {
-                let row = i * plane + ky * wp;
-                for kx in 0..c.kw {
-                    for (v, w) in wv.iter_mut().enumerate() {
-                        *w = S::load(wrow.add(v * lanes));
-                    }
-                    wrow = wrow.add(cp);
-                    let off = row + kx;
-                    for j in 0..NX {
-                        let xv = S::splat(*px[j].add(off));
-                        for v in 0..V {
-                            acc[j][v] = S::fmadd(wv[v], xv, acc[j][v]);
-                        }
-                    }
+        // (input channel, ky, kx) in order, one weight row each.
+        for &off in taps {
+            for (v, w) in wv.iter_mut().enumerate() {
+                *w = S::load(wrow.add(v * lanes));
+            }
+            wrow = wrow.add(cp);
+            for j in 0..NX {
+                let xv = S::splat(*px[j].add(off));
+                for v in 0..V {
+                    acc[j][v] = S::fmadd(wv[v], xv, acc[j][v]);
                 }
             }
         }
@@ -780,6 +825,60 @@ unsafe fn wgrad_tile<S: F32s, const V: usize, const CT: usize, const KW: usize>(
                 for v in 0..V {
                     let p = o.add(v * lanes);
                     S::store(p, S::add(S::load(p), acc[t][kx][v]));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each tap offset, added to a pixel's window corner in the padded sample, reads the input
+    /// value of that (channel, ky, kx) in the window: checked for every output pixel of a
+    /// padded, non-square case against `x[i][y + ky − ph][x + kx − pw]` (zero outside),
+    /// computed from the unpadded input.
+    #[test]
+    fn tap_offsets_address_every_window_value() {
+        let c = Conv2d {
+            b: 2,
+            ci: 3,
+            co: 1,
+            h: 5,
+            w: 4,
+            kh: 3,
+            kw: 2,
+            ph: 1,
+            pw: 2,
+        };
+        let x: Vec<f32> = (0..c.b * c.ci * c.h * c.w)
+            .map(|v| v as f32 + 1.0)
+            .collect();
+        let taps = tap_offsets(&c);
+        assert_eq!(taps.len(), c.ci * c.kh * c.kw);
+        let (ho, wo) = c.out();
+        let mut buf = Vec::new();
+        for b in 0..c.b {
+            let padded = padded_sample(&x, b, &c, &mut buf).to_vec();
+            for (py, px) in (0..ho).flat_map(|y| (0..wo).map(move |x| (y, x))) {
+                let corner = py * c.wp() + px;
+                let mut t = 0;
+                for i in 0..c.ci {
+                    for ky in 0..c.kh {
+                        for kx in 0..c.kw {
+                            let (r, col) = ((py + ky) as isize - 1, (px + kx) as isize - 2);
+                            let want = if (0..c.h as isize).contains(&r)
+                                && (0..c.w as isize).contains(&col)
+                            {
+                                x[((b * c.ci + i) * c.h + r as usize) * c.w + col as usize]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(padded[corner + taps[t]], want, "tap ({i}, {ky}, {kx})");
+                            t += 1;
+                        }
+                    }
                 }
             }
         }
