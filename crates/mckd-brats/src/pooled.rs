@@ -337,6 +337,14 @@ mod tests {
 
     const HEADER: &str = "method,subset,case,dice_et,dice_tc,dice_wt,hd95_et,hd95_tc,hd95_wt\n";
 
+    /// The rows both seeds of the pooling test share: MCKD on t1c, the Baseline everywhere.
+    const SAME: &str = "mckd,t1c,c1,0.5,0.5,0.5,1,1,1\n\
+                        mckd,t1c,c2,0.5,0.5,0.5,1,1,1\n\
+                        baseline,flair,c1,0.0,0.1,0.5,10,20,30\n\
+                        baseline,flair,c2,0.0,0.1,0.5,10,20,30\n\
+                        baseline,t1c,c1,0.4,0.4,0.4,1,1,1\n\
+                        baseline,t1c,c2,0.4,0.4,0.4,1,1,1\n";
+
     #[test]
     fn cells_pool_every_case_of_every_seed() {
         let tmp = Scratch::new("cells");
@@ -347,26 +355,14 @@ mod tests {
             &a,
             &format!(
                 "{HEADER}mckd,flair,c1,0.1,0.2,0.6,10,20,30\n\
-                 mckd,flair,c2,NaN,0.4,0.8,NaN,inf,50\n\
-                 mckd,t1c,c1,0.5,0.5,0.5,1,1,1\n\
-                 mckd,t1c,c2,0.5,0.5,0.5,1,1,1\n\
-                 baseline,flair,c1,0.0,0.1,0.5,10,20,30\n\
-                 baseline,flair,c2,0.0,0.1,0.5,10,20,30\n\
-                 baseline,t1c,c1,0.4,0.4,0.4,1,1,1\n\
-                 baseline,t1c,c2,0.4,0.4,0.4,1,1,1\n"
+                 mckd,flair,c2,NaN,0.4,0.8,NaN,inf,50\n{SAME}"
             ),
         );
         write(
             &b,
             &format!(
                 "{HEADER}mckd,flair,c1,0.3,0.2,0.7,10,20,30\n\
-                 mckd,flair,c2,0.5,0.4,0.9,10,20,30\n\
-                 mckd,t1c,c1,0.5,0.5,0.5,1,1,1\n\
-                 mckd,t1c,c2,0.5,0.5,0.5,1,1,1\n\
-                 baseline,flair,c1,0.0,0.1,0.5,10,20,30\n\
-                 baseline,flair,c2,0.0,0.1,0.5,10,20,30\n\
-                 baseline,t1c,c1,0.4,0.4,0.4,1,1,1\n\
-                 baseline,t1c,c2,0.4,0.4,0.4,1,1,1\n"
+                 mckd,flair,c2,0.5,0.4,0.9,10,20,30\n{SAME}"
             ),
         );
         let t = pooled_table(&[(0, a), (1, b)]).unwrap();
