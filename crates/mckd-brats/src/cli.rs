@@ -863,21 +863,14 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     match train_run(&cfg, &run, resumed) {
         Ok(t) => {
             run.set_status(RunState::Finished, None, Some(t.log.len()))?;
-            // A run without meta steps (the Baseline, or too short for a phase) has no time
-            // per meta step to show.
-            let meta = t.timing.per_meta();
-            let meta = if meta.is_finite() {
-                format!(", {meta:.3} s/meta step")
-            } else {
-                String::new()
-            };
             println!(
-                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step{meta}); IWV {:?}; \
+                "trained {} for {} iterations in {:.1} s ({:.3} s/inner step{}); IWV {:?}; \
                  run folder {}",
                 t.method.name(),
                 t.log.len(),
                 t0.elapsed().as_secs_f64(),
                 t.seconds_per_inner(),
+                t.meta_step_text(),
                 t.method.state_values(),
                 out.display()
             );

@@ -248,17 +248,11 @@ pub(crate) fn train_in(rc: &BratsRunConfig, dir: &RunDir, resume: bool) -> Resul
     match train_run(rc, dir, has_checkpoint) {
         Ok(t) => {
             dir.set_status(RunState::Finished, None, Some(t.log.len()))?;
-            // Methods without meta steps have no meta time (NaN).
-            let meta = t.timing.per_meta();
-            let meta = if meta.is_finite() {
-                format!(", {meta:.3} s/meta step")
-            } else {
-                String::new()
-            };
             log::info!(
-                "{}: {:.3} s/inner step{meta}, {} parameters",
+                "{}: {:.3} s/inner step{}, {} parameters",
                 rc.method.kind().title(),
                 t.seconds_per_inner(),
+                t.meta_step_text(),
                 t.method.num_params(),
             );
             Ok(())

@@ -1425,6 +1425,21 @@ mod tests {
         step(&x, &g, "[1, 4, 80, 160, 160]");
     }
 
+    /// Crops of the width-1/16 test task: a bottleneck of 2³ voxels (at 1³ the instance
+    /// norms make it constant).
+    const TINY_SPATIAL: [usize; 3] = [32, 64, 64];
+
+    /// The DualNet task at width 1/16 on [`TINY_SPATIAL`] crops, per-sample Dice.
+    fn tiny_task(device: &Device) -> DualTask {
+        DualTask::new(
+            &DualNetConfig::new().with_width(1.0 / 16.0),
+            TINY_SPATIAL,
+            crate::model::DiceReduction::PerSample,
+            device,
+        )
+        .unwrap()
+    }
+
     /// The DualNet as an MCKD task (`--arch dual_net`): an inner step with a missing modality
     /// and a meta step at tiny width, and the fused decode equals the plain forward when every
     /// modality is present (imputation is then the identity).
@@ -1433,15 +1448,7 @@ mod tests {
         use mckd_core::{Levels, Mckd, MckdConfig, MckdModel, Method, Normalisation, mask_tensor};
         let device = Device::flex().autodiff();
         device.seed(2);
-        // A bottleneck of 2³ voxels: at 1³ the instance norms make it constant.
-        let spatial = [32, 64, 64];
-        let task = DualTask::new(
-            &DualNetConfig::new().with_width(1.0 / 16.0),
-            spatial,
-            crate::model::DiceReduction::PerSample,
-            &device,
-        )
-        .unwrap();
+        let task = tiny_task(&device);
         let images: Vec<Tensor<5>> = (0..4)
             .map(|_| {
                 Tensor::random(
@@ -1521,14 +1528,7 @@ mod tests {
         };
         let device = Device::flex().autodiff();
         device.seed(41);
-        let spatial = [32, 64, 64];
-        let task = DualTask::new(
-            &DualNetConfig::new().with_width(1.0 / 16.0),
-            spatial,
-            crate::model::DiceReduction::PerSample,
-            &device,
-        )
-        .unwrap();
+        let task = tiny_task(&device);
         let batch = crate::model::BratsBatch {
             images: (0..4)
                 .map(|m| chacha([2, 1, 32, 64, 64], 50 + m, &device))

@@ -14,16 +14,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mckd_train::report::{csv_table, json_f64, markdown_table};
-use mckd_train::stats::{mean_std, paired_t_test_greater};
+use mckd_train::stats::mean_std;
+use mckd_volume::Region;
 use mckd_volume::metrics::{BRATS_HD95_INF, nan_mean, replace_inf};
 use serde_json::{Value, json};
 
 use crate::error::{BratsError, Result};
 use crate::evaluate::parse_subset;
+use crate::report::mckd_p_value_rows;
 use crate::train::T1C;
-
-/// Region names in column order.
-const REGIONS: [&str; 3] = ["ET", "TC", "WT"];
 
 /// One line of a `per_case.csv`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +31,8 @@ pub struct CaseRow {
     pub method: String,
     /// Subset name (`flair+t1c`).
     pub subset: String,
+    /// Its mask in modality order.
+    pub mask: Vec<bool>,
     /// Case id.
     pub case: String,
     /// Dice per region (ET, TC, WT); NaN when the region is absent from both masks.
@@ -74,10 +75,11 @@ pub fn read_per_case(path: &Path) -> Result<Vec<CaseRow>> {
                 .parse()
                 .map_err(|_| bad(format!("line {}: `{s}` is not a number", i + 1)))?;
         }
-        parse_subset(f[1]).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+        let mask = parse_subset(f[1]).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
         rows.push(CaseRow {
             method: f[0].to_string(),
             subset: f[1].to_string(),
+            mask,
             case: f[2].to_string(),
             dice: [v[0], v[1], v[2]],
             hd95: [v[3], v[4], v[5]],
@@ -136,11 +138,10 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
                 c.hd95.push(hd95);
                 c.empty += usize::from(raw == f64::INFINITY);
             }
-            let has_t1c = parse_subset(&r.subset)?[T1C];
             samples
                 .entry((r.method.clone(), *seed, r.case.clone()))
                 .or_default()
-                .push((has_t1c, r.dice, hd));
+                .push((r.mask[T1C], r.dice, hd));
         }
     }
     if methods.is_empty() {
@@ -176,8 +177,8 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         .collect();
     let mut header = vec!["Subset".to_string()];
     for t in &titles {
-        for r in REGIONS {
-            header.push(format!("{t} {r}"));
+        for r in Region::ALL {
+            header.push(format!("{t} {}", r.name()));
         }
     }
     let n_samples = dirs.len();
@@ -211,32 +212,21 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         tables.push(rows);
     }
     // p-values: MCKD > each other method across the subsets' pooled mean Dice (Table 1's row).
-    let pooled_mean = |m: &str, k: usize| -> Vec<f64> {
+    let names: Vec<(&str, &str)> = methods
+        .iter()
+        .zip(&titles)
+        .map(|(m, t)| (m.as_str(), t.as_str()))
+        .collect();
+    let pooled_mean = |i: usize, r: Region| -> Vec<f64> {
         subsets
             .iter()
-            .map(|s| cell(m, s, k).map_or(f64::NAN, |c| mean_std(&c.dice).0))
+            .map(|s| cell(&methods[i], s, r.channel()).map_or(f64::NAN, |c| mean_std(&c.dice).0))
             .collect()
     };
     let mut tests = serde_json::Map::new();
-    if let Some(at) = methods.iter().position(|m| m == "mckd") {
-        for (o, other) in methods.iter().enumerate().filter(|(_, m)| *m != "mckd") {
-            let mut row = vec![String::new(); 1 + 3 * methods.len()];
-            row[0] = format!("p-value (MCKD > {})", titles[o]);
-            let mut per_region = serde_json::Map::new();
-            for (k, r) in REGIONS.iter().enumerate() {
-                let t = paired_t_test_greater(&pooled_mean("mckd", k), &pooled_mean(other, k));
-                row[1 + 3 * at + k] = t.map_or("–".into(), |(_, p)| format!("{p:.4}"));
-                per_region.insert(
-                    format!("dice_{}", r.to_lowercase()),
-                    t.map_or(
-                        Value::Null,
-                        |(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}),
-                    ),
-                );
-            }
-            tables[0].push(row);
-            tests.insert(other.clone(), Value::Object(per_region));
-        }
+    for p in mckd_p_value_rows(&names, pooled_mean) {
+        tables[0].push(p.row);
+        tests.insert(p.name, Value::Object(p.tests));
     }
     md.push_str(&markdown_table(&header, &tables[0]));
     md.push_str(&format!(
@@ -265,8 +255,10 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         let mut per_subset = serde_json::Map::new();
         for s in &subsets {
             let mut per_region = serde_json::Map::new();
-            for (k, r) in REGIONS.iter().enumerate() {
-                let Some(c) = cell(m, s, k) else { continue };
+            for r in Region::ALL {
+                let Some(c) = cell(m, s, r.channel()) else {
+                    continue;
+                };
                 let (dm, ds) = mean_std(&c.dice);
                 let (hm, hs) = mean_std(&c.hd95);
                 let count = |v: &[f64]| v.iter().filter(|x| !x.is_nan()).count();
@@ -274,7 +266,7 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
                 csv_rows.push(vec![
                     m.clone(),
                     s.clone(),
-                    r.to_string(),
+                    r.name().to_string(),
                     dm.to_string(),
                     ds.to_string(),
                     nd.to_string(),
@@ -284,7 +276,7 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
                     c.empty.to_string(),
                 ]);
                 per_region.insert(
-                    r.to_lowercase(),
+                    r.name().to_lowercase(),
                     json!({
                         "dice_mean": json_f64(dm), "dice_std": json_f64(ds), "n_dice": nd,
                         "hd95_mean": json_f64(hm), "hd95_std": json_f64(hs), "n_hd95": nh,
@@ -310,25 +302,7 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A scratch folder removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("mckd-pooled-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::seeds::tests::Scratch;
 
     fn write(dir: &Path, text: &str) {
         std::fs::create_dir_all(dir).unwrap();
@@ -347,8 +321,8 @@ mod tests {
 
     #[test]
     fn cells_pool_every_case_of_every_seed() {
-        let tmp = Scratch::new("cells");
-        let (a, b) = (tmp.0.join("seed-0"), tmp.0.join("seed-1"));
+        let tmp = Scratch::new("pooled-cells");
+        let (a, b) = (tmp.path().join("seed-0"), tmp.path().join("seed-1"));
         // Two seeds × two cases; MCKD's WT on flair is 0.6, 0.8 (seed 0) and 0.7, 0.9
         // (seed 1): mean 0.75, sample std sqrt(((.15²+.05²)·2)/3) = 0.129099...
         write(
@@ -399,28 +373,28 @@ mod tests {
 
     #[test]
     fn a_bad_line_names_the_file_and_the_line() {
-        let tmp = Scratch::new("bad");
+        let tmp = Scratch::new("pooled-bad");
         write(
-            &tmp.0,
+            tmp.path(),
             &format!("{HEADER}mckd,flair,c1,0.1,x,0.6,10,20,30\n"),
         );
-        let err = read_per_case(&tmp.0.join("per_case.csv"))
+        let err = read_per_case(&tmp.path().join("per_case.csv"))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("per_case.csv") && err.contains("line 2"),
             "{err}"
         );
-        write(&tmp.0, "method,subset\n");
-        let err = read_per_case(&tmp.0.join("per_case.csv"))
+        write(tmp.path(), "method,subset\n");
+        let err = read_per_case(&tmp.path().join("per_case.csv"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("first line"), "{err}");
         write(
-            &tmp.0,
+            tmp.path(),
             &format!("{HEADER}mckd,flair+pd,c1,0.1,0.1,0.6,10,20,30\n"),
         );
-        let err = read_per_case(&tmp.0.join("per_case.csv"))
+        let err = read_per_case(&tmp.path().join("per_case.csv"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");

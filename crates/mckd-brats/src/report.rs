@@ -48,6 +48,54 @@ fn mean_of(v: impl IntoIterator<Item = f64>) -> f64 {
     mckd_volume::metrics::nan_mean(v)
 }
 
+/// The p-value row of one method against MCKD (see [`mckd_p_value_rows`]).
+#[derive(Debug, Clone)]
+pub struct PValueRow {
+    /// The other method's name.
+    pub name: String,
+    /// The table row: `p-value (MCKD > <title>)`, the p-values under MCKD's three region
+    /// columns, the other cells blank.
+    pub row: Vec<String>,
+    /// `{"dice_et": {"t", "p"}, ...}` (null where the test is undefined).
+    pub tests: Map<String, Value>,
+}
+
+/// Table 1's last rows: per method other than MCKD, the one-tailed paired t-test of MCKD >
+/// it across the subsets, per region, on `subset_dice(method index, region)` (one mean Dice
+/// per subset, in the same subset order for every method). `methods` are `(name, title)` in
+/// column order, three region columns each after the row label; none without an `mckd`.
+pub fn mckd_p_value_rows(
+    methods: &[(&str, &str)],
+    subset_dice: impl Fn(usize, Region) -> Vec<f64>,
+) -> Vec<PValueRow> {
+    let Some(at) = methods.iter().position(|(name, _)| *name == "mckd") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (o, (name, title)) in methods.iter().enumerate().filter(|(o, _)| *o != at) {
+        let mut row = vec![String::new(); 1 + 3 * methods.len()];
+        row[0] = format!("p-value (MCKD > {title})");
+        let mut tests = Map::new();
+        for (k, r) in Region::ALL.into_iter().enumerate() {
+            let t = paired_t_test_greater(&subset_dice(at, r), &subset_dice(o, r));
+            row[1 + 3 * at + k] = t
+                .map(|(_, p)| format!("{p:.4}"))
+                .unwrap_or_else(|| "–".into());
+            tests.insert(
+                format!("dice_{}", r.name().to_lowercase()),
+                t.map(|(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}))
+                    .unwrap_or(Value::Null),
+            );
+        }
+        out.push(PValueRow {
+            name: name.to_string(),
+            row,
+            tests,
+        });
+    }
+    out
+}
+
 /// Builds the table (rows = subsets, columns = Dice ET/TC/WT per method, Average rows, and
 /// per other method a row with the one-tailed paired t-test of MCKD > it across the 15
 /// subsets, in MCKD's columns) and `results.json` (`t_test_mckd_gt_<name>` per method, mean
@@ -92,37 +140,20 @@ pub fn make_report(evals: &[MethodEval]) -> Report {
     }
     let mut extra = Map::new();
     let mckd = evals.iter().find(|e| e.name == "mckd");
-    if let Some(m) = mckd {
-        // One row per other method: the one-tailed paired t-test MCKD > it across the
-        // subsets, per region, under MCKD's columns (the others blank).
-        let at = 1 + 3 * evals.iter().position(|e| e.name == "mckd").unwrap_or(0);
-        for other in evals.iter().filter(|e| e.name != "mckd") {
-            let mut row = vec![String::new(); 1 + 3 * evals.len()];
-            row[0] = format!("p-value (MCKD > {})", other.title);
-            let mut tests = Map::new();
-            for (k, r) in regions.into_iter().enumerate() {
-                let a: Vec<f64> = m.subsets.iter().map(|(_, x)| x.region(r).dice).collect();
-                let c: Vec<f64> = other
-                    .subsets
-                    .iter()
-                    .map(|(_, x)| x.region(r).dice)
-                    .collect();
-                let t = paired_t_test_greater(&a, &c);
-                row[at + k] = t
-                    .map(|(_, p)| format!("{p:.4}"))
-                    .unwrap_or_else(|| "–".into());
-                tests.insert(
-                    format!("dice_{}", r.name().to_lowercase()),
-                    t.map(|(t, p)| json!({"t": json_f64(t), "p": json_f64(p)}))
-                        .unwrap_or(Value::Null),
-                );
-            }
-            rows.push(row);
-            extra.insert(
-                format!("t_test_mckd_gt_{}", other.name),
-                Value::Object(tests),
-            );
-        }
+    let methods: Vec<(&str, &str)> = evals
+        .iter()
+        .map(|e| (e.name.as_str(), e.title.as_str()))
+        .collect();
+    let subset_dice = |i: usize, r: Region| -> Vec<f64> {
+        evals[i]
+            .subsets
+            .iter()
+            .map(|(_, x)| x.region(r).dice)
+            .collect()
+    };
+    for p in mckd_p_value_rows(&methods, subset_dice) {
+        rows.push(p.row);
+        extra.insert(format!("t_test_mckd_gt_{}", p.name), Value::Object(p.tests));
     }
     let mean_over = |e: &MethodEval, f: &dyn Fn(&[bool]) -> bool| {
         mean_of(regions.iter().map(|&r| avg(e, r, f)))

@@ -212,6 +212,17 @@ impl Trained {
     pub fn seconds_per_inner(&self) -> f64 {
         self.timing.per_inner(self.log.len())
     }
+
+    /// `, 0.123 s/meta step` for a progress line, or nothing for a run without meta steps
+    /// (the Baseline, the peers, or a run too short for a phase: the time is NaN there).
+    pub fn meta_step_text(&self) -> String {
+        let meta = self.timing.per_meta();
+        if meta.is_finite() {
+            format!(", {meta:.3} s/meta step")
+        } else {
+            String::new()
+        }
+    }
 }
 
 /// Loads the cases named in `ids` (in order) from `cases`.
