@@ -18,10 +18,10 @@
 //!   so tiles write disjoint parts of `dX` and need no atomics;
 //! - bias gradient: `Σ dY` per output channel.
 //!
-//! 3×3×3 convolutions with stride 1 and padding 1 (the UNet's same-size layers) whose rows
-//! are a multiple of 16 voxels run without im2col at the AVX2 and AVX-512 levels (module
-//! `direct3`): forward and input gradient always, the weight gradient when `Cout` is a
-//! multiple of the level's channel block (4 or 8).
+//! 3×3×3 convolutions with padding 1 and stride 1 (the UNet's same-size layers) or stride 2
+//! with even sizes run without im2col at the AVX2 and AVX-512 levels, at any row length
+//! (module `direct3`): forward always, input gradient at stride 1, the weight gradient when
+//! `Cout` is a multiple of 4.
 //!
 //! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias
 //! (computing only the gradients that are needed). Tested against burn's `conv3d` on random
@@ -1425,7 +1425,7 @@ mod tests {
         });
     }
 
-    /// The direct kernel's cases (3×3×3, stride 1, padding 1, W a multiple of 16): W = 16,
+    /// The direct kernel's cases (3×3×3, stride 1, padding 1) at rows of whole vectors: W = 16,
     /// 32, 48, 64 (AVX-512: 32- and 16-wide tiles; AVX2: 16- and 8-wide), Cout below, at
     /// and above a forward channel block (8 with AVX-512; AVX2: blocks of 6 and 4, 7 = a
     /// block of 6 and a part-filled one of 4, 40 = 6·6 + 4 also as an input gradient's
@@ -1449,13 +1449,14 @@ mod tests {
                 level != SimdLevel::Scalar,
                 "the direct kernel runs at the vector levels"
             );
-            assert!(
-                !crate::direct3::supported(&conv(24, 1)),
-                "W must be a multiple of 16"
+            assert_eq!(
+                crate::direct3::supported(&conv(7, 1)),
+                level != SimdLevel::Scalar,
+                "any row length"
             );
             assert!(
-                !crate::direct3::supported(&conv(16, 2)),
-                "W/2 must be a multiple of 16"
+                !crate::direct3::supported(&conv(7, 2)),
+                "stride 2 needs even sizes"
             );
             check([2, 1, 5, 3, 16], 8, [3; 3], [1; 3], [1; 3], 40);
             check([1, 3, 6, 5, 32], 5, [3; 3], [1; 3], [1; 3], 41);
@@ -1467,6 +1468,31 @@ mod tests {
             check([1, 2, 2, 3, 16], 6, [3; 3], [1; 3], [1; 3], 47);
             check([1, 3, 2, 3, 64], 7, [3; 3], [1; 3], [1; 3], 48);
             check([1, 2, 2, 2, 32], 40, [3; 3], [1; 3], [1; 3], 49);
+        });
+    }
+
+    /// Rows that are not a multiple of the vector (the real-data UNet at 2 mm: 56, 28, 14, 7;
+    /// prediction tiles 40, 20, 10): the last tile of a row covers past its end. Widths below
+    /// one vector (7, 10), between one and two (20, 24 with AVX-512; 10, 14 with AVX2), one
+    /// past a multiple (17, 33), and 56 = 32 + 24 (AVX-512) or 7 × 8 (AVX2); the last row of
+    /// the last plane of the last channel reads into the scratch's tail. Stride 2: output rows
+    /// of 7, 10 and 28. Cout 8 and 12 (direct weight gradient) and 6 (GEMM weight gradient).
+    #[test]
+    fn direct_convolutions_at_any_row_length_match_burn() {
+        for_each_level(|_| {
+            for (i, w) in [7usize, 10, 14, 17, 20, 24, 28, 33, 56]
+                .into_iter()
+                .enumerate()
+            {
+                let seed = 200 + 4 * i as u64;
+                check([2, 3, 5, 3, w], 8, [3; 3], [1; 3], [1; 3], seed);
+                check([1, 5, 2, 2, w], 12, [3; 3], [1; 3], [1; 3], seed + 1);
+                check([1, 2, 3, 2, w], 6, [3; 3], [1; 3], [1; 3], seed + 2);
+            }
+            for (i, w) in [14usize, 20, 56].into_iter().enumerate() {
+                check([2, 3, 6, 4, w], 8, [3; 3], [2; 3], [1; 3], 260 + i as u64);
+                check([1, 4, 2, 6, w], 12, [3; 3], [2; 3], [1; 3], 270 + i as u64);
+            }
         });
     }
 

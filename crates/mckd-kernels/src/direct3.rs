@@ -25,8 +25,16 @@
 //! Every output value sums its 27·Cin products in one fixed order (channel, then kd, kh, kw)
 //! with fused multiply-adds, whatever the number of threads and at both levels (the forward
 //! and input gradient give the same bits with AVX2 and AVX-512; the weight gradient's lane
-//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512 and the
-//! output rows are a multiple of 16 voxels; [`supported`] says so.
+//! sums group differently). Used when the level ([`crate::simd`]) is AVX2 or AVX-512;
+//! [`supported`] says so.
+//!
+//! # Rows that are not a multiple of the vector
+//! The real-data UNet at 2 mm has rows of 56, 28, 14 and 7 voxels (and prediction tiles of 40,
+//! 20, 10): the last tile of such a row computes whole vectors anyway and keeps only its first
+//! lanes. Lanes never mix in the forward, so the extra lanes (which read the next row's
+//! values or the scratch's zeroed tail, [`TAIL`]) cannot change the kept ones; the forward's
+//! tail tile writes to a local row and copies the kept part. The weight gradient sums across
+//! lanes, so there the output gradient's rows are first copied with zeros past their end.
 
 use rayon::prelude::*;
 
@@ -73,14 +81,14 @@ impl Conv3 {
 }
 
 /// Whether the direct kernel runs at the current level for this convolution: stride 1, or
-/// stride 2 with even sizes, and output rows of a multiple of 16 voxels.
+/// stride 2 with even sizes; any row length.
 pub(crate) fn supported(c: &Conv3) -> bool {
     let shape_ok = match c.stride {
         1 => true,
         2 => c.dims.iter().all(|n| n.is_multiple_of(2)),
         _ => false,
     };
-    shape_ok && c.out()[2].is_multiple_of(16) && crate::simd::level() != SimdLevel::Scalar
+    shape_ok && crate::simd::level() != SimdLevel::Scalar
 }
 
 /// Whether [`weight_grad`] runs at the current level (also `Cout` a multiple of its channel
@@ -245,8 +253,7 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
 /// # Safety
 /// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo.lay`), `wt` the
 /// weights packed with `geo.cpad` ≥ the end of every block; `t.out` points to the output, of
-/// which this task alone writes its planes; the output width a multiple of 16 and of
-/// `S::LANES`.
+/// which this task alone writes its planes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, const V2: usize>(
@@ -256,14 +263,14 @@ unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, 
     t: &Task,
 ) {
     let [_, h, wd] = t.out_dims;
-    assert!(wd.is_multiple_of(S::LANES));
     for q in 0..t.np {
         for r in 0..h {
             for &(cb, n) in t.blocks {
                 let vmax = if n == CB { V } else { V2 };
                 let mut w0 = 0;
                 while w0 < wd {
-                    let v = ((wd - w0) / S::LANES).min(vmax);
+                    // The row's last tile may cover past its end (see the module doc).
+                    let v = (wd - w0).div_ceil(S::LANES).min(vmax);
                     let at = [q, r, w0, v, cb];
                     // SAFETY: the caller's contract.
                     unsafe {
@@ -282,10 +289,12 @@ unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, 
 }
 
 /// One tile of [`task_rows`]: `at` = [task plane `q`, row `r`, first column `w0`, vectors `v`
-/// (1 ..= `VMAX`), first channel `cb`], `CB` channels.
+/// (1 ..= `VMAX`), first channel `cb`], `CB` channels. A tile past the row's end (`w0 +
+/// v·LANES` > the output width, by less than a vector) writes to local rows, then copies the
+/// row's part.
 ///
 /// # Safety
-/// As [`task_rows`], with `cb + CB ≤ geo.cpad` and `w0 + v·LANES ≤` the output width.
+/// As [`task_rows`], with `cb + CB ≤ geo.cpad` and `w0 < ` the output width.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
@@ -301,25 +310,40 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     let s = t.stride;
     assert!((1..=VMAX).contains(&v) && VMAX <= 3 && VMAX * S::LANES <= JUNK);
     let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
+    let keep = (wd - w0).min(v * S::LANES);
+    let tail = keep < v * S::LANES;
     // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk row for channels
-    // past Cout) and their biases.
+    // past Cout; local rows for a tail tile) and their biases.
     let mut junk = [0.0f32; JUNK];
+    let mut local = [[0.0f32; JUNK]; CB];
     let mut rows = [junk.as_mut_ptr(); CB];
+    let mut outs = [core::ptr::null_mut(); CB];
     let mut bv = [0.0f32; CB];
     for o in cb..(cb + CB).min(t.co) {
         let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
-        // SAFETY: within `y` (off + v·LANES ≤ its length).
-        rows[o - cb] = unsafe { t.out.get().add(off) };
+        // SAFETY: within `y` (off + keep ≤ its length).
+        outs[o - cb] = unsafe { t.out.get().add(off) };
+        rows[o - cb] = if tail {
+            local[o - cb].as_mut_ptr()
+        } else {
+            outs[o - cb]
+        };
         bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
     }
     // SAFETY: the caller's contract; the slices cover every index the kernel reads (see
-    // `tile`); it writes v·LANES floats to each row: this task's own elements of `y` (tasks
-    // partition (batch, depth planes); `y` outlives the loop) or `junk`.
+    // `tile`; a tail tile's extra lanes read at most a vector past the row, inside the
+    // scratch's `TAIL`); it writes v·LANES floats to each row: this task's own elements of `y`
+    // (tasks partition (batch, depth planes); `y` outlives the loop), `junk` or `local`.
     unsafe {
         match v {
             1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
             2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
             _ => tile::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
+        }
+        if tail {
+            for o in 0..(cb + CB).min(t.co) - cb {
+                core::ptr::copy_nonoverlapping(local[o].as_ptr(), outs[o], keep);
+            }
         }
     }
 }
@@ -351,6 +375,10 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
     conv3x3x3(dy, &wf, None, &t)
 }
 
+/// Zeroed floats after a task's padded input in its scratch: the extra lanes of a row's last
+/// tile read up to a vector past the last row (see the module doc).
+const TAIL: usize = 16;
+
 /// Where a task's zero-bordered input lives in its scratch: the value of channel `c`, padded
 /// plane `q`, padded row `r`, position `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`. At
 /// stride 2 a row holds its `(W + 2)/2` even values, then its odd values (`odd` is the offset
@@ -370,7 +398,7 @@ struct Layout {
     kw: [usize; 3],
     /// Padded planes held.
     planes: usize,
-    /// Floats of the whole scratch.
+    /// Floats of the whole scratch: the padded input, then [`TAIL`] zeros.
     len: usize,
 }
 
@@ -393,7 +421,7 @@ impl Layout {
                 row: wp,
                 kw,
                 planes,
-                len: ci * chan,
+                len: ci * chan + TAIL,
             };
         }
         let row = ci * wp;
@@ -404,7 +432,7 @@ impl Layout {
             row,
             kw,
             planes,
-            len: planes * plane,
+            len: planes * plane + TAIL,
         }
     }
 }
@@ -417,6 +445,7 @@ fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mu
     let (plane, vol) = (h * wd, d * h * wd);
     let wp = wd + 2;
     assert!(pad.len() >= lay.len);
+    pad[lay.len - TAIL..lay.len].fill(0.0);
     for ch in 0..c.ci {
         let xc = &x[(bi * c.ci + ch) * vol..][..vol];
         for q in 0..lay.planes {
@@ -476,28 +505,67 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
             let np = PLANES.min(dout - d0);
             let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
             let mut dw = vec![0.0f32; co * ci * 27];
-            with_pad_scratch(lay.len, |pad| {
-                pad_planes(x, bi, c, c.stride * d0, &lay, pad);
-                let dyb = &dy[bi * co * vol_out..][..co * vol_out];
-                let t = WgradTask {
-                    ci,
-                    co,
-                    out_dims: c.out(),
-                    stride: c.stride,
-                    d0,
-                    np,
-                    lay,
-                };
-                // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
-                // features) and that `co` is a multiple of its channel block; sizes as
-                // asserted above.
-                unsafe {
-                    match level {
-                        SimdLevel::Avx512 => wgrad_task_avx512(pad, dyb, &t, &mut dw),
-                        _ => wgrad_task_avx2(pad, dyb, &t, &mut dw),
+            let dyb = &dy[bi * co * vol_out..][..co * vol_out];
+            let lanes = if level == SimdLevel::Avx512 { 16 } else { 8 };
+            let [_, hout, wout] = c.out();
+            let wpad = wout.next_multiple_of(lanes);
+            let mut run = |dyv: &[f32], dy_at: DyRows| {
+                with_pad_scratch(lay.len, |pad| {
+                    pad_planes(x, bi, c, c.stride * d0, &lay, pad);
+                    let t = WgradTask {
+                        ci,
+                        co,
+                        out_dims: c.out(),
+                        stride: c.stride,
+                        d0,
+                        np,
+                        lay,
+                        dy: dy_at,
+                    };
+                    // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
+                    // features) and that `co` is a multiple of its channel block; sizes as
+                    // asserted above and in the callee.
+                    unsafe {
+                        match level {
+                            SimdLevel::Avx512 => wgrad_task_avx512(pad, dyv, &t, &mut dw),
+                            _ => wgrad_task_avx2(pad, dyv, &t, &mut dw),
+                        }
+                    }
+                });
+            };
+            if wpad == wout {
+                let plane = hout * wout;
+                run(
+                    dyb,
+                    DyRows {
+                        chan: dout * plane,
+                        plane,
+                        row: wout,
+                        d0,
+                        wpad,
+                    },
+                );
+            } else {
+                // Rows of whole vectors, zero past the row: the lane sums take no foreign value.
+                let plane = hout * wpad;
+                let mut packed = vec![0.0f32; co * np * plane];
+                for (o, po) in packed.chunks_exact_mut(np * plane).enumerate() {
+                    let src = &dyb[(o * dout + d0) * hout * wout..][..np * hout * wout];
+                    for (dst, row) in po.chunks_exact_mut(wpad).zip(src.chunks_exact(wout)) {
+                        dst[..wout].copy_from_slice(row);
                     }
                 }
-            });
+                run(
+                    &packed,
+                    DyRows {
+                        chan: np * plane,
+                        plane,
+                        row: wpad,
+                        d0: 0,
+                        wpad,
+                    },
+                );
+            }
             dw
         })
         .collect();
@@ -518,6 +586,20 @@ struct WgradTask {
     np: usize,
     /// The task's scratch.
     lay: Layout,
+    /// Where its output gradient's rows are.
+    dy: DyRows,
+}
+
+/// The output gradient a weight-gradient task reads: channel `o`'s value at task plane `q`,
+/// row `r`, column `w` at `o·chan + (d0 + q)·plane + r·row + w`, for `w < wpad` (the output
+/// width rounded up to whole vectors; zeros past the width).
+#[derive(Debug, Clone, Copy)]
+struct DyRows {
+    chan: usize,
+    plane: usize,
+    row: usize,
+    d0: usize,
+    wpad: usize,
 }
 
 /// [`wgrad_task`] with AVX-512 (4 channels × 3 offsets × 16 lanes).
@@ -556,8 +638,8 @@ unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
 ///
 /// # Safety
 /// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`), `dyb` the
-/// batch item's output gradient (`co` channels), `dw` `co·ci·27` floats; `co` a multiple of
-/// `CB`, the output width of 16.
+/// batch item's output gradient (`co` channels, laid out as `t.dy`), `dw` `co·ci·27` floats;
+/// `co` a multiple of `CB`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_task<S: F32s, const CB: usize>(
@@ -566,7 +648,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     t: &WgradTask,
     dw: &mut [f32],
 ) {
-    let (ci, co, wd, h) = (t.ci, t.co, t.out_dims[2], t.out_dims[1]);
+    let (ci, co, h) = (t.ci, t.co, t.out_dims[1]);
     assert!(co.is_multiple_of(CB) && dw.len() == co * ci * 27);
     // Lane accumulators of every (c, output block, kd, kh): CB × 3 vectors each, carried
     // across blocks of rows so that a block's dy rows stay in L1 while every input channel
@@ -574,7 +656,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     let nob = co / CB;
     let slot = CB * 3 * S::LANES;
     let mut accm = vec![0.0f32; ci * nob * 9 * slot];
-    let rb = (256 / wd).max(1);
+    let rb = (256 / t.dy.wpad).max(1);
     for q in 0..t.np {
         for r0 in (0..h).step_by(rb) {
             for c in 0..ci {
@@ -653,10 +735,10 @@ struct WgradRows {
 
 /// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
 /// x[s·q + kd, s·r + kh, s·w + kw]` (`pc`: the scratch from one input channel's first value
-/// on, laid out as `t.lay`), lane by lane in row and column order.
+/// on, laid out as `t.lay`; `dyb` laid out as `t.dy`), lane by lane in row and column order.
 ///
 /// # Safety
-/// The CPU must support `S`; the output width a multiple of `S::LANES`.
+/// The CPU must support `S`; `t.dy.wpad` a multiple of `S::LANES`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_rows<S: F32s, const CB: usize>(
@@ -668,23 +750,34 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
 ) {
     let lanes = S::LANES;
     let [d, h, wd] = t.out_dims;
-    let (plane, vol) = (h * wd, d * h * wd);
-    let (lay, s) = (&t.lay, t.stride);
+    let (lay, s, dl) = (&t.lay, t.stride, t.dy);
     let (q, kd, kh, ob) = (w.q, w.kd, w.kh, w.ob);
-    assert!(wd.is_multiple_of(lanes) && t.d0 + q < d && w.rows.end <= h);
-    assert!(acc.len() >= CB * 3 * lanes && (ob + CB) * vol <= dyb.len());
+    let wpad = dl.wpad;
+    assert!(wpad.is_multiple_of(lanes) && wpad >= wd && wpad < wd + lanes);
+    assert!(t.d0 + q < d && w.rows.end <= h && dl.row >= wpad);
+    assert!(
+        acc.len() >= CB * 3 * lanes
+            && (w.rows.is_empty()
+                || (ob + CB - 1) * dl.chan
+                    + (dl.d0 + q) * dl.plane
+                    + (w.rows.end - 1) * dl.row
+                    + wpad
+                    <= dyb.len())
+    );
+    // Past `wd` the input rows run at most a vector on (the next row, or the scratch's tail).
     assert!(
         w.rows.is_empty()
             || (s * q + kd) * lay.plane
                 + (s * (w.rows.end - 1) + kh) * lay.row
                 + lay.kw[1].max(lay.kw[2])
-                + wd
+                + wpad
                 <= pc.len()
     );
     // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
-    // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r (asserted
-    // in range); the input row (s·q + kd, s·r + kh) holds the inputs of kw at kw-offset + w
-    // for w < W' (asserted for the last row; earlier rows come before it).
+    // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r, `wpad`
+    // values each (asserted for the last); the input row (s·q + kd, s·r + kh) holds the
+    // inputs of kw at kw-offset + w for w < W', then finite values up to `wpad` (asserted for
+    // the last row; earlier rows come before it).
     unsafe {
         let mut a = [[S::zero(); 3]; CB];
         for (o, ao) in a.iter_mut().enumerate() {
@@ -696,13 +789,13 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
             let xrow = pc
                 .as_ptr()
                 .add((s * q + kd) * lay.plane + (s * r + kh) * lay.row);
-            let yoff = (t.d0 + q) * plane + r * wd;
-            for x in (0..wd).step_by(lanes) {
+            let yoff = (dl.d0 + q) * dl.plane + r * dl.row;
+            for x in (0..wpad).step_by(lanes) {
                 let x0 = S::load(xrow.add(lay.kw[0] + x));
                 let x1 = S::load(xrow.add(lay.kw[1] + x));
                 let x2 = S::load(xrow.add(lay.kw[2] + x));
                 for (o, ao) in a.iter_mut().enumerate() {
-                    let g = S::load(dyb.as_ptr().add((ob + o) * vol + yoff + x));
+                    let g = S::load(dyb.as_ptr().add((ob + o) * dl.chan + yoff + x));
                     ao[0] = S::fmadd(g, x0, ao[0]);
                     ao[1] = S::fmadd(g, x1, ao[1]);
                     ao[2] = S::fmadd(g, x2, ao[2]);
