@@ -216,6 +216,7 @@ impl DemoConfig {
 /// (a resumed demo) are not trained again.
 pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> {
     let started = Instant::now();
+    check_same_settings(cfg, out.path())?;
     out.write_json("demo_config.json", cfg)?;
     let data = prepare_data(cfg, out)?;
     let mut runs = Vec::new();
@@ -232,6 +233,84 @@ pub fn demo(cfg: &DemoConfig, out: &RunDir, resume: bool) -> Result<EvalReport> 
         runs.push(dir.path().to_path_buf());
     }
     finish(cfg, &runs, None, out, 0.0, started)
+}
+
+/// Settings that may change when a folder is resumed: the list of methods (with more, only
+/// the new ones train), where the cases and the resampling cache are (another machine) and
+/// how often checkpoints are written.
+const RESUMABLE_CHANGES: [&[&str]; 4] = [
+    &["methods"],
+    &["run", "task", "data"],
+    &["run", "task", "cache"],
+    &["run", "loop", "checkpoint_every"],
+];
+
+/// Refuses to continue the experiment folder `dir` with settings other than those it was
+/// started with (its `demo_config.json`, if any), up to [`RESUMABLE_CHANGES`]: a resumed run
+/// with another budget, split or hyper-parameter would put runs of two settings in one table.
+/// The error names the file and the first setting that differs. Both sides are compared as
+/// this version reads them, so settings added since (with their defaults) do not count.
+pub(crate) fn check_same_settings(cfg: &DemoConfig, dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("demo_config.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let problem = |problem: String| crate::error::BratsError::Config {
+        path: path.clone(),
+        problem,
+    };
+    let stored: DemoConfig = serde_json::from_slice(&bytes).map_err(|e| {
+        problem(format!(
+            "cannot read the settings this folder was started with ({e}); continue it with              the mckd version that started it, or use another --out"
+        ))
+    })?;
+    let comparable = |c: &DemoConfig| {
+        let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+        for keys in RESUMABLE_CHANGES {
+            let (last, parents) = keys.split_last().expect("non-empty key path");
+            let parent = parents.iter().try_fold(&mut v, |v, k| v.get_mut(*k));
+            if let Some(Value::Object(m)) = parent {
+                m.remove(*last);
+            }
+        }
+        v
+    };
+    match first_difference(&comparable(&stored), &comparable(cfg)) {
+        None => Ok(()),
+        Some((key, was, now)) => Err(problem(format!(
+            "this folder was started with {key} = {was}, now {now}; --resume continues it only              with the same settings (more methods, or another data or cache folder, are              fine): use another --out, or --overwrite to move it aside"
+        ))),
+    }
+}
+
+/// The first place where `a` and `b` differ, as (dotted path, value in `a`, value in `b`),
+/// objects by key in order, arrays by index (a missing entry shows as `(none)`).
+fn first_difference(a: &Value, b: &Value) -> Option<(String, String, String)> {
+    fn walk(a: Option<&Value>, b: Option<&Value>, at: String) -> Option<(String, String, String)> {
+        let show = |v: Option<&Value>| v.map_or("(none)".to_string(), Value::to_string);
+        let child = |k: &str| {
+            if at.is_empty() {
+                k.to_string()
+            } else {
+                format!("{at}.{k}")
+            }
+        };
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                keys.into_iter()
+                    .find_map(|k| walk(x.get(k), y.get(k), child(k)))
+            }
+            (Some(Value::Array(x)), Some(Value::Array(y))) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (p, q))| walk(Some(p), Some(q), format!("{at}[{i}]"))),
+            _ if a == b => None,
+            _ => Some((at, show(a), show(b))),
+        }
+    }
+    walk(Some(a), Some(b), String::new())
 }
 
 /// Whether a run folder holds a finished run (its status and its model).

@@ -16,6 +16,7 @@ use mckd_train::report::{Results, json_f64, markdown_table};
 use mckd_train::run::RunDir;
 use mckd_train::stats::{mean_std, paired_t_test_greater};
 use mckd_volume::MODALITIES;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::demo::{DemoConfig, demo};
@@ -155,7 +156,8 @@ pub fn seed_dir(out: &Path, seed: u64) -> PathBuf {
 }
 
 /// Whether `dir` holds a finished demo of exactly `cfg` (its `results.json` records the
-/// demo settings).
+/// demo settings; compared as this version reads them, so that settings added since, with
+/// their defaults, do not make a finished seed run again).
 fn finished_with(dir: &Path, cfg: &DemoConfig) -> bool {
     let Ok(bytes) = std::fs::read(dir.join("results.json")) else {
         return false;
@@ -163,7 +165,9 @@ fn finished_with(dir: &Path, cfg: &DemoConfig) -> bool {
     let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
         return false;
     };
-    serde_json::to_value(cfg).is_ok_and(|want| v.get("demo") == Some(&want))
+    v.get("demo")
+        .and_then(|d| DemoConfig::deserialize(d).ok())
+        .is_some_and(|stored| stored == *cfg)
 }
 
 /// Runs the demo for `seeds` seeds starting at `cfg.seed`, each into `seed-<s>/` of `out`
@@ -177,11 +181,20 @@ pub fn demo_seeds(
     if seeds == 0 {
         return Err(BratsError::Invalid("--seeds must be at least 1".into()));
     }
+    let configs: Vec<(u64, DemoConfig)> = (cfg.run.seed..cfg.run.seed + seeds)
+        .map(|seed| {
+            let mut c = cfg.clone();
+            c.run.seed = seed;
+            (seed, c)
+        })
+        .collect();
+    // Every seed's folder before any training (not after an hour of the first seed).
+    for (seed, c) in &configs {
+        crate::demo::check_same_settings(c, &seed_dir(out.path(), *seed))?;
+    }
     let mut dirs = Vec::new();
-    for seed in cfg.run.seed..cfg.run.seed + seeds {
+    for (seed, c) in configs {
         let dir = seed_dir(out.path(), seed);
-        let mut c = cfg.clone();
-        c.run.seed = seed;
         if finished_with(&dir, &c) {
             log::info!("seed {seed}: reusing {}", dir.display());
         } else {
@@ -322,6 +335,7 @@ pub fn summarise(dirs: &[(u64, PathBuf)]) -> Result<SeedsSummary> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use mckd_train::config::Budget;
     use mckd_train::report::Row;
 
     /// A scratch folder removed on drop.
@@ -501,5 +515,74 @@ pub(crate) mod tests {
         other.run.method.mckd_mut().unwrap().alpha = 0.05;
         assert!(!finished_with(&d, &other));
         assert!(!finished_with(&tmp.path().join("none"), &cfg));
+        // Written by a version without a setting that has a default (the peers'): still the
+        // same settings, so the seed is not trained again.
+        v["demo"].as_object_mut().unwrap().remove("peers").unwrap();
+        std::fs::write(d.join("results.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(finished_with(&d, &cfg));
+    }
+
+    /// Resuming an experiment folder with another budget is refused with the file, the
+    /// setting and both values; more methods, another data folder or checkpoint interval, and
+    /// settings added since (absent from the file, at their defaults) are not differences.
+    #[test]
+    fn resuming_with_other_settings_is_refused_naming_the_first_difference() {
+        use crate::demo::check_same_settings;
+        let tmp = Scratch::new("settings");
+        let d = tmp.path();
+        let cfg = DemoConfig::preset(crate::demo::DemoPreset::Reference, true, 0);
+        check_same_settings(&cfg, d).expect("a new folder has nothing to differ from");
+        let mut stored = serde_json::to_value(&cfg).unwrap();
+        stored.as_object_mut().unwrap().remove("peers").unwrap();
+        std::fs::write(d.join("demo_config.json"), stored.to_string()).unwrap();
+        check_same_settings(&cfg, d).expect("the same settings");
+        let mut fine = cfg.clone();
+        fine.methods.push(crate::config::Method::Hemis);
+        fine.run.task.data = "/elsewhere/cases".into();
+        fine.run.loop_.checkpoint_every += 7;
+        check_same_settings(&fine, d).expect("more methods, other data folder and interval");
+        let Budget::Iterations(n) = cfg.run.loop_.budget else {
+            panic!("the preset counts iterations")
+        };
+        let mut longer = cfg.clone();
+        longer.run.loop_.budget = Budget::Iterations(n + 1000);
+        let err = check_same_settings(&longer, d).unwrap_err().to_string();
+        let want = [
+            "demo_config.json".to_string(),
+            "run.loop.budget".into(),
+            format!("{n}"),
+            format!("{}", n + 1000),
+        ];
+        for w in &want {
+            assert!(err.contains(w.as_str()), "missing {w:?} in: {err}");
+        }
+        std::fs::write(d.join("demo_config.json"), "{").unwrap();
+        let err = check_same_settings(&cfg, d).unwrap_err().to_string();
+        assert!(
+            err.contains("demo_config.json") && err.contains("cannot read"),
+            "{err}"
+        );
+    }
+
+    /// `demo_seeds` checks every seed's folder before it trains any: a later seed started
+    /// with other settings stops it before the first seed's folder is touched.
+    #[test]
+    fn seeds_are_checked_before_any_training() {
+        let tmp = Scratch::new("seedcheck");
+        let cfg = DemoConfig::preset(crate::demo::DemoPreset::Reference, true, 0);
+        let mut other = cfg.clone();
+        other.run.seed = 1;
+        other.run.method.mckd_mut().unwrap().alpha = 0.05;
+        let s1 = seed_dir(tmp.path(), 1);
+        std::fs::create_dir_all(&s1).unwrap();
+        std::fs::write(
+            s1.join("demo_config.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        let out = RunDir::create(tmp.path()).unwrap();
+        let err = demo_seeds(&cfg, 2, &out, true).unwrap_err().to_string();
+        assert!(err.contains("seed-1") && err.contains("alpha"), "{err}");
+        assert!(!seed_dir(tmp.path(), 0).exists(), "seed 0 was started");
     }
 }
