@@ -315,7 +315,9 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk row for channels
     // past Cout; local rows for a tail tile) and their biases.
     let mut junk = [0.0f32; JUNK];
-    let mut local = [[0.0f32; JUNK]; CB];
+    // Written whole by the tile before its first `keep` values are read: not cleared per tile.
+    let mut local = core::mem::MaybeUninit::<[[f32; JUNK]; CB]>::uninit();
+    let local = local.as_mut_ptr().cast::<f32>();
     let mut rows = [junk.as_mut_ptr(); CB];
     let mut outs = [core::ptr::null_mut(); CB];
     let mut bv = [0.0f32; CB];
@@ -324,7 +326,8 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
         // SAFETY: within `y` (off + keep ≤ its length).
         outs[o - cb] = unsafe { t.out.get().add(off) };
         rows[o - cb] = if tail {
-            local[o - cb].as_mut_ptr()
+            // SAFETY: row o − cb of `local` (CB rows of JUNK floats).
+            unsafe { local.add((o - cb) * JUNK) }
         } else {
             outs[o - cb]
         };
@@ -341,8 +344,8 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
             _ => tile::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
         }
         if tail {
-            for o in 0..(cb + CB).min(t.co) - cb {
-                core::ptr::copy_nonoverlapping(local[o].as_ptr(), outs[o], keep);
+            for (o, &out) in outs.iter().enumerate().take((cb + CB).min(t.co) - cb) {
+                core::ptr::copy_nonoverlapping(local.add(o * JUNK), out, keep);
             }
         }
     }
