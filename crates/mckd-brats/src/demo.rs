@@ -261,7 +261,8 @@ pub(crate) fn check_same_settings(cfg: &DemoConfig, dir: &std::path::Path) -> Re
     };
     let stored: DemoConfig = serde_json::from_slice(&bytes).map_err(|e| {
         problem(format!(
-            "cannot read the settings this folder was started with ({e}); continue it with              the mckd version that started it, or use another --out"
+            "cannot read the settings this folder was started with ({e}); continue it with \
+             the mckd version that started it, or use another --out"
         ))
     })?;
     let comparable = |c: &DemoConfig| {
@@ -278,7 +279,9 @@ pub(crate) fn check_same_settings(cfg: &DemoConfig, dir: &std::path::Path) -> Re
     match first_difference(&comparable(&stored), &comparable(cfg)) {
         None => Ok(()),
         Some((key, was, now)) => Err(problem(format!(
-            "this folder was started with {key} = {was}, now {now}; --resume continues it only              with the same settings (more methods, or another data or cache folder, are              fine): use another --out, or --overwrite to move it aside"
+            "this folder was started with {key} = {was}, now {now}; --resume continues it only \
+             with the same settings (more methods, or another data or cache folder, are \
+             fine): use another --out, or --overwrite to move it aside"
         ))),
     }
 }

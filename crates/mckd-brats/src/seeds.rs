@@ -556,6 +556,10 @@ pub(crate) mod tests {
         for w in &want {
             assert!(err.contains(w.as_str()), "missing {w:?} in: {err}");
         }
+        assert!(
+            !err.contains("  "),
+            "the message is one line of prose: {err}"
+        );
         std::fs::write(d.join("demo_config.json"), "{").unwrap();
         let err = check_same_settings(&cfg, d).unwrap_err().to_string();
         assert!(
