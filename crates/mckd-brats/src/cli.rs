@@ -1116,6 +1116,10 @@ fn run_experiment(
     if d.phantoms.is_none() {
         check_not_input(&out_path, &[&d.run.task.data])?;
     }
+    if resume && plan.is_none() {
+        // Before the folder's status is touched: a refused resume leaves it as it was.
+        crate::seeds::check_resumed_settings(d, seeds, &out_path)?;
+    }
     let (run, resumed) = RunDir::open(&out_path, OutPolicy::from_flags(resume, overwrite))?;
     if let Some(args) = plan {
         return write_planned(d, seeds, &run, args);

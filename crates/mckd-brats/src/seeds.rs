@@ -170,6 +170,31 @@ fn finished_with(dir: &Path, cfg: &DemoConfig) -> bool {
         .is_some_and(|stored| stored == *cfg)
 }
 
+/// The settings of each seed of a `seeds`-seed experiment, from `cfg.run.seed` on.
+fn seed_configs(cfg: &DemoConfig, seeds: u64) -> Vec<(u64, DemoConfig)> {
+    (cfg.run.seed..cfg.run.seed + seeds)
+        .map(|seed| {
+            let mut c = cfg.clone();
+            c.run.seed = seed;
+            (seed, c)
+        })
+        .collect()
+}
+
+/// Refuses to continue the experiment folder `out` (one seed: the folder itself; more: its
+/// `seed-<s>/` folders) with settings other than those it was started with
+/// ([`crate::demo::check_same_settings`]). The CLI calls it before it touches the folder, so a
+/// refused `--resume` leaves the folder as it was.
+pub fn check_resumed_settings(cfg: &DemoConfig, seeds: u64, out: &Path) -> Result<()> {
+    if seeds == 1 {
+        return crate::demo::check_same_settings(cfg, out);
+    }
+    for (seed, c) in seed_configs(cfg, seeds) {
+        crate::demo::check_same_settings(&c, &seed_dir(out, seed))?;
+    }
+    Ok(())
+}
+
 /// Runs the demo for `seeds` seeds starting at `cfg.seed`, each into `seed-<s>/` of `out`
 /// (finished seeds with the same settings are reused), then writes the summary.
 pub fn demo_seeds(
@@ -181,17 +206,9 @@ pub fn demo_seeds(
     if seeds == 0 {
         return Err(BratsError::Invalid("--seeds must be at least 1".into()));
     }
-    let configs: Vec<(u64, DemoConfig)> = (cfg.run.seed..cfg.run.seed + seeds)
-        .map(|seed| {
-            let mut c = cfg.clone();
-            c.run.seed = seed;
-            (seed, c)
-        })
-        .collect();
+    let configs = seed_configs(cfg, seeds);
     // Every seed's folder before any training (not after an hour of the first seed).
-    for (seed, c) in &configs {
-        crate::demo::check_same_settings(c, &seed_dir(out.path(), *seed))?;
-    }
+    check_resumed_settings(cfg, seeds, out.path())?;
     let mut dirs = Vec::new();
     for (seed, c) in configs {
         let dir = seed_dir(out.path(), seed);

@@ -780,3 +780,41 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `brats demo --resume` with another budget than the folder was started with is refused
+/// before the folder is touched: exit 1, the seed's settings file, the setting and both values
+/// named, every file as it was (a planned 2-seed folder: its settings without any training).
+#[test]
+fn resuming_an_experiment_with_other_settings_is_refused_and_changes_nothing() {
+    let dir = temp("resume-settings");
+    let demo = |iterations: &str, extra: &[&str]| {
+        mckd()
+            .args(["brats", "demo", "--quick", "--quiet", "--seeds", "2"])
+            .args(["--methods", "mckd,baseline", "--iterations", iterations])
+            .args(extra)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let planned = demo("8", &["--plan", "--slurm"]);
+    assert!(planned.status.success(), "{planned:?}");
+    let before = tree_digest(&dir);
+    let out = demo("9", &["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in [
+        "seed-0",
+        "demo_config.json",
+        "run.loop.budget.iterations = 8, now 9",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        tree_digest(&dir),
+        before,
+        "the refused resume changed the folder"
+    );
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
