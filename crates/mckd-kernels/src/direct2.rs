@@ -78,11 +78,6 @@ impl Conv2d {
     }
 }
 
-/// Lanes of the vectors at `level` (AVX-512: 16, AVX2: 8).
-fn lanes(level: SimdLevel) -> usize {
-    if level == SimdLevel::Avx512 { 16 } else { 8 }
-}
-
 /// Whether the direct kernel serves this shape at the current level (AVX2 or AVX-512).
 pub(crate) fn supported(c: &Conv2d) -> bool {
     crate::simd::level() != SimdLevel::Scalar
@@ -150,7 +145,7 @@ pub(crate) fn conv2d(
     } else {
         [c.co, c.ci, c.kh, c.kw]
     };
-    let packed = pack_weights(w, layer, flip, lanes(level));
+    let packed = pack_weights(w, layer, flip, level.vector_lanes());
     let packed = packed.as_slice();
     let taps = tap_offsets(c);
     let taps = taps.as_slice();
@@ -575,7 +570,7 @@ pub(crate) fn conv2d_weight_grad(x: &[f32], dy: &[f32], c: &Conv2d) -> Vec<f32> 
     assert_eq!(x.len(), c.b * c.ci * c.h * c.w, "direct conv: input size");
     let level = crate::simd::level();
     let (ho, wo) = c.out();
-    let (pixels, cp) = (ho * wo, c.co_pad(lanes(level)));
+    let (pixels, cp) = (ho * wo, c.co_pad(level.vector_lanes()));
     assert_eq!(
         dy.len(),
         c.b * c.co * pixels,

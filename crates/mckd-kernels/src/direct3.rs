@@ -509,9 +509,8 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
             let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
             let mut dw = vec![0.0f32; co * ci * 27];
             let dyb = &dy[bi * co * vol_out..][..co * vol_out];
-            let lanes = if level == SimdLevel::Avx512 { 16 } else { 8 };
             let [_, hout, wout] = c.out();
-            let wpad = wout.next_multiple_of(lanes);
+            let wpad = wout.next_multiple_of(level.vector_lanes());
             let mut run = |dyv: &[f32], dy_at: DyRows| {
                 with_pad_scratch(lay.len, |pad| {
                     pad_planes(x, bi, c, c.stride * d0, &lay, pad);

@@ -52,6 +52,12 @@ impl SimdLevel {
         }
     }
 
+    /// Floats per vector of the direct convolution kernels at this level: 16 with AVX-512,
+    /// else 8 (those kernels run at the AVX2 and AVX-512 levels only).
+    pub(crate) fn vector_lanes(self) -> usize {
+        if self == SimdLevel::Avx512 { 16 } else { 8 }
+    }
+
     /// The CPU features the level needs (`/proc/cpuinfo` spelling), none for `scalar`.
     pub fn features(self) -> &'static [&'static str] {
         match self {
