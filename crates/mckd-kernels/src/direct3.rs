@@ -511,63 +511,61 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
             let dyb = &dy[bi * co * vol_out..][..co * vol_out];
             let [_, hout, wout] = c.out();
             let wpad = wout.next_multiple_of(level.vector_lanes());
-            let mut run = |dyv: &[f32], dy_at: DyRows| {
-                with_pad_scratch(lay.len, |pad| {
-                    pad_planes(x, bi, c, c.stride * d0, &lay, pad);
-                    let t = WgradTask {
-                        ci,
-                        co,
-                        out_dims: c.out(),
-                        stride: c.stride,
-                        d0,
-                        np,
-                        lay,
-                        dy: dy_at,
-                    };
-                    // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
-                    // features) and that `co` is a multiple of its channel block; sizes as
-                    // asserted above and in the callee.
-                    unsafe {
-                        match level {
-                            SimdLevel::Avx512 => wgrad_task_avx512(pad, dyv, &t, &mut dw),
-                            _ => wgrad_task_avx2(pad, dyv, &t, &mut dw),
-                        }
-                    }
-                });
-            };
-            if wpad == wout {
+            // The output gradient as the task reads it: the batch item's rows where they are
+            // whole vectors, else its planes copied into rows of whole vectors, zero past the
+            // row (the lane sums take no foreign value).
+            let packed: Vec<f32>;
+            let (dyv, dy_at): (&[f32], DyRows) = if wpad == wout {
                 let plane = hout * wout;
-                run(
-                    dyb,
-                    DyRows {
-                        chan: dout * plane,
-                        plane,
-                        row: wout,
-                        d0,
-                        wpad,
-                    },
-                );
+                let at = DyRows {
+                    chan: dout * plane,
+                    plane,
+                    row: wout,
+                    d0,
+                    wpad,
+                };
+                (dyb, at)
             } else {
-                // Rows of whole vectors, zero past the row: the lane sums take no foreign value.
                 let plane = hout * wpad;
-                let mut packed = vec![0.0f32; co * np * plane];
-                for (o, po) in packed.chunks_exact_mut(np * plane).enumerate() {
+                let mut rows = vec![0.0f32; co * np * plane];
+                for (o, po) in rows.chunks_exact_mut(np * plane).enumerate() {
                     let src = &dyb[(o * dout + d0) * hout * wout..][..np * hout * wout];
                     for (dst, row) in po.chunks_exact_mut(wpad).zip(src.chunks_exact(wout)) {
                         dst[..wout].copy_from_slice(row);
                     }
                 }
-                run(
-                    &packed,
-                    DyRows {
-                        chan: np * plane,
-                        plane,
-                        row: wpad,
-                        d0: 0,
-                        wpad,
-                    },
-                );
-            }
+                packed = rows;
+                let at = DyRows {
+                    chan: np * plane,
+                    plane,
+                    row: wpad,
+                    d0: 0,
+                    wpad,
+                };
+                (&packed, at)
+            };
+            with_pad_scratch(lay.len, |pad| {
+                pad_planes(x, bi, c, c.stride * d0, &lay, pad);
+                let t = WgradTask {
+                    ci,
+                    co,
+                    out_dims: c.out(),
+                    stride: c.stride,
+                    d0,
+                    np,
+                    lay,
+                    dy: dy_at,
+                };
+                // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
+                // features) and that `co` is a multiple of its channel block; sizes as
+                // asserted above and in the callee.
+                unsafe {
+                    match level {
+                        SimdLevel::Avx512 => wgrad_task_avx512(pad, dyv, &t, &mut dw),
+                        _ => wgrad_task_avx2(pad, dyv, &t, &mut dw),
+                    }
+                }
+            });
             dw
         })
         .collect();
