@@ -17,7 +17,7 @@
 //! At stride 2 each padded input row is stored as its even values, then its odd values: the
 //! inputs `2·w + kw` of a row of outputs `w` are then contiguous for every `kw` (even values
 //! from `w` for `kw` = 0, odd ones from `w` for 1, even ones from `w + 1` for 2), so the same
-//! tiles run on them.
+//! tiles run on them (and the rows likewise by parity, see below).
 //!
 //! The input gradient of a same-size 3×3×3 convolution is the same convolution of the output
 //! gradient with the kernel flipped in space and `Cin`/`Cout` swapped (no bias).
@@ -30,11 +30,24 @@
 //!
 //! # Rows that are not a multiple of the vector
 //! The real-data UNet at 2 mm has rows of 56, 28, 14 and 7 voxels (and prediction tiles of 40,
-//! 20, 10): the last tile of such a row computes whole vectors anyway and keeps only its first
-//! lanes. Lanes never mix in the forward, so the extra lanes (which read the next row's
-//! values or the scratch's zeroed tail, [`TAIL`]) cannot change the kept ones; the forward's
-//! tail tile writes to a local row and copies the kept part. The weight gradient sums across
-//! lanes, so there the output gradient's rows are first copied with zeros past their end.
+//! 20, 10). Swept row by row ([`Sweep::Rows`]), the last tile of such a row computes whole
+//! vectors anyway and keeps only its first lanes: with 16 lanes a row of 56 costs 64, one of
+//! 7 costs 16. So where it saves lanes the tiles run along the output plane flattened with the
+//! scratch's row pitch ([`Sweep::Flat`]): output `(r, w)` is position `p = r·pitch + w`, and
+//! its input for kernel offset `(kh, kw)` sits at `p` plus a fixed offset, so a tile of
+//! consecutive positions crosses from one row into the next; the positions between rows (the
+//! zero border: 2 per row at stride 1, 1 at stride 2) are computed and dropped. Rows of 56
+//! then cost 58 lanes. Lanes never mix in the forward, so the extra lanes (which read the next
+//! row's values or the scratch's zeroed tail, [`TAIL`]) cannot change the kept ones; a tile
+//! that does not fall inside one row writes to a local buffer and copies the kept runs. The
+//! weight gradient sums across lanes, so there the output gradient is first copied into the
+//! same positions with zeros at the dropped ones. Both sweeps sum every output in the same
+//! order: the forward gives the same bits either way.
+//!
+//! At stride 2 the scratch holds each padded plane as four blocks — even rows' even columns,
+//! even rows' odd columns, odd rows' even columns, odd rows' odd columns — so the inputs of
+//! consecutive outputs are consecutive for every kernel offset, across rows too (pitch
+//! `W/2 + 1`).
 
 use rayon::prelude::*;
 
@@ -97,6 +110,68 @@ pub(crate) fn weight_grad_supported(c: &Conv3) -> bool {
     supported(c) && c.co.is_multiple_of(WCB)
 }
 
+/// How a task's output positions are cut into tiles (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// Along each output row; a row's last tile may compute past its end.
+    Rows,
+    /// Along the output plane flattened with the scratch's row pitch, across row ends.
+    Flat,
+}
+
+impl Sweep {
+    /// [`Sweep::Flat`] where it computes at least 5 % fewer vector lanes per plane than
+    /// [`Sweep::Rows`] (rows of 56: 58 against 64 lanes with AVX-512; rows of whole vectors
+    /// stay [`Sweep::Rows`], which with AVX2 keeps its interleaved scratch, see [`Layout`]).
+    fn choose(c: &Conv3, level: SimdLevel) -> Self {
+        let lanes = level.vector_lanes();
+        let [_, h, w] = c.out();
+        let rows = h * w.next_multiple_of(lanes);
+        let flat = flat_end(h, w, pitch(c.stride, w)).next_multiple_of(lanes);
+        if 20 * flat <= 19 * rows {
+            Sweep::Flat
+        } else {
+            Sweep::Rows
+        }
+    }
+}
+
+/// The pitch of output rows in a channel-major scratch: the padded row (`W + 2`) at stride 1,
+/// its even half (`W/2 + 1`) at stride 2 — the output width plus the border positions.
+fn pitch(stride: usize, out_width: usize) -> usize {
+    out_width + 3 - stride
+}
+
+/// One past the last output position of a plane of `h` rows of `w` at row pitch `pitch`.
+fn flat_end(h: usize, w: usize, pitch: usize) -> usize {
+    h.saturating_sub(1) * pitch + w
+}
+
+/// The forward's tiles of one output plane as (first position, vectors): up to `vmax`
+/// vectors of `lanes` each, along rows or across them ([`Sweep`]), positions `r·pitch + w`.
+fn forward_tiles(
+    [h, w]: [usize; 2],
+    pitch: usize,
+    sweep: Sweep,
+    lanes: usize,
+    vmax: usize,
+) -> Vec<(usize, usize)> {
+    let run = |from: usize, to: usize, out: &mut Vec<(usize, usize)>| {
+        let mut p = from;
+        while p < to {
+            let v = (to - p).div_ceil(lanes).min(vmax);
+            out.push((p, v));
+            p += v * lanes;
+        }
+    };
+    let mut tiles = Vec::new();
+    match sweep {
+        Sweep::Rows => (0..h).for_each(|r| run(r * pitch, r * pitch + w, &mut tiles)),
+        Sweep::Flat => run(0, flat_end(h, w, pitch), &mut tiles),
+    }
+    tiles
+}
+
 /// The output-channel blocks of the forward's tiles at `level`, as (first channel, size):
 /// AVX-512 blocks of 8; AVX2 as many blocks of 6 as leave a multiple of 4 (16 = 6 + 6 + 4,
 /// 8 = 4 + 4, 40 = 6·6 + 4), else blocks of 6 and a last one of 4 or 6. The blocks may run
@@ -134,6 +209,12 @@ fn channel_blocks(co: usize, level: SimdLevel) -> Vec<(usize, usize)> {
 /// # Panics
 /// If [`supported`] is false, or the slices do not match the sizes.
 pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -> Vec<f32> {
+    let level = crate::simd::level();
+    forward(x, w, bias, c, Sweep::choose(c, level))
+}
+
+/// [`conv3x3x3`] with the given sweep (the same bits with either).
+fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) -> Vec<f32> {
     assert!(
         supported(c),
         "direct conv: unsupported level or shape {c:?}"
@@ -156,11 +237,20 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
             }
         }
     }
+    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
+    let pitch = Layout::new(ci, 3, [h, wd], c.stride, interleaved).pitch;
+    let tiles = forward_tiles(
+        [hout, wout],
+        pitch,
+        sweep,
+        level.vector_lanes(),
+        TILE_VECTORS,
+    );
     let mut y = uninit_f32(c.b * co * vol_out);
     let out = SendPtr(y.as_mut_ptr().cast::<f32>());
     tasks(c).into_par_iter().for_each(|(bi, d0)| {
         let np = PLANES.min(dout - d0);
-        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
+        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, interleaved);
         with_pad_scratch(lay.len, |pad| {
             pad_planes(x, bi, c, c.stride * d0, &lay, pad);
             let geo = Tile::new(ci, cpad, lay);
@@ -170,6 +260,7 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
                 np,
                 co,
                 blocks: &blocks,
+                tiles: &tiles,
                 stride: c.stride,
                 out_dims: c.out(),
                 bias,
@@ -186,9 +277,12 @@ pub(crate) fn conv3x3x3(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3) -
         });
     });
     // SAFETY: the tasks partition (batch, output depth planes) and each writes every
-    // (co, row, w) of its planes.
+    // (co, row, w) of its planes: the tiles cover every output position of a plane.
     unsafe { assume_init_f32(y) }
 }
+
+/// Vectors per forward tile at most (both levels: 2, see [`task_avx512`], [`task_avx2`]).
+const TILE_VECTORS: usize = 2;
 
 /// The tasks of `c`: (batch item, first output plane) with up to [`PLANES`] planes each.
 fn tasks(c: &Conv3) -> Vec<(usize, usize)> {
@@ -207,6 +301,8 @@ struct Task<'a> {
     co: usize,
     /// The output-channel blocks of the tiles ([`channel_blocks`]).
     blocks: &'a [(usize, usize)],
+    /// The tiles of each output plane ([`forward_tiles`]).
+    tiles: &'a [(usize, usize)],
     stride: usize,
     out_dims: [usize; 3],
     bias: Option<&'a [f32]>,
@@ -221,7 +317,7 @@ struct Task<'a> {
 #[target_feature(enable = "avx512f")]
 unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     // SAFETY: as the caller guarantees.
-    unsafe { task_rows::<Avx512, CB512, 2, CB512, 2>(pad, wt, geo, t) }
+    unsafe { task_rows::<Avx512, CB512, CB512, TILE_VECTORS>(pad, wt, geo, t) }
 }
 
 /// [`task_rows`] with AVX2 + FMA: 6 or 4 channels × 8 or 16 voxels (with 4 × 24 voxels, 12
@@ -234,7 +330,7 @@ unsafe fn task_avx512(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2(pad: &[f32], wt: &[f32], geo: &Tile, t: &Task) {
     // SAFETY: as the caller guarantees.
-    unsafe { task_rows::<Avx2, CB256, 2, CB256_SMALL, 2>(pad, wt, geo, t) }
+    unsafe { task_rows::<Avx2, CB256, CB256_SMALL, TILE_VECTORS>(pad, wt, geo, t) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -247,8 +343,8 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
-/// Every output row of one task (planes `d0 ..`, all rows, the channel blocks `t.blocks`): tiles
-/// of `CB` channels × up to `V` vectors along W, or `CB2` × up to `V2`.
+/// Every output of one task (planes `d0 ..`, the tiles `t.tiles` of each, the channel blocks
+/// `t.blocks`): tiles of `CB` or `CB2` channels × up to `V` vectors.
 ///
 /// # Safety
 /// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`geo.lay`), `wt` the
@@ -256,45 +352,37 @@ unsafe fn task_avx2(_: &[f32], _: &[f32], _: &Tile, _: &Task) {
 /// which this task alone writes its planes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn task_rows<S: F32s, const CB: usize, const V: usize, const CB2: usize, const V2: usize>(
+unsafe fn task_rows<S: F32s, const CB: usize, const CB2: usize, const V: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
     t: &Task,
 ) {
-    let [_, h, wd] = t.out_dims;
     for q in 0..t.np {
-        for r in 0..h {
+        for &(p0, v) in t.tiles {
             for &(cb, n) in t.blocks {
-                let vmax = if n == CB { V } else { V2 };
-                let mut w0 = 0;
-                while w0 < wd {
-                    // The row's last tile may cover past its end (see the module doc).
-                    let v = (wd - w0).div_ceil(S::LANES).min(vmax);
-                    let at = [q, r, w0, v, cb];
-                    // SAFETY: the caller's contract.
-                    unsafe {
-                        if n == CB {
-                            block::<S, CB, V>(pad, wt, geo, t, at);
-                        } else {
-                            assert_eq!(n, CB2, "channel block of an unexpected size");
-                            block::<S, CB2, V2>(pad, wt, geo, t, at);
-                        }
+                let at = [q, p0, v, cb];
+                // SAFETY: the caller's contract.
+                unsafe {
+                    if n == CB {
+                        block::<S, CB, V>(pad, wt, geo, t, at);
+                    } else {
+                        assert_eq!(n, CB2, "channel block of an unexpected size");
+                        block::<S, CB2, V>(pad, wt, geo, t, at);
                     }
-                    w0 += v * S::LANES;
                 }
             }
         }
     }
 }
 
-/// One tile of [`task_rows`]: `at` = [task plane `q`, row `r`, first column `w0`, vectors `v`
-/// (1 ..= `VMAX`), first channel `cb`], `CB` channels. A tile past the row's end (`w0 +
-/// v·LANES` > the output width, by less than a vector) writes to local rows, then copies the
-/// row's part.
+/// One tile of [`task_rows`]: `at` = [task plane `q`, first position `p0` (output `(r, w)` is
+/// position `r·pitch + w`), vectors `v` (1 ..= `VMAX`), first channel `cb`], `CB` channels. A
+/// tile inside one output row writes to it; any other (a row's tail, or across rows) writes to
+/// local rows, then copies the runs of positions that are outputs.
 ///
 /// # Safety
-/// As [`task_rows`], with `cb + CB ≤ geo.cpad` and `w0 < ` the output width.
+/// As [`task_rows`], with `cb + CB ≤ geo.cpad` and `p0` an output position of the plane.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
@@ -302,50 +390,71 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     wt: &[f32],
     geo: &Tile,
     t: &Task,
-    [q, r, w0, v, cb]: [usize; 5],
+    [q, p0, v, cb]: [usize; 4],
 ) {
     let [_, h, wd] = t.out_dims;
     let plane = h * wd;
     let vol = t.out_dims[0] * plane;
-    let s = t.stride;
+    let pitch = geo.lay.pitch;
+    let n = v * S::LANES;
     assert!((1..=VMAX).contains(&v) && VMAX <= 3 && VMAX * S::LANES <= JUNK);
-    let base = s * q * geo.lay.plane + s * r * geo.lay.row + w0;
-    let keep = (wd - w0).min(v * S::LANES);
-    let tail = keep < v * S::LANES;
-    // Output rows y[bi, o, d0 + q, r, w0..] of the block's channels (a junk row for channels
-    // past Cout; local rows for a tail tile) and their biases.
+    let end = flat_end(h, wd, pitch);
+    let (r0, w0) = (p0 / pitch, p0 % pitch);
+    assert!(p0 < end && w0 < pitch);
+    let base = t.stride * q * geo.lay.plane + p0;
+    let direct = w0 + n <= wd;
+    let nch = (cb + CB).min(t.co) - cb;
+    // Output planes y[bi, o, d0 + q] of the block's channels and the rows the tile writes
+    // (a junk row for channels past Cout; local rows unless the tile is inside one row).
     let mut junk = [0.0f32; JUNK];
-    // Written whole by the tile before its first `keep` values are read: not cleared per tile.
+    // Written whole by the tile before its output positions are read: not cleared per tile.
     let mut local = core::mem::MaybeUninit::<[[f32; JUNK]; CB]>::uninit();
     let local = local.as_mut_ptr().cast::<f32>();
     let mut rows = [junk.as_mut_ptr(); CB];
     let mut outs = [core::ptr::null_mut(); CB];
     let mut bv = [0.0f32; CB];
-    for o in cb..(cb + CB).min(t.co) {
-        let off = (t.bi * t.co + o) * vol + (t.d0 + q) * plane + r * wd + w0;
-        // SAFETY: within `y` (off + keep ≤ its length).
-        outs[o - cb] = unsafe { t.out.get().add(off) };
-        rows[o - cb] = if tail {
-            // SAFETY: row o − cb of `local` (CB rows of JUNK floats).
-            unsafe { local.add((o - cb) * JUNK) }
+    for o in 0..nch {
+        let off = (t.bi * t.co + cb + o) * vol + (t.d0 + q) * plane;
+        // SAFETY: within `y` (the plane starts there and holds `plane` floats).
+        outs[o] = unsafe { t.out.get().add(off) };
+        rows[o] = if direct {
+            // SAFETY: output (r0, w0 ..  w0 + n) of the plane (w0 + n ≤ W, r0 < H).
+            unsafe { outs[o].add(r0 * wd + w0) }
         } else {
-            outs[o - cb]
+            // SAFETY: row o of `local` (CB rows of JUNK floats).
+            unsafe { local.add(o * JUNK) }
         };
-        bv[o - cb] = t.bias.map_or(0.0, |bs| bs[o]);
+        bv[o] = t.bias.map_or(0.0, |bs| bs[cb + o]);
     }
     // SAFETY: the caller's contract; the slices cover every index the kernel reads (see
-    // `tile`; a tail tile's extra lanes read at most a vector past the row, inside the
-    // scratch's `TAIL`); it writes v·LANES floats to each row: this task's own elements of `y`
-    // (tasks partition (batch, depth planes); `y` outlives the loop), `junk` or `local`.
+    // `tile`; a tile's extra lanes read at most a vector past the plane, inside the scratch's
+    // `TAIL`); it writes v·LANES floats to each row: this task's own elements of `y` (tasks
+    // partition (batch, depth planes); `y` outlives the loop), `junk` or `local`. The copies
+    // write outputs (r, w) with r < H, w < W of this task's planes.
     unsafe {
         match v {
             1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
             2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
             _ => tile::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
         }
-        if tail {
-            for (o, &out) in outs.iter().enumerate().take((cb + CB).min(t.co) - cb) {
-                core::ptr::copy_nonoverlapping(local.add(o * JUNK), out, keep);
+        if !direct {
+            let stop = (p0 + n).min(end);
+            let mut p = p0;
+            while p < stop {
+                let (r, w) = (p / pitch, p % pitch);
+                if w >= wd {
+                    p = (r + 1) * pitch;
+                    continue;
+                }
+                let k = (wd - w).min(stop - p);
+                for (o, &out) in outs.iter().enumerate().take(nch) {
+                    core::ptr::copy_nonoverlapping(
+                        local.add(o * JUNK + p - p0),
+                        out.add(r * wd + w),
+                        k,
+                    );
+                }
+                p += k;
             }
         }
     }
@@ -382,23 +491,32 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
 /// tile read up to a vector past the last row (see the module doc).
 const TAIL: usize = 16;
 
-/// Where a task's zero-bordered input lives in its scratch: the value of channel `c`, padded
-/// plane `q`, padded row `r`, position `w` (of `W + 2`) at `c·chan + q·plane + r·row + w`. At
-/// stride 2 a row holds its `(W + 2)/2` even values, then its odd values (`odd` is the offset
-/// of the odd half; at stride 1 the row is in order).
+/// Where a task's zero-bordered input lives in its scratch: channel `c`, padded plane `q` at
+/// `c·chan + q·plane`; within a plane, the input of output position `p` (output `(r, w)` is
+/// `p = r·pitch + w`) for kernel offsets `(kh, kw)` at `p + kh[kh] + kw[kw]`.
 ///
-/// With AVX-512 channel-major (`[channel][plane][row][W + 2]`); with AVX2 the channels are
-/// interleaved row by row (`[plane][row][channel][W + 2]`), so that the 9 input rows of every
-/// channel that an output row needs are 9 contiguous runs: its tiles of 4 output channels
-/// sweep those rows twice for 8 channels (AVX-512 once), and the interleaved layout measured
-/// faster for them and slower for AVX-512 (40 → 8 channels at 64³, forward).
+/// At stride 1 the padded rows (`W + 2` values) follow each other at `pitch`. At stride 2 a
+/// plane is four blocks (see the module doc): padded row `j`, column `i` at
+/// `(j mod 2)·odd_rows + (j / 2)·pitch + (i mod 2)·odd_cols + i / 2`.
+///
+/// With AVX-512, and AVX2 sweeping flat, channel-major (`[channel][plane][rows]`); with AVX2
+/// sweeping rows the channels are interleaved row by row (`[plane][row][channel][W + 2]`, `pitch`
+/// = `Cin·(W + 2)`), so that the 9 input rows of every channel that an output row needs are 9
+/// contiguous runs: its tiles of 4 output channels sweep those rows twice for 8 channels
+/// (AVX-512 once), and the interleaved layout measured faster for them and slower for AVX-512
+/// (40 → 8 channels at 64³, forward). A flat sweep needs the rows of one channel at one pitch.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     chan: usize,
     plane: usize,
-    row: usize,
-    /// Offsets in a row of the inputs of kernel columns kw = 0, 1, 2 for output position 0.
+    pitch: usize,
+    /// Offsets of kernel rows kh = 0, 1, 2 and columns kw = 0, 1, 2 (see above).
+    kh: [usize; 3],
     kw: [usize; 3],
+    /// Stride 2: where the odd padded rows and the odd columns of a row start.
+    odd_rows: usize,
+    odd_cols: usize,
+    stride: usize,
     /// Padded planes held.
     planes: usize,
     /// Floats of the whole scratch: the padded input, then [`TAIL`] zeros.
@@ -407,35 +525,65 @@ struct Layout {
 
 impl Layout {
     /// `ci` channels of `planes` padded planes of `h + 2` rows of `wd + 2` values, for a
-    /// convolution of stride `stride` at `level`.
-    fn new(ci: usize, planes: usize, [h, wd]: [usize; 2], stride: usize, level: SimdLevel) -> Self {
+    /// convolution of stride `stride`, channels interleaved by rows or not.
+    fn new(
+        ci: usize,
+        planes: usize,
+        [h, wd]: [usize; 2],
+        stride: usize,
+        interleaved: bool,
+    ) -> Self {
         let wp = wd + 2;
-        let kw = if stride == 2 {
-            [0, wp / 2, 1]
-        } else {
-            [0, 1, 2]
+        // Values of one channel's stored row, and how far apart the rows of one channel are.
+        let (row, pitch) = match (stride, interleaved) {
+            (2, false) => (wp / 2, wp / 2),
+            (_, false) => (wp, wp),
+            (_, true) => (wp, ci * wp),
         };
-        if level != SimdLevel::Avx2 {
-            let plane = (h + 2) * wp;
-            let chan = planes * plane;
-            return Self {
-                chan,
-                plane,
-                row: wp,
-                kw,
-                planes,
-                len: ci * chan + TAIL,
+        let (odd_rows, odd_cols, kh, kw, plane) = if stride == 2 {
+            let rows = (h + 2) / 2;
+            let odd_cols = if interleaved { wp / 2 } else { rows * pitch };
+            let odd_rows = if interleaved {
+                rows * pitch
+            } else {
+                2 * odd_cols
             };
-        }
-        let row = ci * wp;
-        let plane = (h + 2) * row;
+            (
+                odd_rows,
+                odd_cols,
+                [0, odd_rows, pitch],
+                [0, odd_cols, 1],
+                2 * odd_rows,
+            )
+        } else {
+            (0, 0, [0, pitch, 2 * pitch], [0, 1, 2], (h + 2) * pitch)
+        };
+        let (chan, len) = if interleaved {
+            (row, planes * plane + TAIL)
+        } else {
+            (planes * plane, ci * planes * plane + TAIL)
+        };
         Self {
-            chan: wp,
+            chan,
             plane,
-            row,
+            pitch,
+            kh,
             kw,
+            odd_rows,
+            odd_cols,
+            stride,
             planes,
-            len: planes * plane + TAIL,
+            len,
+        }
+    }
+
+    /// Offset of padded row `j` of a plane (its first value, or at stride 2 its first even
+    /// value; the odd ones are `odd_cols` on).
+    fn row_at(&self, j: usize) -> usize {
+        if self.stride == 2 {
+            (j % 2) * self.odd_rows + (j / 2) * self.pitch
+        } else {
+            j * self.pitch
         }
     }
 }
@@ -453,28 +601,44 @@ fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mu
         let xc = &x[(bi * c.ci + ch) * vol..][..vol];
         for q in 0..lay.planes {
             let src_d = (p0 + q) as isize - 1;
-            for r in 0..h + 2 {
-                let row = &mut pad[ch * lay.chan + q * lay.plane + r * lay.row..][..wp];
-                if src_d < 0 || src_d >= d as isize || r == 0 || r == h + 1 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &xc[src_d as usize * plane + (r - 1) * wd..][..wd];
+            for j in 0..h + 2 {
+                let at = ch * lay.chan + q * lay.plane + lay.row_at(j);
+                let zero = src_d < 0 || src_d >= d as isize || j == 0 || j == h + 1;
+                let src = (!zero).then(|| &xc[src_d as usize * plane + (j - 1) * wd..][..wd]);
                 if c.stride == 2 {
-                    // Padded position j = 2m (even half, index m) holds x[2m − 1]; j = 2m + 1
+                    // Padded position i = 2m (even half, index m) holds x[2m − 1]; i = 2m + 1
                     // (odd half) holds x[2m]; positions 0 and W + 1 are the zero border.
                     let half = wp / 2;
-                    let (even, odd) = row.split_at_mut(half);
-                    even[0] = 0.0;
-                    odd[half - 1] = 0.0;
-                    for m in 0..wd / 2 {
-                        even[m + 1] = src[2 * m + 1];
-                        odd[m] = src[2 * m];
+                    let even = &mut pad[at..][..half];
+                    match src {
+                        None => even.fill(0.0),
+                        Some(src) => {
+                            even[0] = 0.0;
+                            for m in 0..wd / 2 {
+                                even[m + 1] = src[2 * m + 1];
+                            }
+                        }
+                    }
+                    let odd = &mut pad[at + lay.odd_cols..][..half];
+                    match src {
+                        None => odd.fill(0.0),
+                        Some(src) => {
+                            for m in 0..wd / 2 {
+                                odd[m] = src[2 * m];
+                            }
+                            odd[half - 1] = 0.0;
+                        }
                     }
                 } else {
-                    row[0] = 0.0;
-                    row[wp - 1] = 0.0;
-                    row[1..=wd].copy_from_slice(src);
+                    let row = &mut pad[at..][..wp];
+                    match src {
+                        None => row.fill(0.0),
+                        Some(src) => {
+                            row[0] = 0.0;
+                            row[wp - 1] = 0.0;
+                            row[1..=wd].copy_from_slice(src);
+                        }
+                    }
                 }
             }
         }
@@ -484,13 +648,18 @@ fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mu
 /// The weight gradient of [`conv3x3x3`], `[Cout, Cin, 27]`: per task (batch item, 4 output
 /// depth planes) `dW_t[o, c, k] = Σ_outputs dy[o, v] · x[c, s·v + off(k)]` with 4 output
 /// channels × 3 kw offsets in registers (vectors of 16 lanes with AVX-512, 8 with AVX2; summed
-/// across lanes at the end), sweeping blocks of ~256 outputs (rows) through
-/// every input channel and offset so the block's `dy` stays in L1; then the task partials
+/// across lanes at the end), sweeping groups of ~256 output positions ([`WgradPlan`]) through
+/// every input channel and offset so the group's `dy` stays in L1; then the task partials
 /// added in task order (independent of the thread count).
 ///
 /// # Panics
 /// If [`weight_grad_supported`] is false.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
+    weight_grad_swept(x, dy, c, Sweep::choose(c, crate::simd::level()))
+}
+
+/// [`weight_grad`] with the given sweep.
+fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32> {
     assert!(
         weight_grad_supported(c),
         "direct weight gradient: unsupported {c:?}"
@@ -498,51 +667,54 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
     let level = crate::simd::level();
     let (ci, co) = (c.ci, c.co);
     let [d, h, wd] = c.dims;
-    let [dout, ..] = c.out();
-    let vol_out: usize = c.out().iter().product();
+    let [dout, hout, wout] = c.out();
+    let vol_out = dout * hout * wout;
     assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(dy.len(), c.b * co * vol_out);
+    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
+    let pitch = Layout::new(ci, 3, [h, wd], c.stride, interleaved).pitch;
+    let plan = WgradPlan::new([hout, wout], pitch, sweep, level.vector_lanes());
     let partials: Vec<Vec<f32>> = tasks(c)
         .into_par_iter()
         .map(|(bi, d0)| {
             let np = PLANES.min(dout - d0);
-            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, level);
+            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, interleaved);
             let mut dw = vec![0.0f32; co * ci * 27];
             let dyb = &dy[bi * co * vol_out..][..co * vol_out];
-            let [_, hout, wout] = c.out();
-            let wpad = wout.next_multiple_of(level.vector_lanes());
-            // The output gradient as the task reads it: the batch item's rows where they are
-            // whole vectors, else its planes copied into rows of whole vectors, zero past the
-            // row (the lane sums take no foreign value).
-            let packed: Vec<f32>;
-            let (dyv, dy_at): (&[f32], DyRows) = if wpad == wout {
-                let plane = hout * wout;
-                let at = DyRows {
-                    chan: dout * plane,
-                    plane,
-                    row: wout,
-                    d0,
-                    wpad,
-                };
-                (dyb, at)
-            } else {
-                let plane = hout * wpad;
-                let mut rows = vec![0.0f32; co * np * plane];
-                for (o, po) in rows.chunks_exact_mut(np * plane).enumerate() {
-                    let src = &dyb[(o * dout + d0) * hout * wout..][..np * hout * wout];
-                    for (dst, row) in po.chunks_exact_mut(wpad).zip(src.chunks_exact(wout)) {
-                        dst[..wout].copy_from_slice(row);
-                    }
+            // The output gradient as the task reads it: the batch item's own planes, or its
+            // planes copied to the plan's positions with zeros between the rows.
+            let copied: Vec<f32>;
+            let (dyv, dy_at) = match plan.copy {
+                None => {
+                    let plane = hout * wout;
+                    let at = DyPlanes {
+                        chan: dout * plane,
+                        plane,
+                        d0,
+                    };
+                    (dyb, at)
                 }
-                packed = rows;
-                let at = DyRows {
-                    chan: np * plane,
-                    plane,
-                    row: wpad,
-                    d0: 0,
-                    wpad,
-                };
-                (&packed, at)
+                Some([ypitch, yplane]) => {
+                    let mut planes = vec![0.0f32; co * np * yplane];
+                    for (o, po) in planes.chunks_exact_mut(np * yplane).enumerate() {
+                        let src = &dyb[(o * dout + d0) * hout * wout..][..np * hout * wout];
+                        for (dst, sp) in po
+                            .chunks_exact_mut(yplane)
+                            .zip(src.chunks_exact(hout * wout))
+                        {
+                            for (r, row) in sp.chunks_exact(wout).enumerate() {
+                                dst[r * ypitch..][..wout].copy_from_slice(row);
+                            }
+                        }
+                    }
+                    copied = planes;
+                    let at = DyPlanes {
+                        chan: np * yplane,
+                        plane: yplane,
+                        d0: 0,
+                    };
+                    (&copied[..], at)
+                }
             };
             with_pad_scratch(lay.len, |pad| {
                 pad_planes(x, bi, c, c.stride * d0, &lay, pad);
@@ -555,6 +727,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
                     np,
                     lay,
                     dy: dy_at,
+                    plan: &plan,
                 };
                 // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
                 // features) and that `co` is a multiple of its channel block; sizes as
@@ -576,8 +749,89 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
     dw
 }
 
+/// Output positions a weight-gradient group sweeps at most (its `dy` stays in L1).
+const GROUP: usize = 256;
+
+/// A run of output positions of one plane that the weight gradient sweeps with whole vectors:
+/// `len` positions from `x` in the scratch's positions ([`Layout`]) and from `y` in the output
+/// gradient's plane as the task reads it ([`DyPlanes`]).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    x: usize,
+    y: usize,
+    len: usize,
+}
+
+/// How a weight gradient sweeps each output plane, the same for every task of a convolution.
+/// Rows: a run per output row, whole vectors from its start (the row's own values if that is
+/// the row, else a copy of the planes with rows of whole vectors, zeros past the row: the lane
+/// sums take no foreign value). Flat: runs of [`GROUP`] positions along the plane, read from a
+/// copy of the planes at the scratch's pitch with zeros at the border positions.
+struct WgradPlan {
+    runs: Vec<Run>,
+    /// Consecutive runs of up to [`GROUP`] positions in all (at least one run each).
+    groups: Vec<core::ops::Range<usize>>,
+    /// One past the furthest scratch position and output gradient position of any run.
+    x_end: usize,
+    y_end: usize,
+    /// The copy's row pitch and plane length, if the tasks read a copy.
+    copy: Option<[usize; 2]>,
+}
+
+impl WgradPlan {
+    fn new([h, w]: [usize; 2], pitch: usize, sweep: Sweep, lanes: usize) -> Self {
+        let (runs, copy): (Vec<Run>, _) = match sweep {
+            Sweep::Rows => {
+                let wpad = w.next_multiple_of(lanes);
+                let ypitch = wpad;
+                let runs = (0..h)
+                    .map(|r| Run {
+                        x: r * pitch,
+                        y: r * ypitch,
+                        len: wpad,
+                    })
+                    .collect();
+                (runs, (wpad != w).then_some([ypitch, h * ypitch]))
+            }
+            Sweep::Flat => {
+                let yplane = flat_end(h, w, pitch).next_multiple_of(lanes);
+                let group = GROUP / lanes * lanes;
+                let runs = (0..yplane)
+                    .step_by(group)
+                    .map(|p| Run {
+                        x: p,
+                        y: p,
+                        len: group.min(yplane - p),
+                    })
+                    .collect();
+                (runs, Some([pitch, yplane]))
+            }
+        };
+        let mut groups = Vec::new();
+        let mut i = 0;
+        while i < runs.len() {
+            let mut j = i + 1;
+            let mut n = runs[i].len;
+            while j < runs.len() && n + runs[j].len <= GROUP {
+                n += runs[j].len;
+                j += 1;
+            }
+            groups.push(i..j);
+            i = j;
+        }
+        assert!(runs.iter().all(|r| r.len.is_multiple_of(lanes)));
+        Self {
+            x_end: runs.iter().map(|r| r.x + r.len).max().unwrap_or(0),
+            y_end: runs.iter().map(|r| r.y + r.len).max().unwrap_or(0),
+            runs,
+            groups,
+            copy,
+        }
+    }
+}
+
 /// Sizes of one weight-gradient task (batch item, output depth planes `d0 .. d0 + np`).
-struct WgradTask {
+struct WgradTask<'a> {
     ci: usize,
     co: usize,
     out_dims: [usize; 3],
@@ -586,20 +840,18 @@ struct WgradTask {
     np: usize,
     /// The task's scratch.
     lay: Layout,
-    /// Where its output gradient's rows are.
-    dy: DyRows,
+    /// Where its output gradient's planes are.
+    dy: DyPlanes,
+    plan: &'a WgradPlan,
 }
 
 /// The output gradient a weight-gradient task reads: channel `o`'s value at task plane `q`,
-/// row `r`, column `w` at `o·chan + (d0 + q)·plane + r·row + w`, for `w < wpad` (the output
-/// width rounded up to whole vectors; zeros past the width).
+/// position `y` (of a [`Run`]) at `o·chan + (d0 + q)·plane + y`.
 #[derive(Debug, Clone, Copy)]
-struct DyRows {
+struct DyPlanes {
     chan: usize,
     plane: usize,
-    row: usize,
     d0: usize,
-    wpad: usize,
 }
 
 /// [`wgrad_task`] with AVX-512 (4 channels × 3 offsets × 16 lanes).
@@ -648,20 +900,20 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     t: &WgradTask,
     dw: &mut [f32],
 ) {
-    let (ci, co, h) = (t.ci, t.co, t.out_dims[1]);
+    let (ci, co) = (t.ci, t.co);
     assert!(co.is_multiple_of(CB) && dw.len() == co * ci * 27);
     // Lane accumulators of every (c, output block, kd, kh): CB × 3 vectors each, carried
-    // across blocks of rows so that a block's dy rows stay in L1 while every input channel
-    // and offset uses them. Each lane still sums its products in (plane, row, column) order.
+    // across groups of runs so that a group's dy stays in L1 while every input channel and
+    // offset uses it. Each lane still sums its products in position order.
     let nob = co / CB;
     let slot = CB * 3 * S::LANES;
     let mut accm = vec![0.0f32; ci * nob * 9 * slot];
-    let rb = (256 / t.dy.wpad).max(1);
     for q in 0..t.np {
-        for r0 in (0..h).step_by(rb) {
+        for g in &t.plan.groups {
             for c in 0..ci {
+                let runs = &t.plan.runs[g.clone()];
                 // SAFETY: the CPU supports `S` (the caller's contract); bounds in the callee.
-                unsafe { wgrad_block::<S, CB>(pad, dyb, t, &mut accm, c, q, r0..(r0 + rb).min(h)) };
+                unsafe { wgrad_block::<S, CB>(pad, dyb, t, &mut accm, c, q, runs) };
             }
         }
     }
@@ -682,8 +934,8 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     }
 }
 
-/// The accumulators of input channel `c` (every output block and (kd, kh)) over the output
-/// rows `rows` of plane `q`. A function rather than a closure so that it inlines into the
+/// The accumulators of input channel `c` (every output block and (kd, kh)) over the runs
+/// `runs` of plane `q`. A function rather than a closure so that it inlines into the
 /// caller's `#[target_feature]` function (a closure compiled on its own runs the vector
 /// helpers as calls: measured 20× slower).
 ///
@@ -699,7 +951,7 @@ unsafe fn wgrad_block<S: F32s, const CB: usize>(
     accm: &mut [f32],
     c: usize,
     q: usize,
-    rows: core::ops::Range<usize>,
+    runs: &[Run],
 ) {
     let nob = t.co / CB;
     let slot = CB * 3 * S::LANES;
@@ -712,7 +964,7 @@ unsafe fn wgrad_block<S: F32s, const CB: usize>(
             let (kd, kh) = (k2 / 3, k2 % 3);
             let rows = WgradRows {
                 q,
-                rows: rows.clone(),
+                runs,
                 ob: obi * CB,
                 kd,
                 kh,
@@ -723,22 +975,23 @@ unsafe fn wgrad_block<S: F32s, const CB: usize>(
     }
 }
 
-/// The rows of one [`wgrad_rows`] call: output plane `q` of the task, output rows `rows`,
+/// The positions of one [`wgrad_rows`] call: output plane `q` of the task, the runs `runs`,
 /// output channels `ob ..`, kernel offsets (`kd`, `kh`).
-struct WgradRows {
+struct WgradRows<'a> {
     q: usize,
-    rows: core::ops::Range<usize>,
+    runs: &'a [Run],
     ob: usize,
     kd: usize,
     kh: usize,
 }
 
-/// `acc[(o·3 + kw)·LANES + l] += Σ_{r ∈ rows, w ≡ l (mod LANES)} dy[ob + o, d0 + q, r, w] ·
-/// x[s·q + kd, s·r + kh, s·w + kw]` (`pc`: the scratch from one input channel's first value
-/// on, laid out as `t.lay`; `dyb` laid out as `t.dy`), lane by lane in row and column order.
+/// `acc[(o·3 + kw)·LANES + l] += Σ_{runs, positions p ≡ l (mod LANES)} dy[ob + o, d0 + q, p] ·
+/// x[s·q + kd, p + kh-offset + kw-offset]` (`pc`: the scratch from one input channel's first
+/// value on, laid out as `t.lay`; `dyb` laid out as `t.dy`, zero at the positions that are not
+/// outputs), lane by lane in position order.
 ///
 /// # Safety
-/// The CPU must support `S`; `t.dy.wpad` a multiple of `S::LANES`.
+/// The CPU must support `S`; `w.runs` from `t.plan` (whole vectors; positions below its ends).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_rows<S: F32s, const CB: usize>(
@@ -749,35 +1002,19 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     acc: &mut [f32],
 ) {
     let lanes = S::LANES;
-    let [d, h, wd] = t.out_dims;
-    let (lay, s, dl) = (&t.lay, t.stride, t.dy);
-    let (q, kd, kh, ob) = (w.q, w.kd, w.kh, w.ob);
-    let wpad = dl.wpad;
-    assert!(wpad.is_multiple_of(lanes) && wpad >= wd && wpad < wd + lanes);
-    assert!(t.d0 + q < d && w.rows.end <= h && dl.row >= wpad);
-    assert!(
-        acc.len() >= CB * 3 * lanes
-            && (w.rows.is_empty()
-                || (ob + CB - 1) * dl.chan
-                    + (dl.d0 + q) * dl.plane
-                    + (w.rows.end - 1) * dl.row
-                    + wpad
-                    <= dyb.len())
-    );
-    // Past `wd` the input rows run at most a vector on (the next row, or the scratch's tail).
-    assert!(
-        w.rows.is_empty()
-            || (s * q + kd) * lay.plane
-                + (s * (w.rows.end - 1) + kh) * lay.row
-                + lay.kw[1].max(lay.kw[2])
-                + wpad
-                <= pc.len()
-    );
+    let (lay, s, dl, plan) = (&t.lay, t.stride, t.dy, t.plan);
+    let (q, ob) = (w.q, w.ob);
+    let xbase = (s * q + w.kd) * lay.plane + lay.kh[w.kh];
+    let ybase = (dl.d0 + q) * dl.plane;
+    assert!(t.d0 + q < t.out_dims[0] && acc.len() >= CB * 3 * lanes);
+    assert!((ob + CB - 1) * dl.chan + ybase + plan.y_end <= dyb.len());
+    // Past the plane the input positions run at most a vector on (into the next plane or
+    // channel, or the scratch's zeroed tail): finite values, times a zero output gradient.
+    assert!(xbase + plan.x_end + lay.kw.iter().max().unwrap() <= pc.len());
     // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
-    // CB·3 vectors (asserted); dy rows of channels ob..ob+CB at plane d0 + q, row r, `wpad`
-    // values each (asserted for the last); the input row (s·q + kd, s·r + kh) holds the
-    // inputs of kw at kw-offset + w for w < W', then finite values up to `wpad` (asserted for
-    // the last row; earlier rows come before it).
+    // CB·3 vectors (asserted); every run is whole vectors (`WgradPlan::new`) below the plan's
+    // ends, so the dy of channels ob..ob+CB and the inputs at every kw offset are inside the
+    // slices (asserted for those ends).
     unsafe {
         let mut a = [[S::zero(); 3]; CB];
         for (o, ao) in a.iter_mut().enumerate() {
@@ -785,12 +1022,10 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
                 *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
             }
         }
-        for r in w.rows.clone() {
-            let xrow = pc
-                .as_ptr()
-                .add((s * q + kd) * lay.plane + (s * r + kh) * lay.row);
-            let yoff = (dl.d0 + q) * dl.plane + r * dl.row;
-            for x in (0..wpad).step_by(lanes) {
+        for run in w.runs {
+            let xrow = pc.as_ptr().add(xbase + run.x);
+            let yoff = ybase + run.y;
+            for x in (0..run.len).step_by(lanes) {
                 let x0 = S::load(xrow.add(lay.kw[0] + x));
                 let x1 = S::load(xrow.add(lay.kw[1] + x));
                 let x2 = S::load(xrow.add(lay.kw[2] + x));
@@ -822,20 +1057,22 @@ struct Tile {
     /// pointers and hoisted the weight broadcasts, ran out of the 16 AVX2 registers and
     /// spilled both to the stack in the inner loop.
     roff: Vec<usize>,
+    /// The largest of `roff` plus the largest column offset.
+    reach: usize,
 }
 
 impl Tile {
     fn new(ci: usize, cpad: usize, lay: Layout) -> Self {
-        let roff = (0..ci)
-            .flat_map(|c| {
-                (0..9).map(move |k| c * lay.chan + (k / 3) * lay.plane + (k % 3) * lay.row)
-            })
+        let roff: Vec<usize> = (0..ci)
+            .flat_map(|c| (0..9).map(move |k| c * lay.chan + (k / 3) * lay.plane + lay.kh[k % 3]))
             .collect();
+        let reach = roff.iter().max().copied().unwrap_or(0) + lay.kw.iter().max().unwrap();
         Self {
             ci,
             cpad,
             lay,
             roff,
+            reach,
         }
     }
 }
@@ -844,10 +1081,9 @@ impl Tile {
 /// `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout).
 ///
 /// # Safety
-/// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay` with
-/// `base + (ci − 1)·chan + 2·plane + 2·row + kw[2] + LANES·V ≤ lay.len` (and `kw[1] + LANES·V`
-/// inside the row); `wt` must hold `ci·27·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]`
-/// must be valid for writing `LANES·V` floats that nobody else accesses during the call.
+/// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay`; `wt`
+/// must hold `ci·27·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]` must be valid for
+/// writing `LANES·V` floats that nobody else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
@@ -861,28 +1097,15 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
 ) {
     let lanes = S::LANES;
     let lay = geo.lay;
-    assert!(
-        lay.len <= pad.len()
-            && base
-                + geo.ci.saturating_sub(1) * lay.chan
-                + 2 * lay.plane
-                + 2 * lay.row
-                + lay.kw[1].max(lay.kw[2])
-                + lanes * V
-                <= lay.len
-    );
+    // Every read is below `base + reach + LANES·V` (`reach` bounds every row offset plus
+    // column offset: `Tile::new`, whose fields nobody else sets).
+    assert!(lay.len <= pad.len() && base + geo.reach + lanes * V <= lay.len);
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
-    // The row offsets of `Tile::new`: the last one is the largest, bounded above.
-    assert!(
-        geo.roff.len() == geo.ci * 9
-            && geo.roff.last().is_none_or(|&m| {
-                m == geo.ci.saturating_sub(1) * lay.chan + 2 * lay.plane + 2 * lay.row
-            })
-    );
+    assert_eq!(geo.roff.len(), geo.ci * 9);
     let cpad = geo.cpad;
     // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
-    // bounds asserted above (row offsets ≤ the last; weights: `roff.len()·3 = ci·27` groups
-    // of `cpad`), writes as the caller's contract states.
+    // bounds asserted above (weights: `roff.len()·3 = ci·27` groups of `cpad`), writes as the
+    // caller's contract states.
     unsafe {
         let mut a = [[S::zero(); V]; CB];
         for (ao, &bv) in a.iter_mut().zip(&bias) {
@@ -947,6 +1170,137 @@ fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seeded values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    /// The convolution and its weight gradient by direct summation in f64 (zero padding by
+    /// bounds tests): `(y, dw)` for the output gradient `dy`.
+    fn reference(x: &[f32], w: &[f32], dy: &[f32], c: &Conv3) -> (Vec<f64>, Vec<f64>) {
+        let [d, h, wd] = c.dims;
+        let [od, oh, ow] = c.out();
+        let (ci, co, s) = (c.ci, c.co, c.stride as isize);
+        let mut y = vec![0.0f64; c.b * co * od * oh * ow];
+        let mut dw = vec![0.0f64; co * ci * 27];
+        for b in 0..c.b {
+            for o in 0..co {
+                for (z, i, j) in
+                    (0..od).flat_map(|z| (0..oh).flat_map(move |i| (0..ow).map(move |j| (z, i, j))))
+                {
+                    let at = (((b * co + o) * od + z) * oh + i) * ow + j;
+                    for ch in 0..ci {
+                        for k in 0..27 {
+                            let src = [z, i, j]
+                                .iter()
+                                .zip([k / 9, k / 3 % 3, k % 3])
+                                .map(|(&v, kk)| v as isize * s + kk as isize - 1)
+                                .collect::<Vec<_>>();
+                            let inside = src
+                                .iter()
+                                .zip([d, h, wd])
+                                .all(|(&v, n)| v >= 0 && v < n as isize);
+                            if !inside {
+                                continue;
+                            }
+                            let xi = (((b * ci + ch) * d + src[0] as usize) * h + src[1] as usize)
+                                * wd
+                                + src[2] as usize;
+                            let wi = (o * ci + ch) * 27 + k;
+                            y[at] += f64::from(w[wi]) * f64::from(x[xi]);
+                            dw[wi] += f64::from(dy[at]) * f64::from(x[xi]);
+                        }
+                    }
+                }
+            }
+        }
+        (y, dw)
+    }
+
+    /// Both sweeps on rows that are and are not whole vectors, at both strides and vector
+    /// levels (AVX2 sweeping rows uses the interleaved scratch, flat the channel-major one):
+    /// the forward gives the same bits with either (same summation order), and both it and the
+    /// weight gradient match a direct f64 summation. Depths of 5 (tasks of 4 + 1 planes), one
+    /// output row (a flat plane is one row), Cin 1 and 3.
+    #[test]
+    fn flat_and_row_sweeps_match_a_direct_summation() {
+        let shapes: [(usize, usize, [usize; 3], usize); 9] = [
+            (3, 8, [5, 3, 56], 1),
+            (1, 12, [2, 4, 7], 1),
+            (3, 8, [3, 2, 14], 1),
+            (2, 8, [2, 1, 20], 1),
+            (3, 8, [4, 3, 64], 1),
+            (3, 12, [10, 4, 28], 2),
+            (1, 8, [2, 6, 14], 2),
+            (2, 8, [4, 2, 56], 2),
+            (3, 8, [2, 4, 32], 2),
+        ];
+        crate::testing::for_each_level(|level| {
+            if level == SimdLevel::Scalar {
+                return;
+            }
+            for (i, &(ci, co, dims, stride)) in shapes.iter().enumerate() {
+                let c = Conv3 {
+                    b: 2,
+                    ci,
+                    co,
+                    dims,
+                    stride,
+                };
+                let seed = 300 + 3 * i as u64;
+                let x = values(c.b * ci * dims.iter().product::<usize>(), seed);
+                let w = values(co * ci * 27, seed + 1);
+                let dy = values(c.b * co * c.out().iter().product::<usize>(), seed + 2);
+                let (ry, rdw) = reference(&x, &w, &dy, &c);
+                let rows = forward(&x, &w, None, &c, Sweep::Rows);
+                let flat = forward(&x, &w, None, &c, Sweep::Flat);
+                let what = format!("{level} {c:?}");
+                assert!(
+                    rows.iter()
+                        .zip(&flat)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: the two sweeps' forwards differ"
+                );
+                let close = |got: &[f32], want: &[f64], name: &str| {
+                    assert_eq!(got.len(), want.len());
+                    for (k, (&g, &r)) in got.iter().zip(want).enumerate() {
+                        assert!(
+                            (f64::from(g) - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                            "{what} {name}[{k}]: {g} against {r}"
+                        );
+                    }
+                };
+                close(&rows, &ry, "forward");
+                for sweep in [Sweep::Rows, Sweep::Flat] {
+                    let dw = weight_grad_swept(&x, &dy, &c, sweep);
+                    close(&dw, &rdw, &format!("{sweep:?} weight gradient"));
+                }
+            }
+        });
+    }
+
+    /// The sweep chosen for the real-data UNet's rows (2 mm, crop 56 × 72 × 56): flat where
+    /// whole vectors would waste lanes, rows where they do not.
+    #[test]
+    fn flat_sweep_is_chosen_where_rows_waste_lanes() {
+        let conv = |w: usize, stride: usize| Conv3 {
+            b: 1,
+            ci: 8,
+            co: 8,
+            dims: [4, 72, w],
+            stride,
+        };
+        let choose = |w, s, l| Sweep::choose(&conv(w, s), l);
+        assert_eq!(choose(56, 1, SimdLevel::Avx512), Sweep::Flat); // 58 against 64 lanes a row
+        assert_eq!(choose(64, 1, SimdLevel::Avx512), Sweep::Rows);
+        assert_eq!(choose(56, 1, SimdLevel::Avx2), Sweep::Rows); // 7 whole vectors
+        assert_eq!(choose(28, 1, SimdLevel::Avx2), Sweep::Flat); // 30 against 32
+        assert_eq!(choose(56, 2, SimdLevel::Avx512), Sweep::Flat); // 29 against 32
+        assert_eq!(choose(32, 2, SimdLevel::Avx512), Sweep::Rows);
+    }
 
     /// The blocks tile `0 .. co` in order without gaps, at most one of them runs past `co`
     /// (the last, by less than its size), and with AVX2 their sizes are the expected
