@@ -226,14 +226,19 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) 
     let vol_out = dout * hout * wout;
     assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(w.len(), co * ci * 27);
-    // wt[(c, k)][cpad]: weights of one input channel and offset for all output channels.
+    // The weights block by block: the block of channels cb .. cb + n at ci·27·cb, as
+    // [(c, k)][n] (zeros for channels past Cout). A tile then reads its block's weights in
+    // order (ci·27·n floats, e.g. 27 KiB for 32 → 8), instead of n of every cpad-float row.
     let blocks = channel_blocks(co, level);
     let cpad = blocks.last().map_or(0, |&(b, n)| b + n);
     let mut wt = vec![0.0f32; ci * 27 * cpad];
-    for o in 0..co {
-        for i in 0..ci {
-            for k in 0..27 {
-                wt[(i * 27 + k) * cpad + o] = w[(o * ci + i) * 27 + k];
+    for &(cb, n) in &blocks {
+        let wb = &mut wt[ci * 27 * cb..][..ci * 27 * n];
+        for o in 0..n.min(co - cb) {
+            for i in 0..ci {
+                for k in 0..27 {
+                    wb[(i * 27 + k) * n + o] = w[((cb + o) * ci + i) * 27 + k];
+                }
             }
         }
     }
@@ -1085,8 +1090,9 @@ impl Tile {
     }
 }
 
-/// `rows[o][l] = bias[o] + Σ_c Σ_k wt[(c, k), cb + o] · pad[c, base + off(k) + l]` for
-/// `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout).
+/// `rows[o][l] = bias[o] + Σ_c Σ_k wt[ci·27·cb + (c, k)·CB + o] · pad[c, base + off(k) + l]`
+/// for `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout; the
+/// weights packed block by block, see [`forward`]).
 ///
 /// # Safety
 /// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay`; `wt`
@@ -1110,10 +1116,9 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
     assert!(lay.len <= pad.len() && base + geo.reach + lanes * V <= lay.len);
     assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
     assert_eq!(geo.roff.len(), geo.ci * 9);
-    let cpad = geo.cpad;
     // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
-    // bounds asserted above (weights: `roff.len()·3 = ci·27` groups of `cpad`), writes as the
-    // caller's contract states.
+    // bounds asserted above (weights: the block's `roff.len()·3·CB = ci·27·CB` floats from
+    // ci·27·cb, inside ci·27·cpad), writes as the caller's contract states.
     unsafe {
         let mut a = [[S::zero(); V]; CB];
         for (ao, &bv) in a.iter_mut().zip(&bias) {
@@ -1122,14 +1127,14 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
         // Rows in (c, kd, kh) order, kw innermost: each output's sum keeps its order.
         for (n, &off) in geo.roff.iter().enumerate() {
             let row = pad.as_ptr().add(base + off);
-            let wk = wt.as_ptr().add(n * 3 * cpad + cb);
+            let wk = wt.as_ptr().add(geo.ci * 27 * cb + n * 3 * CB);
             for kw in 0..3 {
                 let mut xs = [S::zero(); V];
                 for (v, x) in xs.iter_mut().enumerate() {
                     *x = S::load(row.add(lay.kw[kw] + lanes * v));
                 }
                 for (o, ao) in a.iter_mut().enumerate() {
-                    let wv = S::splat(*wk.add(kw * cpad + o));
+                    let wv = S::splat(*wk.add(kw * CB + o));
                     for v in 0..V {
                         ao[v] = S::fmadd(wv, xs[v], ao[v]);
                     }
