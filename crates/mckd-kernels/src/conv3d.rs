@@ -20,8 +20,8 @@
 //!
 //! 3×3×3 convolutions with padding 1 and stride 1 (the UNet's same-size layers) or stride 2
 //! with even sizes run without im2col at the AVX2 and AVX-512 levels, at any row length
-//! (module `direct3`): forward always, input gradient at stride 1, the weight gradient when
-//! `Cout` is a multiple of 4.
+//! (module `direct3`): forward and input gradient always, the weight gradient when `Cout` is
+//! a multiple of 4.
 //!
 //! The `Autodiff<Flex>` implementation registers this backward for input, weight and bias
 //! (computing only the gradients that are needed). Tested against burn's `conv3d` on random
@@ -1313,7 +1313,7 @@ impl Backward<Flex, 3> for Conv3dBackward {
             // would multiply mostly zeros) or its columns are smaller than the gather's
             // (depth-1 kernels: the AV-MNIST convolutions); else gather.
             let scatter = g.k[0] <= 2 * g.s[0] && (g.s[0] > 1 || g.ci * g.pout() <= g.co * g.pin());
-            let dx = if let Some(c) = g.direct().filter(|c| c.stride == 1) {
+            let dx = if let Some(c) = g.direct() {
                 crate::direct3::input_grad(slice(&dy), slice(&w), &c)
             } else if let Some(c) = g
                 .direct2d()
@@ -1496,8 +1496,8 @@ mod tests {
         });
     }
 
-    /// The direct kernel at stride 2 (forward and weight gradient; the input gradient stays on
-    /// the col2im path): output rows of 16 and 32 voxels (AVX-512: 1 and 2 vectors; AVX2: 2 and 4),
+    /// The direct kernel at stride 2 (forward, weight gradient, and the input gradient by
+    /// parity classes): output rows of 16 and 32 voxels (AVX-512: 1 and 2 vectors; AVX2: 2 and 4),
     /// output depths of 5 (tasks of 4 + 1 planes) and 1, Cout 8, 12 and 16 (12: a forward
     /// block of 8 part-filled with AVX-512), Cin 1 and 9.
     #[test]

@@ -1,6 +1,6 @@
 //! Direct 3×3×3, padding-1 convolution with stride 1 or 2 on NCDHW `f32` data, vectorised
-//! along W (AVX-512 or AVX2), without im2col: the UNet's convolutions — forward and weight
-//! gradient at both strides, input gradient at stride 1.
+//! along W (AVX-512 or AVX2), without im2col: the UNet's convolutions — forward, weight
+//! gradient and input gradient at both strides (see [`input_grad`] for stride 2).
 //!
 //! # Why
 //! With 8–16 output channels the im2col GEMM of [`crate::conv3d`] writes 27·Cin floats per
@@ -261,7 +261,7 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) 
         let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, interleaved);
         with_pad_scratch(lay.len, |pad| {
             pad_planes(x, bi, c, c.stride * d0, &lay, pad);
-            let geo = Tile::new(ci, cpad, lay);
+            let geo = Tile::dense(ci, cpad, lay);
             let task = Task {
                 bi,
                 d0,
@@ -273,6 +273,7 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) 
                 out_dims: c.out(),
                 bias,
                 out,
+                map: OutMap::dense(c.out(), c.b * co),
             };
             // SAFETY: `supported` checked the level (so the CPU has its features); `pad`
             // holds the task's padded planes and `wt` the packed weights (see `task_rows`).
@@ -313,9 +314,41 @@ struct Task<'a> {
     /// The tiles of each output plane ([`forward_tiles`]).
     tiles: &'a [(usize, usize)],
     stride: usize,
+    /// The output grid the tiles sweep: depth, height, width.
     out_dims: [usize; 3],
     bias: Option<&'a [f32]>,
     out: SendPtr,
+    /// Where the outputs go in `out`.
+    map: OutMap,
+}
+
+/// Where a task's outputs go: output (channel `o` of the batch item's `co`, grid plane `d`,
+/// row `r`, column `w`) at `(bi·co + o)·chan + (mul[0]·d + add[0])·plane + (mul[1]·r +
+/// add[1])·row + mul[2]·w + add[2]` of an output of `len` floats. The convolution's own
+/// output: factors 1, offsets 0; one parity class of a stride-2 input gradient: factors 2,
+/// offsets its parities (see [`input_grad`]).
+#[derive(Debug, Clone, Copy)]
+struct OutMap {
+    chan: usize,
+    plane: usize,
+    row: usize,
+    mul: [usize; 3],
+    add: [usize; 3],
+    len: usize,
+}
+
+impl OutMap {
+    /// The grid `dims` itself, `channels` of it in all.
+    fn dense([d, h, w]: [usize; 3], channels: usize) -> Self {
+        Self {
+            chan: d * h * w,
+            plane: h * w,
+            row: w,
+            mul: [1; 3],
+            add: [0; 3],
+            len: channels * d * h * w,
+        }
+    }
 }
 
 /// [`task_rows`] with AVX-512: 8 channels × 16 or 32 voxels.
@@ -402,19 +435,23 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     [q, p0, v, cb]: [usize; 4],
 ) {
     let [_, h, wd] = t.out_dims;
-    let plane = h * wd;
-    let vol = t.out_dims[0] * plane;
+    let m = t.map;
     let pitch = geo.lay.pitch;
     let n = v * S::LANES;
     assert!((1..=VMAX).contains(&v) && VMAX <= 3 && VMAX * S::LANES <= JUNK);
     let end = flat_end(h, wd, pitch);
     let (r0, w0) = (p0 / pitch, p0 % pitch);
-    assert!(p0 < end && w0 < pitch);
+    assert!(p0 < end && w0 < pitch && cb < t.co);
     let base = t.stride * q * geo.lay.plane + p0;
-    let direct = w0 + n <= wd;
+    let direct = m.mul[2] == 1 && w0 + n <= wd;
     let nch = (cb + CB).min(t.co) - cb;
-    // Output planes y[bi, o, d0 + q] of the block's channels and the rows the tile writes
-    // (a junk row for channels past Cout; local rows unless the tile is inside one row).
+    // Where plane d0 + q of the block's first channel starts, and how far its last output
+    // of the block's last channel is: inside the output.
+    let at = (t.bi * t.co + cb) * m.chan + (m.mul[0] * (t.d0 + q) + m.add[0]) * m.plane + m.add[2];
+    let row_at = |r: usize| (m.mul[1] * r + m.add[1]) * m.row;
+    assert!(at + (nch - 1) * m.chan + row_at(h - 1) + m.mul[2] * (wd - 1) < m.len);
+    // Output planes of the block's channels and the rows the tile writes (a junk row for
+    // channels past Cout; local rows unless the tile is inside one output row).
     let mut junk = [0.0f32; JUNK];
     // Written whole by the tile before its output positions are read: not cleared per tile.
     let mut local = core::mem::MaybeUninit::<[[f32; JUNK]; CB]>::uninit();
@@ -423,12 +460,12 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     let mut outs = [core::ptr::null_mut(); CB];
     let mut bv = [0.0f32; CB];
     for o in 0..nch {
-        let off = (t.bi * t.co + cb + o) * vol + (t.d0 + q) * plane;
-        // SAFETY: within `y` (the plane starts there and holds `plane` floats).
-        outs[o] = unsafe { t.out.get().add(off) };
+        // SAFETY: within the output (asserted above for the last channel).
+        outs[o] = unsafe { t.out.get().add(at + o * m.chan) };
         rows[o] = if direct {
-            // SAFETY: output (r0, w0 ..  w0 + n) of the plane (w0 + n ≤ W, r0 < H).
-            unsafe { outs[o].add(r0 * wd + w0) }
+            // SAFETY: outputs (r0, w0 .. w0 + n) of the plane, consecutive (w0 + n ≤ W, r0 <
+            // H, column factor 1).
+            unsafe { outs[o].add(row_at(r0) + w0) }
         } else {
             // SAFETY: row o of `local` (CB rows of JUNK floats).
             unsafe { local.add(o * JUNK) }
@@ -437,14 +474,15 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
     }
     // SAFETY: the caller's contract; the slices cover every index the kernel reads (see
     // `tile`; a tile's extra lanes read at most a vector past the plane, inside the scratch's
-    // `TAIL`); it writes v·LANES floats to each row: this task's own elements of `y` (tasks
-    // partition (batch, depth planes); `y` outlives the loop), `junk` or `local`. The copies
-    // write outputs (r, w) with r < H, w < W of this task's planes.
+    // `TAIL`); it writes v·LANES floats to each row: this task's own elements of the output
+    // (tasks partition (batch, depth planes), and the output map sends distinct outputs to
+    // distinct elements; the output outlives the loop), `junk` or `local`. The copies write
+    // outputs (r, w) with r < H, w < W of this task's planes (bounded above).
     unsafe {
         match v {
-            1 => tile::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
-            2 => tile::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
-            _ => tile::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
+            1 => tile_any::<S, CB, 1>(pad, wt, geo, base, cb, rows, bv),
+            2 => tile_any::<S, CB, 2>(pad, wt, geo, base, cb, rows, bv),
+            _ => tile_any::<S, CB, VMAX>(pad, wt, geo, base, cb, rows, bv),
         }
         if !direct {
             let stop = (p0 + n).min(end);
@@ -457,11 +495,14 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
                 }
                 let k = (wd - w).min(stop - p);
                 for (o, &out) in outs.iter().enumerate().take(nch) {
-                    core::ptr::copy_nonoverlapping(
-                        local.add(o * JUNK + p - p0),
-                        out.add(r * wd + w),
-                        k,
-                    );
+                    let (src, dst) = (local.add(o * JUNK + p - p0), out.add(row_at(r)));
+                    if m.mul[2] == 1 {
+                        core::ptr::copy_nonoverlapping(src, dst.add(w), k);
+                    } else {
+                        for i in 0..k {
+                            *dst.add(m.mul[2] * (w + i)) = *src.add(i);
+                        }
+                    }
                 }
                 p += k;
             }
@@ -472,13 +513,21 @@ unsafe fn block<S: F32s, const CB: usize, const VMAX: usize>(
 /// Floats of the junk row that takes the tiles' rows past `Cout` (≥ the widest tile).
 const JUNK: usize = 32;
 
-/// The input gradient of a stride-1 [`conv3x3x3`]: `dx = conv(dy, w')` with
-/// `w'[c, o, k] = w[o, c, 26 − k]`.
+/// The input gradient of [`conv3x3x3`], `[batch, Cin, D, H, W]`.
+///
+/// Stride 1: `dx = conv(dy, w')` with `w'[c, o, k] = w[o, c, 26 − k]`. Stride 2: input `i =
+/// 2·m + p` along an axis receives from output `m` through kernel index 1 if `p` = 0, and from
+/// outputs `m` and `m + 1` through indices 2 and 0 if `p` = 1. So each of the 8 parity classes
+/// of `dx` is a stride-1 window over `dy` (zero past its end) with 1, 2, 4 or 8 of the 27 taps
+/// — 27 taps over the 8 classes, the forward's work — swept by the forward's tiles from one
+/// padded copy of `dy` per task, each class written to its every other element.
 ///
 /// # Panics
-/// If `c.stride` is not 1 or [`supported`] is false.
+/// If [`supported`] is false.
 pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
-    assert_eq!(c.stride, 1, "direct input gradient: stride 1 only");
+    if c.stride == 2 {
+        return input_grad_stride2(dy, w, c);
+    }
     let (ci, co) = (c.ci, c.co);
     let mut wf = vec![0.0f32; ci * co * 27];
     for o in 0..co {
@@ -494,6 +543,146 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
         ..*c
     };
     conv3x3x3(dy, &wf, None, &t)
+}
+
+/// The stride-2 case of [`input_grad`].
+fn input_grad_stride2(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
+    assert!(
+        c.stride == 2 && supported(c),
+        "direct input gradient: unsupported {c:?}"
+    );
+    let level = crate::simd::level();
+    let (ci, co) = (c.ci, c.co);
+    let [d, h, wd] = c.dims;
+    let grid = c.out();
+    assert_eq!(dy.len(), c.b * co * grid.iter().product::<usize>());
+    assert_eq!(w.len(), co * ci * 27);
+    // dy as the input of stride-1 windows: `co` channels of the output grid, giving `ci`.
+    let t = Conv3 {
+        b: c.b,
+        ci: co,
+        co: ci,
+        dims: grid,
+        stride: 1,
+    };
+    let sweep = Sweep::choose(&t, level);
+    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
+    let pitch = Layout::new(co, 3, [grid[1], grid[2]], 1, interleaved).pitch;
+    let tiles = forward_tiles(
+        [grid[1], grid[2]],
+        pitch,
+        sweep,
+        level.vector_lanes(),
+        TILE_VECTORS,
+    );
+    let blocks = channel_blocks(ci, level);
+    let cpad = blocks.last().map_or(0, |&(b, n)| b + n);
+    let classes: Vec<ParityClass> = (0..8)
+        .map(|cls| {
+            let parity = [cls >> 2 & 1, cls >> 1 & 1, cls & 1];
+            let taps = parity.map(|p| {
+                if p == 0 {
+                    vec![(1, 1)]
+                } else {
+                    vec![(1, 2), (2, 0)]
+                }
+            });
+            ParityClass { parity, taps }
+        })
+        .collect();
+    // Each class's weights, packed as the forward's for its taps: rows (o, kd', kh'), columns
+    // kw'.
+    let packed: Vec<Vec<f32>> = classes
+        .iter()
+        .map(
+            |ParityClass {
+                 taps: [td, th, tw], ..
+             }| {
+                let rows: Vec<[usize; 3]> = (0..co)
+                    .flat_map(|o| {
+                        td.iter()
+                            .flat_map(move |a| th.iter().map(move |b| [o, a.1, b.1]))
+                    })
+                    .collect();
+                let taps = rows.len() * tw.len();
+                let mut wt = vec![0.0f32; taps * cpad];
+                for &(cb, nb) in &blocks {
+                    let wb = &mut wt[taps * cb..][..taps * nb];
+                    for oo in 0..nb.min(ci - cb) {
+                        for (n, &[o, kd, kh]) in rows.iter().enumerate() {
+                            for (j, &(_, kw)) in tw.iter().enumerate() {
+                                wb[(n * tw.len() + j) * nb + oo] =
+                                    w[(o * ci + cb + oo) * 27 + kd * 9 + kh * 3 + kw];
+                            }
+                        }
+                    }
+                }
+                wt
+            },
+        )
+        .collect();
+    let mut dx = uninit_f32(c.b * ci * d * h * wd);
+    let out = SendPtr(dx.as_mut_ptr().cast::<f32>());
+    tasks(&t).into_par_iter().for_each(|(bi, d0)| {
+        let np = PLANES.min(grid[0] - d0);
+        let lay = Layout::new(co, np + 2, [grid[1], grid[2]], 1, interleaved);
+        with_pad_scratch(lay.len, |pad| {
+            pad_planes(dy, bi, &t, d0, &lay, pad);
+            for (class, wt) in classes.iter().zip(&packed) {
+                let [td, th, tw] = &class.taps;
+                let rows = (0..co)
+                    .flat_map(|o| {
+                        td.iter().flat_map(move |a| {
+                            th.iter()
+                                .map(move |b| o * lay.chan + a.0 * lay.plane + lay.kh[b.0])
+                        })
+                    })
+                    .collect();
+                let cols = tw.iter().map(|&(k, _)| lay.kw[k]).collect();
+                let geo = Tile::with_taps(rows, cols, cpad, lay);
+                let task = Task {
+                    bi,
+                    d0,
+                    np,
+                    co: ci,
+                    blocks: &blocks,
+                    tiles: &tiles,
+                    stride: 1,
+                    out_dims: grid,
+                    bias: None,
+                    out,
+                    map: OutMap {
+                        chan: d * h * wd,
+                        plane: h * wd,
+                        row: wd,
+                        mul: [2; 3],
+                        add: class.parity,
+                        len: c.b * ci * d * h * wd,
+                    },
+                };
+                // SAFETY: `supported` checked the level; `pad` holds the task's padded planes
+                // of dy and `wt` the class's packed weights (see `task_rows`).
+                unsafe {
+                    match level {
+                        SimdLevel::Avx512 => task_avx512(pad, wt, &geo, &task),
+                        _ => task_avx2(pad, wt, &geo, &task),
+                    }
+                }
+            }
+        });
+    });
+    // SAFETY: the tasks partition (batch, grid planes); in each, every class writes every
+    // position of its planes to its own element (2·m + p along every axis), and the 8
+    // classes cover every element of dx (even sizes).
+    unsafe { assume_init_f32(dx) }
+}
+
+/// One parity class of a stride-2 input gradient ([`input_grad`]): the inputs `2·m + parity`
+/// along each axis, and per axis its taps as (offset in the stride-1 window over `dy`, kernel
+/// index).
+struct ParityClass {
+    parity: [usize; 3],
+    taps: [Vec<(usize, usize)>; 3],
 }
 
 /// Zeroed floats after a task's padded input in its scratch: the extra lanes of a row's last
@@ -1070,49 +1259,91 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     }
 }
 
-/// Sizes of a task's padded scratch and weights.
+/// The taps of a task's tiles: where each product's input is, in summation order, and the
+/// packed weights' shape. Tap `(n, j)` reads the input at `rows[n] + cols[j]` from a tile's
+/// base, with the weights of group `n·NK + j` of each block (see [`forward`]; `NK` =
+/// `cols.len()`), in the order of `n`, then `j`.
 struct Tile {
-    ci: usize,
+    /// Channels of the packed weights (every block's end at most).
     cpad: usize,
     /// The task's padded input.
     lay: Layout,
-    /// `roff[c·9 + kd·3 + kh]`: offset of the input row of channel `c` and kernel offsets
-    /// (`kd`, `kh`) from a tile's base, in summation order. One flat loop over it keeps a
-    /// single row pointer live: with the 27 offsets unrolled per channel, LLVM kept nine row
-    /// pointers and hoisted the weight broadcasts, ran out of the 16 AVX2 registers and
-    /// spilled both to the stack in the inner loop.
-    roff: Vec<usize>,
-    /// The largest of `roff` plus the largest column offset.
+    /// Offsets of the input rows (channel, kernel plane and row). One flat loop over them
+    /// keeps a single row pointer live: with the 27 offsets unrolled per channel, LLVM kept
+    /// nine row pointers and hoisted the weight broadcasts, ran out of the 16 AVX2 registers
+    /// and spilled both to the stack in the inner loop.
+    rows: Vec<usize>,
+    /// Offsets of the kernel columns in a row (1 to 3, unrolled: a loop over every tap
+    /// measured 25 % slower than rows of 3).
+    cols: Vec<usize>,
+    /// The largest of `rows` plus the largest of `cols`.
     reach: usize,
 }
 
 impl Tile {
-    fn new(ci: usize, cpad: usize, lay: Layout) -> Self {
-        let roff: Vec<usize> = (0..ci)
-            .flat_map(|c| (0..9).map(move |k| c * lay.chan + (k / 3) * lay.plane + lay.kh[k % 3]))
+    /// Every tap of a 3×3×3 window over `ci` channels, in (channel, kd, kh, kw) order.
+    fn dense(ci: usize, cpad: usize, lay: Layout) -> Self {
+        let rows = (0..ci * 9)
+            .map(|n| (n / 9) * lay.chan + (n / 3 % 3) * lay.plane + lay.kh[n % 3])
             .collect();
-        let reach = roff.iter().max().copied().unwrap_or(0) + lay.kw.iter().max().unwrap();
+        Self::with_taps(rows, lay.kw.to_vec(), cpad, lay)
+    }
+
+    fn with_taps(rows: Vec<usize>, cols: Vec<usize>, cpad: usize, lay: Layout) -> Self {
+        assert!((1..=3).contains(&cols.len()));
+        let reach = rows.iter().max().copied().unwrap_or(0) + cols.iter().max().unwrap();
         Self {
-            ci,
             cpad,
             lay,
-            roff,
+            rows,
+            cols,
             reach,
+        }
+    }
+
+    /// Taps in all.
+    fn taps(&self) -> usize {
+        self.rows.len() * self.cols.len()
+    }
+}
+
+/// [`tile`] for the tile's number of kernel columns.
+///
+/// # Safety
+/// As [`tile`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_any<S: F32s, const CB: usize, const V: usize>(
+    pad: &[f32],
+    wt: &[f32],
+    geo: &Tile,
+    base: usize,
+    cb: usize,
+    rows: [*mut f32; CB],
+    bias: [f32; CB],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match geo.cols.len() {
+            3 => tile::<S, CB, V, 3>(pad, wt, geo, base, cb, rows, bias),
+            2 => tile::<S, CB, V, 2>(pad, wt, geo, base, cb, rows, bias),
+            _ => tile::<S, CB, V, 1>(pad, wt, geo, base, cb, rows, bias),
         }
     }
 }
 
-/// `rows[o][l] = bias[o] + Σ_c Σ_k wt[ci·27·cb + (c, k)·CB + o] · pad[c, base + off(k) + l]`
-/// for `l < LANES·V`, `o < CB` (`off(k)`: plane, row and column offsets of the layout; the
-/// weights packed block by block, see [`forward`]).
+/// `rows[o][l] = bias[o] + Σ_(n, j) wt[T·cb + (n·NK + j)·CB + o] · pad[base + geo.rows[n] +
+/// geo.cols[j] + l]` for `l < LANES·V`, `o < CB` (`T` taps in all; the weights packed block by
+/// block, see [`forward`]).
 ///
 /// # Safety
-/// The CPU must support `S`. `pad` must hold `geo.ci` channels laid out as `geo.lay`; `wt`
-/// must hold `ci·27·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]` must be valid for
-/// writing `LANES·V` floats that nobody else accesses during the call.
+/// The CPU must support `S`; `NK` = `geo.cols.len()`. `pad` must hold the input laid out as
+/// `geo.lay`; `wt` must hold `T·cpad` floats with `cb + CB ≤ cpad`; every `rows[o]` must be
+/// valid for writing `LANES·V` floats that nobody else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: F32s, const CB: usize, const V: usize, const NK: usize>(
     pad: &[f32],
     wt: &[f32],
     geo: &Tile,
@@ -1123,30 +1354,32 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize>(
 ) {
     let lanes = S::LANES;
     let lay = geo.lay;
-    // Every read is below `base + reach + LANES·V` (`reach` bounds every row offset plus
-    // column offset: `Tile::new`, whose fields nobody else sets).
+    let ntaps = geo.taps();
+    // Every read is below `base + reach + LANES·V` (`reach` bounds every tap: `Tile::new`,
+    // whose fields nobody else sets).
     assert!(lay.len <= pad.len() && base + geo.reach + lanes * V <= lay.len);
-    assert!(geo.ci * 27 * geo.cpad <= wt.len() && cb + CB <= geo.cpad);
-    assert_eq!(geo.roff.len(), geo.ci * 9);
+    assert!(ntaps * geo.cpad <= wt.len() && cb + CB <= geo.cpad && geo.cols.len() == NK);
+    let cols: [usize; NK] = core::array::from_fn(|j| geo.cols[j]);
     // SAFETY (all intrinsics and pointer reads below): the CPU supports `S`; reads within the
-    // bounds asserted above (weights: the block's `roff.len()·3·CB = ci·27·CB` floats from
-    // ci·27·cb, inside ci·27·cpad), writes as the caller's contract states.
+    // bounds asserted above (weights: the block's `T·CB` floats from T·cb, inside T·cpad),
+    // writes as the caller's contract states.
     unsafe {
         let mut a = [[S::zero(); V]; CB];
         for (ao, &bv) in a.iter_mut().zip(&bias) {
             *ao = [S::splat(bv); V];
         }
-        // Rows in (c, kd, kh) order, kw innermost: each output's sum keeps its order.
-        for (n, &off) in geo.roff.iter().enumerate() {
+        // Taps in order: each output's sum keeps it.
+        let wb = wt.as_ptr().add(ntaps * cb);
+        for (n, &off) in geo.rows.iter().enumerate() {
             let row = pad.as_ptr().add(base + off);
-            let wk = wt.as_ptr().add(geo.ci * 27 * cb + n * 3 * CB);
-            for kw in 0..3 {
+            let wk = wb.add(n * NK * CB);
+            for (j, &col) in cols.iter().enumerate() {
                 let mut xs = [S::zero(); V];
                 for (v, x) in xs.iter_mut().enumerate() {
-                    *x = S::load(row.add(lay.kw[kw] + lanes * v));
+                    *x = S::load(row.add(col + lanes * v));
                 }
                 for (o, ao) in a.iter_mut().enumerate() {
-                    let wv = S::splat(*wk.add(kw * CB + o));
+                    let wv = S::splat(*wk.add(j * CB + o));
                     for v in 0..V {
                         ao[v] = S::fmadd(wv, xs[v], ao[v]);
                     }
@@ -1203,14 +1436,15 @@ mod tests {
         (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
     }
 
-    /// The convolution and its weight gradient by direct summation in f64 (zero padding by
-    /// bounds tests): `(y, dw)` for the output gradient `dy`.
-    fn reference(x: &[f32], w: &[f32], dy: &[f32], c: &Conv3) -> (Vec<f64>, Vec<f64>) {
+    /// The convolution, its weight gradient and its input gradient by direct summation in f64
+    /// (zero padding by bounds tests): `(y, dw, dx)` for the output gradient `dy`.
+    fn reference(x: &[f32], w: &[f32], dy: &[f32], c: &Conv3) -> [Vec<f64>; 3] {
         let [d, h, wd] = c.dims;
         let [od, oh, ow] = c.out();
         let (ci, co, s) = (c.ci, c.co, c.stride as isize);
         let mut y = vec![0.0f64; c.b * co * od * oh * ow];
         let mut dw = vec![0.0f64; co * ci * 27];
+        let mut dx = vec![0.0f64; x.len()];
         for b in 0..c.b {
             for o in 0..co {
                 for (z, i, j) in
@@ -1237,19 +1471,21 @@ mod tests {
                             let wi = (o * ci + ch) * 27 + k;
                             y[at] += f64::from(w[wi]) * f64::from(x[xi]);
                             dw[wi] += f64::from(dy[at]) * f64::from(x[xi]);
+                            dx[xi] += f64::from(dy[at]) * f64::from(w[wi]);
                         }
                     }
                 }
             }
         }
-        (y, dw)
+        [y, dw, dx]
     }
 
     /// Both sweeps on rows that are and are not whole vectors, at both strides and vector
     /// levels (AVX2 sweeping rows uses the interleaved scratch, flat the channel-major one):
-    /// the forward gives the same bits with either (same summation order), and both it and the
-    /// weight gradient match a direct f64 summation. Depths of 5 (tasks of 4 + 1 planes), one
-    /// output row (a flat plane is one row), Cin 1 and 3.
+    /// the forward gives the same bits with either (same summation order), and it, the weight
+    /// gradient (both sweeps) and the input gradient (the stride-2 one by parity classes)
+    /// match a direct f64 summation. Depths of 5 (tasks of 4 + 1 planes), one output row (a
+    /// flat plane is one row), Cin 1 and 3, Cout 8 and 12.
     #[test]
     fn flat_and_row_sweeps_match_a_direct_summation() {
         let shapes: [(usize, usize, [usize; 3], usize); 9] = [
@@ -1279,7 +1515,7 @@ mod tests {
                 let x = values(c.b * ci * dims.iter().product::<usize>(), seed);
                 let w = values(co * ci * 27, seed + 1);
                 let dy = values(c.b * co * c.out().iter().product::<usize>(), seed + 2);
-                let (ry, rdw) = reference(&x, &w, &dy, &c);
+                let [ry, rdw, rdx] = reference(&x, &w, &dy, &c);
                 let rows = forward(&x, &w, None, &c, Sweep::Rows);
                 let flat = forward(&x, &w, None, &c, Sweep::Flat);
                 let what = format!("{level} {c:?}");
@@ -1303,6 +1539,7 @@ mod tests {
                     let dw = weight_grad_swept(&x, &dy, &c, sweep);
                     close(&dw, &rdw, &format!("{sweep:?} weight gradient"));
                 }
+                close(&input_grad(&dy, &w, &c), &rdx, "input gradient");
             }
         });
     }
