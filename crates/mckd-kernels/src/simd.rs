@@ -308,6 +308,12 @@ pub(crate) mod vec {
         unsafe fn load(p: *const f32) -> Self::V;
         /// Writes `LANES` floats to `p`.
         unsafe fn store(p: *mut f32, v: Self::V);
+        /// The first `n` (≤ `LANES`) floats from `p`, zeros after: only those `n` are read
+        /// (masked load; `p` need be valid for `n` floats only).
+        unsafe fn load_first(p: *const f32, n: usize) -> Self::V;
+        /// Writes the first `n` (≤ `LANES`) lanes of `v` to `p`, and nothing else (masked store;
+        /// `p` need be valid for `n` floats only).
+        unsafe fn store_first(p: *mut f32, v: Self::V, n: usize);
         /// `a·b + c`, rounded once.
         unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
         /// `a + b`.
@@ -349,6 +355,18 @@ pub(crate) mod vec {
             unsafe { _mm512_storeu_ps(p, v) }
         }
         #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m512 {
+            debug_assert!(n <= 16);
+            // SAFETY: as above; masked-off lanes are not accessed.
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, v: __m512, n: usize) {
+            debug_assert!(n <= 16);
+            // SAFETY: as above; masked-off lanes are not accessed.
+            unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v) }
+        }
+        #[inline(always)]
         unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
             // SAFETY: as above.
             unsafe { _mm512_fmadd_ps(a, b, c) }
@@ -362,6 +380,21 @@ pub(crate) mod vec {
         unsafe fn sum(v: __m512) -> f32 {
             // SAFETY: as above.
             unsafe { _mm512_reduce_add_ps(v) }
+        }
+    }
+
+    /// The AVX2 lane mask of the first `n` lanes (sign bit set in each).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> __m256i {
+        // SAFETY: the caller's contract (AVX2).
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
         }
     }
 
@@ -387,6 +420,18 @@ pub(crate) mod vec {
         unsafe fn store(p: *mut f32, v: __m256) {
             // SAFETY: as above.
             unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m256 {
+            debug_assert!(n <= 8);
+            // SAFETY: as above; masked-off lanes are not accessed.
+            unsafe { _mm256_maskload_ps(p, first_lanes(n)) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, v: __m256, n: usize) {
+            debug_assert!(n <= 8);
+            // SAFETY: as above; masked-off lanes are not accessed.
+            unsafe { _mm256_maskstore_ps(p, first_lanes(n), v) }
         }
         #[inline(always)]
         unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -483,5 +528,54 @@ mod tests {
         let got = unsafe { sum(&v) };
         let want = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
         assert_eq!(got, want);
+    }
+
+    /// `load_first` / `store_first` move exactly the first `n` lanes at both levels: the
+    /// loaded vector has zeros after them, and the store leaves every other float as it was.
+    #[test]
+    fn masked_first_lanes_move_exactly_n_floats() {
+        use vec::F32s;
+        fn check<S: F32s>(copy: unsafe fn(&[f32], &mut [f32], usize)) {
+            let src: Vec<f32> = (1..=S::LANES).map(|i| i as f32).collect();
+            for n in 0..=S::LANES {
+                let mut dst = vec![-1.0f32; S::LANES];
+                // SAFETY: the level is supported (checked by the caller); both hold LANES floats.
+                unsafe { copy(&src, &mut dst, n) };
+                let want: Vec<f32> = (0..S::LANES)
+                    .map(|i| if i < n { src[i] } else { -1.0 })
+                    .collect();
+                assert_eq!(dst, want, "{} lanes, n = {n}", S::LANES);
+            }
+        }
+        /// Loads the first `n`, stores every lane to a scratch (zeros after `n`), then the
+        /// first `n` of it to `dst`.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn copy256(src: &[f32], dst: &mut [f32], n: usize) {
+            // SAFETY: AVX2 (the caller); 8 floats each.
+            unsafe {
+                let v = vec::Avx2::load_first(src.as_ptr(), n);
+                let mut all = [7.0f32; 8];
+                vec::Avx2::store(all.as_mut_ptr(), v);
+                assert!(all[n..].iter().all(|&x| x == 0.0));
+                vec::Avx2::store_first(dst.as_mut_ptr(), v, n);
+            }
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn copy512(src: &[f32], dst: &mut [f32], n: usize) {
+            // SAFETY: AVX-512F (the caller); 16 floats each.
+            unsafe {
+                let v = vec::Avx512::load_first(src.as_ptr(), n);
+                let mut all = [7.0f32; 16];
+                vec::Avx512::store(all.as_mut_ptr(), v);
+                assert!(all[n..].iter().all(|&x| x == 0.0));
+                vec::Avx512::store_first(dst.as_mut_ptr(), v, n);
+            }
+        }
+        if SimdLevel::Avx2.supported() {
+            check::<vec::Avx2>(copy256);
+        }
+        if SimdLevel::Avx512.supported() {
+            check::<vec::Avx512>(copy512);
+        }
     }
 }
