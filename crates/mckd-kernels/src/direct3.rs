@@ -900,19 +900,21 @@ fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32>
                 }
                 Some([ypitch, yplane]) => {
                     // Aligned to 64 bytes (planes of whole vectors): its loads never straddle
-                    // two cache lines.
-                    let mut buf = vec![0.0f32; co * np * yplane + 15];
+                    // two cache lines. Written once in order, rows and the zeros between them
+                    // (no clearing pass first).
+                    let len = co * np * yplane;
+                    let mut buf: Vec<f32> = Vec::with_capacity(len + 15);
                     let skip = buf.as_ptr().align_offset(64).min(15);
-                    let planes = &mut buf[skip..][..co * np * yplane];
-                    for (o, po) in planes.chunks_exact_mut(np * yplane).enumerate() {
+                    buf.resize(skip, 0.0);
+                    for o in 0..co {
                         let src = &dyb[(o * dout + d0) * hout * wout..][..np * hout * wout];
-                        for (dst, sp) in po
-                            .chunks_exact_mut(yplane)
-                            .zip(src.chunks_exact(hout * wout))
-                        {
-                            for (r, row) in sp.chunks_exact(wout).enumerate() {
-                                dst[r * ypitch..][..wout].copy_from_slice(row);
+                        for sp in src.chunks_exact(hout * wout) {
+                            let start = buf.len();
+                            for row in sp.chunks_exact(wout) {
+                                buf.extend_from_slice(row);
+                                buf.resize(buf.len() + ypitch - wout, 0.0);
                             }
+                            buf.resize(start + yplane, 0.0);
                         }
                     }
                     copied = buf;
@@ -921,7 +923,7 @@ fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32>
                         plane: yplane,
                         d0: 0,
                     };
-                    (&copied[skip..][..co * np * yplane], at)
+                    (&copied[skip..][..len], at)
                 }
             };
             with_pad_scratch(lay.len, |pad| {
@@ -937,15 +939,17 @@ fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32>
                     dy: dy_at,
                     plan: &plan,
                 };
-                // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
-                // features) and that `co` is a multiple of its channel block; sizes as
-                // asserted above and in the callee.
-                unsafe {
-                    match level {
-                        SimdLevel::Avx512 => wgrad_task_avx512(pad, dyv, &t, &mut dw),
-                        _ => wgrad_task_avx2(pad, dyv, &t, &mut dw),
+                with_scratch(&ACC, acc_len(ci, co, level), |acc| {
+                    // SAFETY: `weight_grad_supported` checked the level (so the CPU has its
+                    // features) and that `co` is a multiple of its channel block; sizes as
+                    // asserted above and in the callee.
+                    unsafe {
+                        match level {
+                            SimdLevel::Avx512 => wgrad_task_avx512(pad, dyv, &t, acc, &mut dw),
+                            _ => wgrad_task_avx2(pad, dyv, &t, acc, &mut dw),
+                        }
                     }
-                }
+                });
             });
             dw
         })
@@ -955,6 +959,17 @@ fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32>
         dw.iter_mut().zip(p).for_each(|(a, v)| *a += v);
     }
     dw
+}
+
+/// Floats of a weight-gradient task's accumulators at `level`: per input channel, output
+/// channel block and (kd, kh), the block's channels × 3 kw offsets × the vector's lanes.
+fn acc_len(ci: usize, co: usize, level: SimdLevel) -> usize {
+    let cb = if level == SimdLevel::Avx512 {
+        WCB512
+    } else {
+        WCB
+    };
+    ci * co.div_ceil(cb) * 9 * cb * 3 * level.vector_lanes()
 }
 
 /// Output positions a weight-gradient group sweeps at most: long enough that loading and
@@ -1071,9 +1086,15 @@ struct DyPlanes {
 /// AVX-512F; as [`wgrad_task`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wgrad_task_avx512(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+unsafe fn wgrad_task_avx512(
+    pad: &[f32],
+    dyb: &[f32],
+    t: &WgradTask,
+    acc: &mut [f32],
+    dw: &mut [f32],
+) {
     // SAFETY: as the caller guarantees.
-    unsafe { wgrad_task::<Avx512, WCB512>(pad, dyb, t, dw) }
+    unsafe { wgrad_task::<Avx512, WCB512>(pad, dyb, t, acc, dw) }
 }
 
 /// [`wgrad_task`] with AVX2 + FMA (4 channels × 3 offsets × 8 lanes).
@@ -1082,33 +1103,41 @@ unsafe fn wgrad_task_avx512(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f
 /// AVX2 and FMA; as [`wgrad_task`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn wgrad_task_avx2(pad: &[f32], dyb: &[f32], t: &WgradTask, dw: &mut [f32]) {
+unsafe fn wgrad_task_avx2(
+    pad: &[f32],
+    dyb: &[f32],
+    t: &WgradTask,
+    acc: &mut [f32],
+    dw: &mut [f32],
+) {
     // SAFETY: as the caller guarantees.
-    unsafe { wgrad_task::<Avx2, WCB>(pad, dyb, t, dw) }
+    unsafe { wgrad_task::<Avx2, WCB>(pad, dyb, t, acc, dw) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wgrad_task_avx512(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+unsafe fn wgrad_task_avx512(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32], _: &mut [f32]) {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32]) {
+unsafe fn wgrad_task_avx2(_: &[f32], _: &[f32], _: &WgradTask, _: &mut [f32], _: &mut [f32]) {
     unreachable!("the direct kernel is x86-64 only (see `supported`)")
 }
 
-/// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten).
+/// One task's weight gradient into `dw` (`[Cout, Cin, 27]`, overwritten), with `accm`
+/// ([`acc_len`] floats, any contents) for its accumulators.
 ///
 /// # Safety
 /// The CPU must support `S`; `pad` holds the task's `ci` padded channels (`t.lay`), `dyb` the
 /// batch item's output gradient (`co` channels, laid out as `t.dy`), `dw` `co·ci·27` floats;
-/// `co` a multiple of `CB`.
+/// `co` a multiple of `CB`, or of `WCB` past one.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_task<S: F32s, const CB: usize>(
     pad: &[f32],
     dyb: &[f32],
     t: &WgradTask,
+    accm: &mut [f32],
     dw: &mut [f32],
 ) {
     let (ci, co) = (t.ci, t.co);
@@ -1117,15 +1146,18 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
     // channels, then one of WCB if Cout is not a multiple of CB), carried across groups of
     // runs so that a group's dy stays in L1 while every input channel and offset uses it.
     // Each lane still sums its products in position order.
+    // The accumulators start at zero in the first group of the first plane (so their
+    // scratch is not cleared; zeroing it cost 1.2 % of the real-data step).
     let nob = co.div_ceil(CB);
     let slot = CB * 3 * S::LANES;
-    let mut accm = vec![0.0f32; ci * nob * 9 * slot];
+    assert_eq!(accm.len(), ci * nob * 9 * slot);
     for q in 0..t.np {
-        for g in &t.plan.groups {
+        for (gi, g) in t.plan.groups.iter().enumerate() {
             for c in 0..ci {
                 let runs = &t.plan.runs[g.clone()];
+                let fresh = q == 0 && gi == 0;
                 // SAFETY: the CPU supports `S` (the caller's contract); bounds in the callee.
-                unsafe { wgrad_block::<S, CB>(pad, dyb, t, &mut accm, c, q, runs) };
+                unsafe { wgrad_block::<S, CB>(pad, dyb, t, accm, [c, q], runs, fresh) };
             }
         }
     }
@@ -1147,7 +1179,7 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
 }
 
 /// The accumulators of input channel `c` (every output block and (kd, kh)) over the runs
-/// `runs` of plane `q`. A function rather than a closure so that it inlines into the
+/// `runs` of plane `q`, from zero if `fresh`, else from `accm`. A function rather than a closure so that it inlines into the
 /// caller's `#[target_feature]` function (a closure compiled on its own runs the vector
 /// helpers as calls: measured 20× slower).
 ///
@@ -1161,9 +1193,9 @@ unsafe fn wgrad_block<S: F32s, const CB: usize>(
     dyb: &[f32],
     t: &WgradTask,
     accm: &mut [f32],
-    c: usize,
-    q: usize,
+    [c, q]: [usize; 2],
     runs: &[Run],
+    fresh: bool,
 ) {
     let nob = t.co.div_ceil(CB);
     let slot = CB * 3 * S::LANES;
@@ -1181,6 +1213,7 @@ unsafe fn wgrad_block<S: F32s, const CB: usize>(
                 ob: obi * CB,
                 kd,
                 kh,
+                fresh,
             };
             // SAFETY: the CPU supports `S`; bounds in the callee's asserts (the last block
             // has WCB channels when it is not whole, `wgrad_task`).
@@ -1203,12 +1236,14 @@ struct WgradRows<'a> {
     ob: usize,
     kd: usize,
     kh: usize,
+    /// Start from zero rather than from `acc` (whose values are then never read).
+    fresh: bool,
 }
 
 /// `acc[(o·3 + kw)·LANES + l] += Σ_{runs, positions p ≡ l (mod LANES)} dy[ob + o, d0 + q, p] ·
-/// x[s·q + kd, p + kh-offset + kw-offset]` (`pc`: the scratch from one input channel's first
-/// value on, laid out as `t.lay`; `dyb` laid out as `t.dy`, zero at the positions that are not
-/// outputs), lane by lane in position order.
+/// x[s·q + kd, p + kh-offset + kw-offset]` (`=` if `w.fresh`; `pc`: the scratch from one input
+/// channel's first value on, laid out as `t.lay`; `dyb` laid out as `t.dy`, zero at the
+/// positions that are not outputs), lane by lane in position order.
 ///
 /// # Safety
 /// The CPU must support `S`; `w.runs` from `t.plan` (whole vectors; positions below its ends).
@@ -1237,9 +1272,11 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     // slices (asserted for those ends).
     unsafe {
         let mut a = [[S::zero(); 3]; CB];
-        for (o, ao) in a.iter_mut().enumerate() {
-            for (kw, v) in ao.iter_mut().enumerate() {
-                *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
+        if !w.fresh {
+            for (o, ao) in a.iter_mut().enumerate() {
+                for (kw, v) in ao.iter_mut().enumerate() {
+                    *v = S::load(acc.as_ptr().add((o * 3 + kw) * lanes));
+                }
             }
         }
         for run in w.runs {
@@ -1414,13 +1451,26 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above; never read through.
 unsafe impl Sync for SendPtr {}
 
+type Scratch = core::cell::RefCell<Vec<f32>>;
+
 thread_local! {
-    static PAD: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
+    static PAD: Scratch = const { core::cell::RefCell::new(Vec::new()) };
+    static ACC: Scratch = const { core::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's padded-input scratch of `len` floats (contents unspecified).
 fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PAD.with(|cell| match cell.try_borrow_mut() {
+    with_scratch(&PAD, len, f)
+}
+
+/// Runs `f` on this thread's scratch `key` of `len` floats (contents unspecified: reused
+/// across calls, so not zeroed each time).
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<Scratch>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
