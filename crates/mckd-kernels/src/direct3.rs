@@ -123,26 +123,19 @@ pub(crate) enum Sweep {
 }
 
 impl Sweep {
-    /// [`Sweep::Flat`] where it computes at least 5 % fewer vector lanes per plane than
-    /// [`Sweep::Rows`] (rows of 56: 58 against 64 lanes with AVX-512; rows of whole vectors
-    /// stay [`Sweep::Rows`], which with AVX2 keeps its interleaved scratch, see [`Layout`]).
+    /// [`Sweep::Rows`] where a row is whole tiles of [`TILE_VECTORS`] vectors, else
+    /// [`Sweep::Flat`]: it computes fewer lanes where rows end in part of a vector (56: 58
+    /// lanes against 64 with AVX-512) and runs whole tiles where rows end in a one-vector tile
+    /// (56 with AVX2, 7 tiles of 8: measured 3 % faster on the real-data step, although its
+    /// rows have 2 more lanes).
     fn choose(c: &Conv3, level: SimdLevel) -> Self {
-        let lanes = level.vector_lanes();
-        let [_, h, w] = c.out();
-        let rows = h * w.next_multiple_of(lanes);
-        let flat = flat_end(h, w, pitch(c.stride, w)).next_multiple_of(lanes);
-        if 20 * flat <= 19 * rows {
-            Sweep::Flat
-        } else {
+        let tile = TILE_VECTORS * level.vector_lanes();
+        if c.out()[2].is_multiple_of(tile) {
             Sweep::Rows
+        } else {
+            Sweep::Flat
         }
     }
-}
-
-/// The pitch of output rows in a channel-major scratch: the padded row (`W + 2`) at stride 1,
-/// its even half (`W/2 + 1`) at stride 2 — the output width plus the border positions.
-fn pitch(stride: usize, out_width: usize) -> usize {
-    out_width + 3 - stride
 }
 
 /// One past the last output position of a plane of `h` rows of `w` at row pitch `pitch`.
@@ -245,8 +238,7 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) 
             }
         }
     }
-    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
-    let pitch = Layout::new(ci, 3, [h, wd], c.stride, interleaved).pitch;
+    let pitch = Layout::new(ci, 3, [h, wd], c.stride).pitch;
     let tiles = forward_tiles(
         [hout, wout],
         pitch,
@@ -258,7 +250,7 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, c: &Conv3, sweep: Sweep) 
     let out = SendPtr(y.as_mut_ptr().cast::<f32>());
     tasks(c).into_par_iter().for_each(|(bi, d0)| {
         let np = PLANES.min(dout - d0);
-        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, interleaved);
+        let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride);
         with_pad_scratch(lay.len, |pad| {
             pad_planes(x, bi, c, c.stride * d0, &lay, pad);
             let geo = Tile::dense(ci, cpad, lay);
@@ -572,8 +564,7 @@ fn input_grad_stride2(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
         stride: 1,
     };
     let sweep = Sweep::choose(&t, level);
-    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
-    let pitch = Layout::new(co, 3, [grid[1], grid[2]], 1, interleaved).pitch;
+    let pitch = Layout::new(co, 3, [grid[1], grid[2]], 1).pitch;
     let tiles = forward_tiles(
         [grid[1], grid[2]],
         pitch,
@@ -631,7 +622,7 @@ fn input_grad_stride2(dy: &[f32], w: &[f32], c: &Conv3) -> Vec<f32> {
     let out = SendPtr(dx.as_mut_ptr().cast::<f32>());
     tasks(&t).into_par_iter().for_each(|(bi, d0)| {
         let np = PLANES.min(grid[0] - d0);
-        let lay = Layout::new(co, np + 2, [grid[1], grid[2]], 1, interleaved);
+        let lay = Layout::new(co, np + 2, [grid[1], grid[2]], 1);
         with_pad_scratch(lay.len, |pad| {
             pad_planes(dy, bi, &t, d0, &lay, pad);
             for (class, wt) in classes.iter().zip(&packed) {
@@ -703,12 +694,9 @@ const TAIL: usize = 16;
 /// plane is four blocks (see the module doc): padded row `j`, column `i` at
 /// `(j mod 2)·odd_rows + (j / 2)·pitch + (i mod 2)·odd_cols + i / 2`.
 ///
-/// With AVX-512, and AVX2 sweeping flat, channel-major (`[channel][plane][rows]`); with AVX2
-/// sweeping rows the channels are interleaved row by row (`[plane][row][channel][W + 2]`, `pitch`
-/// = `Cin·(W + 2)`), so that the 9 input rows of every channel that an output row needs are 9
-/// contiguous runs: its tiles of 4 output channels sweep those rows twice for 8 channels
-/// (AVX-512 once), and the interleaved layout measured faster for them and slower for AVX-512
-/// (40 → 8 channels at 64³, forward). A flat sweep needs the rows of one channel at one pitch.
+/// Channel-major (`[channel][plane][rows]`) at both levels: a flat sweep needs the rows of one
+/// channel at one pitch (and with AVX2 it measured faster than the row-interleaved scratch its
+/// row-by-row tiles once used; bench/README).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     chan: usize,
@@ -729,44 +717,28 @@ struct Layout {
 
 impl Layout {
     /// `ci` channels of `planes` padded planes of `h + 2` rows of `wd + 2` values, for a
-    /// convolution of stride `stride`, channels interleaved by rows or not.
-    fn new(
-        ci: usize,
-        planes: usize,
-        [h, wd]: [usize; 2],
-        stride: usize,
-        interleaved: bool,
-    ) -> Self {
+    /// convolution of stride `stride`.
+    fn new(ci: usize, planes: usize, [h, wd]: [usize; 2], stride: usize) -> Self {
         let wp = wd + 2;
-        // Values of one channel's stored row, and how far apart the rows of one channel are.
-        let (row, pitch) = match (stride, interleaved) {
-            (2, false) => (wp / 2, wp / 2),
-            (_, false) => (wp, wp),
-            (_, true) => (wp, ci * wp),
-        };
-        let (odd_rows, odd_cols, kh, kw, plane) = if stride == 2 {
-            let rows = (h + 2) / 2;
-            let odd_cols = if interleaved { wp / 2 } else { rows * pitch };
-            let odd_rows = if interleaved {
-                rows * pitch
-            } else {
-                2 * odd_cols
-            };
+        let (pitch, odd_rows, odd_cols, kh, kw, plane) = if stride == 2 {
+            // Four blocks of (h + 2)/2 rows of (wd + 2)/2 values.
+            let pitch = wp / 2;
+            let odd_cols = (h + 2) / 2 * pitch;
+            let odd_rows = 2 * odd_cols;
+            let kh = [0, odd_rows, pitch];
             (
+                pitch,
                 odd_rows,
                 odd_cols,
-                [0, odd_rows, pitch],
+                kh,
                 [0, odd_cols, 1],
                 2 * odd_rows,
             )
         } else {
-            (0, 0, [0, pitch, 2 * pitch], [0, 1, 2], (h + 2) * pitch)
+            (wp, 0, 0, [0, wp, 2 * wp], [0, 1, 2], (h + 2) * wp)
         };
-        let (chan, len) = if interleaved {
-            (row, planes * plane + TAIL)
-        } else {
-            (planes * plane, ci * planes * plane + TAIL)
-        };
+        let chan = planes * plane;
+        let len = ci * chan + TAIL;
         Self {
             chan,
             plane,
@@ -875,14 +847,13 @@ fn weight_grad_swept(x: &[f32], dy: &[f32], c: &Conv3, sweep: Sweep) -> Vec<f32>
     let vol_out = dout * hout * wout;
     assert_eq!(x.len(), c.b * ci * d * h * wd);
     assert_eq!(dy.len(), c.b * co * vol_out);
-    let interleaved = level == SimdLevel::Avx2 && sweep == Sweep::Rows;
-    let pitch = Layout::new(ci, 3, [h, wd], c.stride, interleaved).pitch;
+    let pitch = Layout::new(ci, 3, [h, wd], c.stride).pitch;
     let plan = WgradPlan::new([hout, wout], pitch, sweep, level.vector_lanes());
     let partials: Vec<Vec<f32>> = tasks(c)
         .into_par_iter()
         .map(|(bi, d0)| {
             let np = PLANES.min(dout - d0);
-            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride, interleaved);
+            let lay = Layout::new(ci, c.stride * (np - 1) + 3, [h, wd], c.stride);
             let mut dw = vec![0.0f32; co * ci * 27];
             let dyb = &dy[bi * co * vol_out..][..co * vol_out];
             // The output gradient as the task reads it: the batch item's own planes, or its
@@ -1537,7 +1508,7 @@ mod tests {
     }
 
     /// Both sweeps on rows that are and are not whole vectors, at both strides and vector
-    /// levels (AVX2 sweeping rows uses the interleaved scratch, flat the channel-major one):
+    /// levels:
     /// the forward gives the same bits with either (same summation order), and it, the weight
     /// gradient (both sweeps) and the input gradient (the stride-2 one by parity classes)
     /// match a direct f64 summation. Depths of 5 (tasks of 4 + 1 planes), one output row (a
@@ -1600,10 +1571,11 @@ mod tests {
         });
     }
 
-    /// The sweep chosen for the real-data UNet's rows (2 mm, crop 56 × 72 × 56): flat where
-    /// whole vectors would waste lanes, rows where they do not.
+    /// The sweep chosen: rows where they are whole tiles of 2 vectors (32 lanes with AVX-512,
+    /// 16 with AVX2), flat elsewhere — the real-data UNet's rows of 56, 28, 14, 7 (2 mm, crop
+    /// 56 × 72 × 56) at both levels.
     #[test]
-    fn flat_sweep_is_chosen_where_rows_waste_lanes() {
+    fn flat_sweep_is_chosen_where_rows_are_not_whole_tiles() {
         let conv = |w: usize, stride: usize| Conv3 {
             b: 1,
             ci: 8,
@@ -1612,12 +1584,16 @@ mod tests {
             stride,
         };
         let choose = |w, s, l| Sweep::choose(&conv(w, s), l);
-        assert_eq!(choose(56, 1, SimdLevel::Avx512), Sweep::Flat); // 58 against 64 lanes a row
-        assert_eq!(choose(64, 1, SimdLevel::Avx512), Sweep::Rows);
-        assert_eq!(choose(56, 1, SimdLevel::Avx2), Sweep::Rows); // 7 whole vectors
-        assert_eq!(choose(28, 1, SimdLevel::Avx2), Sweep::Flat); // 30 against 32
-        assert_eq!(choose(56, 2, SimdLevel::Avx512), Sweep::Flat); // 29 against 32
-        assert_eq!(choose(32, 2, SimdLevel::Avx512), Sweep::Rows);
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            for w in [56, 28, 14, 7] {
+                assert_eq!(choose(w, 1, level), Sweep::Flat, "{level} {w}");
+            }
+            assert_eq!(choose(64, 1, level), Sweep::Rows, "{level}");
+            assert_eq!(choose(56, 2, level), Sweep::Flat, "{level}"); // rows of 28
+            assert_eq!(choose(64, 2, level), Sweep::Rows, "{level}"); // rows of 32
+        }
+        assert_eq!(choose(16, 1, SimdLevel::Avx2), Sweep::Rows);
+        assert_eq!(choose(16, 1, SimdLevel::Avx512), Sweep::Flat); // one vector a row
     }
 
     /// The blocks tile `0 .. co` in order without gaps, at most one of them runs past `co`
