@@ -41,8 +41,9 @@
 //! row's values or the scratch's zeroed tail, [`TAIL`]) cannot change the kept ones; a tile
 //! that does not fall inside one row writes to a local buffer and copies the kept runs. The
 //! weight gradient sums across lanes, so there the output gradient is first copied into the
-//! same positions with zeros at the dropped ones. Both sweeps sum every output in the same
-//! order: the forward gives the same bits either way.
+//! same positions with zeros at the dropped ones (swept by rows, it loads a row's last vector
+//! masked instead). Both sweeps sum every output in the same order: the forward gives the same
+//! bits either way.
 //!
 //! At stride 2 the scratch holds each padded plane as four blocks — even rows' even columns,
 //! even rows' odd columns, odd rows' even columns, odd rows' odd columns — so the inputs of
@@ -824,14 +825,20 @@ fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mu
 /// The weight gradient of [`conv3x3x3`], `[Cout, Cin, 27]`: per task (batch item, 4 output
 /// depth planes) `dW_t[o, c, k] = Σ_outputs dy[o, v] · x[c, s·v + off(k)]` with 8 (AVX-512) or
 /// 4 (AVX2) output channels × 3 kw offsets in registers (vectors of 16 or 8 lanes; summed
-/// across lanes at the end), sweeping groups of up to 1,024 output positions ([`WgradPlan`]) through
-/// every input channel and offset so the group's `dy` stays in L1; then the task partials
-/// added in task order (independent of the thread count).
+/// across lanes at the end), sweeping groups of up to 1,024 output positions ([`WgradPlan`])
+/// through every input channel and offset so the group's `dy` stays in L1; then the task
+/// partials added in task order (independent of the thread count).
+///
+/// Flat from 8 input channels, else by rows: the flat sweep reads a copy of the output
+/// gradient, which with 1 or 2 input channels costs more than the products (1 → 8 at 56 ×
+/// 72 × 56: 3.5 ms by rows, 4.8 flat), while from 8 its long runs are faster even where rows
+/// are whole vectors (40 → 8 at 64³: 127 ms by rows, 103 flat).
 ///
 /// # Panics
 /// If [`weight_grad_supported`] is false.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], c: &Conv3) -> Vec<f32> {
-    weight_grad_swept(x, dy, c, Sweep::choose(c, crate::simd::level()))
+    let sweep = if c.ci < 8 { Sweep::Rows } else { Sweep::Flat };
+    weight_grad_swept(x, dy, c, sweep)
 }
 
 /// [`weight_grad`] with the given sweep.
@@ -960,10 +967,10 @@ struct Run {
 }
 
 /// How a weight gradient sweeps each output plane, the same for every task of a convolution.
-/// Rows: a run per output row, whole vectors from its start (the row's own values if that is
-/// the row, else a copy of the planes with rows of whole vectors, zeros past the row: the lane
-/// sums take no foreign value). Flat: runs of [`GROUP`] positions along the plane, read from a
-/// copy of the planes at the scratch's pitch with zeros at the border positions.
+/// Rows: a run per output row, read from the output gradient itself; a row's last, partial
+/// vector loads it masked (zeros past the row: the lane sums take no foreign value). Flat:
+/// runs of [`GROUP`] positions along the plane, read from a copy of the planes at the
+/// scratch's pitch with zeros at the border positions.
 struct WgradPlan {
     runs: Vec<Run>,
     /// Consecutive runs of up to [`GROUP`] positions in all (at least one run each).
@@ -979,16 +986,14 @@ impl WgradPlan {
     fn new([h, w]: [usize; 2], pitch: usize, sweep: Sweep, lanes: usize) -> Self {
         let (runs, copy): (Vec<Run>, _) = match sweep {
             Sweep::Rows => {
-                let wpad = w.next_multiple_of(lanes);
-                let ypitch = wpad;
                 let runs = (0..h)
                     .map(|r| Run {
                         x: r * pitch,
-                        y: r * ypitch,
-                        len: wpad,
+                        y: r * w,
+                        len: w,
                     })
                     .collect();
-                (runs, (wpad != w).then_some([ypitch, h * ypitch]))
+                (runs, None)
             }
             Sweep::Flat => {
                 let yplane = flat_end(h, w, pitch).next_multiple_of(lanes);
@@ -1016,9 +1021,12 @@ impl WgradPlan {
             groups.push(i..j);
             i = j;
         }
-        assert!(runs.iter().all(|r| r.len.is_multiple_of(lanes)));
         Self {
-            x_end: runs.iter().map(|r| r.x + r.len).max().unwrap_or(0),
+            x_end: runs
+                .iter()
+                .map(|r| r.x + r.len.next_multiple_of(lanes))
+                .max()
+                .unwrap_or(0),
             y_end: runs.iter().map(|r| r.y + r.len).max().unwrap_or(0),
             runs,
             groups,
@@ -1253,22 +1261,58 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
         for run in w.runs {
             let xrow = pc.as_ptr().add(xbase + run.x);
             let yoff = ybase + run.y;
-            for x in (0..run.len).step_by(lanes) {
-                let x0 = S::load(xrow.add(lay.kw[0] + x));
-                let x1 = S::load(xrow.add(lay.kw[1] + x));
-                let x2 = S::load(xrow.add(lay.kw[2] + x));
-                for (o, ao) in a.iter_mut().enumerate() {
-                    let g = S::load(dyb.as_ptr().add((ob + o) * dl.chan + yoff + x));
-                    ao[0] = S::fmadd(g, x0, ao[0]);
-                    ao[1] = S::fmadd(g, x1, ao[1]);
-                    ao[2] = S::fmadd(g, x2, ao[2]);
-                }
+            let dys = dyb.as_ptr().add(ob * dl.chan + yoff);
+            let full = run.len - run.len % lanes;
+            for x in (0..full).step_by(lanes) {
+                wgrad_vector::<S, CB>(&mut a, xrow.add(x), lay.kw, dys.add(x), dl.chan, lanes);
+            }
+            if full < run.len {
+                // A row's last, partial vector: its output gradient loaded masked (zeros
+                // past the row), so the lane sums take nothing from the next row.
+                let n = run.len - full;
+                wgrad_vector::<S, CB>(&mut a, xrow.add(full), lay.kw, dys.add(full), dl.chan, n);
             }
         }
         for (o, ao) in a.iter().enumerate() {
             for (kw, &v) in ao.iter().enumerate() {
                 S::store(acc.as_mut_ptr().add((o * 3 + kw) * lanes), v);
             }
+        }
+    }
+}
+
+/// One vector step of [`wgrad_rows`]: `a[o][kw] += dy[o·chan + ..n] · x[kw[kw] + ..]` for
+/// `o < CB`, the output gradient's first `n` lanes (zeros after; `n` = `LANES` loads whole
+/// vectors).
+///
+/// # Safety
+/// The CPU must support `S`; `x` valid for `LANES` floats from each `kw` offset, `dy` for `n`
+/// floats from `o·chan` for every `o < CB`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wgrad_vector<S: F32s, const CB: usize>(
+    a: &mut [[S::V; 3]; CB],
+    x: *const f32,
+    kw: [usize; 3],
+    dy: *const f32,
+    chan: usize,
+    n: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let x0 = S::load(x.add(kw[0]));
+        let x1 = S::load(x.add(kw[1]));
+        let x2 = S::load(x.add(kw[2]));
+        for (o, ao) in a.iter_mut().enumerate() {
+            let at = dy.add(o * chan);
+            let g = if n == S::LANES {
+                S::load(at)
+            } else {
+                S::load_first(at, n)
+            };
+            ao[0] = S::fmadd(g, x0, ao[0]);
+            ao[1] = S::fmadd(g, x1, ao[1]);
+            ao[2] = S::fmadd(g, x2, ao[2]);
         }
     }
 }
