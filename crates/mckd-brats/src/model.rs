@@ -479,6 +479,22 @@ impl Task for BratsUNet {
 /// - output: `[1]`
 pub fn segmentation_loss(logits: Tensor<5>, targets: Tensor<5>, dice: DiceReduction) -> Tensor<1> {
     assert_eq!(logits.dims(), targets.dims(), "logits and targets differ");
+    // On the CPU device as one parallel op with its own backward (mckd-kernels' `segloss`);
+    // the tensor-op composition below elsewhere.
+    let per_sample = matches!(dice, DiceReduction::PerSample);
+    if let Some(loss) = mckd_kernels::segmentation_loss(logits.clone(), targets.clone(), per_sample)
+    {
+        return loss;
+    }
+    composed_segmentation_loss(logits, targets, dice)
+}
+
+/// [`segmentation_loss`] from tensor ops (any device).
+fn composed_segmentation_loss(
+    logits: Tensor<5>,
+    targets: Tensor<5>,
+    dice: DiceReduction,
+) -> Tensor<1> {
     let [b, c, d, h, w] = logits.dims();
     let n = b * d * h * w;
     let dice = match dice {
@@ -522,6 +538,36 @@ mod tests {
 
     fn tensor5(v: &[f32], device: &Device) -> Tensor<5> {
         Tensor::from_data(TensorData::new(v.to_vec(), [1, 3, 1, 1, 2]), device)
+    }
+
+    /// The fused CPU loss and the tensor-op composition (the other devices' path) agree in
+    /// value and logits gradient, both reductions, on a UNet-shaped batch.
+    #[test]
+    fn fused_and_composed_losses_agree() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let shape = [2, 3, 4, 5, 6];
+        let x = Tensor::<5>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
+        let y = Tensor::<5>::random(shape, burn::tensor::Distribution::Default, &device)
+            .greater_elem(0.6)
+            .float();
+        for dice in [DiceReduction::PerSample, DiceReduction::Pooled] {
+            let run = |fused: bool| {
+                let xg = x.clone().require_grad();
+                let loss = if fused {
+                    segmentation_loss(xg.clone(), y.clone(), dice)
+                } else {
+                    composed_segmentation_loss(xg.clone(), y.clone(), dice)
+                };
+                let v = loss.clone().into_scalar::<f32>();
+                (v, to_vec(xg.grad(&loss.backward()).unwrap()))
+            };
+            let ((lf, gf), (lc, gc)) = (run(true), run(false));
+            assert!((lf - lc).abs() < 1e-5, "{dice:?}: loss {lf} vs {lc}");
+            for (a, b) in gf.iter().zip(&gc) {
+                assert!((a - b).abs() < 1e-6, "{dice:?}: gradient {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod instnorm;
 pub mod layers;
 pub mod pool;
 pub mod rows;
+pub mod segloss;
 pub mod simd;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -64,4 +65,5 @@ pub use instnorm::{instance_norm_leaky_relu, leaky_relu};
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
 pub use pool::{run_on_pool, with_busy_workers};
 pub use rows::select_rows;
+pub use segloss::segmentation_loss;
 pub use simd::{SIMD_ENV, SimdError, SimdLevel, active_simd_level, simd_level};
