@@ -21,6 +21,8 @@
 //!   [`leaky_relu`] with PyTorch's derivative at 0 (burn's differs there).
 //! * [`conv_transpose3d_k2s2`] and [`conv3d_1x1`]: the UNet's up-sampling and head
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
+//! * [`segmentation_loss`]: the BraTS loss (soft Dice + BCE with logits) as one parallel op
+//!   with its own backward ([`segloss`]); burn's composition ran on one thread.
 //! * [`FusedAdam`]: burn's Adam as one pass per parameter tensor (same bits).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
 //! * [`select_rows`]: a batch-axis row gather whose backward adds whole rows (burn's
