@@ -466,22 +466,13 @@ fn im2col_transposed(dyb: &[f32], g: &Geometry, rows: core::ops::Range<usize>, c
 thread_local! {
     /// Per-thread im2col scratch: reused across tiles and calls (not zeroed again; every
     /// im2col writes all of its tile).
-    static SCRATCH: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: crate::flex_buf::Scratch = const { core::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on a scratch buffer of `len` floats (contents unspecified, fully overwritten by
 /// the im2col functions).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered on this thread (not expected): a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
+    crate::flex_buf::with_scratch(&SCRATCH, len, f)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@
 
 use rayon::prelude::*;
 
-use crate::flex_buf::{assume_init_f32, uninit_f32};
+use crate::flex_buf::{Scratch, assume_init_f32, uninit_f32, with_scratch};
 use crate::simd::SimdLevel;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::vec::{Avx2, Avx512, F32s};
@@ -1466,8 +1466,6 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above; never read through.
 unsafe impl Sync for SendPtr {}
 
-type Scratch = core::cell::RefCell<Vec<f32>>;
-
 thread_local! {
     static PAD: Scratch = const { core::cell::RefCell::new(Vec::new()) };
     static ACC: Scratch = const { core::cell::RefCell::new(Vec::new()) };
@@ -1476,24 +1474,6 @@ thread_local! {
 /// Runs `f` on this thread's padded-input scratch of `len` floats (contents unspecified).
 fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_scratch(&PAD, len, f)
-}
-
-/// Runs `f` on this thread's scratch `key` of `len` floats (contents unspecified: reused
-/// across calls, so not zeroed each time).
-fn with_scratch<R>(
-    key: &'static std::thread::LocalKey<Scratch>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 #[cfg(test)]

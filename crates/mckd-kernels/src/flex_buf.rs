@@ -107,3 +107,25 @@ impl AlignedF32 {
         unsafe { core::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
     }
 }
+
+/// A per-thread `f32` scratch buffer (a `thread_local!` of this type; see [`with_scratch`]).
+pub(crate) type Scratch = core::cell::RefCell<Vec<f32>>;
+
+/// Runs `f` on this thread's scratch `key`, grown to at least `len` floats, as a slice of
+/// `len` (contents unspecified: reused across calls, so not cleared each time). Re-entered on
+/// the same thread (not expected), `f` gets a fresh zeroed buffer.
+pub(crate) fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<Scratch>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
