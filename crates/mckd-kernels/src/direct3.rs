@@ -956,9 +956,10 @@ fn acc_len(ci: usize, co: usize, level: SimdLevel) -> usize {
 /// input rows of a channel stay in L1 and L2.
 const GROUP: usize = 1024;
 
-/// A run of output positions of one plane that the weight gradient sweeps with whole vectors:
-/// `len` positions from `x` in the scratch's positions ([`Layout`]) and from `y` in the output
-/// gradient's plane as the task reads it ([`DyPlanes`]).
+/// A run of output positions of one plane that the weight gradient sweeps: `len` positions
+/// from `x` in the scratch's positions ([`Layout`]) and from `y` in the output gradient's plane
+/// as the task reads it ([`DyPlanes`]); whole vectors in a flat sweep, a row (its last vector
+/// partial) by rows.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     x: usize,
@@ -1158,9 +1159,9 @@ unsafe fn wgrad_task<S: F32s, const CB: usize>(
 }
 
 /// The accumulators of input channel `c` (every output block and (kd, kh)) over the runs
-/// `runs` of plane `q`, from zero if `fresh`, else from `accm`. A function rather than a closure so that it inlines into the
-/// caller's `#[target_feature]` function (a closure compiled on its own runs the vector
-/// helpers as calls: measured 20× slower).
+/// `runs` of plane `q`, from zero if `fresh`, else from `accm`. A function rather than a
+/// closure so that it inlines into the caller's `#[target_feature]` function (a closure
+/// compiled on its own runs the vector helpers as calls: measured 20× slower).
 ///
 /// # Safety
 /// The CPU must support `S`; as [`wgrad_task`].
@@ -1225,7 +1226,7 @@ struct WgradRows<'a> {
 /// positions that are not outputs), lane by lane in position order.
 ///
 /// # Safety
-/// The CPU must support `S`; `w.runs` from `t.plan` (whole vectors; positions below its ends).
+/// The CPU must support `S`; `w.runs` from `t.plan` (positions below its ends).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn wgrad_rows<S: F32s, const CB: usize>(
@@ -1246,9 +1247,10 @@ unsafe fn wgrad_rows<S: F32s, const CB: usize>(
     // channel, or the scratch's zeroed tail): finite values, times a zero output gradient.
     assert!(xbase + plan.x_end + lay.kw.iter().max().unwrap() <= pc.len());
     // SAFETY (all intrinsics and pointer accesses below): the CPU supports `S`; `acc` holds
-    // CB·3 vectors (asserted); every run is whole vectors (`WgradPlan::new`) below the plan's
-    // ends, so the dy of channels ob..ob+CB and the inputs at every kw offset are inside the
-    // slices (asserted for those ends).
+    // CB·3 vectors (asserted); every run lies below the plan's ends (`WgradPlan::new`: the
+    // input end rounded up to whole vectors; a run's partial last vector of dy is loaded
+    // masked), so the dy of channels ob..ob+CB and the inputs at every kw offset are inside
+    // the slices (asserted for those ends).
     unsafe {
         let mut a = [[S::zero(); 3]; CB];
         if !w.fresh {
@@ -1413,8 +1415,8 @@ unsafe fn tile<S: F32s, const CB: usize, const V: usize, const NK: usize>(
     let lanes = S::LANES;
     let lay = geo.lay;
     let ntaps = geo.taps();
-    // Every read is below `base + reach + LANES·V` (`reach` bounds every tap: `Tile::new`,
-    // whose fields nobody else sets).
+    // Every read is below `base + reach + LANES·V` (`reach` bounds every tap:
+    // `Tile::with_taps`, whose fields nobody else sets).
     assert!(lay.len <= pad.len() && base + geo.reach + lanes * V <= lay.len);
     assert!(ntaps * geo.cpad <= wt.len() && cb + CB <= geo.cpad && geo.cols.len() == NK);
     let cols: [usize; NK] = core::array::from_fn(|j| geo.cols[j]);
