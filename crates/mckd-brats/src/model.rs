@@ -49,7 +49,9 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mckd_core::fusion::zero_missing;
 use mckd_core::{Encoded, ModalitySet, Task};
-use mckd_kernels::{conv_transpose3d_k2s2, conv3d_1x1, conv3d_layer, instance_norm_leaky_relu};
+use mckd_kernels::{
+    cat_channels, conv_transpose3d_k2s2, conv3d_1x1, conv3d_layer, instance_norm_leaky_relu,
+};
 use mckd_volume::MODALITIES;
 
 /// Number of output channels (ET, TC, WT).
@@ -379,11 +381,11 @@ impl BratsUNet {
     pub fn decoder(&self, fused: [Tensor<5>; 4]) -> Tensor<5> {
         let [f1, f2, f3, f4] = fused;
         let x = up(&self.up3, f4); // [b, 4c, D/4, H/4, W/4]
-        let x = self.d3.forward(Tensor::cat(vec![x, f3], 1));
+        let x = self.d3.forward(cat_channels(vec![x, f3]));
         let x = up(&self.up2, x); // [b, 2c, D/2, H/2, W/2]
-        let x = self.d2.forward(Tensor::cat(vec![x, f2], 1));
+        let x = self.d2.forward(cat_channels(vec![x, f2]));
         let x = up(&self.up1, x); // [b, c, D, H, W]
-        let x = self.d1.forward(Tensor::cat(vec![x, f1], 1));
+        let x = self.d1.forward(cat_channels(vec![x, f1]));
         // The 1×1×1 head as a batched GEMM (same weights, no layout copies).
         conv3d_1x1(
             x,

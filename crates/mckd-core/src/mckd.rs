@@ -123,7 +123,7 @@ pub struct Forward<O> {
 impl<O> Forward<O> {
     /// The distilled features of `level`, stacked: `[batch, modalities, features]`.
     pub fn distilled(&self, level: usize) -> Tensor<3> {
-        Tensor::stack(self.encoded.iter().map(|e| e.distilled(level)).collect(), 1)
+        stack_features(self.encoded.iter().map(|e| e.distilled(level)).collect())
     }
 }
 
@@ -174,7 +174,15 @@ impl<T: Task> MckdModel<T> {
 
 /// The features of level `l` of every modality: `[batch, modalities, features_l]`.
 fn stack_level(encoded: &[Encoded], l: usize) -> Tensor<3> {
-    Tensor::stack(encoded.iter().map(|e| e.levels[l].clone()).collect(), 1)
+    stack_features(encoded.iter().map(|e| e.levels[l].clone()).collect())
+}
+
+/// `Tensor::stack(features, 1)`: `[batch, F]` each → `[batch, modalities, F]`. On the CPU
+/// backend as one parallel copy whose backward gives each modality a contiguous gradient
+/// (`mckd_kernels::cat_channels`; burn's stack copied on one thread, and its strided
+/// gradients were copied again element by element before the encoders' backward).
+fn stack_features(features: Vec<Tensor<2>>) -> Tensor<3> {
+    mckd_kernels::cat_channels(features.into_iter().map(|f| f.unsqueeze_dim(1)).collect())
 }
 
 /// Every modality's encoding (no imputation).
@@ -388,7 +396,7 @@ impl<T: Task> Mckd<T> {
 
 /// Distilled features of level `l`: `[batch, modalities, features]`.
 fn fwd_distilled(encoded: &[Encoded], l: usize) -> Tensor<3> {
-    Tensor::stack(encoded.iter().map(|e| e.distilled(l)).collect(), 1)
+    stack_features(encoded.iter().map(|e| e.distilled(l)).collect())
 }
 
 const MODEL_FILE: &str = "model.bpk";

@@ -23,6 +23,9 @@
 //!   convolutions as batched GEMMs built from burn tensor ops (autodiff for free).
 //! * [`segmentation_loss`]: the BraTS loss (soft Dice + BCE with logits) as one parallel op
 //!   with its own backward ([`segloss`]); burn's composition ran on one thread.
+//! * [`cat_channels`]: channel concatenation as a parallel copy whose backward hands each
+//!   input a contiguous gradient ([`cat`]; burn's copied on one thread, and its strided
+//!   gradients were copied again element by element).
 //! * [`FusedAdam`]: burn's Adam as one pass per parameter tensor (same bits).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
 //! * [`select_rows`]: a batch-axis row gather whose backward adds whole rows (burn's
@@ -42,6 +45,7 @@
 
 pub mod adam;
 pub mod alloc;
+pub mod cat;
 pub mod conv;
 pub mod conv3d;
 mod direct2;
@@ -60,6 +64,7 @@ mod window;
 
 pub use adam::{FusedAdam, FusedAdamConfig};
 pub use alloc::tune_allocator;
+pub use cat::cat_channels;
 pub use conv::{conv_transpose3d_k2s2, conv3d_1x1};
 pub use conv3d::{conv2d_layer, conv3d_layer};
 pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_counted, batch_norm_relu_pool2d};

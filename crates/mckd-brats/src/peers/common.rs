@@ -8,7 +8,7 @@ use burn::nn::{InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig, Pad
 use burn::prelude::*;
 use burn::tensor::Bool;
 use burn::tensor::activation::{log_softmax, softmax};
-use mckd_kernels::{conv3d_1x1, conv3d_layer, instance_norm_leaky_relu};
+use mckd_kernels::{cat_channels, conv3d_1x1, conv3d_layer, instance_norm_leaky_relu};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -248,7 +248,7 @@ impl UpDecoder {
     pub fn forward(&self, bottom: Tensor<5>, skips: [Tensor<5>; 3]) -> Tensor<5> {
         let mut x = bottom;
         for (block, skip) in self.blocks.iter().zip(skips) {
-            x = block.forward(Tensor::cat(vec![up2(x, self.align_corners), skip], 1));
+            x = block.forward(cat_channels(vec![up2(x, self.align_corners), skip]));
         }
         conv1x1(&self.head, x)
     }

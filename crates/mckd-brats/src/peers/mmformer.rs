@@ -32,6 +32,7 @@ use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig
 use burn::nn::conv::Conv3d;
 use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use mckd_kernels::cat_channels;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -296,7 +297,7 @@ impl MmFormer {
         let mut y = self.up_conv[2].forward(up2(de, true));
         for l in (0..3).rev() {
             let d = self.rfm[l].forward(masked(l));
-            y = self.dec_b[l].forward(self.dec_a[l].forward(Tensor::cat(vec![d, y], 1)));
+            y = self.dec_b[l].forward(self.dec_a[l].forward(cat_channels(vec![d, y])));
             if l > 0 {
                 aux.push(conv1x1(&self.aux[l - 1], y.clone()));
                 y = self.up_conv[l - 1].forward(up2(y, true));

@@ -23,7 +23,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
-use mckd_kernels::conv3d_layer;
+use mckd_kernels::{cat_channels, conv3d_layer};
 use mckd_nn::{LayerNorm3d, LayerNorm3dConfig, adain, upsample_nearest3d};
 use rand_chacha::ChaCha8Rng;
 
@@ -259,7 +259,7 @@ impl RobustSeg {
         for l in (0..3).rev() {
             y = self.up_conv[l].forward(upsample_nearest3d(y, [2; 3]));
             y = self.dec_b[l]
-                .forward(self.dec_a[l].forward(Tensor::cat(vec![y, fused[l].clone()], 1)));
+                .forward(self.dec_a[l].forward(cat_channels(vec![y, fused[l].clone()])));
         }
         let logits = conv1x1(&self.head, y);
         (fused, logits)
