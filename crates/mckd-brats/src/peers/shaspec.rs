@@ -16,7 +16,7 @@
 //! ResNet-50, no weight standardisation.
 //!
 //! Parameters: UNet `7935c² + 169c + 3` + specific encoders `4 × (3429c² + 117c)` + projection
-//! `3456c²` + classifier `32c + 4` = `25,107c² + 669c + 7` (1,612,295 at c = 8).
+//! `3456c²` + classifier `32c + 4` = `25,107c² + 669c + 7` (1,612,207 at c = 8).
 
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig3d};
