@@ -786,24 +786,26 @@ fn pad_planes(x: &[f32], bi: usize, c: &Conv3, p0: usize, lay: &Layout, pad: &mu
                     // Padded position i = 2m (even half, index m) holds x[2m − 1]; i = 2m + 1
                     // (odd half) holds x[2m]; positions 0 and W + 1 are the zero border.
                     let half = wp / 2;
-                    let even = &mut pad[at..][..half];
+                    let (even, rest) = pad[at..].split_at_mut(lay.odd_cols);
+                    let (even, odd) = (&mut even[..half], &mut rest[..half]);
                     match src {
-                        None => even.fill(0.0),
+                        None => {
+                            even.fill(0.0);
+                            odd.fill(0.0);
+                        }
                         Some(src) => {
                             even[0] = 0.0;
-                            for m in 0..wd / 2 {
-                                even[m + 1] = src[2 * m + 1];
-                            }
-                        }
-                    }
-                    let odd = &mut pad[at + lay.odd_cols..][..half];
-                    match src {
-                        None => odd.fill(0.0),
-                        Some(src) => {
-                            for m in 0..wd / 2 {
-                                odd[m] = src[2 * m];
-                            }
                             odd[half - 1] = 0.0;
+                            // One pass over the row's pairs (the compiler turns it into
+                            // vector shuffles; two strided loops over it were not).
+                            for ((e, o), pair) in even[1..]
+                                .iter_mut()
+                                .zip(odd.iter_mut())
+                                .zip(src.chunks_exact(2))
+                            {
+                                *o = pair[0];
+                                *e = pair[1];
+                            }
                         }
                     }
                 } else {
