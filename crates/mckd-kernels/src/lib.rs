@@ -26,6 +26,8 @@
 //! * [`cat_channels`]: channel concatenation as a parallel copy whose backward hands each
 //!   input a contiguous gradient ([`cat`]; burn's copied on one thread, and its strided
 //!   gradients were copied again element by element).
+//! * [`trilinear_resize`]: 3-D trilinear resizing (PyTorch's coordinate maps) as separable
+//!   passes with its own backward ([`resize`]; burn has only 2-D interpolation).
 //! * [`FusedAdam`]: burn's Adam as one pass per parameter tensor (same bits).
 //! * [`tune_allocator`]: keeps freed buffers in glibc's heap (Linux/glibc only).
 //! * [`select_rows`]: a batch-axis row gather whose backward adds whole rows (burn's
@@ -55,6 +57,7 @@ pub mod fused;
 pub mod instnorm;
 pub mod layers;
 pub mod pool;
+pub mod resize;
 pub mod rows;
 pub mod segloss;
 pub mod simd;
@@ -71,6 +74,7 @@ pub use fused::{BnReluOutput, batch_norm_relu, batch_norm_relu_counted, batch_no
 pub use instnorm::{instance_norm_leaky_relu, leaky_relu};
 pub use layers::{bn_relu, bn_relu_counted, bn_relu_maxpool2d, bn_relu_maxpool2d_counted};
 pub use pool::{run_on_pool, with_busy_workers};
+pub use resize::trilinear_resize;
 pub use rows::select_rows;
 pub use segloss::segmentation_loss;
 pub use simd::{SIMD_ENV, SimdError, SimdLevel, active_simd_level, simd_level};

@@ -1,12 +1,13 @@
 //! 3-D resampling: trilinear (PyTorch `F.interpolate(.., mode='trilinear')`) and nearest.
 //!
-//! Trilinear interpolation is separable: linear along W, H and D in turn. burn 0.22.1's
-//! `interpolate` is 2-D (bilinear) with PyTorch's coordinate maps for both `align_corners`
-//! settings, so a 3-D resize is one bilinear pass over (H, W) of the `[B, C·D, H, W]` view
-//! and one over (D, ·) of the `[B, C, D, H'·W']` view, whose second axis keeps its size
-//! (weight 0 on the neighbour: an exact copy). flex runs both passes and their backward in
-//! native kernels, parallel over planes. A pass whose axes keep their size is skipped: in
-//! both conventions it is the identity.
+//! Trilinear interpolation is separable: linear along W, H and D in turn. On the CPU backend
+//! it runs as one op of three such passes with its own backward
+//! (`mckd_kernels::trilinear_resize`). Elsewhere: burn 0.22.1's `interpolate` is 2-D
+//! (bilinear) with PyTorch's coordinate maps for both `align_corners` settings, so a 3-D
+//! resize is one bilinear pass over (H, W) of the `[B, C·D, H, W]` view and one over (D, ·) of
+//! the `[B, C, D, H'·W']` view, whose second axis keeps its size (weight 0 on the neighbour:
+//! an exact copy). A pass whose axes keep their size is skipped: in both conventions it is the
+//! identity.
 //!
 //! Coordinate maps, per axis with input size `n` and output size `m` (PyTorch's):
 //! * `align_corners = false`: `src = max(0, (o + ½)·n/m − ½)`;
@@ -30,13 +31,16 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 /// # Panics
 /// If an input or output spatial size is 0.
 pub fn trilinear(x: Tensor<5>, size: [usize; 3], align_corners: bool) -> Tensor<5> {
+    // On the CPU backend, one op of separable passes (mckd_kernels::resize, which also checks
+    // the sizes); elsewhere two bilinear passes.
+    mckd_kernels::trilinear_resize(x.clone(), size, align_corners)
+        .unwrap_or_else(|| bilinear_passes(x, size, align_corners))
+}
+
+/// [`trilinear`] as two of burn's bilinear passes (see the module docs).
+fn bilinear_passes(x: Tensor<5>, size: [usize; 3], align_corners: bool) -> Tensor<5> {
     let [b, c, d, h, w] = x.dims();
     let [od, oh, ow] = size;
-    assert!(
-        d * h * w > 0 && od * oh * ow > 0,
-        "trilinear: empty spatial size (input {:?}, output {size:?})",
-        [d, h, w]
-    );
     let bilinear = |x: Tensor<4>, out: [usize; 2]| {
         interpolate(
             x,
@@ -173,6 +177,7 @@ mod tests {
         let xt = x.tensor(&device).require_grad();
         let y = match how {
             "size" => trilinear(xt.clone(), size, align_corners),
+            "bilinear passes" => bilinear_passes(xt.clone(), size, align_corners),
             _ => {
                 let f = std::array::from_fn(|a| size[a] as f64 / dims[2 + a] as f64);
                 trilinear_scale(xt.clone(), f, align_corners)
@@ -204,6 +209,21 @@ mod tests {
             // Only D changes (the second pass alone), and a size-1 axis.
             check([2, 3, 4, 3, 5], [7, 3, 5], align_corners, 40, "size");
             check([2, 2, 1, 3, 4], [3, 3, 4], align_corners, 50, "size");
+            // The composition for devices without the CPU op.
+            check(
+                [2, 2, 3, 4, 5],
+                [6, 8, 10],
+                align_corners,
+                60,
+                "bilinear passes",
+            );
+            check(
+                [3, 2, 5, 4, 6],
+                [3, 7, 9],
+                align_corners,
+                70,
+                "bilinear passes",
+            );
         }
     }
 
