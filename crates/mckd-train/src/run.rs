@@ -106,7 +106,15 @@ pub struct Status {
     pub iteration: Option<usize>,
     /// UTC time `YYYYMMDD-HHMMSS`.
     pub updated: String,
+    /// The code that wrote it ([`CODE_VERSION`]; a run resumed by another build shows the
+    /// latest). Absent in folders written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
+
+/// This build's version and git commit (`0.1.0+git.<commit>`; `unknown` when it was not built
+/// from a git checkout).
+pub const CODE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+git.", env!("MCKD_GIT_COMMIT"));
 
 /// Whether `dir` exists and holds anything.
 fn non_empty(dir: &Path) -> bool {
@@ -231,6 +239,7 @@ impl RunDir {
                 message,
                 iteration,
                 updated: utc_stamp(secs),
+                code: Some(CODE_VERSION.into()),
             },
         )?;
         Ok(())
@@ -359,6 +368,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// status.json names the code that wrote it: this checkout's commit (asked of git here,
+    /// independently of the build script) or "unknown" without git; folders written before
+    /// the field existed still parse.
+    #[test]
+    fn status_records_the_code_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (run, resumed) = RunDir::open(&tmp.path().join("run"), OutPolicy::Refuse).unwrap();
+        assert!(!resumed);
+        let status = run.status().expect("status.json");
+        assert_eq!(status.code.as_deref(), Some(CODE_VERSION));
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let expected = commit.unwrap_or_else(|| "unknown".into());
+        assert_eq!(
+            CODE_VERSION,
+            format!("{}+git.{expected}", env!("CARGO_PKG_VERSION"))
+        );
+        let old: Status =
+            serde_json::from_str(r#"{"state": "finished", "updated": "20261127-101019"}"#).unwrap();
+        assert_eq!(old.code, None);
     }
 
     #[test]

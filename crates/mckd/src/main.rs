@@ -13,7 +13,7 @@ use mckd_train::train::{iterations_per_epoch, log_csv};
 
 /// MCKD: meta-learned cross-modal knowledge distillation for missing modalities.
 #[derive(Parser, Debug)]
-#[command(name = "mckd", version, about, long_about = None)]
+#[command(name = "mckd", version = mckd_train::run::CODE_VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
