@@ -210,20 +210,12 @@ mod tests {
             check([2, 3, 4, 3, 5], [7, 3, 5], align_corners, 40, "size");
             check([2, 2, 1, 3, 4], [3, 3, 4], align_corners, 50, "size");
             // The composition for devices without the CPU op.
-            check(
-                [2, 2, 3, 4, 5],
-                [6, 8, 10],
-                align_corners,
-                60,
-                "bilinear passes",
-            );
-            check(
-                [3, 2, 5, 4, 6],
-                [3, 7, 9],
-                align_corners,
-                70,
-                "bilinear passes",
-            );
+            for (dims, size, seed) in [
+                ([2, 2, 3, 4, 5], [6, 8, 10], 60),
+                ([3, 2, 5, 4, 6], [3, 7, 9], 70),
+            ] {
+                check(dims, size, align_corners, seed, "bilinear passes");
+            }
         }
     }
 
