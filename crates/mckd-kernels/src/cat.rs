@@ -182,7 +182,7 @@ impl CatOps for Flex {
     }
 }
 
-/// The backward of [`CatOps::cat_channels`] on `Autodiff<Flex>` for `N` inputs.
+/// The backward of [`cat_channels`] on `Autodiff<Flex>` for `N` inputs.
 #[derive(Debug)]
 struct CatBackward<const N: usize>;
 
