@@ -1,6 +1,9 @@
 //! The `mckd avmnist` subcommands: `reproduce` (paper Table 2), `train` and `eval` (single runs),
 //! `merge` (the tables of a grid folder), and the hidden `run-one` of parallel workers.
 
+// The argument docs are clap's --help text, where `<placeholder>` is plain text, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -6,7 +6,7 @@
 //!   availability.
 //! * [`config`]: settings (`audio_10`, `visual_5`, ...), methods (`lowerb_image`,
 //!   `lowerb_audio`, `upperb`, `baseline`, `mckd`), the run configuration and its presets.
-//! * [`run`]: one run — its data, its method, training through the shared loop, evaluation.
+//! * [`run`](mod@run): one run — its data, its method, training through the shared loop, evaluation.
 //! * [`grid`]: many runs as plan → run one → merge, one folder per run.
 //! * [`peers`]: the peer methods of Table 2 (AutoEncoder, GAN, Full2miss, SMIL, ShaSpec).
 //! * [`pool`]: runs of a grid in child processes.

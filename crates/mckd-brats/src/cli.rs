@@ -1,5 +1,8 @@
 //! `mckd brats ...`: phantoms, train, predict, evaluate, eval (predict + evaluate), demo.
 
+// The argument docs are clap's --help text, where `<placeholder>` is plain text, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

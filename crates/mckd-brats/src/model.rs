@@ -266,7 +266,7 @@ impl BratsNet {
     /// The same network (shared weights) for inputs of spatial size `dhw` (D, H, W).
     ///
     /// # Panics
-    /// If `dhw` does not fit the network ([`BratsNet::check_spatial`]).
+    /// If `dhw` does not fit the network ([`check_spatial`]).
     pub fn with_spatial(self, dhw: [usize; 3]) -> Self {
         match self {
             BratsNet::Unet(n) => BratsNet::Unet(n.with_spatial(dhw)),

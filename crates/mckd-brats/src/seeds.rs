@@ -183,7 +183,7 @@ fn seed_configs(cfg: &DemoConfig, seeds: u64) -> Vec<(u64, DemoConfig)> {
 
 /// Refuses to continue the experiment folder `out` (one seed: the folder itself; more: its
 /// `seed-<s>/` folders) with settings other than those it was started with
-/// ([`crate::demo::check_same_settings`]). The CLI calls it before it touches the folder, so a
+/// (`demo::check_same_settings`). The CLI calls it before it touches the folder, so a
 /// refused `--resume` leaves the folder as it was.
 pub fn check_resumed_settings(cfg: &DemoConfig, seeds: u64, out: &Path) -> Result<()> {
     if seeds == 1 {

@@ -3,7 +3,7 @@
 //! For every ordered pair (teacher `i`, student `j`), `i ≠ j`, with both modalities present:
 //! `(w_i / w_j) · d(f_i, f_j)`, summed over pairs, where `w` are the normalised importance
 //! weights and `d` is the mean absolute error (L1, default) or the mean squared error over the
-//! feature elements. The teacher feature and the weight ratio are detached (**[ref]**): the
+//! feature elements. The teacher feature and the weight ratio are detached (**\[ref\]**): the
 //! loss trains the students' encoders only, and the IWV learns only in the meta step.
 //!
 //! Batch reduction ([`CkdReduction`]): the mean over all B samples of the batch, a pair absent

@@ -9,9 +9,9 @@
 //!   concatenation in modality order (Eq. 3), and weighting of features by the IWV.
 //! * [`iwv`]: the importance weight vector and its normalisations (Eq. 6; softmax, sigmoid, ReLU).
 //! * [`ckd`]: the pairwise cross-modal distillation loss (Eq. 5) and its batch reduction.
-//! * [`task`]: the [`Task`](task::Task) trait a task (AV-MNIST, BraTS, the synthetic demo)
+//! * [`task`]: the [`Task`] trait a task (AV-MNIST, BraTS, the synthetic demo)
 //!   implements: per-modality encoding, decoding, task loss.
-//! * [`method`]: the [`Method`](method::Method) seam through which MCKD, its Baseline and the
+//! * [`method`]: the [`Method`] seam through which MCKD, its Baseline and the
 //!   peer methods are trained and evaluated.
 //! * [`mckd`]: MCKD as a method — the model wrapper, the level policy, the inner (task) step and
 //!   the first-order meta step (Eq. 4), the α = 0 Baseline.

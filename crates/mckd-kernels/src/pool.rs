@@ -68,8 +68,8 @@ fn spin_enabled() -> bool {
 /// of them (≈ 4 % of the job thread's time at 2 threads, `_raw_spin_unlock_irqrestore`), and
 /// starts late. Spinning workers take each piece of work as soon as it exists: the AV-MNIST
 /// inner step at 2 threads 14.3–14.7 → 12.7–13.4 ms (bench/README.md). The price is a busy
-/// core during the serial stretches, as with OpenMP's active wait policy; after [`SPIN_FOR`]
-/// without work a worker only looks every [`NAP`].
+/// core during the serial stretches, as with OpenMP's active wait policy; after `SPIN_FOR`
+/// without work a worker only looks every `NAP`.
 pub fn with_busy_workers<R>(f: impl FnOnce() -> R) -> R {
     let Some(me) = rayon::current_thread_index() else {
         return f();
@@ -92,8 +92,8 @@ pub fn with_busy_workers<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs on every other worker during [`with_busy_workers`]: takes each piece of parallel work
-/// as soon as it exists and spins in between; after [`SPIN_FOR`] without work it looks only
-/// every [`NAP`].
+/// as soon as it exists and spins in between; after `SPIN_FOR` without work it looks only
+/// every `NAP`.
 fn keep_busy(done: &AtomicBool) {
     let mut last_work = Instant::now();
     while !done.load(Ordering::Acquire) {

@@ -10,12 +10,12 @@
 //! (they fall back to the best level it has, saying so once on stderr).
 //!
 //! Two mechanisms use the level:
-//! * [`multiversion!`]: an element-wise function compiled three times (AVX-512, AVX2 + FMA,
+//! * `multiversion!`: an element-wise function compiled three times (AVX-512, AVX2 + FMA,
 //!   baseline) and chosen per call. All three run the same floating-point operations in the
 //!   same order (Rust never contracts `a·b + c` into an FMA on its own), so the results are
 //!   bit-identical.
 //! * hand-written kernels (`direct2`, `direct3`, `window`, `fused`, the GEMM calls in
-//!   `conv3d`) with a generic-width formulation over [`vec::F32s`] (16 or 8 lanes) or a
+//!   `conv3d`) with a generic-width formulation over `vec::F32s` (16 or 8 lanes) or a
 //!   level-specific version; their sums may group differently per level (rounding only;
 //!   every test runs under every level the CPU has, `testing::for_each_level`).
 //!

@@ -1,7 +1,7 @@
 //! Full2miss (Shen & Gao, IPMI 2019) as PEERS.md §8.3 reconstructs it; the paper's code is not
 //! public and its exact loss could not be read. **The protocol is ours**:
 //!
-//! * teacher T: the full-modal model of the shared pretraining ([`common::pretrain`]), frozen
+//! * teacher T: the full-modal model of the shared pretraining ([`super::common::pretrain`]), frozen
 //!   (inference mode);
 //! * student S: the same network initialised from T, trained by the shared loop on every
 //!   training sample with the Baseline's forward (a missing feature is the mean of the present

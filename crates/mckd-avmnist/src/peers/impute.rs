@@ -2,7 +2,7 @@
 //! either; the papers cite them only (Baldi 2012 / Tran et al. 2017; Goodfellow 2014). **The
 //! protocol is ours**:
 //!
-//! 1. the full-modal pretraining shared with SMIL and Full2miss ([`common::pretrain`]);
+//! 1. the full-modal pretraining shared with SMIL and Full2miss ([`super::common::pretrain`]);
 //! 2. a feature translator per direction, trained on the paired samples' features of the
 //!    frozen pretrained encoders (inference mode, before dropout):
 //!    * AutoEncoder: an MLP F → 64 → F (ReLU) fitted with MSE;

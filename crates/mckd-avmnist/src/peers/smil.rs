@@ -1,7 +1,7 @@
 //! SMIL: multimodal learning with severely missing modality (Ma et al., AAAI 2021), from its
 //! public code (`mengmenm/SMIL@0d0e827`, PEERS.md §7), in the harness ("SMIL-fo"):
 //!
-//! 1. the pretraining of SMIL's pipeline ([`common::pretrain`]): the dominant modality alone,
+//! 1. the pretraining of SMIL's pipeline ([`super::common::pretrain`]): the dominant modality alone,
 //!    the scarce one alone on the pairs, then both on the pairs;
 //! 2. **modality priors**: the k-means centroids (K = 10, k-means++, 10 restarts) of the scarce
 //!    modality's features of every paired training sample (inference mode);
