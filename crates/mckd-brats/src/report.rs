@@ -19,7 +19,8 @@ pub struct MethodEval {
     pub name: String,
     /// Its title in tables (`MCKD`, `Baseline`, ...).
     pub title: String,
-    /// Per subset (in [`mckd_core::modality::all_subsets`] order): the mask and the means over test cases.
+    /// Per subset (in [`mckd_core::modality::all_subsets`] order): the mask and the means over
+    /// test cases.
     pub subsets: Vec<(Vec<bool>, MeanMetrics)>,
     /// Normalised IWV of the model.
     pub iwv: Vec<f32>,

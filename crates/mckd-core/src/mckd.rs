@@ -123,7 +123,7 @@ pub struct Forward<O> {
 impl<O> Forward<O> {
     /// The distilled features of `level`, stacked: `[batch, modalities, features]`.
     pub fn distilled(&self, level: usize) -> Tensor<3> {
-        stack_features(self.encoded.iter().map(|e| e.distilled(level)).collect())
+        fwd_distilled(&self.encoded, level)
     }
 }
 
