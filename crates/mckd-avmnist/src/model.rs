@@ -51,7 +51,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Flag, ModuleVisitor, Param};
+use burn::module::{Flag, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -277,27 +277,8 @@ impl AvmnistNetConfig {
     }
 }
 
-/// Builds a module with `init` while the device generator is seeded with `seed` (under a
-/// process-wide lock, so runs in parallel threads do not interleave their draws) and draws
-/// every lazily initialised parameter at once, in module order: the values depend on `seed`
-/// alone. [`AvmnistNetConfig::init_seeded`] and the peer methods' extra modules use it.
-pub fn init_seeded_with<M: Module>(seed: u64, device: &Device, init: impl FnOnce() -> M) -> M {
-    static INIT_LOCK: Mutex<()> = Mutex::new(());
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(seed);
-    let module = init();
-    module.visit(&mut Materialise);
-    module
-}
-
-/// Forces lazily initialised parameters to be drawn.
-struct Materialise;
-
-impl ModuleVisitor for Materialise {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let _ = param.val();
-    }
-}
+/// [`mckd_train::init_seeded`], under the name the AV-MNIST models and peers use.
+pub use mckd_train::init_seeded as init_seeded_with;
 
 /// A SMIL-style encoder: two (conv → batch norm → ReLU → 2×2 max-pool) stages, then
 /// linear → batch norm → ReLU → dropout. The image and audio encoders are two instances with

@@ -311,7 +311,14 @@ pub fn init_model(
     spatial: [usize; 3],
     device: &Device,
 ) -> MckdModel<BratsNet> {
-    device.seed(cfg.seed);
+    mckd_train::init_seeded(cfg.seed, device, || init_unseeded(cfg, spatial, device))
+}
+
+fn init_unseeded(
+    cfg: &BratsRunConfig,
+    spatial: [usize; 3],
+    device: &Device,
+) -> MckdModel<BratsNet> {
     let net = match cfg.task.arch {
         Arch::Unet { base } => BratsNet::Unet(
             UNetConfig::new()
@@ -368,7 +375,6 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
     let Arch::Unet { base: c } = cfg.task.arch else {
         panic!("a peer needs the UNet network (validate the config first)");
     };
-    device.seed(cfg.seed);
     let optim = cfg.optimizer.init();
     let seed = cfg.seed ^ PEER_RNG_SEED;
     let dice = cfg.task.dice;
@@ -383,47 +389,57 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
     match &cfg.method {
         BratsMethod::Hemis(h) => BratsAnyMethod::Hemis(Peer::new(
             name,
-            Hemis::new(c, head(h.native_head, NativeLoss::NiftyNet), device),
+            mckd_train::init_seeded(cfg.seed, device, || {
+                Hemis::new(c, head(h.native_head, NativeLoss::NiftyNet), device)
+            }),
             optim,
             seed,
         )),
         BratsMethod::Hved(h) => BratsAnyMethod::Hved(Peer::new(
             name,
-            Hved::new(
-                c,
-                head(h.native_head, NativeLoss::NiftyNet),
-                h.clone(),
-                device,
-            ),
+            mckd_train::init_seeded(cfg.seed, device, || {
+                Hved::new(
+                    c,
+                    head(h.native_head, NativeLoss::NiftyNet),
+                    h.clone(),
+                    device,
+                )
+            }),
             optim,
             seed,
         )),
         BratsMethod::Shaspec(s) => BratsAnyMethod::Shaspec(Peer::new(
             name,
-            ShaSpec::new(c, spatial, dice, s.clone(), device),
+            mckd_train::init_seeded(cfg.seed, device, || {
+                ShaSpec::new(c, spatial, dice, s.clone(), device)
+            }),
             optim,
             seed,
         )),
         BratsMethod::Mmformer(m) => BratsAnyMethod::Mmformer(Peer::new(
             name,
-            MmFormer::new(
-                c,
-                spatial,
-                head(m.native_head, NativeLoss::MmFormer),
-                m.clone(),
-                device,
-            ),
+            mckd_train::init_seeded(cfg.seed, device, || {
+                MmFormer::new(
+                    c,
+                    spatial,
+                    head(m.native_head, NativeLoss::MmFormer),
+                    m.clone(),
+                    device,
+                )
+            }),
             optim,
             seed,
         )),
         BratsMethod::RobustSeg(r) => BratsAnyMethod::RobustSeg(Peer::new(
             name,
-            RobustSeg::new(
-                c,
-                head(r.native_head, NativeLoss::RobustSeg),
-                r.clone(),
-                device,
-            ),
+            mckd_train::init_seeded(cfg.seed, device, || {
+                RobustSeg::new(
+                    c,
+                    head(r.native_head, NativeLoss::RobustSeg),
+                    r.clone(),
+                    device,
+                )
+            }),
             optim,
             seed,
         )),

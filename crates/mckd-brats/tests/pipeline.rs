@@ -680,8 +680,9 @@ fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
 }
 
 /// Robust-MSeg at the phantom demo's optimiser (SGD, Nesterov 0.9, poly from lr 0.05): its
-/// AdaIN KL (`−log σ²` of the shift, 273 at initialisation) overflows at iteration 5 of a
-/// 60-iteration run on the demo's seed-0 phantoms without clipping; the configs the commands
+/// AdaIN KL (`−log σ²` of the shift, a few hundred at initialisation) overflows within the
+/// first ten iterations of a 60-iteration run on the demo's seed-0 phantoms without clipping
+/// (at 5 with burn's lazy initialisation, at 6 since parameters are drawn in module order); the configs the commands
 /// build give Robust-MSeg a gradient-norm clip, with which the same run trains to the end with
 /// finite loss terms. The other methods keep the optimiser unclipped.
 #[test]
@@ -719,7 +720,13 @@ fn robust_mseg_gets_the_clip_it_needs_under_sgd() {
     let err = train_run(&unclipped, &run, false)
         .err()
         .expect("diverges without the clip");
-    assert!(err.to_string().contains("diverged at iteration 5"), "{err}");
+    let at: usize = err
+        .to_string()
+        .split("diverged at iteration ")
+        .nth(1)
+        .and_then(|r| r.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("not a divergence: {err}"));
+    assert!(at <= 10, "{err}");
     let run = RunDir::create(&tmp.0.join("clipped")).unwrap();
     let t = train_run(&cfg, &run, false).unwrap();
     assert_eq!(t.log.len(), 60);

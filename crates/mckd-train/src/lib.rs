@@ -93,10 +93,64 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
 ///
 /// burn seeds a backend's random generator process-wide (`Device::seed`), and weight
 /// initialisation and dropout draw from it. Two trainings on different threads of one process
-/// would interleave their draws and lose determinism, so every seeded training holds this guard
-/// from `seed` to its end. Independent runs in parallel belong in separate processes.
+/// would interleave their draws and lose determinism, so every seeded use holds this guard from
+/// `seed` to its last draw: [`init_seeded`] for an initialisation, the whole training where
+/// dropout draws from burn's generator (the demo). Independent runs in parallel belong in
+/// separate processes. Not reentrant: do not call [`init_seeded`] while holding it.
 pub fn rng_guard() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Builds a module with `init` while the device generator is seeded with `seed` (under
+/// [`rng_guard`]) and draws every lazily initialised parameter at once, in module order: the
+/// values depend on `seed` alone, whatever other threads of the process draw before or after
+/// (burn draws a lazy parameter at its first use otherwise).
+pub fn init_seeded<M: burn::module::Module>(
+    seed: u64,
+    device: &burn::prelude::Device,
+    init: impl FnOnce() -> M,
+) -> M {
+    let _guard = rng_guard();
+    device.seed(seed);
+    let module = init();
+    module.visit(&mut Materialise);
+    module
+}
+
+/// Forces lazily initialised parameters to be drawn.
+struct Materialise;
+
+impl burn::module::ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::prelude::*;
+
+    fn weights(l: &Linear) -> Vec<f32> {
+        l.weight.val().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn init_seeded_draws_everything_before_others_draw() {
+        let device = Device::flex();
+        let init = || LinearConfig::new(16, 8).init(&device);
+        let a = init_seeded(7, &device, init);
+        // Another seeding and draw before the parameters are first read: a lazily drawn
+        // parameter would take its values from this stream.
+        device.seed(99);
+        let _ = Tensor::<1>::random([1000], burn::tensor::Distribution::Default, &device);
+        let b = init_seeded(7, &device, init);
+        device.seed(99);
+        let c = init_seeded(8, &device, init);
+        assert_eq!(weights(&a), weights(&b));
+        assert_ne!(weights(&a), weights(&c));
+    }
 }
