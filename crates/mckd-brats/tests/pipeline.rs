@@ -682,9 +682,9 @@ fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
 /// Robust-MSeg at the phantom demo's optimiser (SGD, Nesterov 0.9, poly from lr 0.05): its
 /// AdaIN KL (`−log σ²` of the shift, a few hundred at initialisation) overflows within the
 /// first ten iterations of a 60-iteration run on the demo's seed-0 phantoms without clipping
-/// (at 5 with burn's lazy initialisation, at 6 since parameters are drawn in module order); the configs the commands
-/// build give Robust-MSeg a gradient-norm clip, with which the same run trains to the end with
-/// finite loss terms. The other methods keep the optimiser unclipped.
+/// (at 5 with burn's lazy initialisation, at 6 since parameters are drawn in module order);
+/// the configs the commands build give Robust-MSeg a gradient-norm clip, with which the same
+/// run trains to the end with finite loss terms. The other methods keep the optimiser unclipped.
 #[test]
 fn robust_mseg_gets_the_clip_it_needs_under_sgd() {
     use mckd_brats::demo::{DemoConfig, DemoPreset};
