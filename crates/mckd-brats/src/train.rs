@@ -369,8 +369,25 @@ const PEER_RNG_SEED: u64 = 0x5eed_0004;
 /// If `cfg` has not been validated ([`validate`]: a peer needs the UNet network, U-HVED an
 /// even base width, mmFormer heads that divide `8·base`).
 pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> BratsAnyMethod {
+    build(cfg, spatial, device, true)
+}
+
+/// [`build_any`]; unless `seeded`, the parameters stay undrawn (burn draws them at first use):
+/// for a model whose weights are loaded next and need not be drawn (43.6 M for the reference
+/// DualNet).
+fn build(
+    cfg: &BratsRunConfig,
+    spatial: [usize; 3],
+    device: &Device,
+    seeded: bool,
+) -> BratsAnyMethod {
     if cfg.method.kind().is_mckd_family() {
-        return BratsAnyMethod::Mckd(build_method(cfg, init_model(cfg, spatial, device)));
+        let model = if seeded {
+            init_model(cfg, spatial, device)
+        } else {
+            init_unseeded(cfg, spatial, device)
+        };
+        return BratsAnyMethod::Mckd(build_method(cfg, model));
     }
     let Arch::Unet { base: c } = cfg.task.arch else {
         panic!("a peer needs the UNet network (validate the config first)");
@@ -389,7 +406,7 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
     match &cfg.method {
         BratsMethod::Hemis(h) => BratsAnyMethod::Hemis(Peer::new(
             name,
-            mckd_train::init_seeded(cfg.seed, device, || {
+            seeded_if(seeded, cfg.seed, device, || {
                 Hemis::new(c, head(h.native_head, NativeLoss::NiftyNet), device)
             }),
             optim,
@@ -397,7 +414,7 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
         )),
         BratsMethod::Hved(h) => BratsAnyMethod::Hved(Peer::new(
             name,
-            mckd_train::init_seeded(cfg.seed, device, || {
+            seeded_if(seeded, cfg.seed, device, || {
                 Hved::new(
                     c,
                     head(h.native_head, NativeLoss::NiftyNet),
@@ -410,7 +427,7 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
         )),
         BratsMethod::Shaspec(s) => BratsAnyMethod::Shaspec(Peer::new(
             name,
-            mckd_train::init_seeded(cfg.seed, device, || {
+            seeded_if(seeded, cfg.seed, device, || {
                 ShaSpec::new(c, spatial, dice, s.clone(), device)
             }),
             optim,
@@ -418,7 +435,7 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
         )),
         BratsMethod::Mmformer(m) => BratsAnyMethod::Mmformer(Peer::new(
             name,
-            mckd_train::init_seeded(cfg.seed, device, || {
+            seeded_if(seeded, cfg.seed, device, || {
                 MmFormer::new(
                     c,
                     spatial,
@@ -432,7 +449,7 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
         )),
         BratsMethod::RobustSeg(r) => BratsAnyMethod::RobustSeg(Peer::new(
             name,
-            mckd_train::init_seeded(cfg.seed, device, || {
+            seeded_if(seeded, cfg.seed, device, || {
                 RobustSeg::new(
                     c,
                     head(r.native_head, NativeLoss::RobustSeg),
@@ -446,6 +463,20 @@ pub fn build_any(cfg: &BratsRunConfig, spatial: [usize; 3], device: &Device) -> 
         BratsMethod::Mckd(_) | BratsMethod::Baseline(_) | BratsMethod::Placebo(_) => {
             unreachable!("handled above")
         }
+    }
+}
+
+/// `init()`, seeded ([`mckd_train::init_seeded`]) if `seeded`.
+fn seeded_if<M: burn::module::Module>(
+    seeded: bool,
+    seed: u64,
+    device: &Device,
+    init: impl FnOnce() -> M,
+) -> M {
+    if seeded {
+        mckd_train::init_seeded(seed, device, init)
+    } else {
+        init()
     }
 }
 
@@ -465,7 +496,7 @@ pub fn load_model(run: &Path, device: &Device) -> Result<(BratsRunConfig, BratsA
             },
         });
     }
-    let mut method = build_any(&cfg, dhw(cfg.task.crop), device);
+    let mut method = build(&cfg, dhw(cfg.task.crop), device, false);
     let bytes = std::fs::read(&path).map_err(|e| BratsError::Checkpoint {
         path: path.clone(),
         problem: format!("cannot read it: {e}"),

@@ -589,10 +589,16 @@ fn peers_train_predict_evaluate_with_poisoned_missing_modalities() {
         }
         run.write("config.json", cfg.to_json().as_bytes()).unwrap();
         runs.push(run.path().to_path_buf());
+        // Loading builds the network without drawing its parameters: every one must come
+        // from the file.
+        let (_, method) = load_model(run.path(), &device).unwrap();
+        assert!(
+            method.model_bytes().unwrap() == t.method.model_bytes().unwrap(),
+            "{kind:?}: the reloaded model differs from the trained one"
+        );
         if kind == Method::Mckd {
             continue;
         }
-        let (_, method) = load_model(run.path(), &device).unwrap();
         let predictor = method.predictor();
         let case = &mckd_brats::eval::test_cases(run.path(), &data).unwrap()[0];
         let loaded = load_case(case, LabelConvention::Brats2018).unwrap();
