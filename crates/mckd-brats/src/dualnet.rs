@@ -1211,8 +1211,8 @@ mod tests {
         // ⟨∇ₓL, v⟩ by autodiff vs (L(x + h·v) − L(x − h·v))/2h, L = Σ g ⊙ logits, on the f64
         // network: checks the wiring of the whole graph (skips, concatenations, the ASPP
         // broadcast, the final upsampling). A randomly initialised 50-layer network with
-        // instance norms over few voxels is very curved (the derivative moves by ~10 % over
-        // h = 1e-6), hence f64 and tiny steps.
+        // instance norms over few voxels is very curved (on one draw the derivative moved by
+        // ~10 % over h = 1e-6), hence f64 and tiny steps.
         let ad = Device::flex().autodiff();
         let net = DualNetConfig::new()
             .with_width(1.0 / 16.0)
