@@ -85,7 +85,7 @@ fn train_log(cfg: &AvRunConfig) -> String {
 }
 
 #[test]
-fn the_shared_loop_reproduces_the_pre_refactor_logs_byte_for_byte() {
+fn the_shared_loop_reproduces_the_pre_refactor_logs() {
     // Logs written by the code before the one-loop refactor (tests/golden/README.md); the
     // `legacy` preset is that code's behaviour.
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -105,20 +105,59 @@ fn the_shared_loop_reproduces_the_pre_refactor_logs_byte_for_byte() {
             "legacy-baseline-visual_5-seed2-1epoch.csv",
         ),
     ];
+    // Byte for byte with the AVX-512 kernels, which wrote the golden logs. The AVX2 and scalar
+    // kernels group their sums otherwise (README "Reproducibility"): there every number within
+    // 1e-4 relative (measured under MCKD_SIMD=avx2 and scalar: at most 6.6e-6).
+    let exact = mckd_kernels::active_simd_level() == mckd_kernels::SimdLevel::Avx512;
     for (kind, setting, seed, epochs, file) in cases {
         let mut cfg = preset(Preset::Legacy, kind, Some(setting.parse().unwrap()), seed);
         cfg.loop_.budget = Budget::Epochs(epochs);
         let want = std::fs::read_to_string(golden.join(file)).unwrap();
         let got = train_log(&cfg);
-        assert!(
-            got == want,
-            "{file}: the log differs from the pre-refactor one; first differing line: {:?}",
-            got.lines()
-                .zip(want.lines())
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("got {a} | want {b}"))
-        );
+        if exact {
+            assert!(
+                got == want,
+                "{file}: the log differs from the pre-refactor one; first differing line: {:?}",
+                got.lines()
+                    .zip(want.lines())
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("got {a} | want {b}"))
+            );
+        } else {
+            let worst = logs_agree(&got, &want, 1e-4).unwrap_or_else(|e| panic!("{file}: {e}"));
+            println!("{file}: largest relative difference {worst:.2e}");
+        }
     }
+}
+
+/// Whether the CSV logs `got` and `want` have the same lines and fields, the same text where a
+/// field is not a number, and numbers within `tol` relative; the largest relative difference.
+fn logs_agree(got: &str, want: &str, tol: f64) -> Result<f64, String> {
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    if g.len() != w.len() {
+        return Err(format!("{} lines, want {}", g.len(), w.len()));
+    }
+    let mut worst = 0.0f64;
+    for (a, b) in g.iter().zip(&w) {
+        let (fa, fb): (Vec<&str>, Vec<&str>) = (a.split(',').collect(), b.split(',').collect());
+        if fa.len() != fb.len() {
+            return Err(format!("got {a} | want {b}"));
+        }
+        for (x, y) in fa.iter().zip(&fb) {
+            match (x.parse::<f64>(), y.parse::<f64>()) {
+                (Ok(x), Ok(y)) => {
+                    let rel = (x - y).abs() / x.abs().max(y.abs()).max(1e-12);
+                    worst = worst.max(rel);
+                    if rel > tol {
+                        return Err(format!("relative difference {rel:.2e}: got {a} | want {b}"));
+                    }
+                }
+                _ if x != y => return Err(format!("got {a} | want {b}")),
+                _ => {}
+            }
+        }
+    }
+    Ok(worst)
 }
 
 #[test]
