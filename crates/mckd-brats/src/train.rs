@@ -382,11 +382,9 @@ fn build(
     seeded: bool,
 ) -> BratsAnyMethod {
     if cfg.method.kind().is_mckd_family() {
-        let model = if seeded {
-            init_model(cfg, spatial, device)
-        } else {
+        let model = seeded_if(seeded, cfg.seed, device, || {
             init_unseeded(cfg, spatial, device)
-        };
+        });
         return BratsAnyMethod::Mckd(build_method(cfg, model));
     }
     let Arch::Unet { base: c } = cfg.task.arch else {
