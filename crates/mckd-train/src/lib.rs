@@ -72,8 +72,10 @@ pub fn init_logging(quiet: bool) {
     });
 }
 
-/// A progress bar with the house style; hidden when stderr is not a terminal or informational
-/// output is off (`--quiet`, or no logger installed: a library user sees no bars).
+/// A progress bar with the house style; hidden when informational output is off (`--quiet`, or
+/// no logger installed: a library user sees no bars). When stderr is not a terminal (a Slurm
+/// log, `nohup`, a pipe) indicatif draws nothing, so a line of position, elapsed time and ETA is
+/// logged instead every [`PROGRESS_LOG_INTERVAL`] while the bar runs.
 pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
     if !log::log_enabled!(log::Level::Info) {
         return indicatif::ProgressBar::hidden();
@@ -86,7 +88,76 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
         .expect("valid template"),
     );
     bar.set_message(message.to_string());
+    if bar.is_hidden() {
+        log_progress_every(&bar, PROGRESS_LOG_INTERVAL, |line| log::info!("{line}"));
+    }
     bar
+}
+
+/// How often a progress bar that cannot be drawn logs its state: a line a minute keeps a
+/// two-hour run's log short and still answers "is it moving, when will it end".
+pub const PROGRESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Emits [`progress_line`] of `bar` every `interval` from a background thread until the bar is
+/// finished or dropped (the thread holds only a weak reference, and looks at it every 100 ms
+/// at most so that it ends soon after the bar).
+fn log_progress_every(
+    bar: &indicatif::ProgressBar,
+    interval: std::time::Duration,
+    emit: impl Fn(String) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let weak = bar.downgrade();
+    let poll = interval.min(std::time::Duration::from_millis(100));
+    std::thread::spawn(move || {
+        let mut next = std::time::Instant::now() + interval;
+        loop {
+            std::thread::sleep(poll);
+            let Some(bar) = weak.upgrade() else { return };
+            if bar.is_finished() {
+                return;
+            }
+            if std::time::Instant::now() >= next {
+                emit(progress_line(
+                    &bar.message(),
+                    bar.position(),
+                    bar.length(),
+                    bar.elapsed(),
+                    bar.eta(),
+                ));
+                next += interval;
+            }
+        }
+    })
+}
+
+/// One logged progress line: `train mckd: 300/2400 (12 %), 0:04:31 elapsed, ~0:31:40 left`
+/// (no ETA before the first step, none without a length).
+pub fn progress_line(
+    message: &str,
+    position: u64,
+    length: Option<u64>,
+    elapsed: std::time::Duration,
+    eta: std::time::Duration,
+) -> String {
+    let hms = |d: std::time::Duration| {
+        let s = d.as_secs();
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    };
+    match length {
+        Some(len) if len > 0 => {
+            let left = if position > 0 && position < len {
+                format!(", ~{} left", hms(eta))
+            } else {
+                String::new()
+            };
+            format!(
+                "{message}: {position}/{len} ({} %), {} elapsed{left}",
+                100 * position / len,
+                hms(elapsed)
+            )
+        }
+        _ => format!("{message}: {position}, {} elapsed", hms(elapsed)),
+    }
 }
 
 /// Serialises seeded work inside one process.
@@ -136,6 +207,57 @@ mod tests {
 
     fn weights(l: &Linear) -> Vec<f32> {
         l.weight.val().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn progress_lines_show_position_elapsed_and_eta() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        assert_eq!(
+            progress_line("train mckd", 300, Some(2400), s(271), s(1900)),
+            "train mckd: 300/2400 (12 %), 0:04:31 elapsed, ~0:31:40 left"
+        );
+        // No estimate before the first step or after the last; no length, no fraction.
+        assert_eq!(
+            progress_line("predict", 0, Some(75), s(3), s(0)),
+            "predict: 0/75 (0 %), 0:00:03 elapsed"
+        );
+        assert_eq!(
+            progress_line("predict", 75, Some(75), s(3725), s(0)),
+            "predict: 75/75 (100 %), 1:02:05 elapsed"
+        );
+        assert_eq!(
+            progress_line("scan", 7, None, s(59), s(0)),
+            "scan: 7, 0:00:59 elapsed"
+        );
+    }
+
+    #[test]
+    fn an_undrawn_bar_logs_lines_until_it_finishes() {
+        use std::time::Duration;
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_length(10);
+        bar.set_message("train x");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reporter = log_progress_every(&bar, Duration::from_millis(20), move |line| {
+            let _ = tx.send(line);
+        });
+        bar.inc(3);
+        let wait = Duration::from_secs(10);
+        let line = loop {
+            let line = rx.recv_timeout(wait).expect("a progress line");
+            if line.starts_with("train x: 3/10 (30 %)") {
+                break line;
+            }
+        };
+        assert!(line.contains("elapsed, ~"), "{line}");
+        bar.finish();
+        reporter.join().unwrap();
+        // A dropped bar ends its reporter too.
+        let bar = indicatif::ProgressBar::hidden();
+        let reporter = log_progress_every(&bar, Duration::from_millis(20), |_| {});
+        drop(bar);
+        reporter.join().unwrap();
     }
 
     #[test]
