@@ -257,6 +257,77 @@ fn weights(path: &std::path::Path) -> Vec<u8> {
     b
 }
 
+/// `mckd brats train` of `method` for 12 iterations of a base-2 network on 16³ crops of `data`,
+/// a checkpoint every 3 iterations, into `out`; `fault` is injected (`MCKD_FAULT`).
+fn tiny_brats_train(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    method: &str,
+    fault: Option<&str>,
+    resume: bool,
+) -> std::process::Output {
+    let mut c = mckd();
+    c.args(["brats", "train", "--quiet", "--method", method])
+        .args(["--iterations", "12", "--base", "2"])
+        .args(["--crop", "16", "16", "16", "--tile", "16", "16", "16"])
+        .args(["--checkpoint-every", "3"])
+        .args(["--meta-interval", "2", "--meta-steps", "2"])
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    if resume {
+        c.arg("--resume");
+    }
+    if let Some(f) = fault {
+        c.env("MCKD_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+/// Trains `method` once without a fault, then once per fault of `faults` (each must stop the
+/// run) resumed with `--resume`: every resumed run must end with the uninterrupted run's train
+/// log and weights, and be marked finished.
+fn check_killed_runs_resume_exactly(dir: &std::path::Path, method: &str, faults: &[&str]) {
+    let data = dir.join("data");
+    let whole = dir.join(format!("{method}-whole"));
+    let out = tiny_brats_train(&data, &whole, method, None, false);
+    assert!(
+        out.status.success(),
+        "{method}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read(whole.join("train_log.csv")).unwrap();
+    let model = weights(&whole.join("model.bpk"));
+    for fault in faults {
+        let run = dir.join(format!("{method}-{}", fault.replace(':', "-")));
+        let out = tiny_brats_train(&data, &run, method, Some(fault), false);
+        assert!(
+            !out.status.success(),
+            "{method} {fault}: the fault did not stop the run"
+        );
+        let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+        assert!(status.contains("running"), "{method} {fault}: {status}");
+        let out = tiny_brats_train(&data, &run, method, None, true);
+        assert!(
+            out.status.success(),
+            "{method} {fault}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(run.join("train_log.csv")).unwrap(),
+            log,
+            "{method} {fault}: train log"
+        );
+        assert!(
+            weights(&run.join("model.bpk")) == model,
+            "{method} {fault}: the resumed model's weights differ"
+        );
+        let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+        assert!(status.contains("finished"), "{method} {fault}: {status}");
+    }
+}
+
 /// Issue 19: a training run killed at any point (SIGKILL-like aborts injected after an
 /// iteration, during a checkpoint write, between the checkpoint swap's renames, after the last
 /// iteration) and resumed ends with the same train log and the same model as an uninterrupted
@@ -266,80 +337,17 @@ fn a_killed_training_run_resumes_to_the_same_log_and_model() {
     let dir = temp("resume");
     let data = dir.join("data");
     phantoms(&data, 5);
-    let train = |out: &std::path::Path, fault: Option<&str>, resume: bool| {
-        let mut c = mckd();
-        c.args([
-            "brats",
-            "train",
-            "--quiet",
-            "--iterations",
-            "12",
-            "--base",
-            "2",
-        ])
-        .args(["--crop", "16", "16", "16", "--tile", "16", "16", "16"])
-        .args([
-            "--checkpoint-every",
-            "3",
-            "--meta-interval",
-            "2",
-            "--meta-steps",
-            "2",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(out);
-        if resume {
-            c.arg("--resume");
-        }
-        if let Some(f) = fault {
-            c.env("MCKD_FAULT", f);
-        }
-        c.output().unwrap()
-    };
-    let whole = dir.join("whole");
-    let out = train(&whole, None, false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    check_killed_runs_resume_exactly(
+        &dir,
+        "mckd",
+        &[
+            "after-iteration:2",
+            "after-iteration:7",
+            "checkpoint-write:6",
+            "checkpoint-swap:9",
+            "after-iteration:12",
+        ],
     );
-    let log = std::fs::read(whole.join("train_log.csv")).unwrap();
-    let model = weights(&whole.join("model.bpk"));
-    for fault in [
-        "after-iteration:2",
-        "after-iteration:7",
-        "checkpoint-write:6",
-        "checkpoint-swap:9",
-        "after-iteration:12",
-    ] {
-        let run = dir.join(fault.replace(':', "-"));
-        let out = train(&run, Some(fault), false);
-        assert!(
-            !out.status.success(),
-            "{fault}: the fault did not stop the run"
-        );
-        let status = std::fs::read_to_string(run.join("status.json")).unwrap();
-        assert!(status.contains("running"), "{fault}: {status}");
-        let out = train(&run, None, true);
-        assert!(
-            out.status.success(),
-            "{fault}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            std::fs::read(run.join("train_log.csv")).unwrap(),
-            log,
-            "{fault}: train log"
-        );
-        assert!(
-            weights(&run.join("model.bpk")) == model,
-            "{fault}: the resumed model's weights differ"
-        );
-        let status = std::fs::read_to_string(run.join("status.json")).unwrap();
-        assert!(status.contains("finished"), "{fault}: {status}");
-    }
     // A non-finite loss stops the run with the iteration and the term, marks it failed, and
     // keeps the last good checkpoint.
     let run = dir.join("diverged");
@@ -391,6 +399,20 @@ fn a_killed_training_run_resumes_to_the_same_log_and_model() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap();
     assert_eq!(state["iteration"].as_u64().unwrap(), at - 1, "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Issue 18: the real-data peer grid is trained across sessions from checkpoints, so a peer
+/// run stopped mid-way and resumed must end as the uninterrupted one: same log, same weights
+/// (U-HVED's sampling and the peers' other draws come from their own generator, which the
+/// checkpoint carries with the network and the optimiser).
+#[test]
+fn a_killed_peer_run_resumes_to_the_same_log_and_model() {
+    let dir = temp("resume-peers");
+    phantoms(&dir.join("data"), 5);
+    for method in ["hemis", "hved", "shaspec", "mmformer", "robustseg"] {
+        check_killed_runs_resume_exactly(&dir, method, &["after-iteration:5"]);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
