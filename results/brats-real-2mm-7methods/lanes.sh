@@ -19,7 +19,7 @@ lane() {
     echo "== $(date -u +%FT%TZ) end $run exit $?" >> "$grid/lane-$name.log"
   done
 }
-# About 4.6 h of one thread per lane and seed (s/step of the first runs × 2,400).
+# About 5 h of one thread per lane and seed (the README's s / step × 2,400).
 a=() b=()
 for s in 0 1 2; do
   a+=(seed-$s/mckd seed-$s/baseline seed-$s/hved)
