@@ -132,7 +132,7 @@ fn log_progress_every(
 
 /// One logged progress line: `train mckd: 300/2400 (12 %), 0:04:31 elapsed, ~0:31:40 left`
 /// (no ETA before the first step, none without a length).
-pub fn progress_line(
+fn progress_line(
     message: &str,
     position: u64,
     length: Option<u64>,
