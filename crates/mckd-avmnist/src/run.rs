@@ -423,6 +423,10 @@ pub fn run_one(
         progress.inc((method.pre_iterations() + c.state.iteration) as u64);
         resume = Some((c.state, c.log));
     }
+    // The processes before a resume count up to their last checkpoint.
+    let earlier_wall = resume
+        .as_ref()
+        .map_or(0.0, |(st, _)| st.timing.wall_seconds);
     method.prepare(&mut || progress.inc(1));
     let mut guard = DivergenceGuard::new(&method);
     let mut bar = Progress::new(progress, RunSpec::of(&cfg).label());
@@ -472,7 +476,7 @@ pub fn run_one(
         iwv: method.iwv(),
         iterations: trained.log.len(),
         pre_iterations: method.pre_iterations(),
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: earlier_wall + start.elapsed().as_secs_f64(),
         timing: trained.state.timing,
         log: trained.log,
     };

@@ -403,10 +403,28 @@ pub(crate) fn prepare_data(cfg: &DemoConfig, out: &RunDir) -> Result<PathBuf> {
     })
 }
 
+/// A run's training time from its `timing.json`: the wall time over every process of a resumed
+/// run (`true`), or, in a file of a build before the loop kept its wall time across resumes
+/// (no `loop_seconds`; its `wall_seconds` counts the last process only), the time of the
+/// inner and meta steps, which the checkpoints always carried (`false`).
+pub(crate) fn train_seconds(t: &Value) -> Option<(f64, bool)> {
+    let num = |k: &str| t.get(k).and_then(Value::as_f64);
+    if num("loop_seconds").is_some() {
+        return num("wall_seconds").map(|w| (w, true));
+    }
+    let inner = num("seconds_per_inner_step")? * num("iterations")?;
+    let meta = match (num("seconds_per_meta_step"), num("meta_steps")) {
+        (Some(per), Some(n)) if n > 0.0 => per * n,
+        _ => 0.0,
+    };
+    Some((inner + meta, false))
+}
+
 /// The training cost of each run of an experiment, from its `timing.json`.
 pub struct TimingTable {
     /// `timing.csv`: `method,parameters,iterations,seconds_per_inner_step,
-    /// seconds_per_meta_step,meta_steps,train_seconds`.
+    /// seconds_per_meta_step,meta_steps,train_seconds,train_seconds_of` (`wall`, or `steps`
+    /// for an older run's file: see [`train_seconds`]).
     pub csv: String,
     /// `timing.md`: the same as a Markdown table.
     pub markdown: String,
@@ -418,7 +436,7 @@ pub struct TimingTable {
 pub fn timing_table(runs: &[PathBuf]) -> Result<TimingTable> {
     let mut csv = String::from(
         "method,parameters,iterations,seconds_per_inner_step,seconds_per_meta_step,meta_steps,\
-         train_seconds\n",
+         train_seconds,train_seconds_of\n",
     );
     let header: Vec<String> = [
         "Method",
@@ -432,6 +450,7 @@ pub fn timing_table(runs: &[PathBuf]) -> Result<TimingTable> {
     .to_vec();
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
+    let mut steps_only = false;
     for run in runs {
         let cfg = crate::train::load_config(run)?;
         let name = cfg.method.kind().name();
@@ -444,15 +463,20 @@ pub fn timing_table(runs: &[PathBuf]) -> Result<TimingTable> {
         let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_default();
         let (params, iters) = (num("parameters"), num("iterations"));
         let (inner, meta) = (num("seconds_per_inner_step"), num("seconds_per_meta_step"));
-        let (metas, wall) = (num("meta_steps"), num("wall_seconds"));
+        let metas = num("meta_steps");
+        let train = train_seconds(&t);
+        steps_only |= train.is_some_and(|(_, wall)| !wall);
         csv.push_str(&format!(
-            "{name},{},{},{},{},{},{}\n",
+            "{name},{},{},{},{},{},{},{}\n",
             cell(params, &|v| format!("{v}")),
             cell(iters, &|v| format!("{v}")),
             cell(inner, &|v| format!("{v}")),
             cell(meta, &|v| format!("{v}")),
             cell(metas, &|v| format!("{v}")),
-            cell(wall, &|v| format!("{v}")),
+            train.map(|(v, _)| v.to_string()).unwrap_or_default(),
+            train
+                .map(|(_, wall)| if wall { "wall" } else { "steps" })
+                .unwrap_or_default(),
         ));
         rows.push(vec![
             Method::title_of(name).to_string(),
@@ -460,17 +484,53 @@ pub fn timing_table(runs: &[PathBuf]) -> Result<TimingTable> {
             cell(iters, &|v| format!("{v:.0}")),
             cell(inner, &|v| format!("{v:.3}")),
             cell(meta.filter(|v| v.is_finite()), &|v| format!("{v:.3}")),
-            cell(wall, &|v| format!("{:.1}", v / 60.0)),
+            train
+                .map(|(v, wall)| format!("{:.1}{}", v / 60.0, if wall { "" } else { " †" }))
+                .unwrap_or_default(),
         ]);
         json.insert(name.to_string(), t);
     }
-    let markdown = format!(
-        "Training cost per method (same iteration budget; seconds per inner step).\n\n{}",
+    let mut markdown = format!(
+        "Training cost per method (same iteration budget; seconds per inner step; training \
+         minutes over every process of a resumed run).\n\n{}",
         mckd_train::report::markdown_table(&header, &rows)
     );
+    if steps_only {
+        markdown.push_str(
+            "\n† The inner and meta steps' time only: the run's `timing.json` is from a build \
+             whose wall time counted only the last process of a resumed run.\n",
+        );
+    }
     Ok(TimingTable {
         csv,
         markdown,
         json: Value::Object(json),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn training_time_is_the_wall_time_across_resumes_else_the_steps_time() {
+        // A file of the current build: its wall time already spans the resumed processes.
+        let new = json!({"seconds_per_inner_step": 2.0, "iterations": 100, "meta_steps": 0,
+            "seconds_per_meta_step": null, "wall_seconds": 250.0, "loop_seconds": 240.0});
+        assert_eq!(train_seconds(&new), Some((250.0, true)));
+        // The seed-0 U-HVED run of results/brats-real-2mm-7methods, resumed once by a build
+        // without `loop_seconds`: 77.3 min of wall time in its last process, 103.6 min of steps.
+        let hved = json!({"seconds_per_inner_step": 2.589456205676254,
+            "seconds_per_meta_step": null, "meta_steps": 0, "iterations": 2400,
+            "wall_seconds": 4640.030444071});
+        let (s, wall) = train_seconds(&hved).unwrap();
+        assert!(!wall);
+        assert!((s - 6214.694893623).abs() < 1e-6, "{s}");
+        // Meta steps count too.
+        let meta = json!({"seconds_per_inner_step": 1.0, "iterations": 100,
+            "seconds_per_meta_step": 2.0, "meta_steps": 10, "wall_seconds": 50.0});
+        assert_eq!(train_seconds(&meta), Some((120.0, false)));
+        assert_eq!(train_seconds(&json!({"wall_seconds": 5.0})), None);
+    }
 }

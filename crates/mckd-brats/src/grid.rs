@@ -227,11 +227,10 @@ pub fn merge(out: &RunDir) -> Result<Merged> {
     })
 }
 
-/// A finished run's training time from its `timing.json` (inner and meta steps), 0 if absent.
+/// A finished run's training time from its `timing.json`, 0 if absent.
 fn train_seconds(run: &Path) -> f64 {
-    let Ok(v) = mckd_train::config::read_json::<serde_json::Value>(&run.join("timing.json")) else {
-        return 0.0;
-    };
-    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-    f("seconds_per_inner_step") * f("iterations") + f("seconds_per_meta_step") * f("meta_steps")
+    mckd_train::config::read_json::<serde_json::Value>(&run.join("timing.json"))
+        .ok()
+        .and_then(|v| crate::demo::train_seconds(&v))
+        .map_or(0.0, |(s, _)| s)
 }

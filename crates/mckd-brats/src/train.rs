@@ -697,6 +697,10 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
     if let Some((st, _)) = &resume_from {
         bar.inc(st.iteration as u64);
     }
+    // The processes before a resume count up to their last checkpoint.
+    let earlier_wall = resume_from
+        .as_ref()
+        .map_or(0.0, |(st, _)| st.timing.wall_seconds);
     let mut guard = DivergenceGuard::new(&method);
     let mut progress = Progress::new(&bar, method.name().to_string());
     let mut signal = StopOnSignal::install();
@@ -751,7 +755,8 @@ pub fn train_run(cfg: &BratsRunConfig, run: &RunDir, resume: bool) -> Result<Tra
             "seconds_per_meta_step": json_f64(timing.per_meta()),
             "meta_steps": timing.meta_steps,
             "iterations": trained.log.len(),
-            "wall_seconds": started.elapsed().as_secs_f64(),
+            "wall_seconds": earlier_wall + started.elapsed().as_secs_f64(),
+            "loop_seconds": timing.wall_seconds,
             "parameters": method.num_params(),
             "final_iwv": iwv_map(&names, &method.state_values()),
         }),

@@ -293,6 +293,11 @@ pub struct Timing {
     pub meta_seconds: f64,
     /// Meta steps run.
     pub meta_steps: usize,
+    /// Wall-clock seconds of the loop (steps, batches, observers, checkpoints), summed over the
+    /// processes of a resumed run up to the checkpoint each resumed from. Checkpoints written
+    /// before this field existed read as 0.
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 impl Timing {
@@ -494,6 +499,8 @@ where
         }
         let mut current_stage = None;
         let mut ended = Ended::Finished;
+        // The loop's wall time continues from the checkpoint's.
+        let wall = (Instant::now(), st.timing.wall_seconds);
         while st.iteration < total {
             let stage = usize::from(s1 > 0 && st.iteration >= s1);
             if current_stage != Some(stage) {
@@ -593,6 +600,7 @@ where
                 && st.iteration < total
                 && let Some(sink) = checkpoints.as_deref_mut()
             {
+                st.timing.wall_seconds = wall.1 + wall.0.elapsed().as_secs_f64();
                 save_checkpoint(sink, method, &mut st, &rng, train, meta, &log)?;
             }
             if control == Control::Stop {
@@ -600,6 +608,7 @@ where
                 break;
             }
         }
+        st.timing.wall_seconds = wall.1 + wall.0.elapsed().as_secs_f64();
         st.rng = rng_state(&rng).to_vec();
         st.train_source = train.random_state();
         st.meta_source = meta.map(|m| m.random_state()).unwrap_or_default();
@@ -998,6 +1007,42 @@ mod tests {
             assert_eq!(b.log, a.log, "resumed from iteration {}", state.iteration);
             assert_eq!(m.value, whole.value);
         }
+    }
+
+    #[test]
+    fn the_loop_wall_time_covers_the_steps_and_continues_across_a_resume() {
+        let steps = |t: &Timing| t.inner_seconds + t.meta_seconds;
+        let mut sink = Memory::default();
+        let a = run(&mut Recorder::new(), &mut sink, None);
+        let mut walls: Vec<f64> = sink.0.iter().map(|c| c.1.timing.wall_seconds).collect();
+        walls.push(a.state.timing.wall_seconds);
+        assert!(walls.windows(2).all(|w| w[0] <= w[1]), "{walls:?}");
+        for t in sink.0.iter().map(|c| &c.1.timing).chain([&a.state.timing]) {
+            assert!(t.wall_seconds + 1e-9 >= steps(t), "{t:?}");
+        }
+        // Resumed from the checkpoint of iteration 15 as if 10,000 s had gone before it.
+        let (files, state, log) = &sink.0[2];
+        let mut state = state.clone();
+        state.timing.wall_seconds = 1e4;
+        let mut m = Recorder::new();
+        m.load_state(files).unwrap();
+        let b = run(
+            &mut m,
+            &mut Memory::default(),
+            Some((state.clone(), log.clone())),
+        );
+        let wall = b.state.timing.wall_seconds;
+        assert!((1e4..1e4 + 60.0).contains(&wall), "{wall}");
+        assert!(b.state.timing.inner_seconds >= state.timing.inner_seconds);
+        // A checkpoint written before the field existed reads as 0 s so far.
+        let mut old: serde_json::Value = serde_json::to_value(&state).unwrap();
+        old["timing"]
+            .as_object_mut()
+            .unwrap()
+            .remove("wall_seconds");
+        let read: LoopState = serde_json::from_value(old).unwrap();
+        assert_eq!(read.timing.wall_seconds, 0.0);
+        assert_eq!(read.timing.inner_seconds, state.timing.inner_seconds);
     }
 
     #[test]

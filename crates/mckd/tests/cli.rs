@@ -325,6 +325,17 @@ fn check_killed_runs_resume_exactly(dir: &std::path::Path, method: &str, faults:
         );
         let status = std::fs::read_to_string(run.join("status.json")).unwrap();
         assert!(status.contains("finished"), "{method} {fault}: {status}");
+        // The training time covers both processes: the wall time is at least the loop's,
+        // which is at least the steps' that the checkpoint carried over.
+        let t: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("timing.json")).unwrap()).unwrap();
+        let f = |k: &str| t[k].as_f64().unwrap_or(0.0);
+        let steps = f("seconds_per_inner_step") * f("iterations")
+            + f("seconds_per_meta_step") * f("meta_steps");
+        assert!(
+            f("wall_seconds") >= f("loop_seconds") && f("loop_seconds") + 1e-9 >= steps,
+            "{method} {fault}: {t}"
+        );
     }
 }
 
