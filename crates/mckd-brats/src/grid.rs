@@ -11,6 +11,7 @@
 //! OUT/seed-<s>/results.json, table.md  the seed's evaluation (merge)
 //! OUT/seeds_summary.md/.json           across seeds (merge)
 //! OUT/table_seeds.md/.csv              Table 1 pooled over every seed's test cases (merge)
+//! OUT/table_seeds_{et,tc,wt}.png       the same as bar charts, one per region (merge)
 //! ```
 //!
 //! A planned run's config names no other run: its split is the seeded split every method of

@@ -98,6 +98,9 @@ pub struct PooledTable {
     /// Per method: per subset and region mean and std of Dice and HD95, the sample counts,
     /// and the p-values of MCKD > each other method.
     pub json: Value,
+    /// Per region, `(file name, chart)`: the pooled mean Dice (%) of every method per subset
+    /// and the Average, as bars (`table_seeds_et.png`, `_tc`, `_wt`).
+    pub charts: Vec<(String, mckd_plot::BarChart)>,
 }
 
 /// One cell's samples.
@@ -288,7 +291,36 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         }
         per_method.insert(m.clone(), Value::Object(per_subset));
     }
+    // One chart per region: a cluster per subset and the Average, a bar per method.
+    let mut groups = subsets.clone();
+    groups.push("Average".into());
+    let charts = Region::ALL
+        .iter()
+        .map(|&r| {
+            let k = r.channel();
+            let chart = methods.iter().zip(&titles).fold(
+                mckd_plot::BarChart::new(
+                    format!(
+                        "{} Dice by available modalities, pooled over {n_samples} seed(s)",
+                        r.name()
+                    ),
+                    "Dice (%)",
+                    groups.clone(),
+                ),
+                |chart, (m, t)| {
+                    let cells = subsets
+                        .iter()
+                        .map(|s| cell(m, s, k).map_or(f64::NAN, |c| 100.0 * mean_std(&c.dice).0));
+                    let average = 100.0 * mean_std(&averages(m, false, k, false)).0;
+                    chart.series(t.clone(), cells.chain([average]))
+                },
+            );
+            let file = format!("table_seeds_{}.png", r.name().to_lowercase());
+            (file, chart.y_range(0.0, 100.0).size(1800, 620))
+        })
+        .collect();
     Ok(PooledTable {
+        charts,
         markdown: md,
         csv: csv_table(&csv_header, &csv_rows),
         json: json!({
@@ -369,6 +401,23 @@ mod tests {
             "{p}"
         );
         assert_eq!(t.csv.lines().count(), 1 + 2 * 2 * 3);
+        // The WT chart: clusters flair, t1c, Average; MCKD's bars are the pooled cells (75,
+        // 50) and the mean over the samples of each one's subset mean: c1 (0.6 + 0.5) / 2 …
+        let (file, wt) = &t.charts[2];
+        assert_eq!(file, "table_seeds_wt.png");
+        assert_eq!(wt.groups, ["flair", "t1c", "Average"]);
+        let avg = 100.0 * (0.55 + 0.65 + 0.6 + 0.7) / 4.0;
+        let (name, v) = &wt.series[0];
+        assert_eq!(name, "MCKD");
+        assert!(
+            (v[0] - 75.0).abs() < 1e-9 && (v[1] - 50.0).abs() < 1e-9,
+            "{v:?}"
+        );
+        assert!((v[2] - avg).abs() < 1e-9, "{v:?}");
+        assert_eq!(wt.series[1].1, [50.0, 40.0, 45.0]);
+        let png = tmp.path().join(file);
+        wt.save_png(&png).unwrap();
+        assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     }
 
     #[test]

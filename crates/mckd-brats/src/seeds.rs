@@ -140,12 +140,16 @@ pub struct SeedsSummary {
 }
 
 impl SeedsSummary {
-    /// Writes `seeds_summary.md`/`.json` and the pooled Table 1 (`table_seeds.md`/`.csv`).
+    /// Writes `seeds_summary.md`/`.json` and the pooled Table 1 (`table_seeds.md`/`.csv`,
+    /// one bar chart per region `table_seeds_{et,tc,wt}.png`).
     pub fn write(&self, out: &RunDir) -> Result<()> {
         out.write("seeds_summary.md", self.markdown.as_bytes())?;
         out.write_json("seeds_summary.json", &self.json)?;
         out.write("table_seeds.md", self.pooled.markdown.as_bytes())?;
         out.write("table_seeds.csv", self.pooled.csv.as_bytes())?;
+        for (file, chart) in &self.pooled.charts {
+            chart.save_png(out.file(file))?;
+        }
         Ok(())
     }
 }
@@ -322,7 +326,10 @@ pub fn summarise(dirs: &[(u64, PathBuf)]) -> Result<SeedsSummary> {
     ));
     let pooled = pooled_table(dirs)?;
     markdown
-        .push_str("\nTable 1 pooled over the seeds' test cases (mean ± std): `table_seeds.md`.\n");
+        .push_str(
+            "\nTable 1 pooled over the seeds' test cases (mean ± std): `table_seeds.md`; as bar \
+             charts per region: `table_seeds_et.png`, `table_seeds_tc.png`, `table_seeds_wt.png`.\n",
+        );
     let json = json!({
         "pooled": pooled.json,
         "seeds": seeds.iter().map(|s| json!({
@@ -490,6 +497,9 @@ pub(crate) mod tests {
             "seeds_summary.json",
             "table_seeds.md",
             "table_seeds.csv",
+            "table_seeds_et.png",
+            "table_seeds_tc.png",
+            "table_seeds_wt.png",
         ] {
             assert!(tmp.path().join(f).is_file(), "{f}");
         }
