@@ -407,7 +407,7 @@ pub(crate) fn prepare_data(cfg: &DemoConfig, out: &RunDir) -> Result<PathBuf> {
 /// run (`true`), or, in a file of a build before the loop kept its wall time across resumes
 /// (no `loop_seconds`; its `wall_seconds` counts the last process only), the time of the
 /// inner and meta steps, which the checkpoints always carried (`false`).
-pub(crate) fn train_seconds(t: &Value) -> Option<(f64, bool)> {
+pub fn train_seconds(t: &Value) -> Option<(f64, bool)> {
     let num = |k: &str| t.get(k).and_then(Value::as_f64);
     if num("loop_seconds").is_some() {
         return num("wall_seconds").map(|w| (w, true));

@@ -989,6 +989,18 @@ mod tests {
         assert!((t.log[14].lr - 1.0 / 15.0).abs() < 1e-12);
     }
 
+    /// A fresh method loaded from a checkpoint and trained on from it.
+    fn resumed(files: &StateFiles, state: &LoopState, log: &[LogRow]) -> (Recorder, Trained) {
+        let mut m = Recorder::new();
+        m.load_state(files).unwrap();
+        let t = run(
+            &mut m,
+            &mut Memory::default(),
+            Some((state.clone(), log.to_vec())),
+        );
+        (m, t)
+    }
+
     #[test]
     fn a_resumed_run_ends_as_an_uninterrupted_one() {
         let mut whole = Recorder::new();
@@ -997,13 +1009,7 @@ mod tests {
         assert_eq!(sink.0.len(), 5, "checkpoints at 5, 10, 15, 20, 25");
         for (k, (files, state, log)) in sink.0.iter().enumerate() {
             assert_eq!(state.iteration, 5 * (k + 1));
-            let mut m = Recorder::new();
-            m.load_state(files).unwrap();
-            let b = run(
-                &mut m,
-                &mut Memory::default(),
-                Some((state.clone(), log.clone())),
-            );
+            let (m, b) = resumed(files, state, log);
             assert_eq!(b.log, a.log, "resumed from iteration {}", state.iteration);
             assert_eq!(m.value, whole.value);
         }
@@ -1024,13 +1030,7 @@ mod tests {
         let (files, state, log) = &sink.0[2];
         let mut state = state.clone();
         state.timing.wall_seconds = 1e4;
-        let mut m = Recorder::new();
-        m.load_state(files).unwrap();
-        let b = run(
-            &mut m,
-            &mut Memory::default(),
-            Some((state.clone(), log.clone())),
-        );
+        let (_, b) = resumed(files, &state, log);
         let wall = b.state.timing.wall_seconds;
         assert!((1e4..1e4 + 60.0).contains(&wall), "{wall}");
         assert!(b.state.timing.inner_seconds >= state.timing.inner_seconds);
