@@ -31,7 +31,8 @@ use crate::train::{load_config, load_model, train_run};
 pub enum BratsCommand {
     /// Writes seeded synthetic phantoms (BraTS layout, NIfTI) — the CPU default data set.
     Phantoms(PhantomsArgs),
-    /// Trains MCKD, the Baseline or the placebo on a cases folder; writes a run folder.
+    /// Trains one method (MCKD, the Baseline, the placebo or a Table 1 peer: --method) on a
+    /// cases folder; writes a run folder.
     Train(TrainArgs),
     /// Writes label maps of a trained run for any subsets of any cases (or of one case's files).
     Predict(PredictArgs),
@@ -39,12 +40,12 @@ pub enum BratsCommand {
     Evaluate(EvaluateArgs),
     /// Predicts and scores a run's test cases on all 15 subsets (with other runs beside it).
     Eval(EvalArgs),
-    /// Phantoms → MCKD and Baseline → evaluation table (60 phantoms of 32³, 1,200 iterations
-    /// per method: a few minutes on 2 cores).
+    /// Phantoms → MCKD and Baseline (or --methods all: the five peers too) → evaluation table
+    /// (60 phantoms of 32³, 1,200 iterations per method: a few minutes on 2 cores for the two).
     Demo(DemoArgs),
     /// The real-data experiment: the cases of a folder (default $MCKD_DATA_DIR/brats-real) at
-    /// 2 mm, a seeded 13 / 2 / 5 split, MCKD and Baseline, all 15 subsets scored at the
-    /// original 1 mm labels; with --seeds N, a summary across seeds.
+    /// 2 mm, a seeded 13 / 2 / 5 split, MCKD and Baseline (--methods: the peers too), all 15
+    /// subsets scored at the original 1 mm labels; with --seeds N, a summary across seeds.
     Real(RealArgs),
     /// Prepares (crops to the brain and resamples) every case of a folder at a spacing into
     /// the cache, checking every file; prints each case's grid.
