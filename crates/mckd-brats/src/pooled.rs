@@ -95,8 +95,9 @@ pub struct PooledTable {
     pub markdown: String,
     /// `table_seeds.csv`: one line per method, subset and region.
     pub csv: String,
-    /// Per method: per subset and region mean and std of Dice and HD95, the sample counts,
-    /// and the p-values of MCKD > each other method.
+    /// Per method: per subset and region mean and std of Dice and HD95, the sample counts;
+    /// the Average rows per method (`averages`: `all` and `no_t1c`, per region); and the
+    /// p-values of MCKD > each other method.
     pub json: Value,
     /// Per region, `(file name, chart)`: the pooled mean Dice (%) of every method per subset
     /// and the Average, as bars (`table_seeds_et.png`, `_tc`, `_wt`).
@@ -291,6 +292,31 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         }
         per_method.insert(m.clone(), Value::Object(per_subset));
     }
+    // The Average rows' numbers, unrounded.
+    let mut per_method_averages = serde_json::Map::new();
+    for m in &methods {
+        let mut rows = serde_json::Map::new();
+        for (key, no_t1c) in [("all", false), ("no_t1c", true)] {
+            let mut per_region = serde_json::Map::new();
+            for r in Region::ALL {
+                let (dice, hd) = (
+                    averages(m, no_t1c, r.channel(), false),
+                    averages(m, no_t1c, r.channel(), true),
+                );
+                let ((dm, ds), (hm, hs)) = (mean_std(&dice), mean_std(&hd));
+                per_region.insert(
+                    r.name().to_lowercase(),
+                    json!({
+                        "dice_mean": json_f64(dm), "dice_std": json_f64(ds),
+                        "hd95_mean": json_f64(hm), "hd95_std": json_f64(hs),
+                        "n_samples": dice.len(),
+                    }),
+                );
+            }
+            rows.insert(key.into(), Value::Object(per_region));
+        }
+        per_method_averages.insert(m.clone(), Value::Object(rows));
+    }
     // One chart per region: a cluster per subset and the Average, a bar per method.
     let mut groups = subsets.clone();
     groups.push("Average".into());
@@ -326,6 +352,7 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         json: json!({
             "seeds": dirs.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             "methods": Value::Object(per_method),
+            "averages": Value::Object(per_method_averages),
             "t_test_mckd_gt": Value::Object(tests),
         }),
     })
@@ -401,6 +428,11 @@ mod tests {
             "{p}"
         );
         assert_eq!(t.csv.lines().count(), 1 + 2 * 2 * 3);
+        // The same row in the JSON, unrounded: 0.75 ± sqrt(((.15² + .05²)·2)/3).
+        let avg = &t.json["averages"]["mckd"]["no_t1c"]["wt"];
+        assert!((avg["dice_mean"].as_f64().unwrap() - 0.75).abs() < 1e-12);
+        assert!((avg["dice_std"].as_f64().unwrap() - sd).abs() < 1e-12);
+        assert_eq!(avg["n_samples"], 4);
         // The WT chart: clusters flair, t1c, Average; MCKD's bars are the pooled cells (75,
         // 50) and the mean over the samples of each one's subset mean: c1 (0.6 + 0.5) / 2 …
         let (file, wt) = &t.charts[2];
