@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The README's Table 1 rows from a merged grid: `seeds_summary.json` (Dice pooled over every
-(seed, test case) pair, written by `mckd brats merge` since 2026-12-07 evening with the Average
+(seed, test case) pair, written by `mckd brats merge` of 68f0207 or later, with the Average
 rows unrounded) and each seed's `timing.csv`. Usage, from the repository root:
     python3 results/brats-real-2mm-7methods/make_table.py results/brats-real-2mm-7methods
 Prints one Markdown row per method: parameters, s / step (mean over the seeds), all four
