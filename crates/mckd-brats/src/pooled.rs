@@ -115,6 +115,9 @@ struct Cell {
 /// One case's scores on one subset: whether t1c is present, Dice and HD95 per region.
 type SubsetScore = (bool, [f64; 3], [f64; 3]);
 
+/// One Average cell: (mean, std) over the samples, and their count.
+type AverageCell = ((f64, f64), usize);
+
 /// Pools the `per_case.csv` of every `(seed, folder)`; methods and subsets keep the order of
 /// the first file.
 pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
@@ -175,6 +178,23 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
             })
             .collect()
     };
+    // Every Average cell once, for the tables, the JSON and the charts: per (method, without
+    // t1c?), per metric (Dice, HD95) and region, mean ± std over the samples and their count.
+    let average_rows: BTreeMap<(&str, bool), [[AverageCell; 3]; 2]> = methods
+        .iter()
+        .flat_map(|m| [false, true].map(|no_t1c| (m.as_str(), no_t1c)))
+        .map(|(m, no_t1c)| {
+            let row = [false, true].map(|hd| {
+                std::array::from_fn(|k| {
+                    let v = averages(m, no_t1c, k, hd);
+                    (mean_std(&v), v.len())
+                })
+            });
+            ((m, no_t1c), row)
+        })
+        .collect();
+    let average =
+        |m: &str, no_t1c: bool, k: usize, hd: bool| average_rows[&(m, no_t1c)][usize::from(hd)][k];
     let titles: Vec<String> = methods
         .iter()
         .map(|m| crate::config::Method::title_of(m).to_string())
@@ -208,7 +228,7 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
             let mut row = vec![label.to_string()];
             for m in &methods {
                 for k in 0..3 {
-                    row.push(fmt(mean_std(&averages(m, no_t1c, k, hd)), scale));
+                    row.push(fmt(average(m, no_t1c, k, hd).0, scale));
                 }
             }
             rows.push(row);
@@ -299,17 +319,14 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
         for (key, no_t1c) in [("all", false), ("no_t1c", true)] {
             let mut per_region = serde_json::Map::new();
             for r in Region::ALL {
-                let (dice, hd) = (
-                    averages(m, no_t1c, r.channel(), false),
-                    averages(m, no_t1c, r.channel(), true),
-                );
-                let ((dm, ds), (hm, hs)) = (mean_std(&dice), mean_std(&hd));
+                let ((dm, ds), n) = average(m, no_t1c, r.channel(), false);
+                let ((hm, hs), _) = average(m, no_t1c, r.channel(), true);
                 per_region.insert(
                     r.name().to_lowercase(),
                     json!({
                         "dice_mean": json_f64(dm), "dice_std": json_f64(ds),
                         "hd95_mean": json_f64(hm), "hd95_std": json_f64(hs),
-                        "n_samples": dice.len(),
+                        "n_samples": n,
                     }),
                 );
             }
@@ -337,8 +354,8 @@ pub fn pooled_table(dirs: &[(u64, PathBuf)]) -> Result<PooledTable> {
                     let cells = subsets
                         .iter()
                         .map(|s| cell(m, s, k).map_or(f64::NAN, |c| 100.0 * mean_std(&c.dice).0));
-                    let average = 100.0 * mean_std(&averages(m, false, k, false)).0;
-                    chart.series(t.clone(), cells.chain([average]))
+                    let all = 100.0 * average(m, false, k, false).0.0;
+                    chart.series(t.clone(), cells.chain([all]))
                 },
             );
             let file = format!("table_seeds_{}.png", r.name().to_lowercase());

@@ -600,18 +600,15 @@ where
                 && st.iteration < total
                 && let Some(sink) = checkpoints.as_deref_mut()
             {
-                st.timing.wall_seconds = wall.1 + wall.0.elapsed().as_secs_f64();
-                save_checkpoint(sink, method, &mut st, &rng, train, meta, &log)?;
+                record_state(&mut st, &rng, train, meta, wall);
+                save_checkpoint(sink, method, &st, &log)?;
             }
             if control == Control::Stop {
                 ended = Ended::Stopped;
                 break;
             }
         }
-        st.timing.wall_seconds = wall.1 + wall.0.elapsed().as_secs_f64();
-        st.rng = rng_state(&rng).to_vec();
-        st.train_source = train.random_state();
-        st.meta_source = meta.map(|m| m.random_state()).unwrap_or_default();
+        record_state(&mut st, &rng, train, meta, wall);
         Ok(Trained {
             log,
             ended,
@@ -620,18 +617,27 @@ where
     })
 }
 
-fn save_checkpoint<M: Method, S: Source>(
-    sink: &mut dyn CheckpointSink,
-    method: &M,
+/// Copies into `st` what the loop keeps outside it: the generators' states and the loop's wall
+/// time (`wall`: when this process's loop started, and the seconds before it).
+fn record_state<S: Source>(
     st: &mut LoopState,
     rng: &ChaCha8Rng,
     train: &S,
     meta: Option<&S>,
-    log: &[LogRow],
-) -> Result<(), LoopError> {
+    wall: (Instant, f64),
+) {
     st.rng = rng_state(rng).to_vec();
     st.train_source = train.random_state();
     st.meta_source = meta.map(|m| m.random_state()).unwrap_or_default();
+    st.timing.wall_seconds = wall.1 + wall.0.elapsed().as_secs_f64();
+}
+
+fn save_checkpoint<M: Method>(
+    sink: &mut dyn CheckpointSink,
+    method: &M,
+    st: &LoopState,
+    log: &[LogRow],
+) -> Result<(), LoopError> {
     let files = method
         .save_state()
         .map_err(|e| LoopError::Checkpoint(e.to_string()))?;
