@@ -29,6 +29,10 @@ cannot() {
 stop() {
   # scontrol shutdown stops slurmctld (and its slurmscriptd) and slurmd cleanly; the pids are
   # the fallback, munged only if we started it.
+  local p pids=()
+  for p in slurmd slurmctld munged; do
+    [[ -f "$dir/$p.pid" ]] && pids+=("$(cat "$dir/$p.pid")")
+  done
   if [[ -f "$dir/slurm.conf" ]]; then
     SLURM_CONF="$dir/slurm.conf" timeout 20 scontrol shutdown >/dev/null 2>&1 || true
   fi
@@ -37,6 +41,17 @@ stop() {
       kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
       rm -f "$dir/$p.pid"
     fi
+  done
+  # Return only when the daemons have exited (at most 20 s): slurmctld still writes its state
+  # files while it shuts down, and the caller removes the folder next.
+  local _ alive
+  for _ in $(seq 200); do
+    alive=0
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
   done
 }
 
