@@ -11,20 +11,26 @@ bin=$(realpath "$1")
 grid=$(realpath "$(dirname "$0")")
 export MCKD_DATA_DIR=${MCKD_DATA_DIR:-$(realpath "$grid/../../../shared/data")}
 export RAYON_NUM_THREADS=1
+# Both lanes walk one list; a lock per run (flock, released when its holder dies) gives each run
+# to the first free lane, so the lanes stay busy until the list is done whatever is left over.
+# Longest first within a seed (seed 0's training minutes), so that the lanes end close together.
+runs=()
+for s in 0 1 2; do
+  runs+=(seed-$s/hved seed-$s/shaspec seed-$s/robustseg seed-$s/mmformer seed-$s/baseline
+    seed-$s/hemis seed-$s/mckd)
+done
 lane() {
-  local name=$1; shift
-  for run in "$@"; do
-    echo "== $(date -u +%FT%TZ) start $run" >> "$grid/lane-$name.log"
-    /usr/bin/time -v "$bin" run-one "$grid/$run" >> "$grid/lane-$name.log" 2>&1
-    echo "== $(date -u +%FT%TZ) end $run exit $?" >> "$grid/lane-$name.log"
+  local name=$1
+  for run in "${runs[@]}"; do
+    grep -qs '"state": "finished"' "$grid/$run/status.json" && continue
+    (
+      flock -n 9 || exit 0
+      echo "== $(date -u +%FT%TZ) start $run" >> "$grid/lane-$name.log"
+      /usr/bin/time -v "$bin" run-one "$grid/$run" >> "$grid/lane-$name.log" 2>&1
+      echo "== $(date -u +%FT%TZ) end $run exit $?" >> "$grid/lane-$name.log"
+    ) 9> "/tmp/mckd-grid-lock-${run//\//-}"
   done
 }
-# About 5 h of one thread per lane and seed (the README's s / step × 2,400).
-a=() b=()
-for s in 0 1 2; do
-  a+=(seed-$s/mckd seed-$s/baseline seed-$s/hved)
-  b+=(seed-$s/hemis seed-$s/shaspec seed-$s/mmformer seed-$s/robustseg)
-done
-lane A "${a[@]}" &
-lane B "${b[@]}" &
+lane A &
+lane B &
 wait

@@ -5,7 +5,10 @@ rows unrounded) and each seed's `timing.csv`. Usage, from the repository root:
     python3 results/brats-real-2mm-7methods/make_table.py results/brats-real-2mm-7methods
 Prints one Markdown row per method: parameters, s / step (mean over the seeds), all four
 modalities, the 15-subset average, the 7-subset average without t1c (ET / TC / WT, mean Dice %)
-and the one-tailed paired t-test p-values of MCKD > the method across the 15 subsets."""
+and the one-tailed paired t-test p-values of MCKD > the method across the 15 subsets. Then every
+seed's 15-subset averages (from its `per_case.csv`), each method's training minutes per seed
+(`timing.csv`), the paper's Table 1 averages beside ours, and whether MCKD's average is at least
+every peer's in each region."""
 import csv
 import glob
 import json
@@ -40,3 +43,71 @@ for m, cells in pooled["methods"].items():
     print(f"| {TITLES.get(m, m)} | {int(float(t[0]['parameters'])):,} | {sps:.2f} "
           f"| {dice(cells['flair+t1+t1c+t2'])} | {dice(avg['all'])} "
           f"| {dice(avg['no_t1c'])} | {pv} |")
+
+
+# Every seed on its own: the mean over its test cases of each subset, then over the 15 subsets
+# (the pooled Average above is the same mean over every seed's cases).
+print("\nAverage over the 15 subsets per seed, ET / TC / WT (Dice %):\n")
+seeds = pooled["seeds"]
+print("| | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+print("|---|" + "---|" * len(seeds))
+per_seed = {}
+for s in seeds:
+    sums = {}
+    for r in csv.DictReader(open(os.path.join(grid, f"seed-{s}", "per_case.csv"))):
+        acc = sums.setdefault(r["method"], {}).setdefault(r["subset"], [[], [], []])
+        for i, reg in enumerate(REGIONS):
+            acc[i].append(float(r[f"dice_{reg}"]))
+    for m, subsets in sums.items():
+        assert len(subsets) == 15, (s, m, len(subsets))
+        per_seed.setdefault(m, {})[s] = [
+            100 * sum(sum(v[i]) / len(v[i]) for v in subsets.values()) / 15 for i in range(3)]
+for m in pooled["methods"]:
+    print(f"| {TITLES.get(m, m)} | "
+          + " | ".join(" / ".join(f"{x:.1f}" for x in per_seed[m][s]) for s in seeds) + " |")
+
+print("\nTraining minutes per seed († the inner and meta steps' time of a resumed run):\n")
+print("| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+print("|---|" + "---|" * (len(seeds) + 1))
+for m in pooled["methods"]:
+    mins = [float(r["train_seconds"]) / 60 for r in timing[m]]
+    marks = ["†" if r["train_seconds_of"] == "steps" else "" for r in timing[m]]
+    print(f"| {TITLES.get(m, m)} | "
+          + " | ".join(f"{x:.1f}{k}" for x, k in zip(mins, marks))
+          + f" | {sum(mins) / len(mins):.1f} |")
+
+# The paper's Table 1 (BraTS 2018, its own test set and full-size networks), Average row.
+PAPER = {"mckd": (63.74, 79.15, 86.90), "hemis": (46.10, 62.57, 74.05),
+         "hved": (46.76, 64.84, 79.16), "shaspec": (61.58, 77.45, 85.92),
+         "mmformer": (59.85, 72.97, 82.94), "robustseg": (51.02, 69.78, 84.39)}
+print("\nAverage over the 15 subsets, ET / TC / WT (Dice %), here and in the paper's Table 1:\n")
+print("| | here | paper | here − paper | MCKD − it, here | MCKD − it, paper |")
+print("|---|---|---|---|---|---|")
+
+
+def here(m):
+    return [100 * pooled["averages"][m]["all"][r]["dice_mean"] for r in REGIONS]
+
+
+def fmt(xs, sign=""):
+    return " / ".join(f"{x:{sign}.1f}" for x in xs) if xs else ""
+
+
+def minus(a, b):
+    return [x - y for x, y in zip(a, b)] if a and b else None
+
+
+for m in pooled["methods"]:
+    paper = PAPER.get(m)
+    print(f"| {TITLES.get(m, m)} | {fmt(here(m))} | {fmt(paper)} "
+          f"| {fmt(minus(here(m), paper), '+')} "
+          f"| {fmt(minus(here('mckd'), here(m)), '+') if m != 'mckd' else ''} "
+          f"| {fmt(minus(PAPER['mckd'], paper), '+') if m != 'mckd' else ''} |")
+
+print("\nGoal, MCKD's average at least every peer's in each region:")
+mckd = pooled["averages"]["mckd"]["all"]
+for r in REGIONS:
+    ahead = [TITLES.get(m, m) for m in pooled["methods"] if m not in ("mckd", "baseline")
+             and pooled["averages"][m]["all"][r]["dice_mean"] > mckd[r]["dice_mean"]]
+    print(f"- {r.upper()}: " + ("holds" if not ahead else "fails, ahead of MCKD: "
+                                + ", ".join(ahead)))
