@@ -6,7 +6,7 @@ rows unrounded) and each seed's `timing.csv`. Usage, from the repository root:
 Prints one Markdown row per method: parameters, s / step (mean over the seeds), all four
 modalities, the 15-subset average, the 7-subset average without t1c (ET / TC / WT, mean Dice %)
 and the one-tailed paired t-test p-values of MCKD > the method across the 15 subsets. Then every
-seed's 15-subset averages (from its `per_case.csv`), each method's training minutes per seed
+seed's 15-subset averages (from its `results.json`), each method's training minutes per seed
 (`timing.csv`), the paper's Table 1 averages beside ours, and whether MCKD's average is at least
 every peer's in each region."""
 import csv
@@ -26,8 +26,16 @@ TITLES = {"mckd": "MCKD", "baseline": "Baseline", "hemis": "U-HeMIS", "hved": "U
 REGIONS = ("et", "tc", "wt")
 
 
+def pct(cells):
+    return [100 * cells[r]["dice_mean"] for r in REGIONS]
+
+
+def fmt(xs, sign=""):
+    return " / ".join(f"{x:{sign}.1f}" for x in xs) if xs else ""
+
+
 def dice(cells):
-    return " / ".join(f"{100 * cells[r]['dice_mean']:.1f}" for r in REGIONS)
+    return fmt(pct(cells))
 
 
 print(f"Pooled over seeds {pooled['seeds']}.\n")
@@ -45,26 +53,22 @@ for m, cells in pooled["methods"].items():
           f"| {dice(avg['no_t1c'])} | {pv} |")
 
 
-# Every seed on its own: the mean over its test cases of each subset, then over the 15 subsets
-# (the pooled Average above is the same mean over every seed's cases).
+# Every seed on its own: its evaluation's mean over the test cases of each subset
+# (`results.json` rows), then the mean over the 15 subsets.
 print("\nAverage over the 15 subsets per seed, ET / TC / WT (Dice %):\n")
 seeds = pooled["seeds"]
 print("| | " + " | ".join(f"seed {s}" for s in seeds) + " |")
 print("|---|" + "---|" * len(seeds))
 per_seed = {}
 for s in seeds:
-    sums = {}
-    for r in csv.DictReader(open(os.path.join(grid, f"seed-{s}", "per_case.csv"))):
-        acc = sums.setdefault(r["method"], {}).setdefault(r["subset"], [[], [], []])
-        for i, reg in enumerate(REGIONS):
-            acc[i].append(float(r[f"dice_{reg}"]))
-    for m, subsets in sums.items():
-        assert len(subsets) == 15, (s, m, len(subsets))
+    rows = json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
+    for m in pooled["methods"]:
+        mine = [r["metrics"] for r in rows if r["method"] == m]
+        assert len(mine) == 15, (s, m, len(mine))
         per_seed.setdefault(m, {})[s] = [
-            100 * sum(sum(v[i]) / len(v[i]) for v in subsets.values()) / 15 for i in range(3)]
+            100 * sum(r[f"dice_{reg}"] for r in mine) / 15 for reg in REGIONS]
 for m in pooled["methods"]:
-    print(f"| {TITLES.get(m, m)} | "
-          + " | ".join(" / ".join(f"{x:.1f}" for x in per_seed[m][s]) for s in seeds) + " |")
+    print(f"| {TITLES.get(m, m)} | " + " | ".join(fmt(per_seed[m][s]) for s in seeds) + " |")
 
 print("\nTraining minutes per seed († the inner and meta steps' time of a resumed run):\n")
 print("| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
@@ -86,11 +90,7 @@ print("|---|---|---|---|---|---|")
 
 
 def here(m):
-    return [100 * pooled["averages"][m]["all"][r]["dice_mean"] for r in REGIONS]
-
-
-def fmt(xs, sign=""):
-    return " / ".join(f"{x:{sign}.1f}" for x in xs) if xs else ""
+    return pct(pooled["averages"][m]["all"])
 
 
 def minus(a, b):
