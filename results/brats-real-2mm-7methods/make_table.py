@@ -6,9 +6,9 @@ rows unrounded) and each seed's `timing.csv`. Usage, from the repository root:
 Prints one Markdown row per method: parameters, s / step (mean over the seeds), all four
 modalities, the 15-subset average, the 7-subset average without t1c (ET / TC / WT, mean Dice %)
 and the one-tailed paired t-test p-values of MCKD > the method across the 15 subsets. Then every
-seed's 15-subset averages (from its `results.json`), each method's training minutes per seed
-(`timing.csv`), the paper's Table 1 averages beside ours, and whether MCKD's average is at least
-every peer's in each region."""
+seed's 15-subset averages (from its `results.json`), the averages over the subsets with and
+without flair, each method's training minutes per seed (`timing.csv`), the paper's Table 1
+averages beside ours, and whether MCKD's average is at least every peer's in each region."""
 import csv
 import glob
 import json
@@ -69,6 +69,25 @@ for s in seeds:
             100 * sum(r[f"dice_{reg}"] for r in mine) / 15 for reg in REGIONS]
 for m in pooled["methods"]:
     print(f"| {TITLES.get(m, m)} | " + " | ".join(fmt(per_seed[m][s]) for s in seeds) + " |")
+
+# Where the methods differ most: the subsets with flair against those without. Every seed has
+# the same number of test cases, so the mean over the seeds equals the pooled mean.
+print("\nAverage over the subsets with and without flair, all seeds, ET / TC / WT (Dice %):\n")
+print("| | 8 subsets with flair | 7 subsets without flair |")
+print("|---|---|---|")
+split = {}
+for s in seeds:
+    rows = json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
+    for r in rows:
+        key = (r["method"], "flair" in r["subset"])
+        split.setdefault(key, []).append([100 * r["metrics"][f"dice_{g}"] for g in REGIONS])
+for m in pooled["methods"]:
+    cols = []
+    for has in (True, False):
+        xs = split[(m, has)]
+        assert len(xs) == (8 if has else 7) * len(seeds), (m, has, len(xs))
+        cols.append(fmt([sum(x[i] for x in xs) / len(xs) for i in range(3)]))
+    print(f"| {TITLES.get(m, m)} | {cols[0]} | {cols[1]} |")
 
 print("\nTraining minutes per seed († the inner and meta steps' time of a resumed run):\n")
 print("| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
