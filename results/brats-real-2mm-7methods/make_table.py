@@ -59,11 +59,12 @@ print("\nAverage over the 15 subsets per seed, ET / TC / WT (Dice %):\n")
 seeds = pooled["seeds"]
 print("| | " + " | ".join(f"seed {s}" for s in seeds) + " |")
 print("|---|" + "---|" * len(seeds))
+seed_rows = {s: json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
+             for s in seeds}
 per_seed = {}
 for s in seeds:
-    rows = json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
     for m in pooled["methods"]:
-        mine = [r["metrics"] for r in rows if r["method"] == m]
+        mine = [r["metrics"] for r in seed_rows[s] if r["method"] == m]
         assert len(mine) == 15, (s, m, len(mine))
         per_seed.setdefault(m, {})[s] = [
             100 * sum(r[f"dice_{reg}"] for r in mine) / 15 for reg in REGIONS]
@@ -77,8 +78,7 @@ print("| | 8 subsets with flair | 7 subsets without flair |")
 print("|---|---|---|")
 split = {}
 for s in seeds:
-    rows = json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
-    for r in rows:
+    for r in seed_rows[s]:
         key = (r["method"], "flair" in r["subset"])
         split.setdefault(key, []).append([100 * r["metrics"][f"dice_{g}"] for g in REGIONS])
 for m in pooled["methods"]:
