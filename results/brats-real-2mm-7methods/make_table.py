@@ -38,6 +38,12 @@ def dice(cells):
     return fmt(pct(cells))
 
 
+def mean_dice(rows, count):
+    """Mean Dice (%) per region over `results.json` rows, which must number `count`."""
+    assert len(rows) == count, (len(rows), count)
+    return [100 * sum(r["metrics"][f"dice_{g}"] for r in rows) / count for g in REGIONS]
+
+
 print(f"Pooled over seeds {pooled['seeds']}.\n")
 print("| | parameters | s / step | all four modalities | average, 15 subsets "
       "| average, 7 without t1c | p (MCKD > it) |")
@@ -61,32 +67,21 @@ print("| | " + " | ".join(f"seed {s}" for s in seeds) + " |")
 print("|---|" + "---|" * len(seeds))
 seed_rows = {s: json.load(open(os.path.join(grid, f"seed-{s}", "results.json")))["rows"]
              for s in seeds}
-per_seed = {}
-for s in seeds:
-    for m in pooled["methods"]:
-        mine = [r["metrics"] for r in seed_rows[s] if r["method"] == m]
-        assert len(mine) == 15, (s, m, len(mine))
-        per_seed.setdefault(m, {})[s] = [
-            100 * sum(r[f"dice_{reg}"] for r in mine) / 15 for reg in REGIONS]
+
+
 for m in pooled["methods"]:
-    print(f"| {TITLES.get(m, m)} | " + " | ".join(fmt(per_seed[m][s]) for s in seeds) + " |")
+    print(f"| {TITLES.get(m, m)} | " + " | ".join(
+        fmt(mean_dice([r for r in seed_rows[s] if r["method"] == m], 15)) for s in seeds) + " |")
 
 # Where the methods differ most: the subsets with flair against those without. Every seed has
 # the same number of test cases, so the mean over the seeds equals the pooled mean.
 print("\nAverage over the subsets with and without flair, all seeds, ET / TC / WT (Dice %):\n")
 print("| | 8 subsets with flair | 7 subsets without flair |")
 print("|---|---|---|")
-split = {}
-for s in seeds:
-    for r in seed_rows[s]:
-        key = (r["method"], "flair" in r["subset"])
-        split.setdefault(key, []).append([100 * r["metrics"][f"dice_{g}"] for g in REGIONS])
 for m in pooled["methods"]:
-    cols = []
-    for has in (True, False):
-        xs = split[(m, has)]
-        assert len(xs) == (8 if has else 7) * len(seeds), (m, has, len(xs))
-        cols.append(fmt([sum(x[i] for x in xs) / len(xs) for i in range(3)]))
+    mine = [r for s in seeds for r in seed_rows[s] if r["method"] == m]
+    cols = [fmt(mean_dice([r for r in mine if ("flair" in r["subset"]) == has], n * len(seeds)))
+            for has, n in ((True, 8), (False, 7))]
     print(f"| {TITLES.get(m, m)} | {cols[0]} | {cols[1]} |")
 
 print("\nTraining minutes per seed († the inner and meta steps' time of a resumed run):\n")
